@@ -1,0 +1,72 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from flask import Flask
+from flask_migrate import Migrate
+from redis import Redis
+
+from webhooks import config as settings_module
+from webhooks.models import db
+
+migrate = Migrate()
+
+
+def _engine_options(url: str, busy_timeout: float) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": busy_timeout}}
+    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the app: configuration from the environment, extensions, blueprints, commands."""
+    app = Flask(__name__, instance_path=os.environ.get("INSTANCE_PATH") or None)
+    os.makedirs(app.instance_path, exist_ok=True)
+    try:
+        values = settings_module.load(os.environ, test_config)
+    except settings_module.ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    app.config.update(values)
+    app.config["SECRET_KEY"] = app.config["SECRET_KEY"] or settings_module.instance_secret_key(
+        app.instance_path
+    )
+    url = settings_module.database_url(app.config["DATABASE_URL"], app.instance_path)
+    app.config["SQLALCHEMY_DATABASE_URI"] = url
+    app.config.setdefault(
+        "SQLALCHEMY_ENGINE_OPTIONS",
+        _engine_options(url, app.config["WEBHOOK_SQLITE_BUSY_TIMEOUT"]),
+    )
+    app.config["MAX_CONTENT_LENGTH"] = max(app.config["WEBHOOK_MAX_PAYLOAD_BYTES"], 1 << 20)
+    app.config["JSON_SORT_KEYS"] = False
+
+    db.init_app(app)
+    migrate.init_app(
+        app,
+        db,
+        directory=os.path.join(os.path.dirname(__file__), "migrations"),
+        render_as_batch=True,
+    )
+    app.extensions["redis"] = Redis.from_url(
+        app.config["REDIS_URL"],
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        health_check_interval=30,
+    )
+
+    from blueprints import api, cli, health
+
+    app.register_blueprint(api.bp)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(cli.bp)
+
+    if not app.debug and not app.testing:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    return app

@@ -1,0 +1,1 @@
+"""HTTP in, HTML or JSON out: one blueprint per concern."""

@@ -1,0 +1,359 @@
+"""The REST API under /api/v1: JSON in, JSON out, every query scoped to the key's workspace."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, current_app, g, jsonify, request
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import selectinload
+from werkzeug.exceptions import HTTPException
+
+from blueprints.serialize import attempt_json, delivery_json, envelope_json, webhook_json
+from webhooks import accounts, catalog, management, publishing
+from webhooks.config import Settings
+from webhooks.management import Invalid
+from webhooks.models import Delivery, DeliveryStatus, Event, Webhook, db
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+MAX_PAGE = 100
+DEFAULT_PAGE = 50
+
+
+def settings() -> Settings:
+    return Settings.from_config(current_app.config)
+
+
+def redis():  # type: ignore[no-untyped-def]
+    return current_app.extensions["redis"]
+
+
+@bp.errorhandler(Invalid)
+def _invalid(exc: Invalid):  # type: ignore[no-untyped-def]
+    body: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    if exc.fields:
+        body["fields"] = exc.fields
+    response = jsonify({"error": body})
+    response.status_code = exc.status
+    return response
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+    codes = {
+        401: "unauthorized",
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "payload_too_large",
+        429: "rate_limited",
+    }
+    code = codes.get(exc.code or 500, "bad_request")
+    message = {
+        404: "no such resource",
+        413: "request body too large",
+    }.get(exc.code or 500, exc.description or exc.name)
+    return _invalid(Invalid(code, message, status=exc.code or 500))
+
+
+def fail(code: str, message: str, status: int = 400, **fields: str) -> Invalid:
+    return Invalid(code, message, dict(fields), status=status)
+
+
+@bp.before_request
+def _authenticate() -> None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    key = (
+        accounts.authenticate_key(db.session, token.strip()) if scheme.lower() == "bearer" else None
+    )
+    if key is None:
+        raise fail("unauthorized", "missing or invalid API key (Authorization: Bearer <key>)", 401)
+    g.workspace_id = key.workspace_id
+
+
+def json_body(*, optional: bool = False) -> dict[str, Any]:
+    raw = request.get_data(cache=True)
+    if not raw.strip() and optional:
+        return {}
+    try:
+        payload = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise fail("invalid_json", f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise fail("invalid_json", "the request body must be a JSON object")
+    return payload
+
+
+def _utc_naive(value: str) -> datetime:
+    """An ISO 8601 time as the naive UTC datetime the columns store."""
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
+
+
+def webhook_or_404(webhook_id: str) -> Webhook:
+    """The caller's webhook, or 404 exactly as if it did not exist."""
+    webhook = db.session.scalars(
+        select(Webhook)
+        .where(Webhook.id == webhook_id, Webhook.workspace_id == g.workspace_id)
+        .options(selectinload(Webhook.secrets))
+    ).first()
+    if webhook is None:
+        raise fail("not_found", f"no webhook {webhook_id!r}", 404)
+    return webhook
+
+
+def delivery_or_404(delivery_id: str) -> Delivery:
+    delivery = db.session.scalars(
+        select(Delivery).where(Delivery.id == delivery_id, Delivery.workspace_id == g.workspace_id)
+    ).first()
+    if delivery is None:
+        raise fail("not_found", f"no delivery {delivery_id!r}", 404)
+    return delivery
+
+
+@bp.get("/event-types")
+def event_types():  # type: ignore[no-untyped-def]
+    """List the event catalog."""
+    return {"data": [event.as_dict() for event in catalog.CATALOG]}
+
+
+@bp.post("/webhooks")
+def create_webhook():  # type: ignore[no-untyped-def]
+    """Create a webhook; the answer carries its secret."""
+    webhook, secret = management.create(db.session, g.workspace_id, json_body(), settings())
+    return {**webhook_json(webhook), "secret": secret}, 201
+
+
+@bp.get("/webhooks")
+def list_webhooks():  # type: ignore[no-untyped-def]
+    """List the workspace's webhooks, newest first."""
+    webhooks = db.session.scalars(
+        select(Webhook)
+        .where(Webhook.workspace_id == g.workspace_id)
+        .options(selectinload(Webhook.secrets))
+        .order_by(Webhook.created_at.desc(), Webhook.id.desc())
+    ).all()
+    return {"data": [webhook_json(w) for w in webhooks]}
+
+
+@bp.get("/webhooks/<webhook_id>")
+def get_webhook(webhook_id: str):  # type: ignore[no-untyped-def]
+    """Show one webhook (without its secret)."""
+    return webhook_json(webhook_or_404(webhook_id))
+
+
+@bp.patch("/webhooks/<webhook_id>")
+def update_webhook(webhook_id: str):  # type: ignore[no-untyped-def]
+    """Change any field of a webhook."""
+    webhook = webhook_or_404(webhook_id)
+    management.update(db.session, webhook, json_body(), settings())
+    return webhook_json(webhook)
+
+
+@bp.delete("/webhooks/<webhook_id>")
+def delete_webhook(webhook_id: str):  # type: ignore[no-untyped-def]
+    """Delete a webhook with its delivery logs."""
+    webhook = webhook_or_404(webhook_id)
+    db.session.delete(webhook)
+    db.session.commit()
+    return "", 204
+
+
+@bp.get("/webhooks/<webhook_id>/secret")
+def get_secret(webhook_id: str):  # type: ignore[no-untyped-def]
+    """Reveal the current signing secret."""
+    return {"secret": management.current_secret(webhook_or_404(webhook_id))}
+
+
+@bp.post("/webhooks/<webhook_id>/rotate-secret")
+def rotate_secret(webhook_id: str):  # type: ignore[no-untyped-def]
+    """Make a new secret current; the old one signs alongside for 24 hours."""
+    webhook = webhook_or_404(webhook_id)
+    secret = management.rotate(db.session, webhook, json_body(optional=True).get("secret"))
+    return {"secret": secret, "webhook": webhook_json(webhook)}
+
+
+@bp.post("/webhooks/<webhook_id>/test")
+def send_test(webhook_id: str):  # type: ignore[no-untyped-def]
+    """Send a catalog example to this webhook alone, once, active or not."""
+    webhook = webhook_or_404(webhook_id)
+    event_type = json_body(optional=True).get("type") or webhook_default_type(webhook)
+    if not isinstance(event_type, str) or event_type not in catalog.BY_TYPE:
+        raise fail("unknown_event_type", f"unknown event type {event_type!r}", type="unknown type")
+    event = publishing.create_test_event(db.session, webhook, event_type)
+    delivery_id = publishing.add_delivery(db.session, event, webhook, settings(), kind="test")
+    publishing.dispatch(db.session, redis(), settings(), [delivery_id])
+    return {"event": envelope_json(event), "delivery_id": delivery_id}, 202
+
+
+def webhook_default_type(webhook: Webhook) -> str:
+    for event in catalog.CATALOG:
+        if publishing.subscribes(webhook, event.type):
+            return event.type
+    return catalog.CATALOG[0].type
+
+
+@bp.post("/events")
+def publish_event():  # type: ignore[no-untyped-def]
+    """Publish an event to every active webhook subscribed to its type."""
+    limit = current_app.config["WEBHOOK_MAX_PAYLOAD_BYTES"]
+    if (request.content_length or 0) > limit or len(request.get_data(cache=True)) > limit:
+        raise fail("payload_too_large", f"the request body is over {limit} bytes", 413)
+    payload = json_body()
+    event_type, data = payload.get("type"), payload.get("data", {})
+    if not isinstance(event_type, str) or not event_type:
+        raise fail("validation_error", "type is required", type="required")
+    if event_type not in catalog.BY_TYPE:
+        raise fail("unknown_event_type", f"unknown event type {event_type!r}", type="unknown type")
+    if not isinstance(data, dict):
+        raise fail("validation_error", "data must be a JSON object", data="must be an object")
+    key = request.headers.get("Idempotency-Key") or None
+    if key is not None and len(key) > 255:
+        raise fail("validation_error", "Idempotency-Key must be at most 255 characters")
+    try:
+        published = publishing.publish(
+            db.session, g.workspace_id, event_type, data, settings(), idempotency_key=key
+        )
+    except publishing.IdempotencyConflict:
+        raise fail(
+            "idempotency_conflict",
+            f"Idempotency-Key {key!r} was already used with a different request body",
+            409,
+        ) from None
+    if published.created:
+        publishing.dispatch(db.session, redis(), settings(), published.delivery_ids)
+    body = {**envelope_json(published.event), "delivery_count": len(published.delivery_ids)}
+    return body, 202 if published.created else 200
+
+
+@bp.get("/events/<event_id>")
+def get_event(event_id: str):  # type: ignore[no-untyped-def]
+    """Show an event with its deliveries."""
+    event = db.session.scalars(
+        select(Event).where(Event.id == event_id, Event.workspace_id == g.workspace_id)
+    ).first()
+    if event is None:
+        raise fail("not_found", f"no event {event_id!r}", 404)
+    deliveries = db.session.scalars(
+        select(Delivery)
+        .where(Delivery.event_id == event.id)
+        .order_by(Delivery.created_at, Delivery.id)
+    ).all()
+    return {
+        **envelope_json(event),
+        "delivery_count": len(deliveries),
+        "deliveries": [delivery_json(d) for d in deliveries],
+    }
+
+
+def _cursor(delivery: Delivery) -> str:
+    raw = json.dumps([delivery.created_at.isoformat(), delivery.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, delivery_id = json.loads(raw)
+        return datetime.fromisoformat(created), str(delivery_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise fail(
+            "validation_error", "cursor is not one this API gave out", cursor="invalid"
+        ) from None
+
+
+def delivery_filters(args: Any) -> list[Any]:
+    """The WHERE clauses for the deliveries list, from query arguments."""
+    clauses: list[Any] = [Delivery.workspace_id == g.workspace_id]
+    if args.get("webhook_id"):
+        clauses.append(Delivery.webhook_id == args["webhook_id"])
+    status = args.get("status")
+    if status:
+        if status not in DeliveryStatus.ALL:
+            raise fail(
+                "validation_error",
+                f"status must be one of {', '.join(DeliveryStatus.ALL)}, got {status!r}",
+                status="invalid",
+            )
+        clauses.append(Delivery.status == status)
+    if args.get("event_type"):
+        clauses.append(Delivery.event_type == args["event_type"])
+    for name, op in (("since", "__ge__"), ("until", "__lt__")):
+        value = args.get(name)
+        if value:
+            try:
+                moment = _utc_naive(value.replace(" ", "+"))
+            except ValueError:
+                raise fail(
+                    "validation_error",
+                    f"{name} must be an ISO 8601 time, got {value!r}",
+                    **{name: "not a time"},
+                ) from None
+            clauses.append(getattr(Delivery.created_at, op)(moment))
+    return clauses
+
+
+@bp.get("/deliveries")
+def list_deliveries():  # type: ignore[no-untyped-def]
+    """List deliveries newest first, filtered, with keyset pagination."""
+    clauses = delivery_filters(request.args)
+    try:
+        limit = int(request.args.get("limit", DEFAULT_PAGE))
+    except ValueError:
+        raise fail("validation_error", "limit must be a whole number", limit="invalid") from None
+    if not 1 <= limit <= MAX_PAGE:
+        raise fail(
+            "validation_error", f"limit must be 1-{MAX_PAGE}, got {limit}", limit="out of range"
+        )
+    if request.args.get("cursor"):
+        created, last_id = _decode_cursor(request.args["cursor"])
+        clauses.append(
+            or_(
+                Delivery.created_at < created,
+                and_(Delivery.created_at == created, Delivery.id < last_id),
+            )
+        )
+    rows = db.session.scalars(
+        select(Delivery)
+        .where(*clauses)
+        .order_by(Delivery.created_at.desc(), Delivery.id.desc())
+        .limit(limit + 1)
+    ).all()
+    page = rows[:limit]
+    next_cursor = _cursor(page[-1]) if len(rows) > limit else None
+    return {"data": [delivery_json(d) for d in page], "next_cursor": next_cursor}
+
+
+@bp.get("/deliveries/<delivery_id>")
+def get_delivery(delivery_id: str):  # type: ignore[no-untyped-def]
+    """Show a delivery with its event and every attempt."""
+    delivery = delivery_or_404(delivery_id)
+    return {
+        **delivery_json(delivery),
+        "event": envelope_json(delivery.event),
+        "attempts": [attempt_json(a) for a in delivery.attempts],
+    }
+
+
+@bp.post("/deliveries/<delivery_id>/redeliver")
+def redeliver(delivery_id: str):  # type: ignore[no-untyped-def]
+    """Send the same event to the same webhook again, as a new delivery."""
+    original = delivery_or_404(delivery_id)
+    new_id = publishing.add_delivery(
+        db.session, original.event, original.webhook, settings(), kind="redelivery"
+    )
+    publishing.dispatch(db.session, redis(), settings(), [new_id])
+    return delivery_json(db.session.get(Delivery, new_id)), 202
+
+
+@bp.get("/egress-ips")
+def egress_ips():  # type: ignore[no-untyped-def]
+    """The addresses deliveries come from, for firewall allowlists."""
+    return {"ips": list(current_app.config["WEBHOOK_EGRESS_IPS"])}

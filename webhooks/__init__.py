@@ -1,0 +1,1 @@
+"""The delivery service's domain: catalog, publishing, delivery, signing, transport."""

@@ -1,0 +1,94 @@
+"""Workspaces, dashboard users and API keys."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from webhooks.models import ApiKey, User, Workspace, utcnow
+
+KEY_PREFIX = "whk_"
+# last_used_at is written at most this often, so that reads stay reads.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_api_key(session: Session, workspace_id: str, name: str = "") -> tuple[ApiKey, str]:
+    """A new key for the workspace; the plain key is returned once and stored only hashed."""
+    plain = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey(workspace_id=workspace_id, name=name, prefix=plain[:12], key_hash=_digest(plain))
+    session.add(key)
+    session.flush()
+    return key, plain
+
+
+def authenticate_key(session: Session, plain: str) -> ApiKey | None:
+    """The live key matching `plain`, or None."""
+    if not plain.startswith(KEY_PREFIX) or len(plain) > 200:
+        return None
+    digest = _digest(plain)
+    key = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).first()
+    if key is None or key.revoked_at is not None or not hmac.compare_digest(key.key_hash, digest):
+        return None
+    now = utcnow()
+    if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
+        session.execute(
+            update(ApiKey)
+            .where(ApiKey.id == key.id)
+            .values(last_used_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+    return key
+
+
+def create_workspace(session: Session, name: str) -> tuple[Workspace, str]:
+    """A workspace with its first API key (returned in plain, once)."""
+    workspace = Workspace(name=name)
+    session.add(workspace)
+    session.flush()
+    _, plain = create_api_key(session, workspace.id, name="default")
+    session.commit()
+    return workspace, plain
+
+
+class AccountError(ValueError):
+    """A user cannot be created as asked."""
+
+
+def create_user(session: Session, email: str, password: str, workspace_id: str) -> User:
+    """A dashboard user in the workspace (an existing user is added to it)."""
+    email = email.strip().lower()
+    if "@" not in email or len(email) > 320:
+        raise AccountError(f"not an e-mail address: {email!r}")
+    if len(password) < 8:
+        raise AccountError("the password must have at least 8 characters")
+    workspace = session.get(Workspace, workspace_id)
+    if workspace is None:
+        raise AccountError(f"no workspace {workspace_id!r}")
+    user = session.scalars(select(User).where(User.email == email)).first()
+    if user is None:
+        user = User(email=email, password_hash=generate_password_hash(password))
+        session.add(user)
+    else:
+        user.password_hash = generate_password_hash(password)
+    if workspace not in user.workspaces:
+        user.workspaces.append(workspace)
+    session.commit()
+    return user
+
+
+def check_login(session: Session, email: str, password: str) -> User | None:
+    user = session.scalars(select(User).where(User.email == email.strip().lower())).first()
+    if user is None or not check_password_hash(user.password_hash, password):
+        return None
+    return user

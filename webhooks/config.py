@@ -1,0 +1,268 @@
+"""Configuration from the environment: every variable, its default and its check, in one place."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration variable has a value the service cannot use."""
+
+
+def _decimal(name: str, raw: str, *, minimum: float = 0.0) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value != value or value < minimum:  # NaN or below the floor
+        raise ConfigError(f"{name} must be a number >= {minimum:g}, got {raw!r}")
+    return value
+
+
+def _integer(name: str, raw: str, *, minimum: int = 0) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {raw!r}")
+    return value
+
+
+def _flag(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0, got {raw!r}")
+
+
+def _schedule(name: str, raw: str) -> tuple[float, ...]:
+    parts = [p.strip() for p in raw.split(",")]
+    if not parts or any(p == "" for p in parts):
+        raise ConfigError(f"{name} must be comma-separated seconds like 0,60,300, got {raw!r}")
+    values = []
+    for part in parts:
+        try:
+            value = float(part)
+        except ValueError:
+            raise ConfigError(
+                f"{name} must be comma-separated seconds like 0,60,300, got {raw!r}"
+            ) from None
+        if value != value or value < 0:
+            raise ConfigError(f"{name} delays must be >= 0, got {part!r} in {raw!r}")
+        values.append(value)
+    return tuple(values)
+
+
+def _networks(name: str, raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    nets = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        try:
+            nets.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ConfigError(f"{name} must list CIDRs like 10.0.0.0/8, got {part!r}") from None
+    return tuple(nets)
+
+
+def _ips(name: str, raw: str) -> tuple[str, ...]:
+    ips = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        try:
+            ips.append(str(ipaddress.ip_network(part, strict=False)).removesuffix("/32"))
+        except ValueError:
+            raise ConfigError(f"{name} must list IP addresses, got {part!r}") from None
+    return tuple(ips)
+
+
+def _url(schemes: tuple[str, ...]) -> Callable[[str, str], str | None]:
+    def parse(name: str, raw: str) -> str | None:
+        raw = raw.strip()
+        if not raw:
+            return None
+        if not raw.startswith(tuple(f"{s}://" for s in schemes)):
+            raise ConfigError(f"{name} must start with {' or '.join(schemes)}://, got {raw!r}")
+        return raw
+
+    return parse
+
+
+def _existing_file(name: str, raw: str) -> str | None:
+    raw = raw.strip()
+    if not raw:
+        return None
+    if not Path(raw).is_file():
+        raise ConfigError(f"{name} must be a readable file, got {raw!r}")
+    return raw
+
+
+def _text(name: str, raw: str) -> str:
+    return raw.strip()
+
+
+@dataclass(frozen=True)
+class Var:
+    name: str
+    default: str
+    parse: Callable[[str, str], Any]
+    help: str
+
+
+# The contract's variables (API.md section 3), then our own tuning knobs.
+VARIABLES: tuple[Var, ...] = (
+    Var("DATABASE_URL", "", _text, "any SQLAlchemy URL; default SQLite in the instance folder"),
+    Var("REDIS_URL", "redis://127.0.0.1:6379/0", _url(("redis", "rediss", "unix")), "RQ broker"),
+    Var("SECRET_KEY", "", _text, "Flask sessions and CSRF; generated once in the instance folder"),
+    Var(
+        "WEBHOOK_RETRY_SCHEDULE",
+        "0,60,300,1800,7200,28800",
+        _schedule,
+        "seconds before each attempt; its length is the attempt count",
+    ),
+    Var(
+        "WEBHOOK_TIMEOUT_SECONDS",
+        "30",
+        lambda n, r: _decimal(n, r, minimum=0.1),
+        "whole exchange per attempt",
+    ),
+    Var("WEBHOOK_ALLOW_HTTP", "0", _flag, "1 allows http:// targets (development only)"),
+    Var(
+        "WEBHOOK_ALLOWED_PRIVATE_NETWORKS",
+        "",
+        _networks,
+        "CIDRs exempt from the private-address block",
+    ),
+    Var("WEBHOOK_CA_BUNDLE", "", _existing_file, "CA bundle trusted for target TLS"),
+    Var("WEBHOOK_PROXY_URL", "", _url(("http", "https", "socks5", "socks5h")), "outbound proxy"),
+    Var("WEBHOOK_EGRESS_IPS", "", _ips, "addresses shown to users for firewall allowlists"),
+    Var(
+        "WEBHOOK_MAX_PAYLOAD_BYTES",
+        "262144",
+        lambda n, r: _integer(n, r, minimum=1),
+        "largest POST /events body accepted",
+    ),
+    Var("WEBHOOK_RETENTION_DAYS", "30", _decimal, "delivery logs older than this are purged"),
+    Var("WEBHOOK_DISABLE_AFTER_HOURS", "120", _decimal, "auto-disable window; 0 never disables"),
+    Var("SMTP_URL", "", _url(("smtp", "smtps")), "SMTP server for notification e-mails"),
+    Var("NOTIFY_FROM", "webhooks@localhost", _text, "sender of notification e-mails"),
+    # Our own knobs, beyond the contract.
+    Var("WEBHOOK_QUEUE", "webhooks", _text, "RQ queue name (a prefix keeps deployments apart)"),
+    Var(
+        "WEBHOOK_SCHEDULER_INTERVAL",
+        "0.5",
+        lambda n, r: _decimal(n, r, minimum=0.05),
+        "seconds between scans for due retries",
+    ),
+    Var(
+        "WEBHOOK_RECONCILE_INTERVAL",
+        "5",
+        lambda n, r: _decimal(n, r, minimum=0.1),
+        "seconds between scans for lost jobs and expired leases (at most 30)",
+    ),
+    Var(
+        "WEBHOOK_REQUEUE_AFTER_SECONDS",
+        "30",
+        lambda n, r: _decimal(n, r, minimum=1),
+        "a due delivery queued this long ago without being claimed is queued again",
+    ),
+    Var(
+        "WEBHOOK_LEASE_MARGIN_SECONDS",
+        "5",
+        lambda n, r: _decimal(n, r, minimum=0),
+        "a claim lasts the timeout plus this margin",
+    ),
+    Var(
+        "WEBHOOK_SQLITE_BUSY_TIMEOUT",
+        "30",
+        lambda n, r: _decimal(n, r, minimum=0),
+        "seconds SQLite waits for a lock",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The delivery settings the domain needs, read from the Flask config."""
+
+    retry_schedule: tuple[float, ...]
+    timeout: float
+    allow_http: bool
+    allowed_private_networks: tuple[Any, ...]
+    ca_bundle: str | None
+    proxy_url: str | None
+    lease_margin: float
+    requeue_after: float
+    queue: str
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Settings:
+        return cls(
+            retry_schedule=config["WEBHOOK_RETRY_SCHEDULE"],
+            timeout=config["WEBHOOK_TIMEOUT_SECONDS"],
+            allow_http=config["WEBHOOK_ALLOW_HTTP"],
+            allowed_private_networks=config["WEBHOOK_ALLOWED_PRIVATE_NETWORKS"],
+            ca_bundle=config["WEBHOOK_CA_BUNDLE"],
+            proxy_url=config["WEBHOOK_PROXY_URL"],
+            lease_margin=config["WEBHOOK_LEASE_MARGIN_SECONDS"],
+            requeue_after=config["WEBHOOK_REQUEUE_AFTER_SECONDS"],
+            queue=config["WEBHOOK_QUEUE"],
+        )
+
+    @property
+    def max_attempts(self) -> int:
+        return len(self.retry_schedule)
+
+
+def load(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Parse every variable from `environ` (then `overrides`, which are raw strings or values)."""
+    overrides = dict(overrides or {})
+    values: dict[str, Any] = {}
+    for var in VARIABLES:
+        if var.name in overrides and not isinstance(overrides[var.name], str):
+            values[var.name] = overrides.pop(var.name)
+            continue
+        raw = overrides.pop(var.name, None)
+        if raw is None:
+            raw = environ.get(var.name, var.default)
+        values[var.name] = var.parse(var.name, raw)
+    values.update(overrides)
+    return values
+
+
+def database_url(raw: str, instance_path: str) -> str:
+    """The SQLAlchemy URL to use, with psycopg 3 as the PostgreSQL driver."""
+    if not raw:
+        return f"sqlite:///{Path(instance_path) / 'webhooks.db'}"
+    for prefix in ("postgres://", "postgresql://"):
+        if raw.startswith(prefix):
+            return "postgresql+psycopg://" + raw[len(prefix) :]
+    return raw
+
+
+def instance_secret_key(instance_path: str) -> str:
+    """The development secret key kept in the instance folder, made on first use."""
+    path = Path(instance_path) / "secret_key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".secret_key.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(48))
+        try:
+            os.link(tmp, path)  # atomic: when processes start together, the first one wins
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()

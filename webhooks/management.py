@@ -1,0 +1,261 @@
+"""Creating, changing and rotating webhooks, with every field checked first."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy.orm import Session
+
+from webhooks import catalog, signing
+from webhooks.config import Settings
+from webhooks.delivery import RESERVED_HEADERS
+from webhooks.models import Webhook, WebhookSecret, utcnow
+
+MAX_URL_LENGTH = 2048
+MAX_HEADERS = 20
+ROTATION_OVERLAP = timedelta(hours=24)
+TEMPLATES = ("generic",)
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 7230 token
+_UNSET = object()
+
+
+@dataclass
+class Invalid(Exception):
+    """Input that cannot be saved: a contract error code, a message and per-field messages."""
+
+    code: str
+    message: str
+    fields: dict[str, str] = field(default_factory=dict)
+    status: int = 400
+
+
+def check_url(url: Any, settings: Settings) -> str:
+    if not isinstance(url, str) or not url.strip():
+        raise Invalid("invalid_url", "url is required", {"url": "URL is required"})
+    url = url.strip()
+    if len(url) > MAX_URL_LENGTH:
+        msg = f"URL must be at most {MAX_URL_LENGTH} characters, got {len(url)}"
+        raise Invalid("invalid_url", msg, {"url": msg})
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise Invalid(
+            "invalid_url", f"not a valid URL: {url!r}", {"url": "Not a valid URL"}
+        ) from None
+    allowed = ("https", "http") if settings.allow_http else ("https",)
+    if parts.scheme.lower() not in allowed:
+        msg = "URL must use https://"
+        raise Invalid("invalid_url", f"{msg}, got {url!r}", {"url": msg})
+    if not parts.hostname:
+        raise Invalid("invalid_url", f"URL has no host: {url!r}", {"url": "URL has no host"})
+    if parts.username or parts.password:
+        msg = "URL must not carry a user name or password; use a header instead"
+        raise Invalid("invalid_url", msg, {"url": msg})
+    return url
+
+
+def check_events(events: Any) -> list[str]:
+    if not isinstance(events, list) or not events:
+        msg = "choose at least one event type"
+        raise Invalid("validation_error", f"events: {msg}", {"events": msg})
+    cleaned: list[str] = []
+    for pattern in events:
+        if not isinstance(pattern, str) or not catalog.is_valid_pattern(pattern):
+            msg = f"unknown event type {pattern!r}"
+            raise Invalid("unknown_event_type", msg, {"events": msg})
+        if pattern not in cleaned:
+            cleaned.append(pattern)
+    return cleaned
+
+
+def check_headers(headers: Any) -> dict[str, str]:
+    if headers is None:
+        return {}
+    if not isinstance(headers, dict):
+        msg = "headers must be an object of names to values"
+        raise Invalid("invalid_headers", msg, {"headers": msg})
+    if len(headers) > MAX_HEADERS:
+        msg = f"at most {MAX_HEADERS} custom headers, got {len(headers)}"
+        raise Invalid("invalid_headers", msg, {"headers": msg})
+    seen: set[str] = set()
+    for name, value in headers.items():
+        if not _TOKEN.match(name):
+            msg = f"header name {name!r} is not a valid HTTP token"
+            raise Invalid("invalid_headers", msg, {"headers": msg})
+        if name.lower() in RESERVED_HEADERS:
+            msg = f"header {name!r} is set by the service and cannot be replaced"
+            raise Invalid("invalid_headers", msg, {"headers": msg})
+        if name.lower() in seen:
+            msg = f"header {name!r} is given twice"
+            raise Invalid("invalid_headers", msg, {"headers": msg})
+        seen.add(name.lower())
+        if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
+            msg = f"header {name!r} must be text without line breaks or NUL"
+            raise Invalid("invalid_headers", msg, {"headers": msg})
+        if len(value) > 4096:
+            msg = f"header {name!r} is longer than 4096 characters"
+            raise Invalid("invalid_headers", msg, {"headers": msg})
+    return dict(headers)
+
+
+def check_secret(secret: Any) -> str | None:
+    if secret is None:
+        return None
+    problem = signing.secret_problem(secret)
+    if problem:
+        raise Invalid("invalid_secret", problem, {"secret": problem})
+    return secret
+
+
+def _check_name(name: Any) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise Invalid("validation_error", "name is required", {"name": "Name is required"})
+    if len(name.strip()) > 200:
+        msg = "Name must be at most 200 characters"
+        raise Invalid("validation_error", msg, {"name": msg})
+    return name.strip()
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        msg = f"{name} must be true or false"
+        raise Invalid("validation_error", msg, {name: msg})
+    return value
+
+
+def _check_template(template: Any, params: Any, transform: Any) -> None:
+    if template is not None and template not in TEMPLATES:
+        msg = f"unknown template {template!r}; available: {', '.join(TEMPLATES)}"
+        raise Invalid("validation_error", msg, {"template": msg})
+    if params is not None and not isinstance(params, dict):
+        msg = "template_params must be an object"
+        raise Invalid("validation_error", msg, {"template_params": msg})
+    if transform is not None:
+        msg = "transforms are not available on this server"
+        raise Invalid("invalid_transform", msg, {"transform": msg})
+
+
+KNOWN_FIELDS = {
+    "name",
+    "url",
+    "events",
+    "secret",
+    "headers",
+    "active",
+    "template",
+    "template_params",
+    "transform",
+}
+
+
+def _unknown_fields(payload: dict[str, Any]) -> None:
+    extra = sorted(set(payload) - KNOWN_FIELDS)
+    if extra:
+        msg = f"unknown field {extra[0]!r}"
+        raise Invalid("validation_error", msg, {extra[0]: "unknown field"})
+
+
+def create(
+    session: Session, workspace_id: str, payload: dict[str, Any], settings: Settings
+) -> tuple[Webhook, str | None]:
+    """A new webhook from API input; returns it with its secret (generated unless given)."""
+    _unknown_fields(payload)
+    name = _check_name(payload.get("name"))
+    url = check_url(payload.get("url"), settings)
+    events = check_events(payload.get("events"))
+    headers = check_headers(payload.get("headers"))
+    active = _check_bool("active", payload.get("active", True))
+    _check_template(
+        payload.get("template"), payload.get("template_params"), payload.get("transform")
+    )
+    secret = check_secret(payload["secret"]) if "secret" in payload else signing.generate_secret()
+    webhook = Webhook(
+        workspace_id=workspace_id,
+        name=name,
+        url=url,
+        events=events,
+        headers=headers,
+        active=active,
+        template=payload.get("template"),
+        template_params=payload.get("template_params"),
+        transform=None,
+    )
+    if secret is not None:
+        webhook.secrets.append(WebhookSecret(secret=secret))
+    session.add(webhook)
+    session.commit()
+    return webhook, secret
+
+
+def update(
+    session: Session, webhook: Webhook, payload: dict[str, Any], settings: Settings
+) -> Webhook:
+    """Change the given fields; `active: false` pauses, `active: true` clears a disable."""
+    _unknown_fields(payload)
+    changes: dict[str, Any] = {}
+    if "name" in payload:
+        changes["name"] = _check_name(payload["name"])
+    if "url" in payload:
+        changes["url"] = check_url(payload["url"], settings)
+    if "events" in payload:
+        changes["events"] = check_events(payload["events"])
+    if "headers" in payload:
+        changes["headers"] = check_headers(payload["headers"])
+    if "active" in payload:
+        changes["active"] = _check_bool("active", payload["active"])
+    _check_template(
+        payload.get("template", webhook.template),
+        payload.get("template_params", webhook.template_params),
+        payload.get("transform"),
+    )
+    for key in ("template", "template_params"):
+        if key in payload:
+            changes[key] = payload[key]
+    secret = check_secret(payload["secret"]) if "secret" in payload else _UNSET
+    for key, value in changes.items():
+        setattr(webhook, key, value)
+    if "active" in changes:
+        webhook.disabled_reason = None if changes["active"] else _paused_reason()
+    if secret is not _UNSET:
+        replace_secret(webhook, secret, overlap=None)
+    webhook.updated_at = utcnow()
+    session.commit()
+    return webhook
+
+
+def _paused_reason() -> str:
+    return f"Paused on {utcnow().strftime('%Y-%m-%d %H:%M UTC')}"
+
+
+def replace_secret(webhook: Webhook, secret: str | None, *, overlap: timedelta | None) -> None:
+    """Make `secret` current; older secrets expire now, or after `overlap` (a rotation)."""
+    now = utcnow()
+    expires = now + overlap if overlap else now
+    for old in webhook.secrets:
+        if old.expires_at is None or old.expires_at > expires:
+            old.expires_at = expires
+    if secret is not None:
+        webhook.secrets.insert(0, WebhookSecret(secret=secret, created_at=now))
+
+
+def rotate(session: Session, webhook: Webhook, secret: Any = None) -> str:
+    """A new current secret; the previous one keeps signing alongside for 24 hours."""
+    new = check_secret(secret) if secret is not None else signing.generate_secret()
+    assert new is not None
+    replace_secret(webhook, new, overlap=ROTATION_OVERLAP)
+    webhook.updated_at = utcnow()
+    session.commit()
+    return new
+
+
+def current_secret(webhook: Webhook) -> str | None:
+    now = utcnow()
+    for s in webhook.secrets:
+        if s.expires_at is None or s.expires_at > now:
+            return s.secret
+    return None

@@ -1,0 +1,237 @@
+"""The data: workspaces, users, keys, webhooks and their secrets, events, deliveries, attempts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, registry, relationship
+
+import webhooks.sqlite  # noqa: F401  (installs the SQLite connection settings)
+from webhooks.ids import new_id
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    """Now, as the naive UTC datetime every column stores."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    registry = registry(
+        metadata=MetaData(
+            naming_convention={
+                "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+                "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+                "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+                "pk": "pk_%(table_name)s",
+            }
+        ),
+        type_annotation_map={dict[str, Any]: JSONType, list[str]: JSONType, datetime: DateTime()},
+    )
+
+
+db = SQLAlchemy(model_class=Base)
+
+
+def _id(prefix: str) -> Mapped[str]:
+    return mapped_column(String(40), primary_key=True, default=lambda: new_id(prefix))
+
+
+memberships = Table(
+    "memberships",
+    Base.metadata,
+    Column("user_id", ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("workspace_id", ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
+class Workspace(db.Model):
+    __tablename__ = "workspaces"
+
+    id: Mapped[str] = _id("ws")
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class User(db.Model):
+    __tablename__ = "users"
+
+    id: Mapped[str] = _id("usr")
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    workspaces: Mapped[list[Workspace]] = relationship(
+        secondary=memberships, order_by=Workspace.name
+    )
+
+
+class ApiKey(db.Model):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = _id("key")
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class Webhook(db.Model):
+    __tablename__ = "webhooks"
+    __table_args__ = (Index(None, "workspace_id", "created_at"),)
+
+    id: Mapped[str] = _id("wh")
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[str]]
+    headers: Mapped[dict[str, Any]]
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    template: Mapped[str | None] = mapped_column(String(40))
+    template_params: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    transform: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    secrets: Mapped[list[WebhookSecret]] = relationship(
+        back_populates="webhook",
+        cascade="all, delete-orphan",
+        order_by="WebhookSecret.id.desc()",
+        passive_deletes=True,
+    )
+
+
+class WebhookSecret(db.Model):
+    """A signing secret; the newest unexpired one is current, older ones sign until they expire."""
+
+    __tablename__ = "webhook_secrets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    webhook_id: Mapped[str] = mapped_column(
+        ForeignKey("webhooks.id", ondelete="CASCADE"), index=True
+    )
+    secret: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None]
+
+    webhook: Mapped[Webhook] = relationship(back_populates="secrets")
+
+
+class Event(db.Model):
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("workspace_id", "idempotency_key"),
+        Index(None, "workspace_id", "created_at"),
+    )
+
+    id: Mapped[str] = _id("evt")
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(200))
+    data: Mapped[dict[str, Any]]
+    occurred_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    is_test: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class DeliveryStatus:
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ALL = (PENDING, SUCCEEDED, FAILED)
+
+
+class Delivery(db.Model):
+    """One event to one webhook: the unit that is claimed, attempted and retried."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        # The logs: newest first, by workspace, with each filter.
+        Index(None, "workspace_id", "created_at", "id"),
+        Index(None, "workspace_id", "status", "created_at", "id"),
+        Index(None, "workspace_id", "webhook_id", "created_at", "id"),
+        Index(None, "workspace_id", "event_type", "created_at", "id"),
+        Index(None, "webhook_id", "created_at", "id"),
+        # The scheduler and the reconciler.
+        Index(None, "status", "next_attempt_at"),
+        Index(None, "lease_expires_at"),
+    )
+
+    id: Mapped[str] = _id("dlv")
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    event_id: Mapped[str] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"), index=True)
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event_type: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16), default="event")  # event, test, redelivery
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING)
+    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    lost_count: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    # Tests and redeliveries go out even while the webhook is paused.
+    ignores_pause: Mapped[bool] = mapped_column(Boolean, default=False)
+    next_attempt_at: Mapped[datetime | None]
+    lease_expires_at: Mapped[datetime | None]
+    lease_token: Mapped[str | None] = mapped_column(String(32))
+    enqueued_at: Mapped[datetime | None]
+    last_status_code: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    event: Mapped[Event] = relationship()
+    webhook: Mapped[Webhook] = relationship()
+    attempts: Mapped[list[Attempt]] = relationship(
+        order_by="Attempt.number", passive_deletes=True, back_populates="delivery"
+    )
+
+
+class AttemptOutcome:
+    IN_FLIGHT = "in_flight"
+    SUCCESS = "success"
+    FAILURE = "failure"
+    LOST = "lost"  # the worker died before recording a result
+
+
+class Attempt(db.Model):
+    __tablename__ = "attempts"
+    __table_args__ = (UniqueConstraint("delivery_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(16), default=AttemptOutcome.IN_FLIGHT)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    duration_ms: Mapped[int | None]
+    request_url: Mapped[str] = mapped_column(String(2048))
+    request_headers: Mapped[dict[str, Any]]
+    request_body: Mapped[str] = mapped_column(Text)
+    response_status: Mapped[int | None]
+    response_headers: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    response_body: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    delivery: Mapped[Delivery] = relationship(back_populates="attempts")
+
+

@@ -1,0 +1,132 @@
+"""The scheduler's work: queue what is due, and repair what Redis or a dead worker lost."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from redis import Redis
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from webhooks import queueing
+from webhooks.config import Settings
+from webhooks.delivery import MAX_LOST_ATTEMPTS
+from webhooks.models import Attempt, AttemptOutcome, Delivery, DeliveryStatus, utcnow
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000
+
+
+def queue_due(
+    session: Session, redis: Redis, settings: Settings, *, lost_data: bool = False
+) -> int:
+    """Queue every due delivery that is not in flight; returns how many were queued.
+
+    A delivery queued less than `requeue_after` ago is left alone unless Redis lost its data;
+    one queued longer ago is queued again only if its job is no longer in Redis.
+    """
+    now = utcnow()
+    query = select(Delivery.id, Delivery.attempt_count, Delivery.enqueued_at).where(
+        Delivery.status == DeliveryStatus.PENDING,
+        Delivery.next_attempt_at <= now,
+        Delivery.lease_token.is_(None),
+    )
+    if not lost_data:
+        stale = now - timedelta(seconds=settings.requeue_after)
+        query = query.where(or_(Delivery.enqueued_at.is_(None), Delivery.enqueued_at < stale))
+    rows = session.execute(query.order_by(Delivery.next_attempt_at).limit(BATCH)).all()
+    session.rollback()
+    if not rows:
+        return 0
+    maybe_queued = [queueing.job_id(d, n) for d, n, queued_at in rows if queued_at is not None]
+    live = queueing.live_jobs(redis, maybe_queued)
+    items = [(d, n) for d, n, _ in rows if queueing.job_id(d, n) not in live]
+    if not items:
+        return 0
+    ids = [d for d, _ in items]
+    session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(ids), Delivery.lease_token.is_(None))
+        .values(enqueued_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    try:
+        queueing.enqueue(redis, settings.queue, items, timeout=settings.timeout)
+    except Exception:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(ids), Delivery.enqueued_at == now)
+            .values(enqueued_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        raise
+    return len(items)
+
+
+def expire_leases(session: Session, settings: Settings) -> int:
+    """Deliveries whose worker died mid-attempt: record the attempt as lost and make them due."""
+    now = utcnow()
+    rows = session.execute(
+        select(Delivery.id, Delivery.lease_token, Delivery.lost_count)
+        .where(
+            Delivery.lease_expires_at < now,
+            Delivery.status == DeliveryStatus.PENDING,
+            Delivery.lease_token.is_not(None),
+        )
+        .limit(BATCH)
+    ).all()
+    expired = 0
+    for delivery_id, token, lost in rows:
+        if _expire_one(session, delivery_id, token, lost + 1, now):
+            expired += 1
+    session.commit()
+    return expired
+
+
+def _expire_one(session: Session, delivery_id: str, token: str, lost: int, now: datetime) -> bool:
+    gave_up = lost >= MAX_LOST_ATTEMPTS
+    error = "worker lost: no result was recorded before the lease expired"
+    values: dict = {
+        "lease_token": None,
+        "lease_expires_at": None,
+        "enqueued_at": None,
+        "lost_count": lost,
+        "last_status_code": None,
+        "last_error": error,
+        "updated_at": now,
+        "next_attempt_at": None if gave_up else now,
+    }
+    if gave_up:
+        values["status"] = DeliveryStatus.FAILED
+        values["last_error"] = f"{error} ({lost} times); giving up"
+    changed = session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.lease_token == token)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if changed.rowcount != 1:
+        return False
+    session.execute(
+        update(Attempt)
+        .where(Attempt.delivery_id == delivery_id, Attempt.outcome == AttemptOutcome.IN_FLIGHT)
+        .values(outcome=AttemptOutcome.LOST, error=error)
+        .execution_options(synchronize_session=False)
+    )
+    log.warning("delivery %s: %s", delivery_id, error)
+    return True
+
+
+def tick(session: Session, redis: Redis, settings: Settings, *, full: bool) -> int:
+    """One scheduler pass: queue due deliveries; a full pass also repairs leases and Redis loss."""
+    lost_data = False
+    if full:
+        expire_leases(session, settings)
+        lost_data = not queueing.sentinel_present(redis)
+        if lost_data:
+            log.warning("Redis has lost its data: queueing every due delivery again")
+    return queue_due(session, redis, settings, lost_data=lost_data)
