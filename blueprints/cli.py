@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
+from pathlib import Path
 
 import click
 from flask import Blueprint, current_app
@@ -61,3 +64,42 @@ def scheduler() -> None:
     from jobs.scheduler import run
 
     run(current_app._get_current_object())
+
+
+@bp.cli.command("demo")
+def demo() -> None:
+    """Create a demo workspace, user and API key on first run, and print how to use them."""
+    path = Path(current_app.instance_path) / "demo.json"
+    if path.exists():
+        info = json.loads(path.read_text())
+    else:
+        ws, key = accounts.create_workspace(db.session, "Demo")
+        password = secrets.token_urlsafe(9)
+        accounts.create_user(db.session, "demo@example.com", password, ws.id)
+        info = {
+            "workspace_id": ws.id,
+            "api_key": key,
+            "email": "demo@example.com",
+            "password": password,
+        }
+        path.write_text(json.dumps(info))
+        path.chmod(0o600)
+    base = f"http://127.0.0.1:{os.environ.get('PORT', '8000')}"
+    click.echo(
+        f"""
+  Webhook delivery service: open {base}
+  Dashboard sign-in: {info["email"]} / {info["password"]}   (workspace {info["workspace_id"]})
+  API key: {info["api_key"]}
+
+  Create a webhook (WEBHOOK_ALLOW_HTTP=1 allows http:// targets for local tries):
+    curl -s {base}/api/v1/webhooks -H "Authorization: Bearer {info["api_key"]}" \\
+      -H "Content-Type: application/json" \\
+      -d '{{"name": "My endpoint", "url": "https://example.com/hook", "events": ["*"]}}'
+  Publish an event:
+    curl -s {base}/api/v1/events -H "Authorization: Bearer {info["api_key"]}" \\
+      -H "Content-Type: application/json" \\
+      -d '{{"type": "incident.created", "data": {{"id": "inc_1", "title": "API latency"}}}}'
+  Watch deliveries:
+    curl -s {base}/api/v1/deliveries -H "Authorization: Bearer {info["api_key"]}"
+"""
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app
+from flask import Blueprint, current_app, render_template
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,3 +27,9 @@ def healthz():  # type: ignore[no-untyped-def]
         status["redis"] = str(exc)
     healthy = all(v == "ok" for v in status.values())
     return status, 200 if healthy else 503, {"Cache-Control": "no-store"}
+
+
+@bp.get("/")
+def index():  # type: ignore[no-untyped-def]
+    """Say that the service runs and where its API is."""
+    return render_template("index.html")

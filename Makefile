@@ -1,0 +1,57 @@
+# The README's two commands: `make run` and `make test`. Both set up what they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+PORT ?= 8000
+REDIS_URL ?= redis://127.0.0.1:6379/0
+TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
+PYTEST_ARGS ?=
+export REDIS_URL PORT
+
+.PHONY: run test test-sqlite test-postgres lint format bench clean
+
+$(VENV)/.run-deps: requirements.txt
+	scripts/setup-venv.sh $(PYTHON) requirements.txt
+	touch $@
+
+$(VENV)/.dev-deps: requirements.txt requirements-dev.txt
+	scripts/setup-venv.sh $(PYTHON) requirements-dev.txt
+	touch $(VENV)/.run-deps $@
+
+## Run the whole service (web, worker, scheduler) on SQLite, with Redis started if needed.
+run: $(VENV)/.run-deps
+	scripts/ensure-redis.sh $(BIN)/python
+	$(BIN)/flask --app app db upgrade
+	$(BIN)/flask --app app demo
+	PATH="$(BIN):$$PATH" $(BIN)/honcho start -f Procfile web worker scheduler
+
+## Run the whole test suite on SQLite, then on PostgreSQL when one answers.
+test: $(VENV)/.dev-deps
+	scripts/ensure-redis.sh $(BIN)/python
+	$(MAKE) --no-print-directory test-sqlite
+	$(MAKE) --no-print-directory test-postgres
+
+test-sqlite:
+	@echo "== tests on SQLite =="
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+test-postgres:
+	@if scripts/ensure-postgres.sh $(BIN)/python "$(TEST_DATABASE_URL)"; then \
+		echo "== tests on PostgreSQL ($(TEST_DATABASE_URL)) =="; \
+		TEST_DATABASE_URL="$(TEST_DATABASE_URL)" $(BIN)/pytest -q $(PYTEST_ARGS); \
+	elif [ -n "$$REQUIRE_POSTGRES" ]; then \
+		echo "PostgreSQL is required (REQUIRE_POSTGRES is set) but does not answer at $(TEST_DATABASE_URL)"; exit 1; \
+	else \
+		echo "== PostgreSQL run SKIPPED: nothing answers at $(TEST_DATABASE_URL) (set TEST_DATABASE_URL) =="; \
+	fi
+
+lint: $(VENV)/.dev-deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.dev-deps
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,151 @@
+"""Nothing is lost: a worker killed mid-attempt, Redis flushed, Redis down during publish."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app import create_app
+from tests.receivers import Reply
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Processes:
+    """The Procfile's worker and scheduler as real subprocesses, sharing the test's config."""
+
+    def __init__(self, config: dict[str, Any], instance: Path) -> None:
+        self.env = {**os.environ, "INSTANCE_PATH": str(instance)}
+        self.env.update({k: str(v) for k, v in config.items() if k.isupper() and k != "TESTING"})
+        self.running: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str) -> subprocess.Popen:
+        command = [sys.executable, "-m", "flask", "--app", "app", name.split(":")[0]]
+        proc = subprocess.Popen(command, cwd=ROOT, env=self.env)
+        self.running[name] = proc
+        return proc
+
+    def kill(self, name: str) -> None:
+        proc = self.running.pop(name)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def stop_all(self) -> None:
+        for proc in self.running.values():
+            proc.terminate()
+        for proc in self.running.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.running.clear()
+
+
+@pytest.fixture
+def processes(app, config, tmp_path) -> Iterator[Processes]:  # type: ignore[no-untyped-def]
+    procs = Processes(config, tmp_path / "instance")
+    yield procs
+    procs.stop_all()
+
+
+def wait_until(condition, timeout: float):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(0.1)
+
+
+def delivery(api, delivery_id):  # type: ignore[no-untyped-def]
+    return api.get(f"/deliveries/{delivery_id}").json
+
+
+@pytest.fixture
+def slow_config(config):  # type: ignore[no-untyped-def]
+    config.update({"WEBHOOK_TIMEOUT_SECONDS": "3", "WEBHOOK_LEASE_MARGIN_SECONDS": "1"})
+    return config
+
+
+def test_worker_killed_mid_attempt_is_retried_and_recorded_as_lost(
+    slow_config, api, webhook, receiver, processes
+):
+    receiver.answer(Reply(status=200, delay=2.5), 200)
+    processes.start("scheduler")
+    processes.start("worker")
+    event = api.post("/events", {"type": "incident.created", "data": {"id": "inc_9"}}).json
+    delivery_id = api.get(f"/events/{event['id']}").json["deliveries"][0]["id"]
+
+    receiver.wait_for(1, timeout=30)
+    processes.kill("worker")  # while the target is still answering
+    killed_at = time.monotonic()
+    processes.start("worker:2")
+
+    done = wait_until(
+        lambda: (d := delivery(api, delivery_id))["status"] != "pending" and d, 3 + 60
+    )
+
+    assert time.monotonic() - killed_at < 3 + 60
+    assert done["status"] == "succeeded"
+    lost, made = done["attempts"]
+    assert lost["outcome"] == "lost" and "worker lost" in lost["error"]
+    assert made["outcome"] == "success" and made["response"]["status_code"] == 200
+    assert len(receiver.requests) == 2  # at most one extra POST, never zero
+
+
+def test_flushed_redis_loses_no_delivery_and_sends_none_twice(
+    app, api, webhook, receiver, processes
+):
+    receiver.answer(500, 200)
+    first = api.post("/events", {"type": "incident.created", "data": {"id": "inc_1"}}).json
+    # The first one fails once and waits for its retry; the others are queued, not yet run.
+    processes.start("worker")
+    receiver.wait_for(1, timeout=30)
+    first_delivery = api.get(f"/events/{first['id']}").json["deliveries"][0]["id"]
+    wait_until(lambda: delivery(api, first_delivery)["attempts"][0]["outcome"] == "failure", 10)
+    processes.kill("worker")
+    others = [
+        api.post("/events", {"type": "task.failed", "data": {"id": f"task_{i}"}}).json["id"]
+        for i in range(5)
+    ]
+
+    app.extensions["redis"].flushdb()  # Redis loses everything
+    flushed_at = time.monotonic()
+    processes.start("scheduler")
+    processes.start("worker")
+
+    receiver.wait_for(1 + 1 + 5, timeout=60)
+    assert time.monotonic() - flushed_at < 60
+    # Once every delivery has ended in the database, a duplicate job finds nothing to claim.
+    wait_until(lambda: not api.get("/deliveries?status=pending").json["data"], 30)
+    by_event: dict[str, int] = {}
+    for request in receiver.requests[1:]:
+        by_event[request.headers["webhook-id"]] = by_event.get(request.headers["webhook-id"], 0) + 1
+    assert by_event == {first["id"]: 1, **{e: 1 for e in others}}
+
+
+def test_publish_while_redis_is_down_answers_202_and_catches_up(
+    app, config, api, webhook, receiver, service, tmp_path
+):
+    down = create_app({**config, "REDIS_URL": "redis://127.0.0.1:1/0"})
+    down_api = type(api)(down.test_client(), api.key)
+
+    response = down_api.post("/events", {"type": "incident.created", "data": {"id": "inc_7"}})
+
+    assert response.status_code == 202 and response.json["delivery_count"] == 1
+    deliveries = api.get(f"/events/{response.json['id']}").json["deliveries"]
+    assert deliveries[0]["status"] == "pending"
+    service.run_until(
+        lambda: receiver.requests, timeout=10
+    )  # Redis is back: the scheduler sends it
+    assert receiver.requests[0].headers["webhook-id"] == response.json["id"]
