@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 from werkzeug.exceptions import HTTPException
 
 from blueprints.serialize import attempt_json, delivery_json, envelope_json, webhook_json
-from webhooks import accounts, catalog, management, publishing
+from webhooks import accounts, catalog, logs, management, publishing
 from webhooks.config import Settings
 from webhooks.management import Invalid
-from webhooks.models import Delivery, DeliveryStatus, Event, Webhook, db
+from webhooks.models import Delivery, Event, Webhook, db
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -35,9 +32,7 @@ def redis():  # type: ignore[no-untyped-def]
 
 @bp.errorhandler(Invalid)
 def _invalid(exc: Invalid):  # type: ignore[no-untyped-def]
-    body: dict[str, Any] = {"code": exc.code, "message": exc.message}
-    if exc.fields:
-        body["fields"] = exc.fields
+    body: dict[str, Any] = {"code": exc.code, "message": exc.message, "fields": exc.fields}
     response = jsonify({"error": body})
     response.status_code = exc.status
     return response
@@ -87,14 +82,6 @@ def json_body(*, optional: bool = False) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise fail("invalid_json", "the request body must be a JSON object")
     return payload
-
-
-def _utc_naive(value: str) -> datetime:
-    """An ISO 8601 time as the naive UTC datetime the columns store."""
-    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment
 
 
 def webhook_or_404(webhook_id: str) -> Webhook:
@@ -253,57 +240,9 @@ def get_event(event_id: str):  # type: ignore[no-untyped-def]
     }
 
 
-def _cursor(delivery: Delivery) -> str:
-    raw = json.dumps([delivery.created_at.isoformat(), delivery.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, delivery_id = json.loads(raw)
-        return datetime.fromisoformat(created), str(delivery_id)
-    except (ValueError, TypeError, binascii.Error):
-        raise fail(
-            "validation_error", "cursor is not one this API gave out", cursor="invalid"
-        ) from None
-
-
-def delivery_filters(args: Any) -> list[Any]:
-    """The WHERE clauses for the deliveries list, from query arguments."""
-    clauses: list[Any] = [Delivery.workspace_id == g.workspace_id]
-    if args.get("webhook_id"):
-        clauses.append(Delivery.webhook_id == args["webhook_id"])
-    status = args.get("status")
-    if status:
-        if status not in DeliveryStatus.ALL:
-            raise fail(
-                "validation_error",
-                f"status must be one of {', '.join(DeliveryStatus.ALL)}, got {status!r}",
-                status="invalid",
-            )
-        clauses.append(Delivery.status == status)
-    if args.get("event_type"):
-        clauses.append(Delivery.event_type == args["event_type"])
-    for name, op in (("since", "__ge__"), ("until", "__lt__")):
-        value = args.get(name)
-        if value:
-            try:
-                moment = _utc_naive(value.replace(" ", "+"))
-            except ValueError:
-                raise fail(
-                    "validation_error",
-                    f"{name} must be an ISO 8601 time, got {value!r}",
-                    **{name: "not a time"},
-                ) from None
-            clauses.append(getattr(Delivery.created_at, op)(moment))
-    return clauses
-
-
 @bp.get("/deliveries")
 def list_deliveries():  # type: ignore[no-untyped-def]
     """List deliveries newest first, filtered, with keyset pagination."""
-    clauses = delivery_filters(request.args)
     try:
         limit = int(request.args.get("limit", DEFAULT_PAGE))
     except ValueError:
@@ -312,23 +251,14 @@ def list_deliveries():  # type: ignore[no-untyped-def]
         raise fail(
             "validation_error", f"limit must be 1-{MAX_PAGE}, got {limit}", limit="out of range"
         )
-    if request.args.get("cursor"):
-        created, last_id = _decode_cursor(request.args["cursor"])
-        clauses.append(
-            or_(
-                Delivery.created_at < created,
-                and_(Delivery.created_at == created, Delivery.id < last_id),
-            )
+    try:
+        filters = logs.LogFilter.from_args(request.args)
+        rows, next_cursor = logs.page(
+            db.session, g.workspace_id, filters, limit=limit, cursor=request.args.get("cursor")
         )
-    rows = db.session.scalars(
-        select(Delivery)
-        .where(*clauses)
-        .order_by(Delivery.created_at.desc(), Delivery.id.desc())
-        .limit(limit + 1)
-    ).all()
-    page = rows[:limit]
-    next_cursor = _cursor(page[-1]) if len(rows) > limit else None
-    return {"data": [delivery_json(d) for d in page], "next_cursor": next_cursor}
+    except logs.BadFilter as exc:
+        raise Invalid("validation_error", str(exc), {exc.field: str(exc)}) from None
+    return {"data": [delivery_json(d) for d in rows], "next_cursor": next_cursor}
 
 
 @bp.get("/deliveries/<delivery_id>")

@@ -41,6 +41,8 @@ def check_url(url: Any, settings: Settings) -> str:
         msg = f"URL must be at most {MAX_URL_LENGTH} characters, got {len(url)}"
         raise Invalid("invalid_url", msg, {"url": msg})
     try:
+        if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+            raise ValueError("whitespace or control character")
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
@@ -84,7 +86,7 @@ def check_headers(headers: Any) -> dict[str, str]:
         raise Invalid("invalid_headers", msg, {"headers": msg})
     seen: set[str] = set()
     for name, value in headers.items():
-        if not _TOKEN.match(name):
+        if not _TOKEN.fullmatch(name):
             msg = f"header name {name!r} is not a valid HTTP token"
             raise Invalid("invalid_headers", msg, {"headers": msg})
         if name.lower() in RESERVED_HEADERS:

@@ -128,5 +128,8 @@ def tick(session: Session, redis: Redis, settings: Settings, *, full: bool) -> i
         expire_leases(session, settings)
         lost_data = not queueing.sentinel_present(redis)
         if lost_data:
-            log.warning("Redis has lost its data: queueing every due delivery again")
+            log.warning(
+                "Redis holds no record of queued work (first start, or its data was lost): "
+                "queueing every due delivery not in flight"
+            )
     return queue_due(session, redis, settings, lost_data=lost_data)
