@@ -23,11 +23,12 @@ run: $(VENV)/.run-deps
 	scripts/ensure-redis.sh $(BIN)/python
 	$(BIN)/flask --app app db upgrade
 	$(BIN)/flask --app app demo
-	PATH="$(BIN):$$PATH" $(BIN)/honcho start -f Procfile web worker scheduler
+	PATH="$(BIN):$$PATH" $(BIN)/honcho start -f Procfile -p $(PORT) web worker scheduler
 
 ## Run the whole test suite on SQLite, then on PostgreSQL when one answers.
 test: $(VENV)/.dev-deps
 	scripts/ensure-redis.sh $(BIN)/python
+	scripts/ensure-chromium.sh
 	$(MAKE) --no-print-directory test-sqlite
 	$(MAKE) --no-print-directory test-postgres
 

@@ -7,14 +7,26 @@ import os
 import sys
 from typing import Any
 
-from flask import Flask
+from flask import Flask, request
+from flask.sessions import SecureCookieSessionInterface
+from flask_htmx import HTMX
 from flask_migrate import Migrate
+from flask_wtf import CSRFProtect
 from redis import Redis
 
 from webhooks import config as settings_module
 from webhooks.models import db
 
 migrate = Migrate()
+csrf = CSRFProtect()
+htmx = HTMX()
+
+
+class _SessionInterface(SecureCookieSessionInterface):
+    """The session cookie is `Secure` whenever the page was served over HTTPS."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return bool(app.config["SESSION_COOKIE_SECURE"] or request.is_secure)
 
 
 def _engine_options(url: str, busy_timeout: float) -> dict[str, Any]:
@@ -44,6 +56,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     app.config["MAX_CONTENT_LENGTH"] = max(app.config["WEBHOOK_MAX_PAYLOAD_BYTES"], 1 << 20)
     app.config["JSON_SORT_KEYS"] = False
+    app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
+    app.config["WTF_CSRF_TIME_LIMIT"] = None  # valid for the session's lifetime
+    app.session_interface = _SessionInterface()
 
     db.init_app(app)
     migrate.init_app(
@@ -59,11 +75,15 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         health_check_interval=30,
     )
 
-    from blueprints import api, cli, health
+    from blueprints import api, auth, cli, dashboard, health, logs, settings, ui
 
-    app.register_blueprint(api.bp)
-    app.register_blueprint(health.bp)
-    app.register_blueprint(cli.bp)
+    csrf.init_app(app)
+    htmx.init_app(app)
+    auth.login_manager.init_app(app)
+    ui.install(app)
+    csrf.exempt(api.bp)  # the API authenticates each request by key, not by cookie
+    for blueprint in (api.bp, auth.bp, dashboard.bp, logs.bp, settings.bp, health.bp, cli.bp):
+        app.register_blueprint(blueprint)
 
     if not app.debug and not app.testing:
         logging.basicConfig(

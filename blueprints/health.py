@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, render_template
+from flask import Blueprint, current_app, redirect, url_for
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -31,5 +31,5 @@ def healthz():  # type: ignore[no-untyped-def]
 
 @bp.get("/")
 def index():  # type: ignore[no-untyped-def]
-    """Say that the service runs and where its API is."""
-    return render_template("index.html")
+    """The dashboard's home is Settings › Webhooks."""
+    return redirect(url_for("dashboard.webhooks"))

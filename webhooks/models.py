@@ -82,6 +82,14 @@ class User(db.Model):
         secondary=memberships, order_by=Workspace.name
     )
 
+    # What a session-based login needs of a user (Flask-Login's protocol).
+    is_authenticated = True
+    is_active = True
+    is_anonymous = False
+
+    def get_id(self) -> str:
+        return self.id
+
 
 class ApiKey(db.Model):
     __tablename__ = "api_keys"
@@ -233,5 +241,3 @@ class Attempt(db.Model):
     error: Mapped[str | None] = mapped_column(Text)
 
     delivery: Mapped[Delivery] = relationship(back_populates="attempts")
-
-

@@ -1,0 +1,89 @@
+"""Settings › Webhooks › Logs: every delivery, filtered, live, with its attempts."""
+
+from __future__ import annotations
+
+from flask import Blueprint, flash, g, redirect, render_template, request, url_for
+from sqlalchemy import select
+
+from blueprints.ui import delivery_or_404, guarded, settings
+from webhooks import catalog, logs, publishing
+from webhooks.models import DeliveryStatus, Webhook, db
+
+bp = guarded(Blueprint("logs", __name__, url_prefix="/settings/webhooks/logs"))
+
+PAGE = 50
+FILTER_KEYS = ("status", "event_type", "webhook_id", "since", "until")
+
+
+def _filters() -> tuple[logs.LogFilter, dict[str, str], dict[str, str]]:
+    """The filter from the query string, the values to show in the form, and any errors."""
+    args = {k: request.args.get(k, "").strip() for k in FILTER_KEYS}
+    try:
+        return logs.LogFilter.from_args(args), args, {}
+    except logs.BadFilter as exc:
+        return logs.LogFilter(), args, {exc.field: str(exc)}
+
+
+@bp.get("")
+def index():  # type: ignore[no-untyped-def]
+    """The log: newest first, filters kept in the URL, first page updating live."""
+    filters, values, errors = _filters()
+    cursor = request.args.get("cursor") or None
+    try:
+        rows, next_cursor = logs.page(
+            db.session, g.workspace_id, filters, limit=PAGE, cursor=cursor
+        )
+    except logs.BadFilter as exc:
+        rows, next_cursor, errors = [], None, {exc.field: str(exc)}
+    webhooks = db.session.scalars(
+        select(Webhook).where(Webhook.workspace_id == g.workspace_id).order_by(Webhook.name)
+    ).all()
+    context = {
+        "deliveries": rows,
+        "next_cursor": next_cursor,
+        "values": values,
+        "errors": errors,
+        "live": cursor is None,
+        "query": {k: v for k, v in values.items() if v},
+        "webhook_names": {w.id: w.name for w in webhooks},
+    }
+    if request.headers.get("HX-Request") == "true" and request.args.get("fragment") == "rows":
+        return render_template("logs/_live.html", **context)
+    return render_template(
+        "logs/index.html",
+        webhooks=webhooks,
+        statuses=DeliveryStatus.ALL,
+        types=catalog.CATALOG,
+        **context,
+    )
+
+
+@bp.get("/<delivery_id>")
+def show(delivery_id: str):  # type: ignore[no-untyped-def]
+    """One delivery with every attempt's request and response."""
+    delivery = delivery_or_404(delivery_id)
+    return render_template("logs/show.html", delivery=delivery)
+
+
+@bp.get("/<delivery_id>/attempts")
+def attempts(delivery_id: str):  # type: ignore[no-untyped-def]
+    """The attempts fragment of a delivery; polls itself while the delivery is pending."""
+    return render_template("logs/_attempts.html", delivery=delivery_or_404(delivery_id))
+
+
+@bp.post("/<delivery_id>/redeliver")
+def redeliver(delivery_id: str):  # type: ignore[no-untyped-def]
+    """Send the same event to the same webhook again, as a new delivery."""
+    original = delivery_or_404(delivery_id)
+    new_id = publishing.add_delivery(
+        db.session, original.event, original.webhook, settings(), kind="redelivery"
+    )
+    publishing.dispatch(db.session, _redis(), settings(), [new_id])
+    flash("Redelivery queued: it appears at the top of the logs.", "success")
+    return redirect(url_for("logs.show", delivery_id=new_id))
+
+
+def _redis():  # type: ignore[no-untyped-def]
+    from flask import current_app
+
+    return current_app.extensions["redis"]

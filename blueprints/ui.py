@@ -1,0 +1,164 @@
+"""What every dashboard page shares: sign-in guard, workspace scoping, filters for times."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Flask, abort, current_app, g, redirect, request, url_for
+from flask_login import current_user
+from markupsafe import Markup, escape
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from blueprints.auth import current_workspace
+from webhooks import catalog
+from webhooks.config import Settings
+from webhooks.models import Delivery, Webhook, db, utcnow
+
+
+def settings() -> Settings:
+    return Settings.from_config(current_app.config)
+
+
+def require_workspace() -> None:
+    """Before each dashboard request: a signed-in user looking at one of their workspaces."""
+    if not current_user.is_authenticated:
+        return current_app.login_manager.unauthorized()  # type: ignore[attr-defined,no-any-return]
+    if current_workspace() is None:
+        abort(403, "You do not belong to any workspace yet.")
+    g.workspace_id = current_workspace().id
+    return None
+
+
+def guarded(bp: Blueprint) -> Blueprint:
+    bp.before_request(require_workspace)
+    return bp
+
+
+def webhook_or_404(webhook_id: str) -> Webhook:
+    """The current workspace's webhook, or 404 exactly as if it did not exist."""
+    webhook = db.session.scalars(
+        select(Webhook)
+        .where(Webhook.id == webhook_id, Webhook.workspace_id == g.workspace_id)
+        .options(selectinload(Webhook.secrets))
+    ).first()
+    if webhook is None:
+        abort(404)
+    return webhook
+
+
+def delivery_or_404(delivery_id: str) -> Delivery:
+    delivery = db.session.scalars(
+        select(Delivery).where(Delivery.id == delivery_id, Delivery.workspace_id == g.workspace_id)
+    ).first()
+    if delivery is None:
+        abort(404)
+    return delivery
+
+
+def ago(moment: datetime | None, now: datetime | None = None) -> str:
+    """'3 min ago', 'in 2 h', 'just now'."""
+    if moment is None:
+        return "never"
+    seconds = ((now or utcnow()) - moment).total_seconds()
+    future, seconds = seconds < 0, abs(seconds)
+    if seconds < 10:
+        return "just now"
+    for limit, size, unit in (
+        (60, 1, "s"),
+        (3600, 60, "min"),
+        (86400, 3600, "h"),
+        (None, 86400, "d"),
+    ):
+        if limit is None or seconds < limit:
+            amount = int(seconds // size)
+            return f"in {amount} {unit}" if future else f"{amount} {unit} ago"
+    raise AssertionError("unreachable")
+
+
+def time_tag(moment: datetime | None) -> Markup:
+    """A <time> with the relative time shown and the exact UTC time on hover."""
+    if moment is None:
+        return Markup("<span class='muted'>never</span>")
+    exact = moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return Markup(
+        f"<time datetime='{moment.isoformat()}Z' title='{exact}'>{escape(ago(moment))}</time>"
+    )
+
+
+def summarize_events(patterns: list[str]) -> str:
+    """'All events', 'Incident (all), finding.created', …"""
+    if "*" in patterns:
+        return "All events"
+    labels = dict(catalog.CATEGORIES)
+    parts = []
+    for pattern in patterns:
+        if pattern.endswith(".*") and pattern[:-2] in labels:
+            parts.append(f"{labels[pattern[:-2]]} (all)")
+        else:
+            parts.append(pattern)
+    if len(parts) > 3:
+        return f"{', '.join(parts[:3])} and {len(parts) - 3} more"
+    return ", ".join(parts)
+
+
+def webhook_state(webhook: Webhook) -> tuple[str, str]:
+    """('Active'|'Paused'|'Disabled', reason)."""
+    if webhook.active:
+        return "Active", ""
+    reason = webhook.disabled_reason or ""
+    if reason.startswith("Disabled"):
+        return "Disabled", reason
+    return "Paused", reason
+
+
+def urlhost(url: str) -> str:
+    """The scheme and host of a URL, shown prominently."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def urlrest(url: str) -> str:
+    parts = urlsplit(url)
+    return url[len(f"{parts.scheme}://{parts.netloc}") :]
+
+
+def prettyjson(text: str | None) -> str:
+    """A JSON body indented for reading; other text as it is."""
+    try:
+        return json.dumps(json.loads(text or ""), indent=2, ensure_ascii=False)
+    except ValueError:
+        return text or ""
+
+
+def install(app: Flask) -> None:
+    """Template helpers and no-store caching for live fragments."""
+    app.jinja_env.filters.update(ago=ago, urlhost=urlhost, urlrest=urlrest, prettyjson=prettyjson)
+    app.jinja_env.globals.update(
+        time_tag=time_tag,
+        summarize_events=summarize_events,
+        webhook_state=webhook_state,
+        categories=catalog.CATEGORIES,
+        catalog=catalog,
+    )
+
+    @app.after_request
+    def _no_store_fragments(response):  # type: ignore[no-untyped-def]
+        if request.headers.get("HX-Request") == "true":
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.context_processor
+    def _workspace():  # type: ignore[no-untyped-def]
+        if current_user.is_authenticated:
+            return {
+                "workspace": current_workspace(),
+                "egress_ips": app.config["WEBHOOK_EGRESS_IPS"],
+            }
+        return {"egress_ips": app.config["WEBHOOK_EGRESS_IPS"]}
+
+    @app.get("/settings")
+    def _settings_home():  # type: ignore[no-untyped-def]
+        return redirect(url_for("dashboard.webhooks"))

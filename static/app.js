@@ -1,0 +1,43 @@
+// Copy and reveal buttons: the only behaviour HTMX attributes cannot express.
+document.addEventListener("click", (event) => {
+  const copy = event.target.closest("[data-copy]");
+  if (copy) {
+    const source = document.querySelector(copy.dataset.copy);
+    const text = source.value !== undefined ? source.value : source.textContent;
+    const done = () => { const label = copy.textContent; copy.textContent = "Copied"; setTimeout(() => { copy.textContent = label; }, 1500); };
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text.trim()).then(done);
+    } else {
+      const area = document.createElement("textarea");
+      area.value = text.trim(); document.body.appendChild(area); area.select();
+      document.execCommand("copy"); area.remove(); done();
+    }
+  }
+  const reveal = event.target.closest("[data-reveal]");
+  if (reveal) {
+    const input = document.querySelector(reveal.dataset.reveal);
+    const hidden = input.type === "password";
+    input.type = hidden ? "text" : "password";
+    reveal.textContent = hidden ? "Hide" : "Reveal";
+  }
+});
+
+// A category (or "All events") checkbox covers its types: show them as included.
+function syncEvents(form) {
+  const all = form.querySelector('input[name="events"][value="*"]');
+  form.querySelectorAll(".category").forEach((category) => {
+    const head = category.querySelector('input[value$=".*"]');
+    const covered = (all && all.checked) || head.checked;
+    if (all && head !== all) head.disabled = all.checked;
+    category.querySelectorAll("ul input").forEach((box) => {
+      box.disabled = covered;
+      if (covered) box.checked = true;
+    });
+  });
+}
+document.addEventListener("change", (event) => {
+  if (event.target.name === "events") syncEvents(event.target.form);
+});
+document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("fieldset.events").forEach((set) => syncEvents(set.form));
+});

@@ -1,0 +1,230 @@
+"""The dashboard through Flask's test client: pages, forms, scoping, CSRF."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from webhooks import accounts
+from webhooks.models import db
+
+
+class Session:
+    """A signed-in user's cookie jar, sending the CSRF token like the pages do."""
+
+    def __init__(self, client) -> None:  # type: ignore[no-untyped-def]
+        self.client = client
+        self.token = ""
+
+    def get(self, path: str, **kw):  # type: ignore[no-untyped-def]
+        response = self.client.get(path, **kw)
+        found = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', response.text) or re.search(
+            r'"X-CSRFToken": "([^"]+)"', response.text
+        )
+        if found:
+            self.token = found.group(1)
+        return response
+
+    def post(self, path: str, data=None, htmx: bool = False, **kw):  # type: ignore[no-untyped-def]
+        headers = {"X-CSRFToken": self.token}
+        if htmx:
+            headers["HX-Request"] = "true"
+        return self.client.post(path, data=data or {}, headers=headers, **kw)
+
+    def login(self, email: str, password: str):  # type: ignore[no-untyped-def]
+        self.get("/login")
+        return self.client.post(
+            "/login", data={"email": email, "password": password, "csrf_token": self.token}
+        )
+
+
+def make_user(app, email: str, workspace_name: str) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    with app.app_context():
+        ws, key = accounts.create_workspace(db.session, workspace_name)
+        accounts.create_user(db.session, email, "correct horse", ws.id)
+        return ws.id, key
+
+
+@pytest.fixture
+def user(app, workspace) -> Session:  # type: ignore[no-untyped-def]
+    with app.app_context():
+        accounts.create_user(db.session, "ops@acme.test", "correct horse", workspace["id"])
+    session = Session(app.test_client())
+    assert session.login("ops@acme.test", "correct horse").status_code == 302
+    return session
+
+
+def text(html: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+def create_webhook(user: Session, **fields):  # type: ignore[no-untyped-def]
+    user.get("/settings/webhooks/new")
+    data = {
+        "name": "Ops",
+        "url": "https://hooks.example.com/in",
+        "events": ["incident.*"],
+        "secret": "whsec_" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFB",
+        "active": "on",
+        **fields,
+    }
+    return user.post("/settings/webhooks/new", data=data)
+
+
+def test_signed_out_pages_send_you_to_login(client):
+    for path in ("/settings/webhooks", "/settings/webhooks/logs", "/settings/api-keys", "/"):
+        response = client.get(path, follow_redirects=True)
+        assert "Sign in" in response.text and response.request.path == "/login"
+
+
+def test_wrong_password_stays_on_login(app, workspace):
+    make_user(app, "a@acme.test", "A")
+    session = Session(app.test_client())
+    response = session.login("a@acme.test", "wrong password")
+    assert response.status_code == 401 and "Invalid email or password" in response.text
+
+
+def test_empty_state_says_what_to_do(user):
+    page = text(user.get("/settings/webhooks").text)
+    assert "No webhooks yet" in page and "Create Webhook" in page
+
+
+def test_create_form_saves_and_lists_the_webhook(user):
+    response = create_webhook(
+        user,
+        header_name=["X-Team", ""],
+        header_value=["ops", ""],
+        events=["incident.*", "task.failed"],
+    )
+    assert response.status_code == 302
+
+    shown = text(user.get(response.headers["Location"]).text)
+    listed = text(user.get("/settings/webhooks").text)
+
+    assert "Ops" in shown and "incident.*" in shown and "task.failed" in shown and "X-Team" in shown
+    assert "https://hooks.example.com" in listed and "Active" in listed
+    assert "Incident (all), task.failed" in listed
+
+
+def test_field_errors_appear_next_to_the_field_and_nothing_is_saved(user):
+    response = create_webhook(user, url="http://hooks.example.com/in")
+    assert response.status_code == 422
+    assert re.search(r'id="url-error"[^>]*>URL must use https://<', response.text)
+    assert 'value="http://hooks.example.com/in"' in response.text  # what was typed is kept
+    assert "No webhooks yet" in user.get("/settings/webhooks").text
+
+    missing = create_webhook(user, events=[])
+    assert "choose at least one event type" in missing.text
+
+
+def test_active_switch_pauses_at_once(user):
+    location = create_webhook(user).headers["Location"]
+    webhook_id = location.rsplit("/", 1)[1]
+    user.get(location)
+
+    paused = user.post(f"/settings/webhooks/{webhook_id}/active", data={}, htmx=True)
+    assert paused.status_code == 200 and "Paused" in paused.text
+    assert paused.headers["Cache-Control"] == "no-store"
+    assert "Paused" in text(user.get("/settings/webhooks").text)
+
+    resumed = user.post(f"/settings/webhooks/{webhook_id}/active", data={"active": "on"}, htmx=True)
+    assert "Active" in resumed.text and "Paused" not in resumed.text
+
+
+def test_secret_reveal_and_rotate(user):
+    location = create_webhook(user).headers["Location"]
+    webhook_id = location.rsplit("/", 1)[1]
+    page = user.get(location).text
+    assert "whsec_QUFB" not in page  # masked until revealed
+
+    revealed = user.get(f"/settings/webhooks/{webhook_id}/secret")
+    rotated = user.post(f"/settings/webhooks/{webhook_id}/rotate", htmx=True)
+
+    assert "whsec_QUFBQUFB" in revealed.text
+    new = re.search(r"whsec_[A-Za-z0-9+/=]+", rotated.text).group(0)
+    assert new != "whsec_QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFB" and "24 hours" in rotated.text
+
+
+def test_api_keys_are_shown_once_and_can_be_revoked(user, app):
+    user.get("/settings/api-keys")
+    created = user.post("/settings/api-keys", data={"name": "CI publisher"})
+    key = re.search(r"whk_[A-Za-z0-9_-]+", created.text).group(0)
+    key_id = re.search(r"/settings/api-keys/(key_[A-Z0-9]+)/revoke", created.text).group(1)
+    api = app.test_client()
+    auth = {"Authorization": f"Bearer {key}"}
+    assert api.get("/api/v1/webhooks", headers=auth).status_code == 200
+
+    listed = user.get("/settings/api-keys").text
+    assert key not in listed and key[:12] in listed
+    user.post(f"/settings/api-keys/{key_id}/revoke")
+
+    assert api.get("/api/v1/webhooks", headers=auth).status_code == 401
+    assert "Revoked" in user.get("/settings/api-keys").text
+
+
+def test_catalog_page_shows_every_type_with_its_example(user):
+    page = user.get("/settings/event-types").text
+    assert page.count("<details>") == 20
+    assert "recommendation.created" in page and "potential_savings" in page
+
+
+def test_logs_filters_are_kept_in_the_url_and_validated(user):
+    page = user.get("/settings/webhooks/logs?status=failed&event_type=incident.created")
+    assert page.status_code == 200
+    assert '<option value="failed" selected>' in page.text
+    assert "status=failed" in page.text  # the live fragment polls with the same filters
+    bad = user.get("/settings/webhooks/logs?since=yesterday")
+    assert "since must be an ISO 8601 time" in bad.text
+
+
+def test_another_workspace_gets_404_on_every_page(user, app):
+    location = create_webhook(user).headers["Location"]
+    webhook_id = location.rsplit("/", 1)[1]
+    make_user(app, "intruder@other.test", "Other")
+    other = Session(app.test_client())
+    other.login("intruder@other.test", "correct horse")
+    other.get("/settings/webhooks")
+
+    for path in ("", "/edit", "/secret", "/deliveries"):
+        assert other.get(f"/settings/webhooks/{webhook_id}{path}").status_code == 404
+    for path in ("/active", "/rotate", "/test", "/delete"):
+        assert other.post(f"/settings/webhooks/{webhook_id}{path}").status_code == 404
+    assert "Ops" not in text(other.get("/settings/webhooks").text)
+    assert user.get(location).status_code == 200
+
+
+def test_forms_without_the_csrf_token_are_refused(user):
+    user.get("/settings/webhooks/new")
+    user.token = "forged"
+    response = user.post(
+        "/settings/webhooks/new",
+        data={"name": "Ops", "url": "https://hooks.example.com/in", "events": ["*"]},
+    )
+    assert response.status_code == 400 and "CSRF" in response.text
+    user.get("/settings/webhooks")
+    assert "No webhooks yet" in user.get("/settings/webhooks").text
+
+
+def test_workspace_switcher_changes_what_you_see(user, app, workspace):
+    with app.app_context():
+        ws, _ = accounts.create_workspace(db.session, "Second")
+        second_id = ws.id
+        accounts.create_user(db.session, "ops@acme.test", "correct horse", second_id)
+    create_webhook(user, name="Only in Acme")
+    user.get("/settings/webhooks")
+
+    user.post("/workspace", data={"workspace_id": second_id})
+    second = text(user.get("/settings/webhooks").text)
+    forbidden = user.post("/workspace", data={"workspace_id": "ws_not_mine"})
+
+    assert "Only in Acme" not in second and "Second" in second
+    assert forbidden.status_code == 404
+
+
+def test_session_cookie_is_httponly_and_lax(app, workspace):
+    make_user(app, "c@acme.test", "C")
+    session = Session(app.test_client())
+    response = session.login("c@acme.test", "correct horse")
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
