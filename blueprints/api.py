@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 from werkzeug.exceptions import HTTPException
 
+from blueprints.security import limiter
 from blueprints.serialize import attempt_json, delivery_json, envelope_json, webhook_json
 from webhooks import accounts, catalog, logs, management, publishing
 from webhooks.config import Settings
@@ -17,6 +18,7 @@ from webhooks.management import Invalid
 from webhooks.models import Delivery, Event, Webhook, db
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
+limiter.limit(lambda: current_app.config["WEBHOOK_API_RATE_LIMIT"])(bp)
 
 MAX_PAGE = 100
 DEFAULT_PAGE = 50
@@ -38,6 +40,7 @@ def _invalid(exc: Invalid):  # type: ignore[no-untyped-def]
     return response
 
 
+@bp.errorhandler(429)  # by code, so that it wins over the dashboard's 429 page
 @bp.errorhandler(HTTPException)
 def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
     codes = {
@@ -51,6 +54,7 @@ def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
     message = {
         404: "no such resource",
         413: "request body too large",
+        429: f"rate limit exceeded ({exc.description}); retry after the Retry-After seconds",
     }.get(exc.code or 500, exc.description or exc.name)
     return _invalid(Invalid(code, message, status=exc.code or 500))
 

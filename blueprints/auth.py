@@ -4,12 +4,25 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Blueprint, abort, flash, g, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_limiter.util import get_remote_address
 from flask_login import LoginManager, current_user, login_required, login_user, logout_user
 from flask_wtf import FlaskForm
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired
 
+from blueprints.security import limiter
 from webhooks import accounts
 from webhooks.models import User, db
 
@@ -43,6 +56,12 @@ def _safe_next(target: str | None) -> str:
 
 
 @bp.route("/login", methods=["GET", "POST"])
+@limiter.limit(
+    lambda: current_app.config["WEBHOOK_LOGIN_RATE_LIMIT"],
+    methods=["POST"],
+    key_func=get_remote_address,
+    error_message="Too many sign-in attempts. Wait a minute and try again.",
+)
 def login():  # type: ignore[no-untyped-def]
     """Show the sign-in form and sign the user in."""
     form = LoginForm()
@@ -58,6 +77,11 @@ def login():  # type: ignore[no-untyped-def]
         error = "Invalid email or password"
     status = 401 if error else 200
     return render_template("auth/login.html", form=form, error=error), status
+
+
+@bp.app_errorhandler(429)
+def _too_many(exc):  # type: ignore[no-untyped-def]
+    return render_template("auth/login.html", form=LoginForm(), error=exc.description), 429
 
 
 @bp.post("/logout")

@@ -107,6 +107,16 @@ def _existing_file(name: str, raw: str) -> str | None:
     return raw
 
 
+def _rate(name: str, raw: str) -> str:
+    from limits import parse_many
+
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a rate like '100 per minute', got {raw!r}") from None
+    return raw.strip()
+
+
 def _text(name: str, raw: str) -> str:
     return raw.strip()
 
@@ -182,6 +192,13 @@ VARIABLES: tuple[Var, ...] = (
         lambda n, r: _decimal(n, r, minimum=0),
         "a claim lasts the timeout plus this margin",
     ),
+    Var(
+        "WEBHOOK_API_RATE_LIMIT",
+        "1200 per minute",
+        _rate,
+        "requests per API key (Flask-Limiter syntax, e.g. 100 per second)",
+    ),
+    Var("WEBHOOK_LOGIN_RATE_LIMIT", "10 per minute", _rate, "sign-in attempts per address"),
     Var(
         "WEBHOOK_SQLITE_BUSY_TIMEOUT",
         "30",
