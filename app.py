@@ -75,7 +75,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         health_check_interval=30,
     )
 
-    from blueprints import api, auth, cli, dashboard, health, logs, security, settings, ui
+    from blueprints import api, auth, cli, dashboard, health, logs, openapi, security, settings, ui
 
     csrf.init_app(app)
     htmx.init_app(app)
@@ -83,7 +83,16 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     ui.install(app)
     security.install(app)
     csrf.exempt(api.bp)  # the API authenticates each request by key, not by cookie
-    for blueprint in (api.bp, auth.bp, dashboard.bp, logs.bp, settings.bp, health.bp, cli.bp):
+    for blueprint in (
+        api.bp,
+        openapi.bp,
+        auth.bp,
+        dashboard.bp,
+        logs.bp,
+        settings.bp,
+        health.bp,
+        cli.bp,
+    ):
         app.register_blueprint(blueprint)
 
     if not app.debug and not app.testing:
