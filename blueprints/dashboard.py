@@ -9,8 +9,9 @@ from flask_htmx import make_response
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from blueprints import webhook_form
 from blueprints.ui import delivery_or_404, guarded, settings, webhook_or_404
-from webhooks import catalog, logs, management, publishing, signing
+from webhooks import catalog, logs, management, publishing, templates
 from webhooks.management import Invalid
 from webhooks.models import Delivery, Webhook, db, utcnow
 
@@ -32,72 +33,29 @@ def webhooks():  # type: ignore[no-untyped-def]
     return render_template("dashboard/webhooks.html", webhooks=rows, summary=summary)
 
 
-def form_payload(form: Any, *, creating: bool) -> dict[str, Any]:
-    """The API payload the form describes (validation happens once, in the domain)."""
-    names = form.getlist("header_name")
-    values = form.getlist("header_value")
-    headers: dict[str, str] = {}
-    for name, value in zip(names, values, strict=False):
-        if name.strip() or value.strip():
-            headers[name.strip()] = value
-    events = form.getlist("events")
-    if "*" in events:
-        events = ["*"]
-    payload: dict[str, Any] = {
-        "name": form.get("name", ""),
-        "url": form.get("url", ""),
-        "events": events,
-        "headers": headers,
-        "active": form.get("active") == "on",
-    }
-    secret = form.get("secret", "").strip()
-    if creating or secret != form.get("secret_was", ""):
-        payload["secret"] = secret or None
-    if form.get("template"):
-        payload["template"] = form["template"]
-    return payload
-
-
 def render_form(webhook: Webhook | None, values: dict[str, Any], errors: dict[str, str]):  # type: ignore[no-untyped-def]
+    template = templates.get(values.get("template") or "")
     return render_template(
-        "dashboard/form.html", webhook=webhook, values=values, errors=errors
+        "dashboard/form.html",
+        webhook=webhook,
+        values=values,
+        errors=errors,
+        template=template,
+        gallery=templates.TEMPLATES.values(),
     ), 422 if errors else 200
-
-
-def _form_values(webhook: Webhook | None) -> dict[str, Any]:
-    if webhook is None:
-        return {
-            "name": "",
-            "url": "",
-            "events": [],
-            "headers": {},
-            "active": True,
-            "secret": signing.generate_secret(),
-            "secret_was": "",
-        }
-    secret = management.current_secret(webhook) or ""
-    return {
-        "name": webhook.name,
-        "url": webhook.url,
-        "events": list(webhook.events),
-        "headers": dict(webhook.headers or {}),
-        "active": webhook.active,
-        "secret": secret,
-        "secret_was": secret,
-    }
 
 
 @bp.route("/new", methods=["GET", "POST"])
 def create():  # type: ignore[no-untyped-def]
     """Show the form for a new webhook, and create it."""
     if request.method == "GET":
-        return render_form(None, _form_values(None), {})
-    payload = form_payload(request.form, creating=True)
+        return render_form(None, webhook_form.values(None, request.args.get("template")), {})
     try:
+        payload = webhook_form.payload(request.form, creating=True)
         webhook, _ = management.create(db.session, g.workspace_id, payload, settings())
     except Invalid as exc:
         db.session.rollback()
-        values = {**payload, "secret": request.form.get("secret", ""), "secret_was": ""}
+        values = webhook_form.redisplay(request.form, None)
         return render_form(None, values, exc.fields or {"form": exc.message})
     flash(f"Webhook “{webhook.name}” created. Send a test event to try it.", "success")
     return redirect(url_for("dashboard.show", webhook_id=webhook.id))
@@ -108,17 +66,13 @@ def edit(webhook_id: str):  # type: ignore[no-untyped-def]
     """Show the form for an existing webhook, and save it."""
     webhook = webhook_or_404(webhook_id)
     if request.method == "GET":
-        return render_form(webhook, _form_values(webhook), {})
-    payload = form_payload(request.form, creating=False)
+        return render_form(webhook, webhook_form.values(webhook), {})
     try:
+        payload = webhook_form.payload(request.form, creating=False)
         management.update(db.session, webhook, payload, settings())
     except Invalid as exc:
         db.session.rollback()
-        values = {
-            **payload,
-            "secret": request.form.get("secret", ""),
-            "secret_was": request.form.get("secret_was", ""),
-        }
+        values = webhook_form.redisplay(request.form, webhook)
         return render_form(webhook, values, exc.fields or {"form": exc.message})
     flash("Webhook saved.", "success")
     return redirect(url_for("dashboard.show", webhook_id=webhook.id))
@@ -227,6 +181,13 @@ def delete(webhook_id: str):  # type: ignore[no-untyped-def]
     if request.headers.get("HX-Request") == "true":
         return make_response("", redirect=url_for("dashboard.webhooks"))
     return redirect(url_for("dashboard.webhooks"))
+
+
+@bp.post("/preview")
+def preview():  # type: ignore[no-untyped-def]
+    """The body the form's settings would send for an event type's example."""
+    body, error = webhook_form.preview(request.form, g.workspace_id)
+    return render_template("dashboard/_preview.html", body=body, error=error)
 
 
 @bp.get("/header-row")

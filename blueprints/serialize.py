@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from webhooks import templates
 from webhooks.delivery import envelope, iso
+from webhooks.management import MASK
 from webhooks.models import Attempt, Delivery, Event, Webhook
 
 
@@ -19,11 +21,20 @@ def webhook_json(webhook: Webhook) -> dict[str, Any]:
         "disabled_reason": webhook.disabled_reason,
         "has_secret": any(s.expires_at is None for s in webhook.secrets),
         "template": webhook.template,
-        "template_params": webhook.template_params,
+        "template_params": masked_params(webhook),
         "transform": webhook.transform,
         "created_at": iso(webhook.created_at),
         "updated_at": iso(webhook.updated_at),
     }
+
+
+def masked_params(webhook: Webhook) -> dict[str, Any] | None:
+    """Template parameters with credentials (API tokens) masked."""
+    if webhook.template_params is None:
+        return None
+    template = templates.get(webhook.template or "")
+    secret = set(template.secret_params) if template else set()
+    return {k: (MASK if k in secret and v else v) for k, v in webhook.template_params.items()}
 
 
 def envelope_json(event: Event) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -84,6 +85,7 @@ def base_config(tmp_path: Any, ca_bundle: str, database_url: str) -> dict[str, A
         "WEBHOOK_RETRY_SCHEDULE": "0,1,1,1,1,1",
         "WEBHOOK_TIMEOUT_SECONDS": "2",
         "WEBHOOK_CA_BUNDLE": ca_bundle,
+        "WEBHOOK_ALLOWED_PRIVATE_NETWORKS": "127.0.0.0/8",  # the loopback receivers
         "WEBHOOK_QUEUE": "test-webhooks",
         "WEBHOOK_LEASE_MARGIN_SECONDS": "1",
         "WEBHOOK_REQUEUE_AFTER_SECONDS": "2",
@@ -117,6 +119,28 @@ def app(config, postgres_url, monkeypatch, tmp_path):  # type: ignore[no-untyped
     with application.app_context():
         db.session.remove()
         db.engine.dispose()
+
+
+class FakeDNS(dict):
+    """Names the egress guard resolves, as `dns["hooks.test"] = ["127.0.0.1"]`; other names do
+    not resolve (IP literals never reach the resolver)."""
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        key = host.rstrip(".").lower()
+        if key not in self:
+            raise socket.gaierror(socket.EAI_NONAME, f"{host} is not in the test DNS")
+        value = self[key]
+        return [value] if isinstance(value, str) else list(value)
+
+
+@pytest.fixture
+def dns() -> Iterator[FakeDNS]:
+    """The egress guard's resolver seam, for the duration of a test."""
+    from webhooks import egress
+
+    fake = FakeDNS()
+    with egress.resolver(fake):
+        yield fake
 
 
 @pytest.fixture

@@ -228,3 +228,51 @@ def test_session_cookie_is_httponly_and_lax(app, workspace):
     response = session.login("c@acme.test", "correct horse")
     cookie = response.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+
+
+def test_template_gallery_fills_the_form(user):
+    page = text(user.get("/settings/webhooks/new?template=jira").text)
+    for label in ("Slack", "Jira", "PagerDuty", "GitHub Actions", "Generic"):
+        assert label in page
+    assert "Jira settings" in page and "Project key" in page and "API token" in page
+
+
+def test_preview_shows_the_rendered_body_and_errors_in_place(user):
+    user.get("/settings/webhooks/new?template=slack")
+    slack = user.post(
+        "/settings/webhooks/preview",
+        data={"template": "slack", "preview_type": "incident.created"},
+        htmx=True,
+    )
+    broken = user.post(
+        "/settings/webhooks/preview",
+        data={"transform": '{"text": "{{ data.title "}', "preview_type": "task.failed"},
+        htmx=True,
+    )
+    plain = user.post("/settings/webhooks/preview", data={"preview_type": "task.failed"}, htmx=True)
+
+    assert "&#34;blocks&#34;" in slack.text and "Elevated 5xx" in slack.text
+    assert "line 1" in broken.text and "field-error" in broken.text
+    assert "&#34;workspace_id&#34;" in plain.text and "task.failed" in plain.text
+
+
+def test_saving_a_template_applies_its_transform_and_headers(user, api):
+    user.get("/settings/webhooks/new?template=github")
+    response = user.post(
+        "/settings/webhooks/new",
+        data={
+            "name": "Deploy on recommendation",
+            "url": "https://api.github.com/repos/acme/infra/dispatches",
+            "events": ["recommendation.created"],
+            "template": "github",
+            "param_token": "ghp_secret",
+            "secret": "",
+            "active": "on",
+        },
+    )
+    assert response.status_code == 302
+    saved = api.get("/webhooks").json["data"][0]
+    assert saved["template"] == "github" and saved["transform"]["event_type"]
+    assert saved["headers"]["Authorization"] == "Bearer ghp_secret"
+    edit = user.get(response.headers["Location"] + "/edit").text
+    assert "ghp_secret" not in edit.split("Headers")[0]  # the token param stays masked

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import ssl
 import threading
@@ -13,6 +14,8 @@ import trustme
 
 from tests.receivers import Reply
 from webhooks import transport
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 
 
 class RawServer:
@@ -75,7 +78,13 @@ def raw_server() -> Iterator[Callable[..., RawServer]]:
 
 def post(url: str, ca_bundle: str | None = None, timeout: float = 2) -> transport.Result:
     return transport.post(
-        url, b"{}", {"Content-Type": "application/json"}, timeout=timeout, ca_bundle=ca_bundle
+        url,
+        b"{}",
+        {"Content-Type": "application/json"},
+        timeout=timeout,
+        ca_bundle=ca_bundle,
+        allowed_networks=LOOPBACK,
+        allow_http=True,
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, joinedload
 
-from webhooks import retry, signing, transport
+from webhooks import retry, signing, transforms, transport
 from webhooks.config import Settings
 from webhooks.models import (
     Attempt,
@@ -72,8 +72,13 @@ class RenderError(Exception):
 
 
 def render_body(webhook: Webhook, event: Event) -> bytes:
-    """The exact bytes to send and sign."""
-    payload = envelope(event)
+    """The exact bytes to send and sign: the envelope, or the webhook's transform of it."""
+    payload: Any = envelope(event)
+    if webhook.transform is not None:
+        try:
+            payload = transforms.render(webhook.transform, payload)
+        except transforms.TransformError as exc:
+            raise RenderError(f"transform failed: {exc}") from None
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -331,5 +336,7 @@ def deliver(session: Session, delivery_id: str, settings: Settings) -> str | Non
             timeout=settings.timeout,
             ca_bundle=settings.ca_bundle,
             proxy_url=settings.proxy_url,
+            allowed_networks=settings.allowed_private_networks,
+            allow_http=settings.allow_http,
         )
     return record(session, prepared, result, settings)

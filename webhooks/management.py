@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.orm import Session
 
-from webhooks import catalog, signing
+from webhooks import catalog, egress, signing, templates, transforms
 from webhooks.config import Settings
 from webhooks.delivery import RESERVED_HEADERS
 from webhooks.models import Webhook, WebhookSecret, utcnow
@@ -18,9 +18,9 @@ from webhooks.models import Webhook, WebhookSecret, utcnow
 MAX_URL_LENGTH = 2048
 MAX_HEADERS = 20
 ROTATION_OVERLAP = timedelta(hours=24)
-TEMPLATES = ("generic",)
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 7230 token
 _UNSET = object()
+MASK = "••••••"  # how stored credentials are shown
 
 
 @dataclass
@@ -33,7 +33,10 @@ class Invalid(Exception):
     status: int = 400
 
 
-def check_url(url: Any, settings: Settings) -> str:
+def check_url(url: Any, settings: Settings, warnings: list[str] | None = None) -> str:
+    """The URL to save, or Invalid: `invalid_url` for its form, `target_not_allowed` when the
+    egress guard refuses its address. A name that does not resolve yet is accepted; the warning
+    saying so is appended to `warnings` when given (its addresses are checked at send time)."""
     if not isinstance(url, str) or not url.strip():
         raise Invalid("invalid_url", "url is required", {"url": "URL is required"})
     url = url.strip()
@@ -58,6 +61,16 @@ def check_url(url: Any, settings: Settings) -> str:
     if parts.username or parts.password:
         msg = "URL must not carry a user name or password; use a header instead"
         raise Invalid("invalid_url", msg, {"url": msg})
+    try:
+        warning = egress.check_url(url, settings)
+    except egress.TargetNotAllowed as exc:
+        raise Invalid("target_not_allowed", exc.message, {"url": exc.message}) from None
+    except ValueError:
+        raise Invalid(
+            "invalid_url", f"not a valid URL: {url!r}", {"url": "Not a valid URL"}
+        ) from None
+    if warning and warnings is not None:
+        warnings.append(warning)
     return url
 
 
@@ -130,16 +143,64 @@ def _check_bool(name: str, value: Any) -> bool:
     return value
 
 
-def _check_template(template: Any, params: Any, transform: Any) -> None:
-    if template is not None and template not in TEMPLATES:
-        msg = f"unknown template {template!r}; available: {', '.join(TEMPLATES)}"
+def check_transform(transform: Any) -> dict[str, Any] | None:
+    """A transform that compiles in the sandbox, or None; refused with the line and message."""
+    if transform is None:
+        return None
+    try:
+        transforms.compile_transform(transform)
+    except transforms.TransformError as exc:
+        raise Invalid("invalid_transform", str(exc), {"transform": str(exc)}) from None
+    return transform
+
+
+def _apply_template(template: Any, params: Any) -> dict[str, Any] | None:
+    """The events, transform and headers a template gives, or None without a template."""
+    if template is None:
+        if params is not None:
+            msg = "template_params needs a template"
+            raise Invalid("validation_error", msg, {"template_params": msg})
+        return None
+    if template not in templates.TEMPLATES:
+        msg = f"unknown template {template!r}; available: {', '.join(templates.TEMPLATES)}"
         raise Invalid("validation_error", msg, {"template": msg})
-    if params is not None and not isinstance(params, dict):
-        msg = "template_params must be an object"
-        raise Invalid("validation_error", msg, {"template_params": msg})
-    if transform is not None:
-        msg = "transforms are not available on this server"
-        raise Invalid("invalid_transform", msg, {"transform": msg})
+    try:
+        return templates.apply(template, params)
+    except ValueError as exc:
+        raise Invalid("validation_error", str(exc), {"template_params": str(exc)}) from None
+
+
+def _template_fields(payload: dict[str, Any], webhook: Webhook | None) -> dict[str, Any]:
+    """What `template`, `template_params` and `transform` in the payload change.
+
+    A template fills in its transform and headers (and, on create, its default events);
+    anything given explicitly in the same request wins, and all of it stays editable.
+    """
+    retemplate = "template" in payload or "template_params" in payload
+    changes: dict[str, Any] = {}
+    if webhook is None or retemplate:
+        template = payload.get("template", webhook.template if webhook else None)
+        params = payload.get("template_params", webhook.template_params if webhook else None)
+        if webhook is not None and isinstance(params, dict) and webhook.template_params:
+            # A masked credential sent back as shown keeps the stored one.
+            params = {
+                k: webhook.template_params.get(k, v) if v == MASK else v for k, v in params.items()
+            }
+        applied = _apply_template(template, params)
+        changes.update(template=template, template_params=params)
+        if applied is not None:
+            changes["transform"] = applied["transform"]
+            base = dict(webhook.headers or {}) if webhook else {}
+            changes["headers"] = {**base, **applied["headers"]}
+            if webhook is None:
+                changes["events"] = applied["events"]
+    if "transform" in payload:
+        changes["transform"] = check_transform(payload["transform"])
+    if "headers" in payload:
+        changes["headers"] = {**changes.get("headers", {}), **check_headers(payload["headers"])}
+    if "headers" in changes:
+        changes["headers"] = check_headers(changes["headers"])
+    return changes
 
 
 KNOWN_FIELDS = {
@@ -169,23 +230,20 @@ def create(
     _unknown_fields(payload)
     name = _check_name(payload.get("name"))
     url = check_url(payload.get("url"), settings)
-    events = check_events(payload.get("events"))
-    headers = check_headers(payload.get("headers"))
+    fields = _template_fields(payload, None)
+    events = check_events(payload["events"] if "events" in payload else fields.get("events"))
     active = _check_bool("active", payload.get("active", True))
-    _check_template(
-        payload.get("template"), payload.get("template_params"), payload.get("transform")
-    )
     secret = check_secret(payload["secret"]) if "secret" in payload else signing.generate_secret()
     webhook = Webhook(
         workspace_id=workspace_id,
         name=name,
         url=url,
         events=events,
-        headers=headers,
+        headers=fields.get("headers", {}),
         active=active,
-        template=payload.get("template"),
-        template_params=payload.get("template_params"),
-        transform=None,
+        template=fields.get("template"),
+        template_params=fields.get("template_params"),
+        transform=fields.get("transform"),
     )
     if secret is not None:
         webhook.secrets.append(WebhookSecret(secret=secret))
@@ -206,18 +264,9 @@ def update(
         changes["url"] = check_url(payload["url"], settings)
     if "events" in payload:
         changes["events"] = check_events(payload["events"])
-    if "headers" in payload:
-        changes["headers"] = check_headers(payload["headers"])
     if "active" in payload:
         changes["active"] = _check_bool("active", payload["active"])
-    _check_template(
-        payload.get("template", webhook.template),
-        payload.get("template_params", webhook.template_params),
-        payload.get("transform"),
-    )
-    for key in ("template", "template_params"):
-        if key in payload:
-            changes[key] = payload[key]
+    changes.update(_template_fields(payload, webhook))
     secret = check_secret(payload["secret"]) if "secret" in payload else _UNSET
     for key, value in changes.items():
         setattr(webhook, key, value)

@@ -1,21 +1,32 @@
-"""The one function through which every outbound request goes, and its result object."""
+"""The one function through which every outbound request goes, and its result object.
+
+Every exchange is checked by the egress guard first (`webhooks.egress`): the host is resolved,
+every address must be allowed, and the connection then goes to one of those checked addresses
+(TLS still uses the host name for SNI and certificate checks, and `Host` stays the name).
+"""
 
 from __future__ import annotations
 
 import heapq
+import ipaddress
 import itertools
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.util import connection as _connection
+
+from webhooks import egress
 
 RESPONSE_BODY_CAP = 20_000
 USER_AGENT = "CloudThinker-Webhooks/1.0"
@@ -87,11 +98,25 @@ _local = threading.local()
 
 
 class _Exchange:
-    """The connection an exchange is using, so that the watchdog can cut it."""
+    """One request in flight: its checked target, and its sockets so that the watchdog can cut
+    them."""
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float) -> None:
         self.sockets: list[socket.socket] = []
         self.expired = False
+        self.deadline = deadline
+        self.host: str | None = None  # the host name, as urllib3 spells it
+        self.addresses: tuple[egress.IPAddress, ...] = ()  # the checked addresses of `host`
+        self.proxied = False  # through WEBHOOK_PROXY_URL: the proxy connects to the target
+
+    def permits_peer(self, sock: socket.socket) -> bool:
+        """Whether a kept-alive socket is connected to one of this exchange's checked addresses."""
+        try:
+            peer = sock.getpeername()[0]
+            ip = ipaddress.ip_address(str(peer).partition("%")[0])
+        except (OSError, ValueError, IndexError, TypeError):
+            return False
+        return ip in self.addresses
 
     def cut(self) -> None:
         self.expired = True
@@ -102,10 +127,20 @@ class _Exchange:
                 pass
 
 
+def _normal_host(host: str) -> str:
+    return host.strip("[]").rstrip(".").lower()
+
+
 class _Tracked:
-    """Mixin for urllib3 connections: report their socket to the running exchange."""
+    """Mixin for urllib3 connections: connect to the exchange's checked address, and report the
+    socket to the exchange."""
 
     _raw_sock: socket.socket | None = None
+    host: str
+    port: int
+    timeout: Any
+    source_address: Any
+    socket_options: Any
 
     def _track(self) -> None:
         exchange = getattr(_local, "exchange", None)
@@ -113,10 +148,45 @@ class _Tracked:
             exchange.sockets.append(self._raw_sock)
 
     def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()  # type: ignore[misc]
+        exchange: _Exchange | None = getattr(_local, "exchange", None)
+        if exchange is not None and exchange.proxied:
+            sock = super()._new_conn()  # type: ignore[misc]  # to the trusted proxy
+        else:
+            sock = self._connect_checked(exchange)
         self._raw_sock = sock
         self._track()
         return sock
+
+    def _connect_checked(self, exchange: _Exchange | None) -> socket.socket:
+        """A socket to one of the addresses the egress guard checked for this host, never to a
+        fresh resolution of the name."""
+        if (
+            exchange is None
+            or exchange.host is None
+            or _normal_host(self.host) != exchange.host
+            or not exchange.addresses
+        ):
+            raise NewConnectionError(self, f"{self.host} was not checked by the egress guard")
+        error: OSError | None = None
+        for ip in exchange.addresses:
+            left = exchange.deadline - time.monotonic()
+            if left <= 0:
+                break
+            wait = left if not isinstance(self.timeout, int | float) else min(self.timeout, left)
+            try:
+                return _connection.create_connection(
+                    (str(ip), self.port),
+                    wait,
+                    source_address=self.source_address,
+                    socket_options=self.socket_options,
+                )
+            except OSError as exc:  # socket.timeout included
+                error = exc
+        if error is None or isinstance(error, TimeoutError):
+            raise ConnectTimeoutError(
+                self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
+            ) from error
+        raise NewConnectionError(self, f"Failed to establish a new connection: {error}") from error
 
     def request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         self._track()  # a kept-alive connection is reused without _new_conn
@@ -131,18 +201,42 @@ class _HTTPSConnection(_Tracked, HTTPSConnection):
     pass
 
 
-class _HTTPPool(HTTPConnectionPool):
+class _Pinned:
+    """Mixin for urllib3 pools: a kept-alive connection is reused only while its peer is one of
+    the addresses checked for this exchange (DNS may have changed since it was opened)."""
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        conn = super()._get_conn(timeout)  # type: ignore[misc]
+        sock = getattr(conn, "sock", None)
+        exchange: _Exchange | None = getattr(_local, "exchange", None)
+        if sock is not None and (
+            exchange is None or (not exchange.proxied and not exchange.permits_peer(sock))
+        ):
+            conn.close()  # urllib3 connects it again, through _new_conn
+        return conn
+
+
+class _HTTPPool(_Pinned, HTTPConnectionPool):
     ConnectionCls = _HTTPConnection
 
 
-class _HTTPSPool(HTTPSConnectionPool):
+class _HTTPSPool(_Pinned, HTTPSConnectionPool):
     ConnectionCls = _HTTPSConnection
+
+
+_POOL_CLASSES = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
 class _Adapter(HTTPAdapter):
     def init_poolmanager(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        self.poolmanager.pool_classes_by_scheme = dict(_POOL_CLASSES)
+
+    def proxy_manager_for(self, proxy, **proxy_kwargs):  # type: ignore[no-untyped-def]
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):  # SOCKS has connection classes of its own
+            manager.pool_classes_by_scheme = dict(_POOL_CLASSES)
+        return manager
 
 
 def _session() -> requests.Session:
@@ -192,6 +286,10 @@ def _describe(exc: BaseException, timeout: float, expired: bool) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _elapsed_ms(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)
+
+
 def post(
     url: str,
     body: bytes,
@@ -200,12 +298,30 @@ def post(
     timeout: float,
     ca_bundle: str | None = None,
     proxy_url: str | None = None,
+    allowed_networks: Iterable[egress.Network] = (),
+    allow_http: bool = False,
 ) -> Result:
-    """POST `body` once: no redirects, one deadline for the whole exchange, body read to a cap."""
+    """POST `body` once: egress-checked, no redirects, one deadline for the whole exchange,
+    body read to a cap.
+
+    The target must pass the egress guard (https:// unless `allow_http`; every address public
+    or inside `allowed_networks`); a refused target is a failed Result and nothing connects.
+    """
     started = time.monotonic()
-    exchange = _Exchange()
+    exchange = _Exchange(started + timeout)
+    try:
+        target = egress.check_target(url, allowed_networks, allow_http=allow_http)
+    except egress.TargetNotAllowed as exc:
+        return Result(duration_ms=_elapsed_ms(started), error=f"target not allowed: {exc}")
+    except (OSError, UnicodeError):
+        return Result(duration_ms=_elapsed_ms(started), error="the host name does not resolve")
+    except ValueError as exc:
+        return Result(duration_ms=_elapsed_ms(started), error=f"invalid URL: {exc}")
+    exchange.host = _normal_host(target.host)
+    exchange.addresses = target.addresses
+    exchange.proxied = bool(proxy_url)
     _local.exchange = exchange
-    token = _watchdog.watch(started + timeout, exchange.cut)
+    token = _watchdog.watch(exchange.deadline, exchange.cut)
     response = None
     try:
         response = _session().post(
@@ -229,13 +345,13 @@ def post(
             status_code=response.status_code,
             headers=dict(response.headers),
             body=raw.decode("utf-8", errors="replace"),
-            duration_ms=round((time.monotonic() - started) * 1000),
+            duration_ms=_elapsed_ms(started),
         )
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
         return Result(
             status_code=response.status_code if response is not None else None,
             headers=dict(response.headers) if response is not None else {},
-            duration_ms=round((time.monotonic() - started) * 1000),
+            duration_ms=_elapsed_ms(started),
             error=_describe(exc, timeout, exchange.expired),
         )
     finally:

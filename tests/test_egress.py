@@ -1,0 +1,569 @@
+"""The egress guard: every address checked, in every spelling, at save time and at send time."""
+
+from __future__ import annotations
+
+import ipaddress
+import select
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import trustme
+from urllib3.util import connection as urllib3_connection
+
+from tests.receivers import Receiver, Reply
+from webhooks import egress, transport
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+ONLY_127_0_0_1 = (ipaddress.ip_network("127.0.0.1/32"),)
+
+
+# -- spelling ---------------------------------------------------------------------------------
+
+SPELLINGS = [
+    ("127.0.0.1", "127.0.0.1"),
+    ("2130706433", "127.0.0.1"),  # one decimal number
+    ("0177.0.0.1", "127.0.0.1"),  # octal
+    ("0x7f.0.0.1", "127.0.0.1"),  # hex
+    ("0x7F000001", "127.0.0.1"),
+    ("017700000001", "127.0.0.1"),
+    ("127.1", "127.0.0.1"),  # shortened
+    ("127.0.1", "127.0.0.1"),
+    ("127.0.0.1.", "127.0.0.1"),  # trailing dot
+    ("10.0.0.1", "10.0.0.1"),
+    ("0xa.0.0.1", "10.0.0.1"),
+    ("167772161", "10.0.0.1"),
+    ("0251.0376.0251.0376", "169.254.169.254"),
+    ("0xA9FEA9FE", "169.254.169.254"),
+    ("0", "0.0.0.0"),
+    ("0x", "0.0.0.0"),
+    ("[::1]", "::1"),
+    ("::1", "::1"),
+    ("[0:0:0:0:0:0:0:1]", "::1"),
+    ("::ffff:127.0.0.1", "::ffff:7f00:1"),
+    ("[::ffff:7f00:1]", "::ffff:7f00:1"),
+    ("64:ff9b::7f00:1", "64:ff9b::7f00:1"),
+    ("2002:7f00:1::", "2002:7f00:1::"),
+]
+
+
+@pytest.mark.parametrize(("host", "expected"), SPELLINGS, ids=[s[0] for s in SPELLINGS])
+def test_every_ip_spelling_is_read_as_the_address(host, expected):
+    assert egress.parse_literal(host) == ipaddress.ip_address(expected)
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["example.com", "hooks.test", "1.2.3.4.5", "256.0.0.1", "1.2.3.256", "08.0.0.1", "0x1g.0.0.1"],
+)
+def test_names_and_impossible_numbers_are_not_literals(host):
+    assert egress.parse_literal(host) is None
+
+
+@pytest.mark.parametrize("host", ["fe80::1%eth0", "[fe80::1%25eth0]", "::1%lo"])
+def test_zone_ids_are_refused(host):
+    with pytest.raises(egress.TargetNotAllowed, match="zone id"):
+        egress.parse_literal(host)
+
+
+# -- classification ---------------------------------------------------------------------------
+
+CLASSES = [
+    # (address as a resolver returns it, class)
+    ("127.0.0.1", "loopback"),
+    ("127.255.255.254", "loopback"),
+    ("::1", "loopback"),
+    ("10.0.0.1", "private"),
+    ("172.16.0.1", "private"),
+    ("172.31.255.255", "private"),
+    ("192.168.1.1", "private"),
+    ("fd00::1", "private"),
+    ("fc00::1", "private"),
+    ("fec0::1", "private"),
+    ("fd00:ec2::254", "private"),
+    ("169.254.169.254", "link-local"),
+    ("169.254.1.1", "link-local"),
+    ("fe80::1", "link-local"),
+    ("100.64.0.1", "shared"),
+    ("100.127.255.254", "shared"),
+    ("224.0.0.1", "multicast"),
+    ("239.255.255.250", "multicast"),
+    ("ff02::1", "multicast"),
+    ("ff05::2", "multicast"),
+    ("198.18.0.1", "benchmark"),
+    ("198.19.255.254", "benchmark"),
+    ("192.0.2.1", "reserved"),  # documentation
+    ("198.51.100.1", "reserved"),
+    ("203.0.113.1", "reserved"),
+    ("2001:db8::1", "reserved"),
+    ("240.0.0.1", "reserved"),
+    ("255.255.255.255", "reserved"),
+    ("0.1.2.3", "reserved"),
+    ("192.0.0.8", "reserved"),
+    ("192.88.99.1", "reserved"),
+    ("2001::1", "reserved"),  # Teredo
+    ("100::1", "reserved"),
+    ("5f00::1", "reserved"),
+    ("0.0.0.0", "unspecified"),
+    ("::", "unspecified"),
+    # IPv4 carried inside IPv6: the embedded address decides.
+    ("::ffff:127.0.0.1", "loopback"),
+    ("::ffff:10.0.0.1", "private"),
+    ("::ffff:169.254.169.254", "link-local"),
+    ("::ffff:100.64.0.1", "shared"),
+    ("::ffff:0.0.0.0", "unspecified"),
+    ("::127.0.0.1", "loopback"),  # IPv4-compatible
+    ("::10.0.0.1", "private"),
+    ("::8.8.8.8", "reserved"),  # deprecated form, never public
+    ("64:ff9b::7f00:1", "loopback"),  # NAT64 of 127.0.0.1
+    ("64:ff9b::a00:1", "private"),
+    ("64:ff9b::a9fe:a9fe", "link-local"),
+    ("64:ff9b:1::a00:1", "private"),  # local-use NAT64
+    ("64:ff9b:1::808:808", "reserved"),
+    ("2002:7f00:1::", "loopback"),  # 6to4 of 127.0.0.1
+    ("2002:a00:1::1", "private"),
+    ("2002:c0a8:101::", "private"),
+]
+
+PUBLIC = ["8.8.8.8", "93.184.216.34", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8"]
+PUBLIC += ["64:ff9b::808:808", "2002:808:808::", "100.63.255.255", "100.128.0.0", "172.32.0.1"]
+
+
+@pytest.mark.parametrize(("address", "reason"), CLASSES, ids=[c[0] for c in CLASSES])
+def test_classify(address, reason):
+    assert egress.classify(ipaddress.ip_address(address)) == reason
+
+
+@pytest.mark.parametrize("address", PUBLIC)
+def test_public_addresses_pass(address):
+    ip = ipaddress.ip_address(address)
+    assert egress.classify(ip) is None
+    assert egress.check(address, 443) == [ip]
+
+
+@pytest.mark.parametrize(("address", "reason"), CLASSES, ids=[c[0] for c in CLASSES])
+def test_a_literal_address_is_refused_naming_it(address, reason):
+    with pytest.raises(egress.TargetNotAllowed) as refused:
+        egress.check(address, 443)
+    assert refused.value.reason == reason
+    assert refused.value.address == address
+    assert str(refused.value).startswith(f"{address} is a")
+    assert f" {reason} address" in str(refused.value)
+
+
+@pytest.mark.parametrize(("address", "reason"), CLASSES, ids=[c[0] for c in CLASSES])
+def test_a_name_resolving_to_it_is_refused(dns, address, reason):
+    dns["hooks.test"] = address
+    with pytest.raises(egress.TargetNotAllowed) as refused:
+        egress.check("hooks.test", 443)
+    assert refused.value.reason == reason
+    assert str(refused.value).startswith(f"hooks.test resolves to {ipaddress.ip_address(address)},")
+
+
+@pytest.mark.parametrize(
+    ("spelling", "message"),
+    [
+        ("2130706433", "2130706433 is 127.0.0.1, a loopback address"),
+        ("0177.0.0.1", "0177.0.0.1 is 127.0.0.1, a loopback address"),
+        ("0x7f.0.0.1", "0x7f.0.0.1 is 127.0.0.1, a loopback address"),
+        ("127.1", "127.1 is 127.0.0.1, a loopback address"),
+        ("0xA9FEA9FE", "0xA9FEA9FE is 169.254.169.254, a link-local address (cloud metadata)"),
+        ("0", "0 is 0.0.0.0, an unspecified address"),
+        ("[::1]", "::1 is a loopback address"),
+        ("[::ffff:10.0.0.1]", "::ffff:10.0.0.1 is a private address (IPv4-mapped 10.0.0.1)"),
+        ("64:ff9b::7f00:1", "64:ff9b::7f00:1 is a loopback address (NAT64 127.0.0.1)"),
+        ("2002:7f00:1::", "2002:7f00:1:: is a loopback address (6to4 127.0.0.1)"),
+    ],
+)
+def test_every_spelling_is_refused_with_a_readable_message(spelling, message):
+    with pytest.raises(egress.TargetNotAllowed) as refused:
+        egress.check(spelling, 443)
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize(
+    ("address", "allowed", "verdict"),
+    [
+        ("10.0.0.1", "10.0.0.0/8", None),
+        ("10.0.0.1", "10.0.0.1/32", None),
+        ("10.0.0.2", "10.0.0.1/32", "private"),
+        ("::ffff:10.0.0.1", "10.0.0.0/8", None),  # the mapped form reaches the same address
+        ("127.0.0.1", "127.0.0.1/32", None),
+        ("127.0.0.2", "127.0.0.1/32", "loopback"),
+        ("169.254.169.254", "10.0.0.0/8", "link-local"),
+        ("fd00::1", "fd00::/8", None),
+        ("100.64.0.1", "100.64.0.0/10", None),
+    ],
+)
+def test_allowed_networks_win(address, allowed, verdict):
+    networks = (ipaddress.ip_network(allowed),)
+    assert egress.classify(ipaddress.ip_address(address), networks) == verdict
+
+
+# -- every address ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "addresses",
+    [
+        ["93.184.216.34", "10.0.0.1"],
+        ["10.0.0.1", "93.184.216.34"],
+        ["2606:4700::1111", "93.184.216.34", "::ffff:10.0.0.1"],
+    ],
+)
+def test_one_private_address_among_public_ones_refuses_the_name(dns, addresses):
+    dns["mixed.test"] = addresses
+    with pytest.raises(egress.TargetNotAllowed) as refused:
+        egress.check("mixed.test", 443)
+    assert refused.value.reason == "private"
+    assert "mixed.test resolves to" in str(refused.value)
+
+
+def test_all_addresses_are_returned_when_all_are_allowed(dns):
+    dns["both.test"] = ["93.184.216.34", "2606:4700::1111", "93.184.216.34"]
+    assert egress.check("both.test", 443) == [
+        ipaddress.ip_address("93.184.216.34"),
+        ipaddress.ip_address("2606:4700::1111"),
+    ]
+
+
+def test_a_name_that_does_not_resolve_raises_gaierror(dns):
+    with pytest.raises(socket.gaierror):
+        egress.check("nowhere.test", 443)
+
+
+def settings(allowed: str = "", allow_http: bool = False) -> Any:
+    networks = tuple(ipaddress.ip_network(n) for n in allowed.split(",") if n)
+    return SimpleNamespace(allowed_private_networks=networks, allow_http=allow_http)
+
+
+def test_save_time_check_of_urls(dns):
+    dns["hooks.test"] = ["93.184.216.34"]
+    dns["internal.test"] = ["10.1.2.3"]
+    assert egress.check_url("https://hooks.test/x", settings()) is None
+    assert egress.check_url("https://93.184.216.34/x", settings()) is None
+    with pytest.raises(egress.TargetNotAllowed, match="internal.test resolves to 10.1.2.3, a pri"):
+        egress.check_url("https://internal.test/x", settings())
+    assert egress.check_url("https://internal.test/x", settings("10.0.0.0/8")) is None
+    # Literals are refused at once, even without resolving names.
+    with pytest.raises(egress.TargetNotAllowed, match="10.0.0.1 is a private address"):
+        egress.check_url("https://10.0.0.1/x", settings(), resolve_names=False)
+    assert egress.check_url("https://internal.test/x", settings(), resolve_names=False) is None
+    # A name that does not resolve yet is accepted with a warning.
+    warning = egress.check_url("https://later.test/x", settings())
+    assert warning and "later.test does not resolve yet" in warning
+
+
+def test_scheme_is_checked_too():
+    with pytest.raises(egress.TargetNotAllowed, match="http:// targets are not allowed"):
+        egress.check_target("http://93.184.216.34/", ())
+    target = egress.check_target("http://93.184.216.34/", (), allow_http=True)
+    assert (target.scheme, target.port) == ("http", 80)
+
+
+# -- send time: the connection goes to the checked address ------------------------------------
+
+
+@pytest.fixture
+def connects(monkeypatch) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
+    """Every outbound connection the transport opens, as (address, port)."""
+    opened: list[tuple[str, int]] = []
+    real = urllib3_connection.create_connection
+
+    def record(address, *args, **kwargs):  # type: ignore[no-untyped-def]
+        opened.append((address[0], address[1]))
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(urllib3_connection, "create_connection", record)
+    return opened
+
+
+@pytest.fixture
+def named_receiver(ca: trustme.CA) -> Iterator[Receiver]:
+    """An HTTPS receiver on 127.0.0.1 whose certificate is for hooks.test alone."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("hooks.test").configure_cert(context)
+    server = Receiver(tls=context)
+    yield server
+    server.close()
+
+
+def send(url: str, ca_bundle: str, allowed=LOOPBACK, **kw: Any) -> transport.Result:  # type: ignore[no-untyped-def]
+    return transport.post(
+        url,
+        b"{}",
+        {"Content-Type": "application/json"},
+        timeout=2,
+        ca_bundle=ca_bundle,
+        allowed_networks=allowed,
+        **kw,
+    )
+
+
+def test_connects_to_the_checked_address_with_the_name_for_tls_and_host(
+    dns, named_receiver, ca_bundle, connects
+):
+    dns["hooks.test"] = "127.0.0.1"  # the system's resolver knows no hooks.test
+    result = send(named_receiver.url(host="hooks.test"), ca_bundle)
+
+    assert result.ok, result.error  # the certificate for hooks.test was checked (SNI) and taken
+    assert connects == [("127.0.0.1", named_receiver.port)]
+    assert named_receiver.requests[0].headers["Host"] == f"hooks.test:{named_receiver.port}"
+
+
+def test_refused_target_makes_no_connection(dns, receiver, ca_bundle, connects):
+    dns["localhost"] = "127.0.0.2"
+    result = send(receiver.url(host="localhost"), ca_bundle, allowed=ONLY_127_0_0_1)
+    assert not result.ok and result.status_code is None
+    assert result.error == "target not allowed: localhost resolves to 127.0.0.2, a loopback address"
+
+    result = send(receiver.url(host="127.0.0.2"), ca_bundle, allowed=ONLY_127_0_0_1)
+    assert result.error == "target not allowed: 127.0.0.2 is a loopback address"
+
+    result = send("https://169.254.169.254/latest/meta-data/", ca_bundle)
+    assert result.error == (
+        "target not allowed: 169.254.169.254 is a link-local address (cloud metadata)"
+    )
+    assert connects == [] and receiver.requests == []
+
+
+def test_http_is_refused_at_send_time_unless_allowed(ca_bundle, connects):
+    plain = Receiver()
+    try:
+        refused = send(plain.url(), ca_bundle)
+        assert (
+            refused.error == "target not allowed: http:// targets are not allowed (https:// only)"
+        )
+        assert connects == [] and plain.requests == []
+        assert send(plain.url(), ca_bundle, allow_http=True).ok
+    finally:
+        plain.close()
+
+
+def test_a_name_that_stopped_resolving_fails_readably(dns, ca_bundle, connects):
+    result = send("https://gone.test/hook", ca_bundle)
+    assert result.error == "the host name does not resolve" and connects == []
+
+
+def test_a_kept_alive_connection_is_not_reused_once_the_name_moves(
+    dns, named_receiver, ca_bundle, connects
+):
+    url = named_receiver.url(host="hooks.test")
+    dns["hooks.test"] = "127.0.0.1"
+    assert send(url, ca_bundle).ok
+    assert send(url, ca_bundle).ok  # kept alive: no new connection
+    assert connects == [("127.0.0.1", named_receiver.port)]
+
+    dns["hooks.test"] = "127.0.0.3"  # allowed, but nothing listens there
+    moved = send(url, ca_bundle)
+
+    assert moved.error == "connection refused"
+    assert connects[-1] == ("127.0.0.3", named_receiver.port)
+    assert len(named_receiver.requests) == 2
+
+
+def test_the_next_checked_address_is_tried_when_one_refuses(
+    dns, named_receiver, ca_bundle, connects
+):
+    dns["hooks.test"] = ["127.0.0.3", "127.0.0.1"]
+    assert send(named_receiver.url(host="hooks.test"), ca_bundle).ok
+    assert connects == [("127.0.0.3", named_receiver.port), ("127.0.0.1", named_receiver.port)]
+
+
+def test_the_target_is_checked_even_through_a_proxy(dns, ca_bundle, connects):
+    dns["internal.test"] = "10.1.2.3"
+    result = send("https://internal.test/", ca_bundle, proxy_url="http://127.0.0.1:9")
+    assert (
+        result.error == "target not allowed: internal.test resolves to 10.1.2.3, a private address"
+    )
+    assert connects == []
+
+
+class TunnelProxy:
+    """A CONNECT proxy on loopback that records what it was asked for and tunnels to the
+    receiver on 127.0.0.1 (a trusted proxy resolves names itself)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.asked: list[str] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
+
+    def _tunnel(self, client: socket.socket) -> None:
+        with client:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = client.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            target = head.split(b" ")[1].decode()
+            self.asked.append(target)
+            with socket.create_connection(("127.0.0.1", int(target.rsplit(":", 1)[1]))) as up:
+                client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                pair = {client: up, up: client}
+                while True:
+                    ready, _, _ = select.select(list(pair), [], [], 5)
+                    if not ready:
+                        return
+                    for sock in ready:
+                        data = sock.recv(65536)
+                        if not data:
+                            return
+                        pair[sock].sendall(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_through_a_proxy_the_target_is_checked_and_the_proxy_connects(
+    dns, named_receiver, ca_bundle, connects
+):
+    proxy = TunnelProxy()
+    try:
+        dns["hooks.test"] = "127.0.0.1"
+        result = send(
+            named_receiver.url(host="hooks.test"),
+            ca_bundle,
+            proxy_url=f"http://127.0.0.1:{proxy.port}",
+        )
+    finally:
+        proxy.close()
+
+    assert result.ok, result.error
+    assert proxy.asked == [f"hooks.test:{named_receiver.port}"]
+    assert connects == [("127.0.0.1", proxy.port)]  # we connected to the proxy alone
+
+
+# -- through the API and the worker -----------------------------------------------------------
+
+
+@pytest.fixture
+def networks() -> str:
+    """WEBHOOK_ALLOWED_PRIVATE_NETWORKS for this module's apps; a test parametrizes it."""
+    return "127.0.0.0/8"
+
+
+@pytest.fixture
+def config(config, networks):  # type: ignore[no-untyped-def]
+    config["WEBHOOK_ALLOWED_PRIVATE_NETWORKS"] = networks
+    return config
+
+
+@pytest.mark.parametrize("networks", [""])
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("https://10.0.0.1/x", "10.0.0.1 is a private address"),
+        ("https://169.254.169.254/", "169.254.169.254 is a link-local address (cloud metadata)"),
+        (
+            "https://[::ffff:10.0.0.1]/",
+            "::ffff:10.0.0.1 is a private address (IPv4-mapped 10.0.0.1)",
+        ),
+        ("https://2130706433/", "2130706433 is 127.0.0.1, a loopback address"),
+        ("https://0x7f.1:8443/", "0x7f.1 is 127.0.0.1, a loopback address"),
+        ("https://[::1]/", "::1 is a loopback address"),
+        ("https://0.0.0.0/", "0.0.0.0 is an unspecified address"),
+        ("https://100.64.0.1/", "100.64.0.1 is a shared address (carrier-grade NAT)"),
+        ("https://[fe80::1%25eth0]/", "fe80::1%25eth0 carries a zone id"),
+        ("https://internal.test/", "internal.test resolves to 10.1.2.3, a private address"),
+    ],
+)
+def test_api_refuses_targets_naming_the_address(dns, api, url, message):  # type: ignore[no-untyped-def]
+    dns["internal.test"] = "10.1.2.3"
+
+    response = api.post("/webhooks", {"name": "Ops", "url": url, "events": ["*"]})
+
+    assert response.status_code == 400, response.json
+    error = response.json["error"]
+    assert error["code"] == "target_not_allowed"
+    assert error["message"].startswith(message)
+    assert error["fields"] == {"url": error["message"]}
+
+
+@pytest.mark.parametrize("networks", [""])
+def test_api_checks_the_url_on_change_too(dns, api):  # type: ignore[no-untyped-def]
+    dns["hooks.test"] = "93.184.216.34"
+    created = api.post("/webhooks", {"name": "Ops", "url": "https://hooks.test/", "events": ["*"]})
+    assert created.status_code == 201, created.json
+
+    response = api.patch(f"/webhooks/{created.json['id']}", {"url": "https://192.168.0.10/"})
+
+    assert response.status_code == 400
+    assert response.json["error"]["code"] == "target_not_allowed"
+    assert response.json["error"]["message"] == "192.168.0.10 is a private address"
+
+
+@pytest.mark.parametrize("networks", ["10.0.0.0/8"])
+def test_an_allowed_network_makes_a_private_address_acceptable(dns, api):  # type: ignore[no-untyped-def]
+    body = {"name": "Ops", "url": "https://10.0.0.1/x", "events": ["*"]}
+    assert api.post("/webhooks", body).status_code == 201
+    body["url"] = "https://later.test/x"  # does not resolve yet: accepted, checked when sent
+    assert api.post("/webhooks", body).status_code == 201
+    body["url"] = "https://172.16.0.1/x"
+    assert api.post("/webhooks", body).json["error"]["code"] == "target_not_allowed"
+
+
+def publish(api) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    response = api.post("/events", {"type": "incident.created", "data": {"id": "inc_1"}})
+    assert response.status_code == 202, response.json
+    return response.json
+
+
+def first_attempt(api, event_id):  # type: ignore[no-untyped-def]
+    def check():  # type: ignore[no-untyped-def]
+        deliveries = api.get(f"/events/{event_id}").json["deliveries"]
+        detail = api.get(f"/deliveries/{deliveries[0]['id']}").json
+        return detail["attempts"][0] if detail["attempts"] else None
+
+    return check
+
+
+def test_a_redirect_to_an_internal_address_is_not_followed(
+    api, webhook, receiver, service, connects
+):
+    metadata = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
+    receiver.answer(Reply(status=302, headers={"Location": metadata}))
+    event = publish(api)
+
+    attempt = service.run_until(first_attempt(api, event["id"]))
+
+    assert attempt["response"]["status_code"] == 302
+    assert attempt["error"] == f"HTTP 302: redirect to {metadata} not followed"
+    assert [r.path for r in receiver.requests] == ["/hook"]
+    assert {address for address, _ in connects} == {"127.0.0.1"}
+
+
+@pytest.mark.parametrize("networks", ["127.0.0.1/32"])
+def test_dns_rebinding_after_save_is_caught_at_send_time(api, service, dns, receiver, connects):
+    dns["localhost"] = "127.0.0.1"  # at save time: an allowed address (the receiver's)
+    url = receiver.url(host="localhost")
+    created = api.post("/webhooks", {"name": "Ops", "url": url, "events": ["*"]})
+    assert created.status_code == 201, created.json
+
+    dns["localhost"] = "127.0.0.2"  # then the name moves to an address that is not allowed
+    trap = socket.create_server(("127.0.0.2", receiver.port))
+    try:
+        event = publish(api)
+        attempt = service.run_until(first_attempt(api, event["id"]))
+        pending, _, _ = select.select([trap], [], [], 0.2)
+    finally:
+        trap.close()
+
+    assert attempt["error"] == (
+        "target not allowed: localhost resolves to 127.0.0.2, a loopback address"
+    )
+    assert attempt["response"] is None or attempt["response"]["status_code"] is None
+    assert receiver.requests == [] and connects == [] and pending == []

@@ -1,0 +1,380 @@
+"""The egress guard: which addresses a webhook may reach, checked at save time and at send time.
+
+Every address a host resolves to must be public (or inside WEBHOOK_ALLOWED_PRIVATE_NETWORKS);
+one bad address refuses the whole host. The transport then connects to an address that was
+checked here, never to a fresh resolution of the name.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Union
+from urllib.parse import urlsplit
+
+import requests
+from urllib3.util.connection import allowed_gai_family
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]  # noqa: UP007
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]  # noqa: UP007
+Resolver = Callable[[str, int], Iterable[Any]]
+
+_net = ipaddress.ip_network
+
+# IPv4 ranges, most specific reason first. Anything else that is not `is_global` is reserved.
+_V4_RANGES: tuple[tuple[Network, str, str], ...] = (
+    (_net("0.0.0.0/32"), "unspecified", ""),
+    (_net("0.0.0.0/8"), "reserved", " (this network)"),
+    (_net("127.0.0.0/8"), "loopback", ""),
+    (_net("169.254.169.254/32"), "link-local", " (cloud metadata)"),
+    (_net("169.254.0.0/16"), "link-local", ""),
+    (_net("10.0.0.0/8"), "private", ""),
+    (_net("172.16.0.0/12"), "private", ""),
+    (_net("192.168.0.0/16"), "private", ""),
+    (_net("100.64.0.0/10"), "shared", " (carrier-grade NAT)"),
+    (_net("224.0.0.0/4"), "multicast", ""),
+    (_net("198.18.0.0/15"), "benchmark", ""),
+    (_net("192.0.2.0/24"), "reserved", " (documentation)"),
+    (_net("198.51.100.0/24"), "reserved", " (documentation)"),
+    (_net("203.0.113.0/24"), "reserved", " (documentation)"),
+    (_net("192.0.0.0/24"), "reserved", " (IETF protocol assignments)"),
+    (_net("192.88.99.0/24"), "reserved", " (6to4 relay)"),
+    (_net("255.255.255.255/32"), "reserved", " (broadcast)"),
+    (_net("240.0.0.0/4"), "reserved", ""),
+)
+
+# IPv6 ranges (after the IPv4-embedding forms have been unwrapped).
+_V6_RANGES: tuple[tuple[Network, str, str], ...] = (
+    (_net("::/128"), "unspecified", ""),
+    (_net("::1/128"), "loopback", ""),
+    (_net("ff00::/8"), "multicast", ""),
+    (_net("fe80::/10"), "link-local", ""),
+    (_net("fd00:ec2::254/128"), "private", " (cloud metadata)"),
+    (_net("fc00::/7"), "private", " (unique local)"),
+    (_net("fec0::/10"), "private", " (site-local)"),
+    (_net("2001:db8::/32"), "reserved", " (documentation)"),
+    (_net("3fff::/20"), "reserved", " (documentation)"),
+    (_net("2001::/32"), "reserved", " (Teredo)"),
+    (_net("2001::/23"), "reserved", " (IETF protocol assignments)"),
+    (_net("100::/64"), "reserved", " (discard)"),
+    (_net("5f00::/16"), "reserved", " (segment routing)"),
+)
+_V6_GLOBAL_UNICAST = _net("2000::/3")
+_NAT64 = _net("64:ff9b::/96")
+_NAT64_LOCAL = _net("64:ff9b:1::/48")
+_SIX_TO_FOUR = _net("2002::/16")
+_V4_COMPATIBLE = _net("::/96")
+
+
+class TargetNotAllowed(Exception):
+    """The egress policy refuses a target: `address` is what was refused, `reason` its class."""
+
+    def __init__(
+        self,
+        address: Any,
+        reason: str,
+        *,
+        host: str | None = None,
+        note: str = "",
+        message: str | None = None,
+        literal: bool = False,
+    ) -> None:
+        self.address = str(address)
+        self.reason = reason
+        self.host = host
+        if message is None:
+            kind = f"{_article(reason)} {reason} address{note}"
+            if host is None or host.strip("[]") == self.address:
+                message = f"{self.address} is {kind}"
+            elif literal:  # another spelling of the address, e.g. 2130706433
+                message = f"{host} is {self.address}, {kind}"
+            else:
+                message = f"{host} resolves to {self.address}, {kind}"
+        self.message = message
+        super().__init__(message)
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
+# -- spelling -------------------------------------------------------------------------------
+
+_DEC = re.compile(r"[0-9]+")
+_OCT = re.compile(r"0[0-7]*")
+_HEX = re.compile(r"[0-9a-fA-F]+")
+
+
+def _ipv4_part(part: str) -> int | None:
+    """One dotted part as inet_aton and browsers read it: decimal, 0-octal or 0x-hex."""
+    if part[:2] in ("0x", "0X"):
+        digits = part[2:]
+        if not digits:
+            return 0  # "0x" alone is zero for browsers
+        return int(digits, 16) if _HEX.fullmatch(digits) else None
+    if len(part) > 1 and part[0] == "0":
+        return int(part, 8) if _OCT.fullmatch(part) else None
+    return int(part) if _DEC.fullmatch(part) else None
+
+
+def _parse_ipv4(host: str) -> ipaddress.IPv4Address | None:
+    parts = host.split(".")
+    if len(parts) > 1 and parts[-1] == "":
+        parts.pop()  # a trailing dot: "127.0.0.1."
+    if not 1 <= len(parts) <= 4 or any(p == "" for p in parts):
+        return None
+    numbers = [_ipv4_part(p) for p in parts]
+    if any(n is None for n in numbers):
+        return None
+    values: list[int] = numbers  # type: ignore[assignment]
+    if any(n > 255 for n in values[:-1]) or values[-1] >= 256 ** (5 - len(values)):
+        return None
+    value = values[-1]
+    for index, number in enumerate(values[:-1]):
+        value += number << (8 * (3 - index))
+    return ipaddress.IPv4Address(value)
+
+
+def parse_literal(host: str) -> IPAddress | None:
+    """The address `host` spells, in any form a resolver or a browser accepts; None for a name.
+
+    IPv4 may be dotted, shortened (`127.1`), one number (`2130706433`), octal (`0177.0.0.1`)
+    or hex (`0x7f.0.0.1`); IPv6 may be bracketed. A zone id (`fe80::1%eth0`) is refused.
+    """
+    text = host.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if ":" in text:
+        bare, _, zone = text.partition("%")
+        try:
+            address = ipaddress.IPv6Address(bare)
+        except ValueError:
+            return None
+        if zone:
+            raise TargetNotAllowed(
+                text,
+                "scoped",
+                message=f"{text} carries a zone id; scoped IPv6 addresses are not allowed",
+            )
+        return address
+    return _parse_ipv4(text)
+
+
+# -- classification ---------------------------------------------------------------------------
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, str] | None:
+    """The IPv4 address carried inside an IPv6 one, and the name of that form."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped, "IPv4-mapped"
+    if ip in _NAT64 or ip in _NAT64_LOCAL:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF), "NAT64"
+    if ip.sixtofour is not None:
+        return ip.sixtofour, "6to4"
+    if ip in _V4_COMPATIBLE and int(ip) > 1:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF), "IPv4-compatible"
+    return None
+
+
+def _in_any(ip: IPAddress, networks: Iterable[Network]) -> bool:
+    return any(ip.version == net.version and ip in net for net in networks)
+
+
+def _plain_verdict(ip: IPAddress) -> tuple[str, str] | None:
+    ranges = _V4_RANGES if ip.version == 4 else _V6_RANGES
+    for network, reason, note in ranges:
+        if ip in network:
+            return reason, note
+    if ip.version == 6 and ip not in _V6_GLOBAL_UNICAST:
+        return "reserved", ""
+    if not ip.is_global:
+        return "reserved", ""
+    return None
+
+
+def verdict(ip: IPAddress, allowed_networks: Iterable[Network] = ()) -> tuple[str, str] | None:
+    """(reason, note) when `ip` may not be reached, None when it may."""
+    allowed = tuple(allowed_networks)
+    if ip.version == 6 and ip.scope_id:
+        ip = ipaddress.IPv6Address(str(ip).partition("%")[0])
+    if _in_any(ip, allowed):
+        return None
+    if ip.version == 6:
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            inner, form = embedded
+            if form == "IPv4-mapped" and _in_any(inner, allowed):
+                return None  # the socket reaches the IPv4 address itself
+            found = _plain_verdict(inner)
+            if found is not None:
+                reason, note = found
+                return reason, f" ({form} {inner}){note}"
+            if form == "IPv4-compatible":
+                return "reserved", " (deprecated IPv4-compatible form)"
+            if ip in _NAT64_LOCAL:
+                return "reserved", " (local-use NAT64)"
+            return None  # a mapped or translated (NAT64, 6to4) public IPv4 address is public
+    return _plain_verdict(ip)
+
+
+def classify(ip: IPAddress, allowed_networks: Iterable[Network] = ()) -> str | None:
+    """Why `ip` is not public (loopback, private, link-local, shared, multicast, reserved,
+    unspecified, benchmark), or None when it is public or inside an allowed network."""
+    found = verdict(ip, allowed_networks)
+    return found[0] if found else None
+
+
+def refuse_if_not_allowed(
+    ip: IPAddress,
+    allowed_networks: Iterable[Network] = (),
+    *,
+    host: str | None = None,
+    literal: bool = False,
+) -> None:
+    """Raise TargetNotAllowed naming the address and why, unless `ip` may be reached."""
+    found = verdict(ip, allowed_networks)
+    if found is None:
+        return
+    shown: Any = ip
+    if literal and ip.version == 6 and host:
+        shown, host = host.strip("[]"), None  # keep the IPv6 spelling given, e.g. ::ffff:10.0.0.1
+    raise TargetNotAllowed(shown, found[0], host=host, note=found[1], literal=literal)
+
+
+# -- resolution ---------------------------------------------------------------------------------
+
+
+def _system_resolver(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, family=allowed_gai_family(), type=socket.SOCK_STREAM)
+    return [info[4][0] for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)]
+
+
+_resolver: Resolver = _system_resolver
+
+
+def set_resolver(fn: Resolver | None) -> Resolver:
+    """Replace how names are resolved (tests); None restores the system's. Returns the old one."""
+    global _resolver
+    previous = _resolver
+    _resolver = fn if fn is not None else _system_resolver
+    return previous
+
+
+@contextmanager
+def resolver(fn: Resolver) -> Iterator[None]:
+    """Resolve names with `fn` inside the block."""
+    previous = set_resolver(fn)
+    try:
+        yield
+    finally:
+        set_resolver(previous)
+
+
+def resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address `host` resolves to, in order, without duplicates.
+
+    Raises socket.gaierror when the name does not resolve.
+    """
+    literal = parse_literal(host)
+    if literal is not None:
+        return [literal]
+    addresses: list[IPAddress] = []
+    for raw in _resolver(host, port):
+        ip = raw if isinstance(raw, ipaddress.IPv4Address | ipaddress.IPv6Address) else None
+        if ip is None:
+            ip = ipaddress.ip_address(str(raw))
+        if ip not in addresses:
+            addresses.append(ip)
+    if not addresses:
+        raise socket.gaierror(socket.EAI_NONAME, f"{host} has no addresses")
+    return addresses
+
+
+def check(host: str, port: int, allowed_networks: Iterable[Network] = ()) -> list[IPAddress]:
+    """The addresses of `host`, all of them allowed; one bad address refuses the host.
+
+    Raises TargetNotAllowed, or socket.gaierror when the name does not resolve.
+    """
+    allowed = tuple(allowed_networks)
+    literal = parse_literal(host)
+    if literal is not None:
+        refuse_if_not_allowed(literal, allowed, host=host, literal=True)
+        return [literal]
+    addresses = resolve(host, port)
+    for ip in addresses:
+        refuse_if_not_allowed(ip, allowed, host=host)
+    return addresses
+
+
+# -- URLs -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A checked target: where the URL points and the addresses that may be connected to."""
+
+    scheme: str
+    host: str
+    port: int
+    addresses: tuple[IPAddress, ...]
+
+
+def canonical_url(url: str) -> str:
+    """The URL as the HTTP client will send it (IDNA-encoded host, lowercase scheme and host)."""
+    prepared = requests.models.PreparedRequest()
+    prepared.prepare_url(url, None)  # raises InvalidURL / MissingSchema, both ValueErrors
+    assert prepared.url is not None
+    return prepared.url
+
+
+def _split(url: str, allow_http: bool) -> tuple[str, str, int]:
+    parts = urlsplit(canonical_url(url))
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"URL has no host: {url!r}")
+    scheme = parts.scheme.lower()
+    if scheme not in (("https", "http") if allow_http else ("https",)):
+        raise TargetNotAllowed(
+            host,
+            "scheme",
+            message=f"{scheme}:// targets are not allowed (https:// only)",
+        )
+    return scheme, host, parts.port or (443 if scheme == "https" else 80)
+
+
+def check_target(
+    url: str, allowed_networks: Iterable[Network] = (), *, allow_http: bool = False
+) -> Target:
+    """Send-time check of a URL: scheme, then every address of its host.
+
+    Raises TargetNotAllowed, socket.gaierror (the name does not resolve) or ValueError.
+    """
+    scheme, host, port = _split(url, allow_http)
+    addresses = check(host, port, allowed_networks)
+    return Target(scheme, host, port, tuple(addresses))
+
+
+def check_url(url: str, settings: Any, *, resolve_names: bool = True) -> str | None:
+    """Save-time check of a URL against `settings` (allowed_private_networks, allow_http).
+
+    A literal address that breaks the rule, or a name with any such address, raises
+    TargetNotAllowed. A name that does not resolve yet is accepted: the warning to show is
+    returned (the address is checked again at send time). Returns None when all is well.
+    """
+    allowed = tuple(settings.allowed_private_networks or ())
+    scheme, host, port = _split(url, bool(settings.allow_http))
+    literal = parse_literal(host)
+    if literal is not None:
+        refuse_if_not_allowed(literal, allowed, host=host, literal=True)
+        return None
+    if not resolve_names:
+        return None
+    try:
+        check(host, port, allowed)
+    except (OSError, UnicodeError):
+        return f"{host} does not resolve yet; its addresses will be checked when a delivery is sent"
+    return None
