@@ -15,6 +15,7 @@ from flask_wtf import CSRFProtect
 from redis import Redis
 
 from webhooks import config as settings_module
+from webhooks import crypto
 from webhooks.models import db
 
 migrate = Migrate()
@@ -35,6 +36,12 @@ def _engine_options(url: str, busy_timeout: float) -> dict[str, Any]:
     return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
 
 
+def secrets_keys(config: dict[str, Any]) -> list[str]:
+    """The keys for webhook secrets at rest, newest first."""
+    listed = [k.strip() for k in config["WEBHOOK_SECRETS_KEY"].split(",") if k.strip()]
+    return listed or [config["SECRET_KEY"]]
+
+
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app: configuration from the environment, extensions, blueprints, commands."""
     app = Flask(__name__, instance_path=os.environ.get("INSTANCE_PATH") or None)
@@ -48,6 +55,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config["SECRET_KEY"] = app.config["SECRET_KEY"] or settings_module.instance_secret_key(
         app.instance_path
     )
+    crypto.configure(crypto.Keyring(secrets_keys(app.config)))
     url = settings_module.database_url(app.config["DATABASE_URL"], app.instance_path)
     app.config["SQLALCHEMY_DATABASE_URI"] = url
     app.config.setdefault(

@@ -118,8 +118,11 @@ def event_types():  # type: ignore[no-untyped-def]
 @bp.post("/webhooks")
 def create_webhook():  # type: ignore[no-untyped-def]
     """Create a webhook; the answer carries its secret."""
-    webhook, secret = management.create(db.session, g.workspace_id, json_body(), settings())
-    return {**webhook_json(webhook), "secret": secret}, 201
+    warnings: list[str] = []
+    webhook, secret = management.create(
+        db.session, g.workspace_id, json_body(), settings(), warnings
+    )
+    return {**webhook_json(webhook), "secret": secret, **_warned(warnings)}, 201
 
 
 @bp.get("/webhooks")
@@ -144,8 +147,14 @@ def get_webhook(webhook_id: str):  # type: ignore[no-untyped-def]
 def update_webhook(webhook_id: str):  # type: ignore[no-untyped-def]
     """Change any field of a webhook."""
     webhook = webhook_or_404(webhook_id)
-    management.update(db.session, webhook, json_body(), settings())
-    return webhook_json(webhook)
+    warnings: list[str] = []
+    management.update(db.session, webhook, json_body(), settings(), warnings)
+    return {**webhook_json(webhook), **_warned(warnings)}
+
+
+def _warned(warnings: list[str]) -> dict[str, list[str]]:
+    """`warnings` in an answer, only when there is something to say."""
+    return {"warnings": warnings} if warnings else {}
 
 
 @bp.delete("/webhooks/<webhook_id>")

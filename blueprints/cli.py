@@ -103,3 +103,19 @@ def demo() -> None:
     curl -s {base}/api/v1/deliveries -H "Authorization: Bearer {info["api_key"]}"
 """
     )
+
+
+@bp.cli.command("rotate-secrets-key")
+def rotate_secrets_key() -> None:
+    """Re-encrypt every webhook secret under the first key of WEBHOOK_SECRETS_KEY."""
+    from sqlalchemy import select
+    from sqlalchemy.orm.attributes import flag_modified
+
+    from webhooks.models import WebhookSecret
+
+    count = 0
+    for row in db.session.scalars(select(WebhookSecret)):
+        flag_modified(row, "secret")  # read with any key, written with the first
+        count += 1
+    db.session.commit()
+    click.echo(f"re-encrypted {count} webhook secret(s) with the first WEBHOOK_SECRETS_KEY")

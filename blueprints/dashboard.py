@@ -52,12 +52,15 @@ def create():  # type: ignore[no-untyped-def]
         return render_form(None, webhook_form.values(None, request.args.get("template")), {})
     try:
         payload = webhook_form.payload(request.form, creating=True)
-        webhook, _ = management.create(db.session, g.workspace_id, payload, settings())
+        warnings: list[str] = []
+        webhook, _ = management.create(db.session, g.workspace_id, payload, settings(), warnings)
     except Invalid as exc:
         db.session.rollback()
         values = webhook_form.redisplay(request.form, None)
         return render_form(None, values, exc.fields or {"form": exc.message})
     flash(f"Webhook “{webhook.name}” created. Send a test event to try it.", "success")
+    for warning in warnings:
+        flash(warning, "info")
     return redirect(url_for("dashboard.show", webhook_id=webhook.id))
 
 

@@ -567,3 +567,13 @@ def test_dns_rebinding_after_save_is_caught_at_send_time(api, service, dns, rece
     )
     assert attempt["response"] is None or attempt["response"]["status_code"] is None
     assert receiver.requests == [] and connects == [] and pending == []
+
+
+def test_a_name_that_does_not_resolve_yet_is_saved_with_a_warning(api, dns):
+    answer = api.post(
+        "/webhooks", {"name": "Later", "url": "https://not-yet.invalid/hook", "events": ["*"]}
+    )
+    assert answer.status_code == 201
+    assert any("not-yet.invalid" in w for w in answer.json["warnings"])
+    again = api.patch(f"/webhooks/{answer.json['id']}", {"url": "https://still-not.invalid/x"})
+    assert again.status_code == 200 and again.json["warnings"]

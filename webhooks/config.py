@@ -135,6 +135,13 @@ VARIABLES: tuple[Var, ...] = (
     Var("REDIS_URL", "redis://127.0.0.1:6379/0", _url(("redis", "rediss", "unix")), "RQ broker"),
     Var("SECRET_KEY", "", _text, "Flask sessions and CSRF; generated once in the instance folder"),
     Var(
+        "WEBHOOK_SECRETS_KEY",
+        "",
+        _text,
+        "keys that encrypt webhook secrets at rest, newest first, comma-separated; "
+        "default: derived from SECRET_KEY",
+    ),
+    Var(
         "WEBHOOK_RETRY_SCHEDULE",
         "0,60,300,1800,7200,28800",
         _schedule,

@@ -224,12 +224,19 @@ def _unknown_fields(payload: dict[str, Any]) -> None:
 
 
 def create(
-    session: Session, workspace_id: str, payload: dict[str, Any], settings: Settings
+    session: Session,
+    workspace_id: str,
+    payload: dict[str, Any],
+    settings: Settings,
+    warnings: list[str] | None = None,
 ) -> tuple[Webhook, str | None]:
-    """A new webhook from API input; returns it with its secret (generated unless given)."""
+    """A new webhook from API input; returns it with its secret (generated unless given).
+
+    `warnings` collects what is accepted but worth saying (a host that does not resolve yet).
+    """
     _unknown_fields(payload)
     name = _check_name(payload.get("name"))
-    url = check_url(payload.get("url"), settings)
+    url = check_url(payload.get("url"), settings, warnings)
     fields = _template_fields(payload, None)
     events = check_events(payload["events"] if "events" in payload else fields.get("events"))
     active = _check_bool("active", payload.get("active", True))
@@ -253,7 +260,11 @@ def create(
 
 
 def update(
-    session: Session, webhook: Webhook, payload: dict[str, Any], settings: Settings
+    session: Session,
+    webhook: Webhook,
+    payload: dict[str, Any],
+    settings: Settings,
+    warnings: list[str] | None = None,
 ) -> Webhook:
     """Change the given fields; `active: false` pauses, `active: true` clears a disable."""
     _unknown_fields(payload)
@@ -261,7 +272,7 @@ def update(
     if "name" in payload:
         changes["name"] = _check_name(payload["name"])
     if "url" in payload:
-        changes["url"] = check_url(payload["url"], settings)
+        changes["url"] = check_url(payload["url"], settings, warnings)
     if "events" in payload:
         changes["events"] = check_events(payload["events"])
     if "active" in payload:

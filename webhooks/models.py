@@ -24,6 +24,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, registry, relationship
 
 import webhooks.sqlite  # noqa: F401  (installs the SQLite connection settings)
+from webhooks.crypto import EncryptedText
 from webhooks.ids import new_id
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
@@ -139,7 +140,7 @@ class WebhookSecret(db.Model):
     webhook_id: Mapped[str] = mapped_column(
         ForeignKey("webhooks.id", ondelete="CASCADE"), index=True
     )
-    secret: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(EncryptedText)  # encrypted at rest (webhooks.crypto)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime | None]
 
