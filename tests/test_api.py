@@ -204,7 +204,7 @@ def test_list_and_get_show_the_webhook_without_its_secret(api):
     assert response.status_code == 200
     shown = response.json
     assert "secret" not in shown
-    assert shown == {k: v for k, v in first.items() if k != "secret"}
+    assert shown == {k: v for k, v in first.items() if k not in ("secret", "warnings")}
 
 
 @pytest.mark.parametrize(
@@ -228,6 +228,7 @@ def test_patch_changes_one_field_and_keeps_the_others(api, change):
 
     assert response.status_code == 200, response.json
     patched = response.json
+    patched.pop("warnings", None)  # example.org may not resolve here: saved with a warning
     assert api.get(f"/webhooks/{original['id']}").json == patched
     for key, value in change.items():
         assert patched[key] == value
