@@ -315,6 +315,7 @@ def disable_gone(session: Session, webhook_id: str, now: datetime) -> None:
         .values(
             active=False,
             disabled_reason=f"Disabled on {when}: the endpoint answered 410 Gone",
+            disabled_at=now,
             updated_at=now,
         )
         .execution_options(synchronize_session=False)

@@ -278,11 +278,15 @@ def update(
     if "active" in payload:
         changes["active"] = _check_bool("active", payload["active"])
     changes.update(_template_fields(payload, webhook))
+    was_active = webhook.active
     secret = check_secret(payload["secret"]) if "secret" in payload else _UNSET
     for key, value in changes.items():
         setattr(webhook, key, value)
-    if "active" in changes:
+    if "active" in changes and changes["active"] != was_active:
         webhook.disabled_reason = None if changes["active"] else _paused_reason()
+        webhook.disabled_at = None if changes["active"] else utcnow()
+        if changes["active"]:
+            webhook.failing_since = None  # a fresh start for the auto-disable window
     if secret is not _UNSET:
         replace_secret(webhook, secret, overlap=None)
     webhook.updated_at = utcnow()

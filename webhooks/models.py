@@ -120,6 +120,12 @@ class Webhook(db.Model):
     template: Mapped[str | None] = mapped_column(String(40))
     template_params: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     transform: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # When it went inactive (paused or disabled), for "recover failed since then".
+    disabled_at: Mapped[datetime | None]
+    # The first exhausted delivery since the last success: the auto-disable window's start.
+    failing_since: Mapped[datetime | None]
+    # The last "deliveries exhausted" notification, for at most one an hour.
+    exhausted_notified_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -193,7 +199,8 @@ class Delivery(db.Model):
     event_id: Mapped[str] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"), index=True)
     webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
     event_type: Mapped[str] = mapped_column(String(200))
-    kind: Mapped[str] = mapped_column(String(16), default="event")  # event, test, redelivery
+    # event, test, redelivery, recover (of a failed one), replay (of a missed event)
+    kind: Mapped[str] = mapped_column(String(16), default="event")
     status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING)
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
     lost_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -242,3 +249,59 @@ class Attempt(db.Model):
     error: Mapped[str | None] = mapped_column(Text)
 
     delivery: Mapped[Delivery] = relationship(back_populates="attempts")
+
+
+class NotificationSettings(db.Model):
+    """Where a workspace is told about failing webhooks."""
+
+    __tablename__ = "notification_settings"
+
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    emails: Mapped[list[str]]
+    alert_url: Mapped[str | None] = mapped_column(String(2048))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Notification(db.Model):
+    """One message to one channel: written with the event that causes it, then sent by a job."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        Index(None, "workspace_id", "created_at"),
+        Index(None, "status", "created_at"),
+    )
+
+    id: Mapped[str] = _id("ntf")
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    webhook_id: Mapped[str | None] = mapped_column(ForeignKey("webhooks.id", ondelete="SET NULL"))
+    kind: Mapped[str] = mapped_column(String(16))  # exhausted, disabled
+    channel: Mapped[str] = mapped_column(String(16))  # email, alert_url
+    target: Mapped[str] = mapped_column(String(2048))
+    subject: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending, sent, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+
+
+class BulkJob(db.Model):
+    """A recover or replay-missed run: its progress, as GET /jobs/{id} shows it."""
+
+    __tablename__ = "bulk_jobs"
+    __table_args__ = (Index(None, "workspace_id", "created_at"),)
+
+    id: Mapped[str] = _id("job")
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))  # recover, replay
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued, running, done, failed
+    params: Mapped[dict[str, Any]]
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
