@@ -8,19 +8,49 @@ app, its database pool and its HTTP connections (about 13 ms a job).
 from __future__ import annotations
 
 import logging
+import time
 
 from flask import Flask
+from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 
+from webhooks import logthrottle
+
 log = logging.getLogger(__name__)
+
+
+class DeliveryWorker(SimpleWorker):
+    # RQ backs off up to 60 s between reconnection tries; deliveries must resume within
+    # seconds of Redis coming back, so the wait is capped at 5 s.
+    max_connection_wait_time = 5.0
+
+
+def _no_redis_tracebacks(record: logging.LogRecord) -> bool:
+    """RQ logs a full traceback when Redis fails mid-job; the outage line says enough."""
+    return not (record.exc_info and isinstance(record.exc_info[1], RedisError))
 
 
 def make_worker(app: Flask) -> SimpleWorker:
     redis = app.extensions["redis"]
     queue = Queue(app.config["WEBHOOK_QUEUE"], connection=redis)
-    return SimpleWorker([queue], connection=redis)
+    return DeliveryWorker([queue], connection=redis)
 
 
 def run(app: Flask, *, burst: bool = False) -> None:
+    """Work until stopped; when Redis goes away mid-job, wait for it and start again."""
+    # An outage is logged once (then every 5 minutes while it lasts), not on every retry.
+    logthrottle.install("rq.worker", "could not connect to Redis")
+    logthrottle.install(__name__, "lost Redis")
+    logging.getLogger("rq.worker").addFilter(_no_redis_tracebacks)
+    wait = 0.5
     with app.app_context():
-        make_worker(app).work(burst=burst, with_scheduler=False, logging_level="WARNING")
+        while True:
+            try:
+                make_worker(app).work(burst=burst, with_scheduler=False, logging_level="WARNING")
+                return
+            except RedisError as exc:
+                # RQ gives up when Redis fails outside its dequeue loop (while finishing
+                # a job, say); the database still holds the truth, so just start again.
+                log.warning("lost Redis (%s); the worker starts again once it answers", exc)
+                time.sleep(wait)
+                wait = min(wait * 2, DeliveryWorker.max_connection_wait_time)

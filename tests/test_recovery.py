@@ -26,12 +26,21 @@ class Processes:
         self.env = {**os.environ, "INSTANCE_PATH": str(instance)}
         self.env.update({k: str(v) for k, v in config.items() if k.isupper() and k != "TESTING"})
         self.running: dict[str, subprocess.Popen] = {}
+        self.logs = instance.parent / "process-logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
 
     def start(self, name: str) -> subprocess.Popen:
         command = [sys.executable, "-m", "flask", "--app", "app", name.split(":")[0]]
-        proc = subprocess.Popen(command, cwd=ROOT, env=self.env)
+        with open(self.log_path(name), "ab") as log:
+            proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=log)
         self.running[name] = proc
         return proc
+
+    def log_path(self, name: str) -> Path:
+        return self.logs / f"{name.replace(':', '-')}.log"
+
+    def log(self, name: str) -> str:
+        return self.log_path(name).read_text(errors="replace")
 
     def kill(self, name: str) -> None:
         proc = self.running.pop(name)

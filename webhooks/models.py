@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -298,10 +299,20 @@ class BulkJob(db.Model):
     workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
     webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(16))  # recover, replay
-    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued, running, done, failed
+    # queued, running, done, failed
+    status: Mapped[str] = mapped_column(String(16), default="queued")
     params: Mapped[dict[str, Any]]
     done: Mapped[int] = mapped_column(Integer, default=0)
     total: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class MetricTotal(db.Model):
+    """What deleted rows had added to a /metrics counter, so that counters never go down."""
+
+    __tablename__ = "metric_totals"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[float] = mapped_column(Float, default=0.0)

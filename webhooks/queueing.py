@@ -10,7 +10,10 @@ from redis.exceptions import RedisError
 from rq import Queue
 from rq.job import Job, JobStatus
 
+from webhooks import logthrottle
+
 log = logging.getLogger(__name__)
+logthrottle.install(__name__, "Redis unavailable")  # once per outage, not once per publish
 
 DELIVER_JOB = "jobs.deliver.deliver"
 # Set once by the scheduler; when it is gone, Redis lost its data and every due delivery

@@ -341,6 +341,10 @@ def post(
             if size > RESPONSE_BODY_CAP:
                 break
         raw = b"".join(chunks)[:RESPONSE_BODY_CAP]
+        if exchange.expired:
+            # The deadline cut the socket: whatever was parsed is a fragment, never a success
+            # (a status line with the headers cut off reads like a complete empty answer).
+            raise TimeoutError("deadline reached")
         return Result(
             status_code=response.status_code,
             headers=dict(response.headers),
@@ -349,8 +353,8 @@ def post(
         )
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
         return Result(
-            status_code=response.status_code if response is not None else None,
-            headers=dict(response.headers) if response is not None else {},
+            status_code=response.status_code if response and not exchange.expired else None,
+            headers=dict(response.headers) if response and not exchange.expired else {},
             duration_ms=_elapsed_ms(started),
             error=_describe(exc, timeout, exchange.expired),
         )
