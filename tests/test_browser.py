@@ -1,0 +1,456 @@
+"""The dashboard in a real headless Chromium, against a live server, worker and scheduler.
+
+Each test signs in through the login page and asserts what a person sees; deliveries go to real
+HTTPS receivers on loopback. Needs Debian's /usr/bin/chromium (never a downloaded browser):
+without it the module is skipped, unless REQUIRE_BROWSER is set, then it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("REQUIRE_BROWSER"):
+        pytest.fail(f"REQUIRE_BROWSER is set but {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+if not os.path.exists(CHROMIUM):
+    _unavailable(f"{CHROMIUM} is missing (apt-get install chromium)")
+try:
+    from playwright.sync_api import Browser, Page, expect, sync_playwright
+except ImportError:
+    _unavailable("Playwright for Python is not installed (pip install playwright==1.65.2)")
+
+from werkzeug.serving import make_server  # noqa: E402
+
+from tests.conftest import Api  # noqa: E402
+from tests.receivers import Received, Receiver  # noqa: E402
+from tests.test_recovery import Processes  # noqa: E402
+from webhooks import accounts  # noqa: E402
+from webhooks.models import db  # noqa: E402
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+EMAIL = "maya.chen@example.com"
+PASSWORD = "correct horse battery"
+UI = 5_000  # ms: a page or an HTMX swap answered by the server alone
+DELIVERY = 20_000  # ms: worker start-up, an HTTPS attempt and the next live poll (every 3 s)
+WEBHOOK_PAGE = re.compile(r"/settings/webhooks/wh_\w+$")
+DELIVERY_PAGE = re.compile(r"/settings/webhooks/logs/(dlv_\w+)$")
+
+
+@dataclass
+class Site:
+    """The live dashboard of one workspace, its API and its signed-in user."""
+
+    url: str
+    api: Api
+    workspace_id: str
+
+    def create_webhook(self, **fields: Any) -> dict[str, Any]:
+        response = self.api.post("/webhooks", {"events": ["*"], **fields})
+        assert response.status_code == 201, response.json
+        return response.json
+
+    def publish(self, event_type: str, **data: Any) -> dict[str, Any]:
+        response = self.api.post("/events", {"type": event_type, "data": data})
+        assert response.status_code == 202, response.json
+        return response.json
+
+    def deliveries(self) -> list[dict[str, Any]]:
+        response = self.api.get("/deliveries?limit=100")
+        assert response.status_code == 200, response.json
+        return response.json["data"]
+
+
+def header(request: Received, name: str) -> str | None:
+    """A request header, whatever the case the sender used."""
+    return next((v for k, v in request.headers.items() if k.lower() == name.lower()), None)
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def config(config, request):  # type: ignore[no-untyped-def]
+    """The conftest config, with overrides a test asks for by indirect parametrization."""
+    config.update(getattr(request, "param", {}))
+    return config
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def site(app, api, workspace) -> Iterator[Site]:  # type: ignore[no-untyped-def]
+    """The app served by a real threaded HTTP server, with a dashboard user in the workspace."""
+    with app.app_context():
+        accounts.create_user(db.session, EMAIL, PASSWORD, workspace["id"])
+        db.session.remove()
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield Site(f"http://127.0.0.1:{server.server_port}", api, workspace["id"])
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def processes(app, config, tmp_path) -> Iterator[Processes]:  # type: ignore[no-untyped-def]
+    """The real worker and scheduler (Procfile), started before the browser signs in."""
+    procs = Processes(config, tmp_path / "instance")
+    procs.start("worker")
+    procs.start("scheduler")
+    yield procs
+    procs.stop_all()
+    if hasattr(procs, "log"):  # shown by pytest only when the test failed
+        for name in ("worker", "scheduler"):
+            print(f"--- {name} output ---\n{procs.log(name)}")
+
+
+@pytest.fixture
+def page(browser: Browser, site: Site) -> Iterator[Page]:
+    """A fresh browser context (no cookies); JavaScript errors and 5xx answers fail the test."""
+    context = browser.new_context(base_url=site.url, viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(UI)
+    tab = context.new_page()
+    problems: list[str] = []
+    tab.on("pageerror", lambda error: problems.append(f"JavaScript error: {error}"))
+    tab.on(
+        "response",
+        lambda r: (
+            problems.append(f"HTTP {r.status} for {r.request.method} {r.url}")
+            if r.status >= 500
+            else None
+        ),
+    )
+    yield tab
+    context.close()
+    assert not problems, problems
+
+
+def sign_in(page: Page) -> None:
+    page.goto("/login")
+    page.get_by_label("Email").fill(EMAIL)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(re.compile(r"/settings/webhooks$"), timeout=UI)
+
+
+def screenshot(page: Page, name: str) -> None:
+    folder = os.environ.get("SCREENSHOT_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / name), full_page=True)
+
+
+def mark_document(page: Page) -> None:
+    """Mark this document: the mark survives HTMX swaps, not a navigation or reload."""
+    page.evaluate("window.__marker = 1")
+
+
+def assert_not_reloaded(page: Page) -> None:
+    assert page.evaluate("window.__marker") == 1, "the page was reloaded or navigated away"
+
+
+# -- tests -------------------------------------------------------------------------------------
+
+
+def test_sign_in_wrong_password_then_right_then_sign_out(page: Page, site: Site) -> None:
+    page.goto("/login")
+    page.get_by_label("Email").fill(EMAIL)
+    page.get_by_label("Password").fill("not the password")
+    page.get_by_role("button", name="Sign in").click()
+
+    expect(page.get_by_role("alert")).to_have_text("Invalid email or password", timeout=UI)
+    expect(page).to_have_url(re.compile(r"/login$"))
+    expect(page.get_by_label("Email")).to_have_value(EMAIL)
+
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+
+    expect(page).to_have_url(f"{site.url}/settings/webhooks", timeout=UI)
+    expect(page.get_by_text("Settings › Webhooks", exact=True)).to_be_visible()
+    expect(page.get_by_role("heading", name="No webhooks yet")).to_be_visible()
+    expect(page.get_by_role("link", name="Create Webhook").first).to_be_visible()
+    expect(page.get_by_role("table")).to_have_count(0)
+
+    page.get_by_role("button", name="Sign out").click()
+
+    expect(page).to_have_url(re.compile(r"/login$"), timeout=UI)
+    expect(page.get_by_role("status")).to_have_text("You are signed out.")
+    page.goto("/settings/webhooks")
+    expect(page).to_have_url(re.compile(r"/login\?next=%2Fsettings%2Fwebhooks$"), timeout=UI)
+    expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+
+
+def test_create_webhook_through_the_form(page: Page, site: Site, receiver: Receiver) -> None:
+    sign_in(page)
+    page.get_by_role("link", name="Create Webhook").first.click()
+    expect(page).to_have_url(re.compile(r"/settings/webhooks/new$"), timeout=UI)
+
+    # An http:// URL: the error is shown next to the URL field and nothing is saved.
+    page.get_by_label("Name", exact=True).fill("Plain HTTP")
+    page.get_by_label("URL", exact=True).fill(receiver.url().replace("https://", "http://"))
+    page.get_by_label("Incident", exact=True).check()
+    page.get_by_role("button", name="Save").click()
+    url_field = page.locator(".field", has=page.get_by_label("URL", exact=True))
+    expect(url_field.get_by_role("alert")).to_have_text("URL must use https://", timeout=UI)
+    expect(page.get_by_label("URL", exact=True)).to_have_attribute("aria-invalid", "true")
+    assert site.api.get("/webhooks").json["data"] == []
+    page.get_by_role("link", name="Settings › Webhooks").click()
+    expect(page.get_by_role("heading", name="No webhooks yet")).to_be_visible(timeout=UI)
+
+    # A good one: category checkbox, one type of another category, generated secret, header.
+    page.get_by_role("link", name="Create Webhook").first.click()
+    page.get_by_label("Name", exact=True).fill("Ops alerts")
+    page.get_by_label("URL", exact=True).fill(receiver.url("/ops"))
+    page.get_by_label("Incident", exact=True).check()
+    covered = page.get_by_label("incident.created")
+    expect(covered).to_be_checked()  # the category covers its types
+    expect(covered).to_be_disabled()
+    page.get_by_label("task.failed").check()
+
+    secret_input = page.get_by_label("Secret", exact=True)
+    expect(secret_input).to_have_attribute("type", "password")
+    page.get_by_role("button", name="Reveal").click()
+    expect(secret_input).to_have_attribute("type", "text")
+    expect(secret_input).to_have_value(re.compile(r"^whsec_\S+$"))
+    secret = secret_input.input_value()
+
+    expect(page.get_by_label("Header name")).to_have_count(1)
+    page.get_by_role("button", name="Add header").click()
+    expect(page.get_by_label("Header name")).to_have_count(2, timeout=UI)
+    page.get_by_label("Header name").last.fill("X-Team")
+    page.get_by_label("Header value").last.fill("sre")
+    expect(page.get_by_label("Active", exact=True)).to_be_checked()
+    page.get_by_role("button", name="Save").click()
+
+    expect(page).to_have_url(WEBHOOK_PAGE, timeout=UI)
+    expect(page.get_by_role("heading", level=1)).to_have_text("Ops alerts")
+    expect(page.get_by_role("status")).to_contain_text("Webhook “Ops alerts” created.")
+    [saved] = site.api.get("/webhooks").json["data"]
+    assert set(saved["events"]) == {"incident.*", "task.failed"}
+    assert saved["headers"] == {"X-Team": "sre"}
+    assert saved["url"] == receiver.url("/ops")
+    assert site.api.get(f"/webhooks/{saved['id']}/secret").json["secret"] == secret
+
+    page.get_by_role("link", name="Settings › Webhooks").click()
+    row = page.get_by_role("row").filter(has=page.get_by_role("link", name="Ops alerts"))
+    expect(row).to_have_count(1, timeout=UI)
+    expect(row).to_contain_text(f"https://127.0.0.1:{receiver.port}/ops")
+    expect(row.locator(".badge").first).to_have_text("Active")
+    expect(row).to_contain_text("Incident (all), task.failed")
+
+
+def test_send_test_event_shows_the_result_in_place(
+    page: Page, site: Site, receiver: Receiver, processes: Processes
+) -> None:
+    webhook = site.create_webhook(name="Ops", url=receiver.url())
+    sign_in(page)
+    page.get_by_role("link", name="Ops", exact=True).click()
+    expect(page).to_have_url(f"{site.url}/settings/webhooks/{webhook['id']}", timeout=UI)
+    mark_document(page)
+
+    page.get_by_label("Event type", exact=True).select_option("incident.resolved")
+    page.get_by_role("button", name="Send Test Event").click()
+
+    result = page.locator("#test-result")
+    expect(result.locator(".badge")).to_have_text("Succeeded", timeout=DELIVERY)
+    expect(result).to_contain_text("HTTP 200")
+    expect(result.locator("code").first).to_have_text("incident.resolved")
+    expect(result.locator("pre").first).to_contain_text('"type": "incident.resolved"')
+    expect(result.locator("pre").first).to_contain_text("X-CloudThinker-Event: incident.resolved")
+    # The recent deliveries below update live too.
+    expect(page.locator("#recent")).to_contain_text("incident.resolved", timeout=DELIVERY)
+    assert_not_reloaded(page)
+
+    assert len(receiver.requests) == 1
+    [received] = receiver.requests
+    assert header(received, "X-CloudThinker-Event") == "incident.resolved"
+    assert received.json()["type"] == "incident.resolved"
+
+
+def test_pause_stops_deliveries_and_resume_restarts_them(
+    page: Page, site: Site, receiver: Receiver, processes: Processes
+) -> None:
+    webhook = site.create_webhook(name="Ops", url=receiver.url())
+    sign_in(page)
+    page.goto(f"/settings/webhooks/{webhook['id']}")
+    switch = page.get_by_role("switch", name="Active")
+    state = page.locator("#active-state")
+    expect(switch).to_be_checked()
+    expect(state).to_have_text("Active")
+    mark_document(page)
+
+    page.locator("#active-switch .slider").click()  # what a person clicks; saves by itself
+    expect(state).to_have_text("Paused", timeout=UI)
+    expect(switch).not_to_be_checked()
+    assert site.api.get(f"/webhooks/{webhook['id']}").json["active"] is False
+
+    paused_event = site.publish("incident.created", id="inc_paused")
+    assert paused_event["delivery_count"] == 0
+    assert not [d for d in site.deliveries() if d["event_id"] == paused_event["id"]]
+
+    switch.focus()  # the swapped-in switch, from the keyboard this time
+    page.keyboard.press("Space")
+    expect(state).to_have_text("Active", timeout=UI)
+    expect(switch).to_be_checked()
+    expect(switch).to_be_focused()  # the keyboard user keeps their place after the swap
+    assert_not_reloaded(page)
+    assert site.api.get(f"/webhooks/{webhook['id']}").json["active"] is True
+
+    # A later event goes through; the worker takes jobs in order, so anything queued for the
+    # paused event would have arrived first. Only the later one ever arrives.
+    later_event = site.publish("incident.created", id="inc_after")
+    assert later_event["delivery_count"] == 1
+    receiver.wait_for(1, timeout=DELIVERY / 1000)
+    expect(page.locator("#recent .badge.succeeded")).to_have_count(1, timeout=DELIVERY)
+    assert [header(r, "webhook-id") for r in receiver.requests] == [later_event["id"]]
+    assert {d["event_id"] for d in site.deliveries()} == {later_event["id"]}
+
+
+@pytest.mark.parametrize(
+    "config", [{"WEBHOOK_RETRY_SCHEDULE": "0"}], indirect=True, ids=["single-attempt"]
+)
+def test_logs_live_filters_attempts_and_redeliver(
+    page: Page, site: Site, receiver: Receiver, tls_context: Any, processes: Processes
+) -> None:
+    failing = Receiver(tls=tls_context)
+    try:
+        failing.answer(500)
+        site.create_webhook(name="Ops", url=receiver.url())
+        site.create_webhook(name="Flaky", url=failing.url())
+        site.create_webhook(name="Pager", url=receiver.url("/pager"), active=False)
+        sign_in(page)
+        page.get_by_role("link", name="Logs", exact=True).click()
+        expect(page).to_have_url(re.compile(r"/settings/webhooks/logs$"), timeout=UI)
+        expect(page.get_by_role("heading", name="No deliveries yet")).to_be_visible()
+        mark_document(page)
+
+        events = {
+            t: site.publish(t, id=f"x_{i}")
+            for i, t in enumerate(["incident.created", "task.failed", "finding.created"])
+        }
+        assert all(e["delivery_count"] == 2 for e in events.values())
+
+        rows = page.locator("#log-rows tbody tr")
+        expect(rows).to_have_count(6, timeout=DELIVERY)
+        expect(rows.locator(".badge", has_text="Failed")).to_have_count(3, timeout=DELIVERY)
+        expect(rows.locator(".badge", has_text="Succeeded")).to_have_count(3, timeout=DELIVERY)
+        assert_not_reloaded(page)
+        screenshot(page, "logs.png")
+
+        page.get_by_label("Status", exact=True).select_option("failed")
+        page.get_by_role("button", name="Filter").click()
+        expect(page).to_have_url(re.compile(r"[?&]status=failed(&|$)"), timeout=UI)
+        expect(rows).to_have_count(3)
+        expect(rows.locator(".badge")).to_have_text(["Failed"] * 3)
+        expect(rows.locator("td:first-child")).to_have_text(["Flaky"] * 3)
+
+        page.get_by_label("Status", exact=True).select_option("")
+        page.get_by_label("Event type", exact=True).select_option("task.failed")
+        page.get_by_role("button", name="Filter").click()
+        expect(page).to_have_url(re.compile(r"[?&]event_type=task\.failed(&|$)"), timeout=UI)
+        expect(rows).to_have_count(2)
+        expect(rows.locator("code")).to_have_text(["task.failed", "task.failed"])
+
+        rows.filter(has_text="Flaky").get_by_role("link", name="task.failed").click()
+        expect(page).to_have_url(DELIVERY_PAGE, timeout=UI)
+        original = DELIVERY_PAGE.search(page.url).group(1)  # type: ignore[union-attr]
+        attempts = page.locator("#attempts")
+        expect(page.get_by_role("heading", level=1)).to_have_text("task.failed to Flaky")
+        expect(attempts.locator(".attempt")).to_have_count(1)
+        expect(attempts.locator(".attempt h2")).to_contain_text("Failed")
+        expect(attempts.locator(".attempt h2")).to_contain_text("HTTP 500")
+        expect(attempts).to_contain_text(f"POST {failing.url()}")
+        expect(attempts).to_contain_text("X-CloudThinker-Event: task.failed")
+        expect(attempts).to_contain_text(f'"id": "{events["task.failed"]["id"]}"')
+        response = attempts.locator("h3", has_text="Response").locator("xpath=..")
+        expect(response.locator("pre").first).to_contain_text("500")
+
+        failing.answer(200)  # the receiver is fixed; send it again
+        sent_before = len(failing.requests)
+        page.get_by_role("button", name="Redeliver").click()
+        expect(page).not_to_have_url(re.compile(rf"/{original}$"), timeout=UI)
+        expect(page).to_have_url(DELIVERY_PAGE)
+        expect(page.get_by_role("status")).to_contain_text("Redelivery queued")
+        expect(attempts.locator(".badge").first).to_have_text("Succeeded", timeout=DELIVERY)
+        expect(attempts.locator(".attempt h2")).to_contain_text("HTTP 200")
+
+        again = failing.wait_for(sent_before + 1, timeout=DELIVERY / 1000)[sent_before]
+        assert header(again, "webhook-id") == events["task.failed"]["id"]
+        assert header(again, "X-CloudThinker-Event") == "task.failed"
+        assert header(again, "X-CloudThinker-Delivery") != original
+
+        page.get_by_role("link", name="Webhooks", exact=True).click()
+        expect(page.get_by_role("row")).to_have_count(4, timeout=UI)
+        expect(page.get_by_role("row", name=re.compile("Pager"))).to_contain_text("Paused")
+        screenshot(page, "webhooks.png")
+    finally:
+        failing.close()
+
+
+def test_create_form_works_with_the_keyboard(page: Page, site: Site, receiver: Receiver) -> None:
+    sign_in(page)
+    page.goto("/settings/webhooks/new")
+
+    page.get_by_label("Name", exact=True).focus()
+    page.keyboard.type("Keyboard hook")
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("URL", exact=True)).to_be_focused()
+    page.keyboard.type(receiver.url("/keys"))
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("All events")).to_be_focused()
+    page.keyboard.press("Space")
+    expect(page.get_by_label("All events")).to_be_checked()
+
+    save = page.get_by_role("button", name="Save")
+    visited: list[str] = []
+    for _ in range(60):
+        if save.evaluate("button => button === document.activeElement"):
+            break
+        page.keyboard.press("Tab")
+        visited.append(
+            page.evaluate(
+                "() => { const e = document.activeElement;"
+                " return e.name || e.id || e.textContent.trim(); }"
+            )
+        )
+    expect(save).to_be_focused()
+    for reachable in ("secret", "header_name", "header_value", "Add header", "active"):
+        assert reachable in visited, f"{reachable!r} was not reached with Tab: {visited}"
+    page.keyboard.press("Enter")
+
+    expect(page).to_have_url(WEBHOOK_PAGE, timeout=UI)
+    expect(page.get_by_role("heading", level=1)).to_have_text("Keyboard hook")
+    [saved] = site.api.get("/webhooks").json["data"]
+    assert (saved["name"], saved["url"], saved["events"]) == (
+        "Keyboard hook",
+        receiver.url("/keys"),
+        ["*"],
+    )

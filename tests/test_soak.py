@@ -1,0 +1,110 @@
+"""A soak under chaos: workers killed and Redis flushed at random while events pour in.
+
+Every (event, webhook) pair must end succeeded or failed with the right attempts, none lost,
+and a healthy target may see at most one duplicate POST per killed worker.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter
+
+import pytest
+
+from tests.test_recovery import Processes, wait_until
+
+EVENTS = 600
+SCHEDULE = "0,0.5,0.5"
+
+
+@pytest.fixture
+def soak_config(config):  # type: ignore[no-untyped-def]
+    config.update(
+        {
+            "WEBHOOK_RETRY_SCHEDULE": SCHEDULE,
+            "WEBHOOK_TIMEOUT_SECONDS": "2",
+            "WEBHOOK_LEASE_MARGIN_SECONDS": "1",
+            "WEBHOOK_API_RATE_LIMIT": "100000 per minute",
+        }
+    )
+    return config
+
+
+def test_soak_with_killed_workers_and_flushed_redis(
+    soak_config, app, api, receiver, tls_context, tmp_path
+):
+    from tests.receivers import Receiver
+
+    broken = Receiver(tls=tls_context)
+    broken.answer(500)
+    healthy = [
+        api.post(
+            "/webhooks", {"name": f"ok{i}", "url": receiver.url(f"/ok{i}"), "events": ["*"]}
+        ).json
+        for i in range(2)
+    ]
+    failing = api.post(
+        "/webhooks", {"name": "down", "url": broken.url(), "events": ["task.*"]}
+    ).json
+    processes = Processes(soak_config, tmp_path / "instance")
+    kills = 0
+    stop = threading.Event()
+    rng = random.Random(7)
+
+    def chaos() -> None:
+        nonlocal kills
+        generation = 2
+        while not stop.wait(rng.uniform(1.0, 2.5)):
+            if rng.random() < 0.6:
+                victim = rng.choice([n for n in processes.running if n.startswith("worker")])
+                processes.kill(victim)
+                kills += 1
+                processes.start(f"worker:{generation}")
+                generation += 1
+            else:
+                app.extensions["redis"].flushdb()
+
+    try:
+        processes.start("worker:0")
+        processes.start("worker:1")
+        processes.start("scheduler")
+        monkey = threading.Thread(target=chaos, daemon=True)
+        monkey.start()
+        for i in range(EVENTS):
+            kind = "task.failed" if i % 3 == 0 else "incident.updated"
+            assert api.post("/events", {"type": kind, "data": {"n": i}}).status_code == 202
+        wait_until(lambda: not api.get("/deliveries?status=pending&limit=1").json["data"], 240)
+        stop.set()
+        monkey.join()
+    finally:
+        stop.set()
+        processes.stop_all()
+        broken.close()
+
+    task_events = len(range(0, EVENTS, 3))
+    deliveries = all_deliveries(api)
+    assert len(deliveries) == EVENTS * len(healthy) + task_events  # none lost
+    by_hook = Counter((d["webhook_id"], d["status"]) for d in deliveries)
+    for hook in healthy:
+        assert by_hook[(hook["id"], "succeeded")] == EVENTS
+    assert by_hook[(failing["id"], "failed")] == task_events
+    sample = [d for d in deliveries if d["webhook_id"] == failing["id"]][:20]
+    for d in sample:
+        attempts = api.get(f"/deliveries/{d['id']}").json["attempts"]
+        assert sum(a["outcome"] == "failure" for a in attempts) == len(SCHEDULE.split(","))
+    posts = Counter(r.headers["X-CloudThinker-Delivery"] for r in receiver.requests)
+    assert len(posts) == EVENTS * len(healthy)
+    duplicates = sum(n - 1 for n in posts.values())
+    assert duplicates <= kills, (duplicates, kills)
+    assert kills >= 1
+
+
+def all_deliveries(api) -> list[dict]:  # type: ignore[no-untyped-def]
+    rows, cursor = [], None
+    while True:
+        page = api.get(f"/deliveries?limit=100{f'&cursor={cursor}' if cursor else ''}").json
+        rows += page["data"]
+        cursor = page["next_cursor"]
+        if not cursor:
+            return rows
