@@ -6,6 +6,7 @@ import json
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -28,6 +29,7 @@ class Reply:
     body: bytes = b"ok"
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds to wait before answering
+    after: Callable[[], None] | None = None  # runs once the answer has been sent
 
 
 class Receiver:
@@ -58,6 +60,9 @@ class Receiver:
                 self.send_header("Content-Length", str(len(reply.body)))
                 self.end_headers()
                 self.wfile.write(reply.body)
+                self.wfile.flush()
+                if reply.after is not None:
+                    reply.after()
 
         self.server = ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True

@@ -158,3 +158,27 @@ def test_publish_while_redis_is_down_answers_202_and_catches_up(
         lambda: receiver.requests, timeout=10
     )  # Redis is back: the scheduler sends it
     assert receiver.requests[0].headers["webhook-id"] == response.json["id"]
+
+
+def test_worker_killed_between_the_post_and_the_record_posts_again_at_most_once(
+    slow_config, api, webhook, receiver, processes
+):
+    processes.start("scheduler")
+    worker = processes.start("worker")
+    # The receiver answers 200, then kills the worker before it can record the answer.
+    receiver.answer(Reply(status=200, after=lambda: worker.send_signal(signal.SIGKILL)), 200)
+    event = api.post("/events", {"type": "incident.created", "data": {"id": "inc_5"}}).json
+    delivery_id = api.get(f"/events/{event['id']}").json["deliveries"][0]["id"]
+
+    receiver.wait_for(1, timeout=30)
+    worker.wait(timeout=10)
+    processes.running.pop("worker")
+    processes.start("worker:2")
+
+    done = wait_until(
+        lambda: (d := delivery(api, delivery_id))["status"] != "pending" and d, 3 + 60
+    )
+
+    assert done["status"] == "succeeded"
+    assert 1 <= len(receiver.requests) <= 2  # never zero, at most one extra
+    assert {r.headers["webhook-id"] for r in receiver.requests} == {event["id"]}
