@@ -12,10 +12,10 @@ from werkzeug.exceptions import HTTPException
 
 from blueprints.security import limiter
 from blueprints.serialize import attempt_json, delivery_json, envelope_json, webhook_json
-from webhooks import accounts, catalog, logs, management, publishing
+from webhooks import accounts, bulk, catalog, logs, management, notification_settings, publishing
 from webhooks.config import Settings
 from webhooks.management import Invalid
-from webhooks.models import Delivery, Event, Webhook, db
+from webhooks.models import BulkJob, Delivery, Event, Webhook, db
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 limiter.limit(lambda: current_app.config["WEBHOOK_API_RATE_LIMIT"])(bp)
@@ -300,3 +300,74 @@ def redeliver(delivery_id: str):  # type: ignore[no-untyped-def]
 def egress_ips():  # type: ignore[no-untyped-def]
     """The addresses deliveries come from, for firewall allowlists."""
     return {"ips": list(current_app.config["WEBHOOK_EGRESS_IPS"])}
+
+
+def _time(payload: dict[str, Any], name: str, *, required: bool = False):  # type: ignore[no-untyped-def]
+    """An ISO 8601 time from the body (no zone means UTC), or None when absent."""
+    value = payload.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise fail("validation_error", f"{name} is required (ISO 8601)", **{name: "required"})
+    try:
+        return logs.parse_time(name, value)
+    except logs.BadFilter as exc:
+        raise Invalid("validation_error", str(exc), {name: str(exc)}) from None
+
+
+def _bulk(webhook_id: str, kind: str, until_allowed: bool):  # type: ignore[no-untyped-def]
+    webhook = webhook_or_404(webhook_id)
+    payload = json_body()
+    allowed = {"since", "until"} if until_allowed else {"since"}
+    extra = sorted(set(payload) - allowed)
+    if extra:
+        raise fail("validation_error", f"unknown field {extra[0]!r}", **{extra[0]: "unknown"})
+    since = _time(payload, "since", required=True)
+    until = _time(payload, "until") if until_allowed else None
+    job = bulk.start(db.session, redis(), webhook, kind, since, until, settings())
+    body: dict[str, Any] = {"job_id": job.id, "count": job.total}
+    if job.total >= bulk.MAX_PER_CALL:
+        body["message"] = (
+            f"at most {bulk.MAX_PER_CALL} deliveries per call; once this job is done, "
+            "call again for the rest"
+        )
+    return body, 202
+
+
+@bp.post("/webhooks/<webhook_id>/recover")
+def recover(webhook_id: str):  # type: ignore[no-untyped-def]
+    """Deliver again each event whose deliveries in a window failed and never got through."""
+    return _bulk(webhook_id, bulk.RECOVER, until_allowed=True)
+
+
+@bp.post("/webhooks/<webhook_id>/replay-missed")
+def replay_missed(webhook_id: str):  # type: ignore[no-untyped-def]
+    """Deliver each event of its types published since a time that it never got."""
+    return _bulk(webhook_id, bulk.REPLAY, until_allowed=False)
+
+
+@bp.get("/jobs/<job_id>")
+def get_job(job_id: str):  # type: ignore[no-untyped-def]
+    """Show a bulk job's progress."""
+    job = db.session.scalars(
+        select(BulkJob).where(BulkJob.id == job_id, BulkJob.workspace_id == g.workspace_id)
+    ).first()
+    if job is None:
+        raise fail("not_found", f"no job {job_id!r}", 404)
+    return bulk.as_json(job)
+
+
+@bp.get("/notifications")
+def get_notifications():  # type: ignore[no-untyped-def]
+    """Show where the workspace is told about failing webhooks."""
+    return notification_settings.load(db.session, g.workspace_id)
+
+
+@bp.put("/notifications")
+def put_notifications():  # type: ignore[no-untyped-def]
+    """Replace the workspace's e-mail addresses and alert URL."""
+    warnings: list[str] = []
+    saved = notification_settings.save(
+        db.session, g.workspace_id, json_body(), settings(), warnings
+    )
+    return {**saved, **_warned(warnings)}

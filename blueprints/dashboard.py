@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, flash, g, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 from flask_htmx import make_response
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from blueprints import webhook_form
 from blueprints.ui import delivery_or_404, guarded, settings, webhook_or_404
-from webhooks import catalog, logs, management, publishing, templates
+from webhooks import bulk, catalog, charts, logs, management, publishing, templates
 from webhooks.management import Invalid
-from webhooks.models import Delivery, Webhook, db, utcnow
+from webhooks.models import BulkJob, Delivery, Webhook, db, utcnow
 
 bp = guarded(Blueprint("dashboard", __name__, url_prefix="/settings/webhooks"))
 
@@ -30,7 +30,10 @@ def webhooks():  # type: ignore[no-untyped-def]
         .order_by(Webhook.created_at.desc(), Webhook.id.desc())
     ).all()
     summary = logs.summaries(db.session, g.workspace_id, utcnow())
-    return render_template("dashboard/webhooks.html", webhooks=rows, summary=summary)
+    sparklines = charts.sparklines(db.session, g.workspace_id, utcnow(), settings())
+    return render_template(
+        "dashboard/webhooks.html", webhooks=rows, summary=summary, sparklines=sparklines
+    )
 
 
 def render_form(webhook: Webhook | None, values: dict[str, Any], errors: dict[str, str]):  # type: ignore[no-untyped-def]
@@ -90,6 +93,7 @@ def show(webhook_id: str):  # type: ignore[no-untyped-def]
         webhook=webhook,
         recent=_recent(webhook),
         default_type=_default_type(webhook),
+        activity=charts.for_webhook(db.session, webhook.id, utcnow(), settings()),
     )
 
 
@@ -120,12 +124,64 @@ def recent(webhook_id: str):  # type: ignore[no-untyped-def]
 
 @bp.post("/<webhook_id>/active")
 def toggle_active(webhook_id: str):  # type: ignore[no-untyped-def]
-    """Pause or resume at once (the Active switch saves by itself)."""
+    """Pause or resume at once; turning it on offers to recover what failed meanwhile."""
     webhook = webhook_or_404(webhook_id)
-    management.update(
-        db.session, webhook, {"active": request.form.get("active") == "on"}, settings()
-    )
-    return render_template("dashboard/_active.html", webhook=webhook)
+    turning_on = request.form.get("active") == "on"
+    # Turning it on clears these, so the offer's window is taken first.
+    marks = [t for t in (webhook.failing_since, webhook.disabled_at) if t is not None]
+    anchor = min(marks) if turning_on and not webhook.active and marks else None
+    management.update(db.session, webhook, {"active": turning_on}, settings())
+    offer = bulk.recover_offer(db.session, webhook, anchor, settings()) if anchor else None
+    return render_template("dashboard/_active.html", webhook=webhook, offer=offer)
+
+
+def _form_time(name: str, required: bool = False):  # type: ignore[no-untyped-def]
+    """A datetime-local field, read as UTC; None when empty and optional."""
+    value = request.form.get(name, "").strip()
+    if not value:
+        if required:
+            raise Invalid("validation_error", f"Choose the {name} time.", {name: "required"})
+        return None
+    try:
+        return logs.parse_time(name, value)
+    except logs.BadFilter:
+        raise Invalid("validation_error", f"Not a time: {value!r}", {name: "invalid"}) from None
+
+
+def _start_bulk(webhook: Webhook, kind: str):  # type: ignore[no-untyped-def]
+    """Start a bulk job from a form; its progress (or the error) appears in place."""
+    try:
+        since = _form_time("since", required=True)
+        until = _form_time("until") if kind == bulk.RECOVER else None
+        job = bulk.start(db.session, _redis(), webhook, kind, since, until, settings())
+    except Invalid as exc:
+        db.session.rollback()
+        # 200, so that htmx swaps the message in where the progress would have been.
+        return render_template("dashboard/_job.html", job=None, error=exc.message)
+    return render_template("dashboard/_job.html", job=job, error=None)
+
+
+@bp.post("/<webhook_id>/recover")
+def recover(webhook_id: str):  # type: ignore[no-untyped-def]
+    """Deliver again the events whose deliveries failed in a window."""
+    return _start_bulk(webhook_or_404(webhook_id), bulk.RECOVER)
+
+
+@bp.post("/<webhook_id>/replay")
+def replay(webhook_id: str):  # type: ignore[no-untyped-def]
+    """Deliver the events of its types it missed since a time (while it was paused, say)."""
+    return _start_bulk(webhook_or_404(webhook_id), bulk.REPLAY)
+
+
+@bp.get("/jobs/<job_id>")
+def job(job_id: str):  # type: ignore[no-untyped-def]
+    """A bulk job's progress fragment; it stops polling once the job has ended."""
+    found = db.session.scalars(
+        select(BulkJob).where(BulkJob.id == job_id, BulkJob.workspace_id == g.workspace_id)
+    ).first()
+    if found is None:
+        abort(404)
+    return render_template("dashboard/_job.html", job=found, error=None)
 
 
 @bp.get("/<webhook_id>/secret")

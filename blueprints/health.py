@@ -1,12 +1,16 @@
-"""Liveness for load balancers and `make run`: the database and Redis both answer."""
+"""For operators: liveness (the database and Redis answer) and Prometheus metrics."""
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, redirect, url_for
+import hmac
+
+from flask import Blueprint, abort, current_app, redirect, request, url_for
+from prometheus_client.exposition import choose_encoder
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from webhooks.metrics import Collector
 from webhooks.models import db
 
 bp = Blueprint("health", __name__)
@@ -27,6 +31,26 @@ def healthz():  # type: ignore[no-untyped-def]
         status["redis"] = str(exc)
     healthy = all(v == "ok" for v in status.values())
     return status, 200 if healthy else 503, {"Cache-Control": "no-store"}
+
+
+@bp.get("/metrics")
+def metrics():  # type: ignore[no-untyped-def]
+    """Count the work of every process: attempts, deliveries, latencies, queue and backlog."""
+    if not current_app.config["METRICS_ENABLED"]:
+        abort(404)
+    token = current_app.config["METRICS_TOKEN"]
+    if token and not _bearer_matches(token):
+        return "a bearer token is required\n", 401, {"WWW-Authenticate": 'Bearer realm="metrics"'}
+    collector = Collector(
+        db.session, current_app.extensions["redis"], current_app.config["WEBHOOK_QUEUE"]
+    )
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return encode(collector), 200, {"Content-Type": content_type, "Cache-Control": "no-store"}
+
+
+def _bearer_matches(token: str) -> bool:
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip(), token)
 
 
 @bp.get("/")

@@ -180,7 +180,10 @@ SCHEMAS: dict[str, Any] = {
             "event_id": {"type": "string"},
             "event_type": {"type": "string"},
             "webhook_id": {"type": "string"},
-            "kind": {"type": "string", "enum": ["event", "test", "redelivery"]},
+            "kind": {
+                "type": "string",
+                "enum": ["event", "test", "redelivery", "recover", "replay"],
+            },
             "status": {"type": "string", "enum": list(DeliveryStatus.ALL)},
             "attempt_count": {"type": "integer"},
             "max_attempts": {"type": "integer"},
@@ -219,6 +222,50 @@ SCHEMAS: dict[str, Any] = {
         },
     },
 }
+
+SCHEMAS.update(
+    {
+        "BulkStarted": {
+            "type": "object",
+            "required": ["job_id", "count"],
+            "properties": {
+                "job_id": {"type": "string"},
+                "count": {"type": "integer", "description": "deliveries it will create"},
+                "message": {"type": "string", "description": "when the 10,000 cap was reached"},
+            },
+        },
+        "BulkJob": {
+            "type": "object",
+            "required": ["id", "kind", "status", "done", "total", "webhook_id", "created_at"],
+            "properties": {
+                "id": {"type": "string"},
+                "kind": {"type": "string", "enum": ["recover", "replay"]},
+                "status": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
+                "done": {"type": "integer", "description": "deliveries created so far"},
+                "total": {"type": "integer", "description": "deliveries to create in all"},
+                "webhook_id": {"type": "string"},
+                "created_at": TIME,
+                "error": {"type": ["string", "null"]},
+            },
+        },
+        "NotificationSettings": {
+            "type": "object",
+            "required": ["emails", "alert_url"],
+            "properties": {
+                "emails": {
+                    "type": "array",
+                    "items": {"type": "string", "format": "email"},
+                    "maxItems": 20,
+                },
+                "alert_url": {
+                    "type": ["string", "null"],
+                    "description": 'gets a POST of {"text": …}; the same rules as a webhook URL',
+                },
+                "warnings": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+    }
+)
 
 WEBHOOK_ID = [_id("webhook_id", "wh")]
 DELIVERY_ID = [_id("delivery_id", "dlv")]
@@ -334,6 +381,83 @@ PATHS: dict[str, Any] = {
                     },
                 ),
                 **_errors(400, 404),
+            },
+        },
+    },
+    "/webhooks/{webhook_id}/recover": {
+        "parameters": WEBHOOK_ID,
+        "post": {
+            "summary": "A new delivery for each failed one in a window whose event never got "
+            "through (at most 10,000 per call)",
+            "requestBody": {
+                "required": True,
+                **_json(
+                    {
+                        "type": "object",
+                        "required": ["since"],
+                        "properties": {"since": TIME, "until": TIME},
+                        "additionalProperties": False,
+                    }
+                ),
+            },
+            "responses": {
+                "202": _answer("a bulk job was started", _ref("BulkStarted")),
+                **_errors(400, 404, 409),
+            },
+        },
+    },
+    "/webhooks/{webhook_id}/replay-missed": {
+        "parameters": WEBHOOK_ID,
+        "post": {
+            "summary": "A delivery for every event of its types since a time that it never got "
+            "(at most 10,000 per call)",
+            "requestBody": {
+                "required": True,
+                **_json(
+                    {
+                        "type": "object",
+                        "required": ["since"],
+                        "properties": {"since": TIME},
+                        "additionalProperties": False,
+                    }
+                ),
+            },
+            "responses": {
+                "202": _answer("a bulk job was started", _ref("BulkStarted")),
+                **_errors(400, 404, 409),
+            },
+        },
+    },
+    "/jobs/{job_id}": {
+        "parameters": [_id("job_id", "job")],
+        "get": {
+            "summary": "A bulk job's progress",
+            "responses": {"200": _answer("it", _ref("BulkJob")), **_errors(404)},
+        },
+    },
+    "/notifications": {
+        "get": {
+            "summary": "Where the workspace is told about failing webhooks",
+            "responses": {"200": _answer("them", _ref("NotificationSettings")), **_errors()},
+        },
+        "put": {
+            "summary": "Replace the e-mail addresses and the alert URL",
+            "requestBody": {
+                "required": True,
+                **_json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "emails": {"type": "array", "items": {"type": "string"}},
+                            "alert_url": {"type": ["string", "null"]},
+                        },
+                        "additionalProperties": False,
+                    }
+                ),
+            },
+            "responses": {
+                "200": _answer("saved", _ref("NotificationSettings")),
+                **_errors(400),
             },
         },
     },

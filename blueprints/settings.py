@@ -1,12 +1,25 @@
-"""Settings › API keys and the event catalog."""
+"""Settings › API keys, Notifications, and the event catalog."""
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, g, render_template, request
+import re
+
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from sqlalchemy import select
 
-from blueprints.ui import guarded
-from webhooks import accounts, catalog
+from blueprints.ui import guarded, settings
+from webhooks import accounts, catalog, notification_settings, notifications
+from webhooks.management import Invalid
 from webhooks.models import ApiKey, db, utcnow
 
 bp = guarded(Blueprint("settings", __name__, url_prefix="/settings"))
@@ -59,3 +72,65 @@ def revoke_api_key(key_id: str):  # type: ignore[no-untyped-def]
 def event_types():  # type: ignore[no-untyped-def]
     """The event catalog with descriptions and example payloads."""
     return render_template("settings/event_types.html", types=catalog.CATALOG)
+
+
+@bp.app_template_global()
+def shown_target(channel: str, target: str) -> str:
+    """A notification's target as the page shows it (an alert URL's secret path cut)."""
+    return notifications.shown_target(channel, target)
+
+
+def _recent_notifications():  # type: ignore[no-untyped-def]
+    return notifications.recent(db.session, g.workspace_id)
+
+
+def _notifications_page(values: dict, errors: dict[str, str]):  # type: ignore[no-untyped-def]
+    return render_template(
+        "settings/notifications.html",
+        values=values,
+        errors=errors,
+        recent=_recent_notifications(),
+        smtp_configured=bool(current_app.config["SMTP_URL"]),
+    ), 422 if errors else 200
+
+
+@bp.get("/notifications")
+def notifications_page():  # type: ignore[no-untyped-def]
+    """Where the workspace is told about failing webhooks, and what was sent lately."""
+    return _notifications_page(notification_settings.load(db.session, g.workspace_id), {})
+
+
+@bp.post("/notifications")
+def save_notifications():  # type: ignore[no-untyped-def]
+    """Save the e-mail addresses and the alert URL."""
+    emails = [e for e in re.split(r"[\s,;]+", request.form.get("emails", "")) if e]
+    payload = {"emails": emails, "alert_url": request.form.get("alert_url", "").strip() or None}
+    warnings: list[str] = []
+    try:
+        notification_settings.save(db.session, g.workspace_id, payload, settings(), warnings)
+    except Invalid as exc:
+        db.session.rollback()
+        return _notifications_page(payload, exc.fields or {"form": exc.message})
+    flash("Notification settings saved.", "success")
+    for warning in warnings:
+        flash(warning, "info")
+    return redirect(url_for("settings.notifications_page"))
+
+
+@bp.post("/notifications/test")
+def test_notification():  # type: ignore[no-untyped-def]
+    """Send a test message to every channel; it appears in the list below, then its result."""
+    ids = notifications.send_test(db.session, g.workspace_id, settings())
+    notifications.hand_off(current_app.extensions["redis"], settings(), ids)
+    message = None if ids else "Add an e-mail address or an alert URL and save them first."
+    return render_template(
+        "settings/_notifications.html", recent=_recent_notifications(), message=message
+    )
+
+
+@bp.get("/notifications/recent")
+def recent_notifications():  # type: ignore[no-untyped-def]
+    """The recent notifications fragment; it polls while any is still being sent."""
+    return render_template(
+        "settings/_notifications.html", recent=_recent_notifications(), message=None
+    )

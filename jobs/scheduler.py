@@ -1,4 +1,7 @@
-"""The scheduler process: due retries, lost jobs and expired leases, from the database."""
+"""The scheduler process: due retries, lost jobs and expired leases, from the database; and,
+on every full pass, the periodic work (notification summaries and re-sends, stalled bulk jobs,
+retention every WEBHOOK_RETENTION_INTERVAL). One loop in one process kind: nothing else runs
+on a timer."""
 
 from __future__ import annotations
 
@@ -48,7 +51,13 @@ def run(app: Flask, *, stop_after: float | None = None) -> None:
     outages = {"redis": _Outage("Redis"), "db": _Outage("database")}
     started = time.monotonic()
     last_full = 0.0
-    log.info("scheduler running: due scan every %ss, reconcile every %ss", interval, full_every)
+    log.info(
+        "scheduler running: due scan every %ss; reconcile, notifications and bulk jobs every "
+        "%ss; retention every %ss",
+        interval,
+        full_every,
+        settings.retention_interval,
+    )
     while not stopping and (stop_after is None or time.monotonic() - started < stop_after):
         now = time.monotonic()
         full = now - last_full >= full_every

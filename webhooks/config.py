@@ -121,6 +121,15 @@ def _text(name: str, raw: str) -> str:
     return raw.strip()
 
 
+def _public_url(name: str, raw: str) -> str:
+    raw = raw.strip().rstrip("/")
+    if not raw:
+        return f"http://127.0.0.1:{os.environ.get('PORT') or '8000'}"
+    if not raw.startswith(("http://", "https://")):
+        raise ConfigError(f"{name} must start with http:// or https://, got {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Var:
     name: str
@@ -173,6 +182,12 @@ VARIABLES: tuple[Var, ...] = (
     Var("WEBHOOK_DISABLE_AFTER_HOURS", "120", _decimal, "auto-disable window; 0 never disables"),
     Var("SMTP_URL", "", _url(("smtp", "smtps")), "SMTP server for notification e-mails"),
     Var("NOTIFY_FROM", "webhooks@localhost", _text, "sender of notification e-mails"),
+    Var(
+        "PUBLIC_URL",
+        "",
+        _public_url,
+        "the dashboard's address in notifications; default http://127.0.0.1:$PORT",
+    ),
     # Our own knobs, beyond the contract.
     Var("WEBHOOK_QUEUE", "webhooks", _text, "RQ queue name (a prefix keeps deployments apart)"),
     Var(
@@ -206,6 +221,31 @@ VARIABLES: tuple[Var, ...] = (
         "requests per API key (Flask-Limiter syntax, e.g. 100 per second)",
     ),
     Var("WEBHOOK_LOGIN_RATE_LIMIT", "10 per minute", _rate, "sign-in attempts per address"),
+    Var("METRICS_ENABLED", "1", _flag, "0 turns GET /metrics off (it answers 404)"),
+    Var(
+        "METRICS_TOKEN",
+        "",
+        _text,
+        "when set, GET /metrics asks for `Authorization: Bearer <token>`; empty: open",
+    ),
+    Var(
+        "WEBHOOK_NOTIFY_INTERVAL_SECONDS",
+        "3600",
+        _decimal,
+        "at most one 'deliveries exhausted' message per webhook this often; the rest are summed up",
+    ),
+    Var(
+        "WEBHOOK_NOTIFY_RESEND_SECONDS",
+        "60",
+        lambda n, r: _decimal(n, r, minimum=1),
+        "a notification not sent this long after it was written (or tried) is tried again, 3 tries",
+    ),
+    Var(
+        "WEBHOOK_RETENTION_INTERVAL",
+        "300",
+        lambda n, r: _decimal(n, r, minimum=0.1),
+        "seconds between the scheduler's retention passes",
+    ),
     Var(
         "WEBHOOK_SQLITE_BUSY_TIMEOUT",
         "30",
@@ -228,6 +268,15 @@ class Settings:
     lease_margin: float
     requeue_after: float
     queue: str
+    # Failure handling: notifications, auto-disable, retention.
+    disable_after_hours: float = 120.0
+    notify_interval: float = 3600.0
+    notify_resend: float = 60.0
+    public_url: str = "http://127.0.0.1:8000"
+    smtp_url: str | None = None
+    notify_from: str = "webhooks@localhost"
+    retention_days: float = 30.0
+    retention_interval: float = 300.0
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -241,6 +290,14 @@ class Settings:
             lease_margin=config["WEBHOOK_LEASE_MARGIN_SECONDS"],
             requeue_after=config["WEBHOOK_REQUEUE_AFTER_SECONDS"],
             queue=config["WEBHOOK_QUEUE"],
+            disable_after_hours=config["WEBHOOK_DISABLE_AFTER_HOURS"],
+            notify_interval=config["WEBHOOK_NOTIFY_INTERVAL_SECONDS"],
+            notify_resend=config["WEBHOOK_NOTIFY_RESEND_SECONDS"],
+            public_url=config["PUBLIC_URL"],
+            smtp_url=config["SMTP_URL"],
+            notify_from=config["NOTIFY_FROM"],
+            retention_days=config["WEBHOOK_RETENTION_DAYS"],
+            retention_interval=config["WEBHOOK_RETENTION_INTERVAL"],
         )
 
     @property

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, joinedload
 
-from webhooks import retry, signing, transforms, transport
+from webhooks import failures, notifications, retry, signing, transforms, transport
 from webhooks.config import Settings
 from webhooks.models import (
     Attempt,
@@ -261,13 +261,21 @@ def record(
         return delivery.status if delivery else DeliveryStatus.FAILED
     delivery.last_status_code = result.status_code
     delivery.last_error = error
+    notify: list[str] = []
     if outcome == AttemptOutcome.SUCCESS:
         _end(delivery, DeliveryStatus.SUCCEEDED, now)
+        failures.succeeded(session, delivery)
     else:
-        _schedule_next(
+        disabled = _schedule_next(
             session, delivery, result, settings, now, retryable=prepared.render_error is None
         )
+        if disabled:
+            notify = failures.gone(session, delivery, now, settings)
+        elif delivery.status == DeliveryStatus.FAILED:
+            notify = failures.exhausted(session, delivery, now, settings)
     session.commit()
+    # Messages are only written above; they are sent by their own jobs, never from here.
+    notifications.hand_off(notifications.job_redis(), settings, notify)
     return delivery.status
 
 
@@ -279,7 +287,8 @@ def _schedule_next(
     now: datetime,
     *,
     retryable: bool,
-) -> None:
+) -> bool:
+    """Schedule the next attempt or end the delivery; True when a 410 just disabled the webhook."""
     completed = delivery.attempt_count - delivery.lost_count
     schedule = settings.retry_schedule[: delivery.max_attempts]
     retry_after = None
@@ -294,32 +303,45 @@ def _schedule_next(
         retry_after=retry_after,
         retryable=retryable,
     )
-    if result.status_code == 410:
-        disable_gone(session, delivery.webhook_id, now)
+    disabled = result.status_code == 410 and disable_gone(session, delivery.webhook_id, now)
     if delay is None:
         _end(delivery, DeliveryStatus.FAILED, now)
-        return
+        return disabled
     delivery.next_attempt_at = now + timedelta(seconds=delay)
     delivery.lease_token = None
     delivery.lease_expires_at = None
     delivery.enqueued_at = None
     delivery.updated_at = now
+    return disabled
 
 
-def disable_gone(session: Session, webhook_id: str, now: datetime) -> None:
-    """A 410 Gone: the receiver says the endpoint is gone for good (Standard Webhooks)."""
+def disable_gone(session: Session, webhook_id: str, now: datetime) -> bool:
+    """A 410 Gone: the receiver says the endpoint is gone for good (Standard Webhooks).
+
+    True when this disabled an active webhook (the workspace is then told)."""
     when = now.strftime("%Y-%m-%d %H:%M UTC")
+    values = {
+        "active": False,
+        "disabled_reason": f"Disabled on {when}: the endpoint answered 410 Gone",
+        "disabled_at": now,
+        "updated_at": now,
+    }
+    disabled = session.execute(
+        update(Webhook)
+        .where(Webhook.id == webhook_id, Webhook.active.is_(True))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if disabled.rowcount == 1:
+        return True
+    # Already paused (a redelivery got the 410): the reason still says why it is off now.
     session.execute(
         update(Webhook)
         .where(Webhook.id == webhook_id)
-        .values(
-            active=False,
-            disabled_reason=f"Disabled on {when}: the endpoint answered 410 Gone",
-            disabled_at=now,
-            updated_at=now,
-        )
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
+    return False
 
 
 def deliver(session: Session, delivery_id: str, settings: Settings) -> str | None:

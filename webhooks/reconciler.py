@@ -1,4 +1,5 @@
-"""The scheduler's work: queue what is due, and repair what Redis or a dead worker lost."""
+"""The scheduler's work: queue what is due, repair what Redis or a dead worker lost, and the
+slower periodic duties (notification summaries and re-sends, stalled bulk jobs, retention)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from redis import Redis
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from webhooks import queueing
+from webhooks import bulk, failures, notifications, queueing, retention
 from webhooks.config import Settings
 from webhooks.delivery import MAX_LOST_ATTEMPTS
 from webhooks.models import Attempt, AttemptOutcome, Delivery, DeliveryStatus, utcnow
@@ -67,7 +68,7 @@ def queue_due(
     return len(items)
 
 
-def expire_leases(session: Session, settings: Settings) -> int:
+def expire_leases(session: Session, settings: Settings, redis: Redis | None = None) -> int:
     """Deliveries whose worker died mid-attempt: record the attempt as lost and make them due."""
     now = utcnow()
     rows = session.execute(
@@ -80,11 +81,21 @@ def expire_leases(session: Session, settings: Settings) -> int:
         .limit(BATCH)
     ).all()
     expired = 0
+    notify: list[str] = []
     for delivery_id, token, lost in rows:
         if _expire_one(session, delivery_id, token, lost + 1, now):
             expired += 1
+            if lost + 1 >= MAX_LOST_ATTEMPTS:
+                notify += _gave_up(session, delivery_id, now, settings)
     session.commit()
+    notifications.hand_off(redis, settings, notify)
     return expired
+
+
+def _gave_up(session: Session, delivery_id: str, now: datetime, settings: Settings) -> list[str]:
+    """A delivery failed for good because its workers kept dying: it counts as exhausted."""
+    delivery = session.get(Delivery, delivery_id, populate_existing=True)
+    return failures.exhausted(session, delivery, now, settings) if delivery else []
 
 
 def _expire_one(session: Session, delivery_id: str, token: str, lost: int, now: datetime) -> bool:
@@ -125,11 +136,34 @@ def tick(session: Session, redis: Redis, settings: Settings, *, full: bool) -> i
     """One scheduler pass: queue due deliveries; a full pass also repairs leases and Redis loss."""
     lost_data = False
     if full:
-        expire_leases(session, settings)
+        expire_leases(session, settings, redis)
         lost_data = not queueing.sentinel_present(redis)
         if lost_data:
             log.warning(
                 "Redis holds no record of queued work (first start, or its data was lost): "
                 "queueing every due delivery not in flight"
             )
-    return queue_due(session, redis, settings, lost_data=lost_data)
+    queued = queue_due(session, redis, settings, lost_data=lost_data)
+    if full:
+        periodic(session, redis, settings)
+    return queued
+
+
+def periodic(session: Session, redis: Redis, settings: Settings) -> None:
+    """The slower duties of a full pass: summaries of held-back notifications, re-sends of
+    unsent ones, stalled bulk jobs, and (every WEBHOOK_RETENTION_INTERVAL) retention."""
+    notifications.hand_off(redis, settings, notifications.summarize(session, settings, utcnow()))
+    notifications.resend_due(session, redis, settings, utcnow())
+    bulk.requeue_stalled(session, redis, settings)
+    if retention.due(redis, settings):
+        purged = retention.purge(session, settings)
+        if purged.deliveries or purged.events or purged.notifications:
+            log.info(
+                "retention: purged %d deliveries (%d attempts), %d events, %d notifications",
+                purged.deliveries,
+                purged.attempts,
+                purged.events,
+                purged.notifications,
+            )
+        if not purged.finished:
+            retention.unfinished(redis)

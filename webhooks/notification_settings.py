@@ -1,0 +1,84 @@
+"""A workspace's notification settings: e-mail addresses and an alert URL, checked first."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from webhooks import management
+from webhooks.config import Settings
+from webhooks.management import Invalid
+from webhooks.models import NotificationSettings, utcnow
+
+MAX_EMAILS = 20
+# A practical check, not RFC 5322: one @, a dot in the domain, no spaces or separators.
+_EMAIL = re.compile(r"^[^@\s,;<>\"]+@[^@\s,;<>\"]+\.[^@\s,;<>\".]+$")
+FIELDS = {"emails", "alert_url"}
+
+
+def as_json(found: NotificationSettings | None) -> dict[str, Any]:
+    if found is None:
+        return {"emails": [], "alert_url": None}
+    return {"emails": list(found.emails or []), "alert_url": found.alert_url}
+
+
+def load(session: Session, workspace_id: str) -> dict[str, Any]:
+    return as_json(session.get(NotificationSettings, workspace_id))
+
+
+def check_emails(emails: Any) -> list[str]:
+    if emails is None:
+        return []
+    if not isinstance(emails, list) or not all(isinstance(e, str) for e in emails):
+        msg = "emails must be a list of e-mail addresses"
+        raise Invalid("validation_error", msg, {"emails": msg})
+    cleaned: list[str] = []
+    for email in (e.strip() for e in emails):
+        if not email:
+            continue
+        if len(email) > 254 or not _EMAIL.fullmatch(email):
+            msg = f"not an e-mail address: {email!r}"
+            raise Invalid("validation_error", msg, {"emails": msg})
+        if email.lower() not in (c.lower() for c in cleaned):
+            cleaned.append(email)
+    if len(cleaned) > MAX_EMAILS:
+        msg = f"at most {MAX_EMAILS} e-mail addresses, got {len(cleaned)}"
+        raise Invalid("validation_error", msg, {"emails": msg})
+    return cleaned
+
+
+def check_alert_url(url: Any, settings: Settings, warnings: list[str] | None = None) -> str | None:
+    """None, or a URL that follows the same target rules as a webhook's."""
+    if url is None or (isinstance(url, str) and not url.strip()):
+        return None
+    try:
+        return management.check_url(url, settings, warnings)
+    except Invalid as exc:
+        field = {"alert_url": exc.fields.get("url", exc.message)}
+        raise Invalid(exc.code, exc.message, field) from None
+
+
+def save(
+    session: Session,
+    workspace_id: str,
+    payload: dict[str, Any],
+    settings: Settings,
+    warnings: list[str] | None = None,
+) -> dict[str, Any]:
+    """Replace the workspace's settings with `payload` (`emails`, `alert_url`), committed."""
+    extra = sorted(set(payload) - FIELDS)
+    if extra:
+        raise Invalid("validation_error", f"unknown field {extra[0]!r}", {extra[0]: "unknown"})
+    emails = check_emails(payload.get("emails"))
+    alert_url = check_alert_url(payload.get("alert_url"), settings, warnings)
+    found = session.get(NotificationSettings, workspace_id)
+    if found is None:
+        found = NotificationSettings(workspace_id=workspace_id)
+        session.add(found)
+    found.emails = emails
+    found.alert_url = alert_url
+    found.updated_at = utcnow()
+    session.commit()
+    return as_json(found)
