@@ -90,20 +90,14 @@ def json_body(*, optional: bool = False) -> dict[str, Any]:
 
 def webhook_or_404(webhook_id: str) -> Webhook:
     """The caller's webhook, or 404 exactly as if it did not exist."""
-    webhook = db.session.scalars(
-        select(Webhook)
-        .where(Webhook.id == webhook_id, Webhook.workspace_id == g.workspace_id)
-        .options(selectinload(Webhook.secrets))
-    ).first()
+    webhook = management.find(db.session, g.workspace_id, webhook_id)
     if webhook is None:
         raise fail("not_found", f"no webhook {webhook_id!r}", 404)
     return webhook
 
 
 def delivery_or_404(delivery_id: str) -> Delivery:
-    delivery = db.session.scalars(
-        select(Delivery).where(Delivery.id == delivery_id, Delivery.workspace_id == g.workspace_id)
-    ).first()
+    delivery = management.find_delivery(db.session, g.workspace_id, delivery_id)
     if delivery is None:
         raise fail("not_found", f"no delivery {delivery_id!r}", 404)
     return delivery

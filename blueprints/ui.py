@@ -9,11 +9,9 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Flask, abort, current_app, g, redirect, request, url_for
 from flask_login import current_user
 from markupsafe import Markup, escape
-from sqlalchemy import select
-from sqlalchemy.orm import selectinload
 
 from blueprints.auth import current_workspace
-from webhooks import catalog
+from webhooks import catalog, management
 from webhooks.config import Settings
 from webhooks.models import Delivery, Webhook, db, utcnow
 
@@ -39,20 +37,14 @@ def guarded(bp: Blueprint) -> Blueprint:
 
 def webhook_or_404(webhook_id: str) -> Webhook:
     """The current workspace's webhook, or 404 exactly as if it did not exist."""
-    webhook = db.session.scalars(
-        select(Webhook)
-        .where(Webhook.id == webhook_id, Webhook.workspace_id == g.workspace_id)
-        .options(selectinload(Webhook.secrets))
-    ).first()
+    webhook = management.find(db.session, g.workspace_id, webhook_id)
     if webhook is None:
         abort(404)
     return webhook
 
 
 def delivery_or_404(delivery_id: str) -> Delivery:
-    delivery = db.session.scalars(
-        select(Delivery).where(Delivery.id == delivery_id, Delivery.workspace_id == g.workspace_id)
-    ).first()
+    delivery = management.find_delivery(db.session, g.workspace_id, delivery_id)
     if delivery is None:
         abort(404)
     return delivery

@@ -235,3 +235,16 @@ class Service:
 @pytest.fixture
 def service(app) -> Service:  # type: ignore[no-untyped-def]
     return Service(app)
+
+
+@pytest.fixture
+def user(app, workspace):  # type: ignore[no-untyped-def]
+    """A dashboard user of the workspace, signed in through /login."""
+    from tests.session import Session
+    from webhooks import accounts
+
+    with app.app_context():
+        accounts.create_user(db.session, "ops@acme.test", "correct horse", workspace["id"])
+    session = Session(app.test_client())
+    assert session.login("ops@acme.test", "correct horse").status_code == 302
+    return session

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from tests.test_dashboard import Session, text
-from webhooks import accounts, charts
+from tests.session import text
+from webhooks import charts
 from webhooks.config import Settings
 from webhooks.models import Attempt, Delivery, Event, Webhook, db, utcnow
 
@@ -189,15 +189,6 @@ def test_helpers():
     assert charts.percentile([], 0.5) is None
     assert charts.percentile([7], 0.95) == 7
     assert charts.percentile([1, 2, 3, 4], 0.5) == 2.5
-
-
-@pytest.fixture
-def user(app, workspace) -> Session:  # type: ignore[no-untyped-def]
-    with app.app_context():
-        accounts.create_user(db.session, "ops@acme.test", "correct horse", workspace["id"])
-    session = Session(app.test_client())
-    assert session.login("ops@acme.test", "correct horse").status_code == 302
-    return session
 
 
 def section(html: str, css_class: str) -> str:

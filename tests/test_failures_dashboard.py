@@ -9,9 +9,7 @@ import pytest
 
 from tests.mailbox import Mailbox
 from tests.receivers import Receiver
-from tests.test_dashboard import Session, make_user, text
-from webhooks import accounts
-from webhooks.models import db
+from tests.session import Session, make_user, text
 
 
 @pytest.fixture
@@ -32,15 +30,6 @@ def alerts(tls_context) -> Any:  # type: ignore[no-untyped-def]
     server = Receiver(tls=tls_context)
     yield server
     server.close()
-
-
-@pytest.fixture
-def user(app, workspace) -> Session:  # type: ignore[no-untyped-def]
-    with app.app_context():
-        accounts.create_user(db.session, "ops@acme.test", "correct horse", workspace["id"])
-    session = Session(app.test_client())
-    assert session.login("ops@acme.test", "correct horse").status_code == 302
-    return session
 
 
 def failed_event(api, receiver, service, status: int = 500) -> tuple[dict, dict]:  # type: ignore[no-untyped-def]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app import create_app
-from tests.test_dashboard import Session
+from tests.session import Session
 from webhooks import accounts
 from webhooks.models import db
 

@@ -8,12 +8,13 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy.orm import Session
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
 
 from webhooks import catalog, egress, signing, templates, transforms
 from webhooks.config import Settings
 from webhooks.delivery import RESERVED_HEADERS
-from webhooks.models import Webhook, WebhookSecret, utcnow
+from webhooks.models import Delivery, Webhook, WebhookSecret, utcnow
 
 MAX_URL_LENGTH = 2048
 MAX_HEADERS = 20
@@ -325,3 +326,19 @@ def current_secret(webhook: Webhook) -> str | None:
         if s.expires_at is None or s.expires_at > now:
             return s.secret
     return None
+
+
+def find(session: Session, workspace_id: str, webhook_id: str) -> Webhook | None:
+    """The workspace's webhook with its secrets, or None (another workspace's id included)."""
+    return session.scalars(
+        select(Webhook)
+        .where(Webhook.id == webhook_id, Webhook.workspace_id == workspace_id)
+        .options(selectinload(Webhook.secrets))
+    ).first()
+
+
+def find_delivery(session: Session, workspace_id: str, delivery_id: str) -> Delivery | None:
+    """The workspace's delivery, or None."""
+    return session.scalars(
+        select(Delivery).where(Delivery.id == delivery_id, Delivery.workspace_id == workspace_id)
+    ).first()
