@@ -8,6 +8,8 @@ from flask import Flask, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
+from webhooks import logthrottle
+
 # Only our own static files may run or style a page; nothing may frame it.
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -34,6 +36,8 @@ def install(app: Flask) -> None:
     # With Redis down, requests pass unlimited rather than fail: publishing must go on.
     app.config.setdefault("RATELIMIT_SWALLOW_ERRORS", True)
     limiter.init_app(app)
+    # While Redis is down every request would log a traceback; once per outage is enough.
+    logthrottle.install("flask-limiter", "Failed to rate limit")
 
     @app.after_request
     def _security_headers(response):  # type: ignore[no-untyped-def]
