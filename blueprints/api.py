@@ -49,11 +49,15 @@ def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
         405: "method_not_allowed",
         413: "payload_too_large",
         429: "rate_limited",
+        500: "internal_error",
+        503: "unavailable",
     }
     code = codes.get(exc.code or 500, "bad_request")
     message = {
         404: "no such resource",
         413: "request body too large",
+        500: "the server failed to handle this request; it is safe to retry "
+        "(with the same Idempotency-Key, nothing is sent twice)",
         429: f"rate limit exceeded ({exc.description}); retry after the Retry-After seconds",
     }.get(exc.code or 500, exc.description or exc.name)
     return _invalid(Invalid(code, message, status=exc.code or 500))

@@ -28,6 +28,8 @@ ERROR_CODES = [
     "rate_limited",
     "method_not_allowed",
     "bad_request",
+    "internal_error",
+    "unavailable",
 ]
 
 
