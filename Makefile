@@ -54,5 +54,12 @@ format: $(VENV)/.dev-deps
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+## Benchmark against the raw ceiling (bench/README.md), e.g. BENCH_ARGS="--only throughput".
+bench: $(VENV)/.run-deps
+	bench/ensure-tools.sh
+	test -x $(BIN)/py-spy || $(BIN)/python -m pip install --quiet py-spy==0.4.3
+	-scripts/ensure-postgres.sh $(BIN)/python "$${BENCH_DATABASE_URL:-$(TEST_DATABASE_URL)}"
+	BENCH_DATABASE_URL="$${BENCH_DATABASE_URL:-$(TEST_DATABASE_URL)}" $(BIN)/python bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 from tests.test_recovery import Processes, wait_until
@@ -35,3 +36,24 @@ def test_three_workers_never_make_the_same_attempt_twice(app, config, api, recei
     assert not api.get("/deliveries?status=failed").json["data"]
     sample = api.get(f"/deliveries/{next(iter(per_delivery))}").json
     assert sample["status"] == "succeeded" and [a["number"] for a in sample["attempts"]] == [1]
+
+
+def test_a_hanging_target_holds_no_database_lock(app, config, api, receiver, tmp_path):
+    from tests.receivers import Reply
+
+    receiver.answer(Reply(status=200, delay=2.5), 200)
+    api.post("/webhooks", {"name": "Slow", "url": receiver.url("/slow"), "events": ["task.*"]})
+    processes = Processes(config, tmp_path / "instance")
+    try:
+        processes.start("worker")
+        api.post("/events", {"type": "task.failed", "data": {"n": 1}})
+        receiver.wait_for(1, timeout=30)  # the worker is now inside the POST
+
+        started = time.monotonic()
+        answer = api.post("/events", {"type": "task.completed", "data": {"n": 2}})
+        took = time.monotonic() - started
+    finally:
+        processes.stop_all()
+
+    assert answer.status_code == 202
+    assert took < 1.0, f"publishing waited {took:.1f} s for a lock held during a POST"

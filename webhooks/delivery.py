@@ -190,8 +190,10 @@ def claim(session: Session, delivery_id: str, settings: Settings) -> Prepared | 
         request_body=body.decode("utf-8", errors="replace"),
     )
     session.add(attempt)
-    session.commit()
-    return Prepared(
+    session.flush()
+    # Everything the POST needs is read before the commit: touching an expired attribute
+    # afterwards would open a new transaction (on SQLite, the write lock) for the whole POST.
+    prepared = Prepared(
         delivery_id=delivery.id,
         attempt_id=attempt.id,
         token=token,
@@ -200,6 +202,8 @@ def claim(session: Session, delivery_id: str, settings: Settings) -> Prepared | 
         headers=headers,
         render_error=render_error,
     )
+    session.commit()
+    return prepared
 
 
 def _loggable(headers: dict[str, str]) -> dict[str, str]:
@@ -256,9 +260,10 @@ def record(
     ).one_or_none()
     if written.rowcount != 1 or delivery is None or delivery.lease_token != prepared.token:
         # The lease ran out and the attempt was declared lost; the delivery has moved on.
+        status = delivery.status if delivery else DeliveryStatus.FAILED
         session.commit()
         log.warning("late result for %s ignored: its lease had expired", prepared.delivery_id)
-        return delivery.status if delivery else DeliveryStatus.FAILED
+        return status
     delivery.last_status_code = result.status_code
     delivery.last_error = error
     notify: list[str] = []
@@ -273,10 +278,11 @@ def record(
             notify = failures.gone(session, delivery, now, settings)
         elif delivery.status == DeliveryStatus.FAILED:
             notify = failures.exhausted(session, delivery, now, settings)
+    status = delivery.status
     session.commit()
     # Messages are only written above; they are sent by their own jobs, never from here.
     notifications.hand_off(notifications.job_redis(), settings, notify)
-    return delivery.status
+    return status
 
 
 def _schedule_next(

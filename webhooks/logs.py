@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from webhooks.models import Delivery, DeliveryStatus
@@ -99,12 +99,9 @@ def page(
     clauses = filters.clauses(workspace_id)
     if cursor:
         created, last_id = decode_cursor(cursor)
-        clauses.append(
-            or_(
-                Delivery.created_at < created,
-                and_(Delivery.created_at == created, Delivery.id < last_id),
-            )
-        )
+        # A row-value comparison is one range on the (…, created_at, id) indexes; the
+        # equivalent OR of two conditions is not, and filters half the table on deep pages.
+        clauses.append(tuple_(Delivery.created_at, Delivery.id) < tuple_(created, last_id))
     rows = session.scalars(
         select(Delivery)
         .where(*clauses)

@@ -1,0 +1,1351 @@
+"""`make bench`: the delivery service measured end to end against its own raw ceiling.
+
+One run, bounded (about 8-10 minutes with the defaults on 2 cores) and self-cleaning:
+
+1. a receiver of its own: nginx on a loopback port answering 204 (its capacity measured with
+   wrk, logged and unlogged), and a target that accepts and never answers;
+2. the raw ceiling: N client processes (N = the service's worker count) posting the same 1 KB
+   signed bodies to the same receiver, kept-alive and with a new connection per request;
+3. for SQLite and for PostgreSQL, the Procfile's processes (web, N workers, scheduler) on a
+   fresh database and a throwaway Redis: idle latency, throughput, fan-out, logs at scale,
+   isolation; worker RSS is sampled all along, and one worker is profiled with py-spy;
+4. one table of medians with their spread, ratios, and PASS/MISS per target of issue 7.
+
+Every process it starts is killed, its database dropped and its temp dir removed, also on
+Ctrl-C or an error. See bench/README.md for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import os
+import platform
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from urllib.parse import urlencode
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import requests  # noqa: E402
+
+from bench import logdata, procs  # noqa: E402
+from bench import profile as prof  # noqa: E402
+from bench.receiver import Receiver  # noqa: E402
+
+VENV_BIN = ROOT / ".venv" / "bin"
+PHASES = ("receiver", "raw", "latency", "throughput", "fanout", "logs", "isolation", "profile")
+EVENT_TYPE = "incident.created"
+TYPES = [
+    "recommendation.created", "recommendation.updated", "incident.created", "incident.updated",
+    "incident.resolved", "finding.created", "finding.resolved", "task.started", "task.completed",
+    "task.failed", "approval.requested", "resource.changed",
+]  # fmt: skip
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# -- bodies: the same 1 KB envelope the service sends, signed the same way ---------------------
+
+
+def _data(size: int = 1024) -> dict:
+    """Event data whose envelope (as the service serialises it) is `size` bytes."""
+    data = {
+        "id": "inc_42",
+        "title": "API latency above threshold",
+        "severity": "high",
+        "service": "checkout",
+        "region": "eu-west-1",
+        "description": "",
+    }
+    probe = _envelope("evt_01JDQZ6Y3V8N2XK4M7P9R5T1WB", "ws_01JDQZ6Y3V8N2XK4M7P9R5T1WB", data)
+    data["description"] = "x" * max(0, size - len(probe))
+    return data
+
+
+def _envelope(event_id: str, ws: str, data: dict) -> bytes:
+    env = {
+        "id": event_id,
+        "type": EVENT_TYPE,
+        "timestamp": "2026-11-27T10:30:00Z",
+        "workspace_id": ws,
+        "data": data,
+    }
+    return json.dumps(env, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+DATA = _data()
+SECRET = "whsec_" + base64.b64encode(b"bench-secret-0123456789abcdef012").decode()
+
+
+def signed_headers(event_id: str, delivery_id: str, body: bytes) -> dict[str, str]:
+    ts = str(int(time.time()))
+    key = base64.b64decode(SECRET[6:])
+    std = base64.b64encode(
+        hmac.new(key, f"{event_id}.{ts}.".encode() + body, hashlib.sha256).digest()
+    ).decode()
+    return {
+        "Content-Type": "application/json",
+        "User-Agent": "CloudThinker-Webhooks/1.0",
+        "X-CloudThinker-Event": EVENT_TYPE,
+        "X-CloudThinker-Delivery": delivery_id,
+        "webhook-id": event_id,
+        "webhook-timestamp": ts,
+        "X-CloudThinker-Signature": "sha256="
+        + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest(),
+        "webhook-signature": "v1," + std,
+    }
+
+
+def raw_process(args: tuple[str, float, float, bool, int], results) -> None:  # noqa: ANN001
+    """A raw-ceiling client process: its count, or its error, goes to `results`."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends it
+    try:
+        results.put(raw_client(args))
+    except Exception as exc:  # noqa: BLE001
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def raw_client(args: tuple[str, float, float, bool, int]) -> int:
+    """One raw-ceiling process: sign and POST 1 KB bodies until the end; returns how many."""
+    url, start_at, duration, keep_alive, index = args
+    session = requests.Session()
+    n = 0
+    time.sleep(max(0.0, start_at - time.time()))
+    end = start_at + duration
+    while time.time() < end:
+        event_id = f"raw_{index}_{n}"
+        body = _envelope(event_id, "ws_raw", DATA)
+        headers = signed_headers(event_id, f"rawdlv_{index}_{n}", body)
+        if not keep_alive:
+            headers["Connection"] = "close"
+        r = session.post(url, data=body, headers=headers, timeout=10)
+        if r.status_code != 204:
+            raise RuntimeError(f"receiver answered {r.status_code}")
+        r.close()
+        n += 1
+    return n
+
+
+# -- small statistics ------------------------------------------------------------------------
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = (len(s) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def spread(values: list[float], fmt: str = "{:.0f}") -> str:
+    """`median (min–max)`, or just the value when there is one."""
+    values = [v for v in values if v == v]
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(med(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+
+
+# -- the database the service runs on ------------------------------------------------------------
+
+
+class Database:
+    """A fresh database for one service run, and the bench's own connection to it."""
+
+    def __init__(self, kind: str, workdir: Path, pg_url: str) -> None:
+        self.kind = kind
+        self.conn = None
+        if kind == "sqlite":
+            self.path = workdir / "instance" / "webhooks.db"
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.url = f"sqlite:///{self.path}"
+        else:
+            import psycopg
+            from sqlalchemy.engine import make_url
+
+            u = make_url(pg_url)
+            self.server = dict(
+                host=u.host or "127.0.0.1",
+                port=u.port or 5432,
+                user=u.username or "postgres",
+                password=u.password,
+            )
+            self.name = f"webhooks_bench_{os.getpid()}"
+            with psycopg.connect(**self.server, dbname=u.database or "postgres") as admin:
+                admin.autocommit = True
+                admin.execute(f'DROP DATABASE IF EXISTS "{self.name}"')
+                admin.execute(f'CREATE DATABASE "{self.name}"')
+            self.admin_db = u.database or "postgres"
+            self.url = str(u.set(database=self.name).render_as_string(hide_password=False))
+
+    def connect(self):  # type: ignore[no-untyped-def]
+        if self.conn is None:
+            if self.kind == "sqlite":
+                self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            else:
+                import psycopg
+
+                self.conn = psycopg.connect(**self.server, dbname=self.name, autocommit=True)
+        return self.conn
+
+    def scalar(self, sql: str, *params):  # type: ignore[no-untyped-def]
+        if self.kind == "sqlite":
+            sql = sql.replace("%s", "?")
+        return self.connect().execute(sql, params).fetchone()[0]
+
+    def row(self, sql: str, *params):  # type: ignore[no-untyped-def]
+        if self.kind == "sqlite":
+            sql = sql.replace("%s", "?")
+        return self.connect().execute(sql, params).fetchone()
+
+    def succeeded(self, workspace_id: str) -> int:
+        return self.scalar(
+            "SELECT count(*) FROM deliveries WHERE workspace_id = %s AND status = 'succeeded'",
+            workspace_id,
+        )
+
+    def backend_pids(self) -> list[int]:
+        if self.kind != "postgres":
+            return []
+        rows = self.connect().execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (self.name,),
+        )
+        return [r[0] for r in rows]
+
+    def drop(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:
+                pass
+            self.conn = None
+        if self.kind == "postgres":
+            import psycopg
+
+            try:
+                with psycopg.connect(**self.server, dbname=self.admin_db) as admin:
+                    admin.autocommit = True
+                    admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+            except Exception as exc:  # noqa: BLE001
+                log(f"could not drop database {self.name}: {exc}")
+
+
+# -- the service, as the Procfile runs it -------------------------------------------------------
+
+
+def procfile() -> list[tuple[str, str]]:
+    entries = []
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#") and ":" in line:
+            name, _, cmd = line.partition(":")
+            entries.append((name.strip(), cmd.strip()))
+    return entries
+
+
+class Service:
+    def __init__(self, db: Database, workdir: Path, redis_url: str, workers: int) -> None:
+        self.db = db
+        self.dir = workdir
+        self.workers = workers
+        self.port = procs.free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": db.url,
+            "REDIS_URL": redis_url,
+            "INSTANCE_PATH": str(workdir / "instance"),
+            "SECRET_KEY": "bench-secret-key-not-for-production",
+            "WEBHOOK_ALLOW_HTTP": "1",
+            "WEBHOOK_ALLOWED_PRIVATE_NETWORKS": "127.0.0.0/8",
+            # The API's per-key limit (1200/min) would throttle the publishers, not the service.
+            "WEBHOOK_API_RATE_LIMIT": "100000000 per minute",
+            "PORT": str(self.port),
+            "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.procs: dict[str, list[subprocess.Popen]] = {}
+
+    def _run(self, cmd: str, what: str) -> str:
+        out = subprocess.run(
+            ["bash", "-c", cmd],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"{what} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+        return out.stdout
+
+    def release(self) -> None:
+        cmd = dict(procfile()).get("release", "flask --app app db upgrade")
+        self._run(cmd, "release (migrations)")
+
+    def seed(self, spec: dict) -> dict:
+        path = self.dir / "seed-spec.json"
+        path.write_text(json.dumps(spec))
+        out = self._run(f"exec python bench/seed.py {path}", "seeding")
+        return json.loads(out.strip().splitlines()[-1])
+
+    def start(self) -> None:
+        for name, cmd in procfile():
+            if name == "release":
+                continue
+            count = self.workers if name == "worker" else 1
+            for i in range(count):
+                proc = procs.start(
+                    ["bash", "-c", f"exec {cmd}"],
+                    log=self.dir / f"{name}.{i}.log",
+                    env=self.env,
+                    cwd=ROOT,
+                )
+                self.procs.setdefault(name, []).append(proc)
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            try:
+                if requests.get(self.base + "/healthz", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            dead = [p for ps in self.procs.values() for p in ps if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"a service process exited at start; see logs in {self.dir}")
+            time.sleep(0.2)
+        raise RuntimeError(f"the web process did not answer /healthz; see {self.dir}")
+
+    def roles(self) -> dict[str, list[int]]:
+        """pids per role: `web` (gunicorn master and its workers), `worker`, `scheduler`…"""
+        out: dict[str, list[int]] = {}
+        for name, ps in self.procs.items():
+            for p in ps:
+                if p.poll() is None:
+                    out.setdefault(name, []).extend(procs.tree(p.pid))
+        return out
+
+    def stop(self) -> None:
+        for ps in self.procs.values():
+            for p in ps:
+                procs.stop(p)
+        self.procs = {}
+
+
+class Sampler(threading.Thread):
+    """RSS of every service process, every half second: the max per process and role."""
+
+    def __init__(self, service: Service) -> None:
+        super().__init__(daemon=True)
+        self.service = service
+        self.max_rss: dict[int, float] = {}
+        self.first_rss: dict[int, float] = {}
+        self.last_rss: dict[int, float] = {}
+        self.role_of: dict[int, str] = {}
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            for role, pids in self.service.roles().items():
+                for pid in pids:
+                    rss = procs.rss_mb(pid)
+                    if rss is None:
+                        continue
+                    self.role_of[pid] = role
+                    self.first_rss.setdefault(pid, rss)
+                    self.last_rss[pid] = rss
+                    self.max_rss[pid] = max(rss, self.max_rss.get(pid, 0.0))
+            self.halt.wait(0.5)
+
+    def by_role(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for pid, rss in self.max_rss.items():
+            role = self.role_of[pid]
+            r = out.setdefault(role, {"max": 0.0, "first": 0.0, "last": 0.0})
+            if rss >= r["max"]:
+                r.update(max=rss, first=self.first_rss[pid], last=self.last_rss[pid])
+        return out
+
+
+# -- the benchmark ------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.work = Path(tempfile.mkdtemp(prefix="webhooks-bench-"))
+        self.receiver: Receiver | None = None
+        self.redis_url = ""
+        self.results: dict = {"meta": {}, "global": {}, "db": {}}
+        self.phase_times: list[tuple[str, float]] = []
+        self.databases: list[Database] = []
+        self.local = threading.local()
+
+    def wants(self, phase: str) -> bool:
+        return phase in self.args.only
+
+    def timed(self, name: str, fn, *a, **kw):  # type: ignore[no-untyped-def]
+        t = time.monotonic()
+        try:
+            return fn(*a, **kw)
+        finally:
+            self.phase_times.append((name, time.monotonic() - t))
+            log(f"{name}: {time.monotonic() - t:.1f} s")
+
+    # -- setup --
+
+    def start_redis(self) -> None:
+        port = procs.free_port()
+        d = self.work / "redis"
+        d.mkdir()
+        self.redis_proc = procs.start(
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+                "--dir", str(d), "--daemonize", "no",
+            ],
+            log=d / "redis.log",
+        )  # fmt: skip
+        if not procs.wait_port(port):
+            raise RuntimeError("redis-server did not start")
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+
+    def session(self) -> requests.Session:
+        s = getattr(self.local, "session", None)
+        if s is None:
+            s = self.local.session = requests.Session()
+        return s
+
+    # -- receiver and raw ceiling --
+
+    def receiver_capacity(self) -> None:
+        body = _envelope("evt_wrk", "ws_wrk", DATA)
+        res = {"logged": [], "unlogged": []}
+        for _ in range(self.args.reps):
+            res["logged"].append(
+                self.receiver.capacity(body, logged=True, seconds=3, connections=32)
+            )
+            res["unlogged"].append(
+                self.receiver.capacity(body, logged=False, seconds=3, connections=32)
+            )
+        self.results["global"]["receiver"] = res
+        log(f"receiver capacity (wrk): logged {spread(res['logged'])}/s, "
+            f"unlogged {spread(res['unlogged'])}/s")  # fmt: skip
+
+    def raw_ceiling(self) -> None:
+        import multiprocessing
+
+        n = self.args.workers
+        ctx = multiprocessing.get_context("fork")
+        out: dict[str, list[float]] = {"keepalive": [], "newconn": []}
+        url = self.receiver.url("raw")
+        for _ in range(self.args.reps):
+            for mode, keep in (("keepalive", True), ("newconn", False)):
+                start_at, dur = time.time() + 0.3, self.args.raw_seconds
+                results = ctx.Queue()
+                clients = [
+                    ctx.Process(target=raw_process, args=((url, start_at, dur, keep, i), results))
+                    for i in range(n)
+                ]
+                for c in clients:
+                    c.start()
+                counts = []
+                try:
+                    for _ in clients:
+                        counts.append(results.get(timeout=dur + 20))
+                finally:
+                    for c in clients:
+                        c.join(2)
+                        if c.is_alive():
+                            c.kill()
+                failed = [c for c in counts if isinstance(c, str)]
+                if failed:
+                    raise RuntimeError(f"raw client failed: {failed[0]}")
+                out[mode].append(sum(counts) / dur)
+        self.results["global"]["raw"] = out
+        log(f"raw ceiling ({n} processes): keep-alive {spread(out['keepalive'])}/s, "
+            f"new connection {spread(out['newconn'])}/s")  # fmt: skip
+
+    # -- the API --
+
+    def publish(self, svc: Service, key: str) -> tuple[float, float, str, int]:
+        """(start epoch, API seconds, event id, delivery count) for one published event."""
+        t0 = time.time()
+        r = self.session().post(
+            svc.base + "/api/v1/events",
+            json={"type": EVENT_TYPE, "data": DATA},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
+        )
+        elapsed = time.time() - t0
+        if r.status_code not in (200, 202):
+            raise RuntimeError(f"HTTP {r.status_code}: {r.text[:300]}")
+        body = r.json()
+        return t0, elapsed, body["id"], body.get("delivery_count", 0)
+
+    def wait_arrivals(self, event_id: str, count: int, timeout: float) -> list:
+        end = time.monotonic() + timeout
+        while True:
+            self.receiver.log.poll()
+            got = self.receiver.log.by_event.get(event_id, [])
+            if len(got) >= count or time.monotonic() > end:
+                return got
+            time.sleep(0.002)
+
+    # -- phases on a running service --
+
+    def latency(self, svc: Service, ws: dict, res: dict) -> None:
+        lat, api = [], []
+        for _ in range(self.args.latency_samples):
+            t0, elapsed, eid, _ = self.publish(svc, ws["key"])
+            got = self.wait_arrivals(eid, 1, 10)
+            if got:
+                lat.append((got[0].at - t0) * 1000)
+            api.append(elapsed * 1000)
+            time.sleep(0.02)  # idle: let the previous delivery's record finish
+        chunks = [lat[i : i + 50] for i in range(0, len(lat), 50)]
+        res["latency"] = {
+            "p50": pct(lat, 50),
+            "p99": pct(lat, 99),
+            "p50_chunks": [pct(c, 50) for c in chunks],
+            "api_p50": pct(api, 50),
+            "api_p99": pct(api, 99),
+            "n": len(lat),
+            "lost": self.args.latency_samples - len(lat),
+        }
+        log(f"latency at idle: p50 {pct(lat, 50):.1f} ms, p99 {pct(lat, 99):.1f} ms "
+            f"(API call p50 {pct(api, 50):.1f} ms)")  # fmt: skip
+
+    def load(
+        self,
+        svc: Service,
+        ws: dict,
+        healthy: int,
+        *,
+        events: int,
+        deadline: float,
+        on_tick=None,  # noqa: ANN001
+    ) -> dict:
+        """Publish `events` events from several threads; wait until every healthy delivery is
+        recorded as succeeded (or the deadline). Rate, and publish-to-arrival latencies."""
+        db = svc.db
+        before = db.succeeded(ws["id"])
+        target = before + events * healthy
+        published: dict[str, float] = {}
+        api: list[float] = []
+        errors: list[str] = []
+        failed_calls: list[float] = []
+        lock = threading.Lock()
+        remaining = [events]
+
+        def publisher() -> None:
+            while True:
+                with lock:
+                    if remaining[0] <= 0:
+                        return
+                    remaining[0] -= 1
+                called = time.time()
+                try:
+                    t0, elapsed, eid, _ = self.publish(svc, ws["key"])
+                except Exception as exc:  # noqa: BLE001 - counted and reported
+                    with lock:
+                        errors.append(str(exc)[:200])
+                        failed_calls.append(time.time() - called)
+                    continue
+                with lock:
+                    published[eid] = t0
+                    api.append(elapsed)
+
+        start = time.time()
+        threads = [
+            threading.Thread(target=publisher, daemon=True) for _ in range(self.args.publishers)
+        ]
+        for t in threads:
+            t.start()
+        done = before
+        while True:
+            time.sleep(0.1)
+            done = db.succeeded(ws["id"])
+            self.receiver.log.poll()
+            if on_tick:
+                on_tick()
+            if done >= target or time.time() - start > deadline:
+                break
+        end = time.time()
+        with lock:
+            unpublished = remaining[0]
+            remaining[0] = 0  # publishers still waiting on the API stop after their call
+        for t in threads:
+            t.join(max(0.1, 5 - (time.time() - end)))
+        published_by = max(published.values(), default=start) + max(api, default=0)
+        self.receiver.log.poll()
+        lat, arrivals = [], []
+        for eid, t0 in published.items():
+            for a in self.receiver.log.by_event.get(eid, []):
+                if a.at <= end:
+                    lat.append((a.at - t0) * 1000)
+                    arrivals.append(a.at)
+        missing = (events - unpublished) * healthy - len(lat)
+        # Deliveries still missing at the deadline count as waiting that long (censored).
+        censored = lat + [(end - start) * 1000] * max(0, missing)
+        arrivals.sort()
+        gaps = [b - a for a, b in zip([start, *arrivals], [*arrivals, end], strict=True)]
+        return {
+            "deliveries": done - before,
+            "expected": events * healthy,
+            "seconds": end - start,
+            "rate": (done - before) / (end - start),
+            "publish_seconds": published_by - start,
+            "p50": pct(censored, 50),
+            "p99": pct(censored, 99),
+            "complete": done >= target,
+            "max_gap": max(gaps) if gaps else float("nan"),
+            "api_p50": pct([x * 1000 for x in api], 50),
+            "api_max": max(api + failed_calls, default=float("nan")) * 1000,
+            "publish_errors": len(errors),
+            "first_error": errors[0] if errors else None,
+            "unpublished": unpublished,
+        }
+
+    def cpu_snapshot(self, svc: Service) -> dict[str, float]:
+        snap: dict[str, float] = {}
+        for role, pids in svc.roles().items():
+            snap[role] = sum(procs.cpu_seconds(p) or 0 for p in pids)
+        snap["redis"] = procs.cpu_seconds(self.redis_proc.pid) or 0
+        snap["nginx"] = sum(procs.cpu_seconds(p) or 0 for p in self.receiver.pids())
+        if svc.db.kind == "postgres":
+            snap["postgres"] = sum(procs.cpu_seconds(p) or 0 for p in svc.db.backend_pids())
+        t = os.times()
+        snap["bench client"] = t.user + t.system
+        return snap
+
+    def counters(self, svc: Service) -> dict[str, float]:
+        """Redis commands by name, and PostgreSQL transactions, so far."""
+        import redis as redis_lib
+
+        out: dict[str, float] = {}
+        stats = redis_lib.Redis.from_url(self.redis_url).info("commandstats")
+        for name, v in stats.items():
+            out["redis " + name.removeprefix("cmdstat_")] = v["calls"]
+        if svc.db.kind == "postgres":
+            out["pg transactions"] = svc.db.scalar(
+                "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s",
+                svc.db.name,
+            )
+        return out
+
+    def throughput(self, svc: Service, ws: dict, res: dict) -> None:
+        runs, cpu, calls = [], {}, {}
+        k = len(ws["webhooks"])
+        for i in range(self.args.reps):
+            c0 = self.counters(svc)
+            before = self.cpu_snapshot(svc)
+            r = self.load(svc, ws, k, events=self.args.events, deadline=self.args.deadline)
+            after = self.cpu_snapshot(svc)
+            c1 = self.counters(svc)
+            for name, v in c1.items():
+                calls[name] = calls.get(name, 0) + v - c0.get(name, 0)
+            for role in after:
+                cpu[role] = cpu.get(role, 0) + after[role] - before.get(role, after[role])
+            runs.append(r)
+            log(f"throughput run {i + 1}: {r['deliveries']} deliveries in {r['seconds']:.1f} s = "
+                f"{r['rate']:.0f}/s (published in {r['publish_seconds']:.1f} s), "
+                f"p50 {r['p50']:.0f} ms p99 {r['p99']:.0f} ms"
+                f"{'' if r['complete'] else ' INCOMPLETE at the deadline'}")  # fmt: skip
+        total = sum(r["deliveries"] for r in runs) or 1
+        res["throughput"] = {
+            "runs": runs,
+            "cpu_ms_per_delivery": {role: 1000 * s / total for role, s in cpu.items()},
+            "cpu_total_ms_per_delivery": 1000 * sum(cpu.values()) / total,
+            "wall_ms_per_delivery": 1000 * sum(r["seconds"] for r in runs) / total,
+            "calls_per_delivery": {n: v / total for n, v in calls.items() if v},
+        }
+
+    def fanout(self, svc: Service, ws: dict, res: dict) -> None:
+        n = len(ws["webhooks"])
+        runs = []
+        for _ in range(self.args.fanout_reps):
+            before = svc.db.succeeded(ws["id"])
+            t0, elapsed, eid, count = self.publish(svc, ws["key"])
+            got = self.wait_arrivals(eid, n, self.args.deadline)
+            last = max((a.at for a in got), default=float("nan"))
+            end = time.monotonic() + 30
+            while svc.db.succeeded(ws["id"]) < before + n and time.monotonic() < end:
+                time.sleep(0.05)
+            recorded = time.time() - t0
+            runs.append(
+                {
+                    "api_ms": elapsed * 1000,
+                    "delivery_count": count,
+                    "arrived": len(got),
+                    "all_arrived_s": last - t0,
+                    "all_recorded_s": recorded,
+                    "rate": len(got) / (last - t0) if got else 0,
+                }
+            )
+            log(f"fan-out: API {elapsed * 1000:.0f} ms for {count} deliveries; "
+                f"{len(got)} arrived in {last - t0:.1f} s ({runs[-1]['rate']:.0f}/s)")  # fmt: skip
+        res["fanout"] = runs
+
+    def isolation(self, svc: Service, ws: dict, res: dict) -> None:
+        healthy = ws["healthy"]
+        base = res.get("throughput", {}).get("runs")
+        base_seconds = med([r["seconds"] for r in base]) if base else 10.0
+        deadline = min(max(3 * base_seconds + 5, 20.0), self.args.isolation_max)
+        self.receiver.hang_stats()  # resets the max
+        hanging = []
+
+        def tick() -> None:
+            try:
+                hanging.append(self.receiver.hang_stats()["max_open"])
+            except OSError:
+                pass
+
+        r = self.load(svc, ws, healthy, events=self.args.events, deadline=deadline, on_tick=tick)
+        r["max_hanging"] = max(hanging, default=0)
+        r["deadline"] = deadline
+        res["isolation"] = r
+        log(f"isolation: healthy {r['deliveries']}/{r['expected']} in {r['seconds']:.1f} s = "
+            f"{r['rate']:.0f}/s, p99 {r['p99']:.0f} ms, longest gap {r['max_gap']:.1f} s, "
+            f"at most {r['max_hanging']} requests hanging at once")  # fmt: skip
+
+    def logs(self, svc: Service, seeded: dict, res: dict) -> None:
+        ws = seeded["workspaces"]["logs"]
+        rows = self.args.log_rows if svc.db.kind == "postgres" else self.args.log_rows_sqlite
+        t = time.monotonic()
+        conn = svc.db.connect()
+        if svc.db.kind == "postgres":
+            conn.autocommit = False
+            logdata.load_postgres(conn, ws["id"], ws["webhooks"], TYPES, rows)
+            conn.autocommit = True
+        else:
+            logdata.load_sqlite(conn, ws["id"], ws["webhooks"], TYPES, rows)
+        load_s = time.monotonic() - t
+        attempts = svc.db.scalar("SELECT count(*) FROM attempts")
+        log(f"logs: loaded {rows} deliveries and attempts in {load_s:.0f} s "
+            f"({attempts} attempts in the database)")  # fmt: skip
+
+        # Sign in to the dashboard (as the logs workspace's user).
+        page = requests.Session()
+        form = page.get(svc.base + "/login", timeout=10).text
+        import re
+
+        token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', form) or re.search(
+            r'name="csrf_token"[^>]*value="([^"]+)"', form
+        )
+        user = seeded["user"]
+        r = page.post(
+            svc.base + "/login",
+            data={"email": user["email"], "password": user["password"],
+                  "csrf_token": token.group(1) if token else ""},
+            timeout=10, allow_redirects=False,
+        )  # fmt: skip
+        if r.status_code not in (302, 303):
+            raise RuntimeError(f"dashboard sign-in failed ({r.status_code})")
+
+        # The middle of the log: where the deep cursor starts and the time window is centred.
+        now = datetime.now(UTC).replace(tzinfo=None)
+        mid = now - timedelta(milliseconds=logdata.STEP_MS * rows / 2)
+        mid_param = mid if svc.db.kind == "postgres" else mid.strftime("%Y-%m-%d %H:%M:%S.%f")
+        created, did = svc.db.row(
+            "SELECT created_at, id FROM deliveries WHERE workspace_id = %s AND created_at <= %s "
+            "ORDER BY created_at DESC, id DESC LIMIT 1",
+            ws["id"],
+            mid_param,
+        )
+        if isinstance(created, str):
+            created = datetime.fromisoformat(created)
+        cursor = deep_cursor(created, did)
+        values = {
+            "webhook_id": ws["webhooks"][3],
+            "status": "failed",
+            "event_type": TYPES[2],
+            "since": (mid - timedelta(hours=12)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "until": (mid + timedelta(hours=12)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        names = list(values)
+        timings: dict[str, list[tuple[str, float]]] = {}
+        api_headers = {"Authorization": f"Bearer {ws['key']}"}
+        budget_end = time.monotonic() + self.args.logs_budget
+        errors: list[str] = []
+        for mask in range(1 << len(names)):
+            combo = {n: values[n] for i, n in enumerate(names) if mask >> i & 1}
+            label = "+".join(combo) or "(none)"
+            for kind, url, sess, headers in (
+                ("api", svc.base + "/api/v1/deliveries", self.session(), api_headers),
+                ("page", svc.base + "/settings/webhooks/logs", page, {}),
+            ):
+                for depth, extra in (("first", {}), ("deep", {"cursor": cursor})):
+                    q = urlencode({**combo, **extra})
+                    samples = []
+                    for _ in range(3):
+                        t0 = time.perf_counter()
+                        r = sess.get(f"{url}?{q}", headers=headers, timeout=60)
+                        samples.append((time.perf_counter() - t0) * 1000)
+                        if r.status_code != 200:
+                            errors.append(f"{kind} ?{q} answered {r.status_code}")
+                        if samples[-1] > 200 or time.monotonic() > budget_end:
+                            break  # slow enough that one sample says it
+                    timings.setdefault(f"{kind} {depth}", []).append((label, med(samples)))
+        # How many rows the slowest combinations match (an empty result scans the most).
+        matched = {}
+        for v in timings.values():
+            label = max(v, key=lambda x: x[1])[0]
+            if label not in matched:
+                combo = {} if label == "(none)" else {n: values[n] for n in label.split("+")}
+                matched[label] = count_matching(svc.db, ws["id"], combo)
+        res["logs"] = {
+            "matched": matched,
+            "rows": rows,
+            "attempts": attempts,
+            "load_s": load_s,
+            "timings": timings,
+            "errors": errors,
+        }
+        if errors:
+            log(f"logs: {len(errors)} requests failed, e.g. {errors[0]}")
+        for k, v in timings.items():
+            worst = max(v, key=lambda x: x[1])
+            log(f"logs {k}: median {med([x[1] for x in v]):.1f} ms, worst {worst[1]:.1f} ms "
+                f"({worst[0]}) over {len(v)} filter combinations")  # fmt: skip
+
+    def memory_run(self, svc: Service, ws: dict, res: dict) -> None:
+        k = len(ws["webhooks"])
+        events = max(1, self.args.memory_deliveries // k)
+        r = self.load(svc, ws, k, events=events, deadline=3600)
+        res["memory_run"] = r
+        log(f"memory run: {r['deliveries']} deliveries at {r['rate']:.0f}/s")
+
+    def profile(self, svc: Service, ws: dict, res: dict) -> None:
+        spy = VENV_BIN / "py-spy"
+        if not spy.exists():
+            log("py-spy is missing (pip install py-spy into .venv): profile skipped")
+            return
+        worker = svc.procs["worker"][0].pid
+        out = self.work / f"profile-{svc.db.kind}.txt"
+        k = len(ws["webhooks"])
+        seconds = self.args.profile_seconds
+        before = svc.db.succeeded(ws["id"])
+        spy_proc = subprocess.Popen(
+            [str(spy), "record", "--pid", str(worker), "--duration", str(int(seconds)),
+             "--rate", "200", "--idle", "--nonblocking", "--format", "raw", "-o", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        )  # fmt: skip
+        runs = res.get("throughput", {}).get("runs")
+        rate = med([r["rate"] for r in runs]) if runs else 100.0
+        events = max(10, int(rate * (seconds + 2) / k))  # enough to keep it busy throughout
+        try:
+            time.sleep(0.5)  # attached
+            t0 = time.time()
+            self.load(svc, ws, k, events=events, deadline=seconds + 0.5)
+            done = svc.db.succeeded(ws["id"]) - before
+            wall = time.time() - t0
+            _, err = spy_proc.communicate(timeout=seconds + 30)
+        finally:
+            if spy_proc.poll() is None:
+                os.killpg(spy_proc.pid, signal.SIGKILL)
+        end = time.monotonic() + self.args.deadline  # drain what is left before going on
+        while svc.db.succeeded(ws["id"]) < before + events * k and time.monotonic() < end:
+            time.sleep(0.2)
+        if not out.exists():
+            log(f"py-spy failed: {err.decode()[-500:]}")
+            return
+        keep = ROOT / "bench" / "results" / out.name
+        keep.parent.mkdir(exist_ok=True)
+        shutil.copy(out, keep)
+        analysed = prof.analyse(out)
+        per_worker = done / max(1, svc.workers) * (seconds / max(wall, 0.1))
+        res["profile"] = prof.render(analysed, seconds, per_worker)
+        log(f"profile of worker {worker} ({svc.db.kind}):\n{res['profile']}")
+
+    # -- one database --
+
+    def run_db(self, kind: str) -> None:
+        res: dict = {}
+        self.results["db"][kind] = res
+        work = self.work / kind
+        work.mkdir()
+        db = Database(kind, work, self.args.pg_url)
+        self.databases.append(db)
+        svc = Service(db, work, self.redis_url, self.args.workers)
+        # The throwaway Redis is shared by the two runs: start each on an empty one.
+        import redis as redis_lib
+
+        redis_lib.Redis.from_url(self.redis_url).flushall()
+        sampler = None
+        try:
+            self.timed(f"{kind}: migrations", svc.release)
+            k = self.args.webhooks
+            n_hang = max(1, round(k * 0.1))
+            spec = {
+                "workspaces": {
+                    "latency": {"urls": [self.receiver.url("latency")]},
+                    "throughput": {"urls": [self.receiver.url(f"tp/{i}") for i in range(k)]},
+                    "isolation": {
+                        "urls": [self.receiver.hang_url(f"{i}") for i in range(n_hang)]
+                        + [self.receiver.url(f"iso/{i}") for i in range(k - n_hang)]
+                    },
+                    "fanout": {
+                        "urls": [self.receiver.url(f"fo/{i}") for i in range(self.args.fanout)]
+                        if self.wants("fanout")
+                        else []
+                    },
+                    "logs": {
+                        "urls": [self.receiver.url(f"logs/{i}") for i in range(50)],
+                        "active": False,
+                    },
+                },
+                "user": {"email": "bench@example.com", "password": "bench-password-1",
+                         "workspace": "logs"},
+            }  # fmt: skip
+            seeded = self.timed(f"{kind}: seed", svc.seed, spec)
+            seeded["workspaces"]["isolation"]["healthy"] = k - n_hang
+            wss = seeded["workspaces"]
+            self.timed(f"{kind}: start", svc.start)
+            sampler = Sampler(svc)
+            sampler.start()
+            # Warm up every process (imports, pools, kept-alive connections) end to end.
+            for _ in range(5):
+                _, _, eid, _ = self.publish(svc, wss["latency"]["key"])
+                if not self.wait_arrivals(eid, 1, 30):
+                    raise RuntimeError(f"warm-up delivery never arrived; see {work}")
+            self.load(svc, wss["throughput"], k, events=max(5, self.args.events // 10),
+                      deadline=60)  # fmt: skip
+            if self.wants("latency"):
+                self.timed(f"{kind}: latency", self.latency, svc, wss["latency"], res)
+            if self.wants("throughput"):
+                self.timed(f"{kind}: throughput", self.throughput, svc, wss["throughput"], res)
+            if self.wants("profile") and self.args.profile_seconds > 0:
+                self.timed(f"{kind}: profile", self.profile, svc, wss["throughput"], res)
+            if self.wants("fanout"):
+                self.timed(f"{kind}: fan-out", self.fanout, svc, wss["fanout"], res)
+            if self.args.memory_deliveries:
+                self.timed(f"{kind}: memory run", self.memory_run, svc, wss["throughput"], res)
+            if self.wants("logs"):
+                self.timed(f"{kind}: logs at scale", self.logs, svc, seeded, res)
+            if self.wants("isolation"):  # last: hanging requests hold workers afterwards
+                self.timed(f"{kind}: isolation", self.isolation, svc, wss["isolation"], res)
+            res["deliveries_total"] = svc.db.scalar(
+                "SELECT count(*) FROM attempts WHERE request_url NOT LIKE 'http://127.0.0.1/hook'"
+            )
+        finally:
+            if sampler:
+                sampler.halt.set()
+                sampler.join(2)
+                res["memory"] = sampler.by_role()
+            svc.stop()
+            db.drop()
+            self.databases.remove(db)
+
+    # -- all of it --
+
+    def run(self) -> None:
+        a = self.args
+        self.results["meta"] = machine()
+        self.results["meta"]["args"] = {k: v for k, v in vars(a).items() if k != "only"}
+        self.results["meta"]["only"] = sorted(a.only)
+        log(f"work dir {self.work}; {a.workers} workers; phases: {', '.join(sorted(a.only))}")
+        self.start_redis()
+        self.receiver = Receiver(self.work)
+        self.receiver.start()
+        if self.wants("receiver"):
+            self.timed("receiver capacity", self.receiver_capacity)
+        if self.wants("raw"):
+            self.timed("raw ceiling", self.raw_ceiling)
+        service_phases = {"latency", "throughput", "fanout", "logs", "isolation", "profile"}
+        if a.only & service_phases or a.memory_deliveries:
+            for kind in a.db:
+                try:
+                    self.timed(f"{kind}: total", self.run_db, kind)
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception:  # noqa: BLE001 - report, and go on with the other database
+                    log(f"{kind} run failed:\n{traceback.format_exc()}")
+                    self.results["db"].setdefault(kind, {})["error"] = traceback.format_exc()
+        if self.receiver.log.duplicates:
+            log(f"note: {self.receiver.log.duplicates} deliveries arrived more than once")
+
+    def cleanup(self) -> None:
+        procs.kill_all()
+        for db in list(self.databases):
+            db.drop()
+        if self.args.keep:
+            log(f"kept {self.work}")
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+def count_matching(db: Database, workspace_id: str, combo: dict[str, str]) -> int:
+    sql = "SELECT count(*) FROM deliveries WHERE workspace_id = %s"
+    params: list = [workspace_id]
+    for name, value in combo.items():
+        if name in ("since", "until"):
+            moment = datetime.fromisoformat(value.replace("Z", ""))
+            sql += " AND created_at " + (">= %s" if name == "since" else "< %s")
+            params.append(moment if db.kind == "postgres" else str(moment) + ".000000")
+        else:
+            sql += f" AND {name} = %s"
+            params.append(value)
+    return db.scalar(sql, *params)
+
+
+def deep_cursor(created: datetime, delivery_id: str) -> str:
+    """A page cursor at (created, id), made by the service's own encoder when it has one."""
+    try:
+        from webhooks.logs import encode_cursor
+
+        return encode_cursor(SimpleNamespace(created_at=created, id=delivery_id))
+    except Exception:  # noqa: BLE001
+        raw = json.dumps([created.isoformat(), delivery_id]).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = subprocess.run(["free", "-h"], capture_output=True, text=True).stdout
+    total = next((ln.split()[1] for ln in mem.splitlines() if ln.startswith("Mem:")), "?")
+    load = os.getloadavg()
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "nproc": os.cpu_count(),
+        "memory": total,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "loadavg_at_start": f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "uncommitted_files": len(
+            _git("status", "--porcelain", "--untracked-files=no").splitlines()
+        ),
+    }
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+
+def verdict(ok: bool | None) -> str:
+    return "—" if ok is None else ("PASS" if ok else "MISS")
+
+
+def report(results: dict, phase_times: list[tuple[str, float]]) -> str:
+    meta, g, dbs = results["meta"], results["global"], results["db"]
+    kinds = [k for k in ("sqlite", "postgres") if k in dbs]
+    title = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
+    raw = g.get("raw", {})
+    ceiling = med(raw.get("keepalive", []))
+    changed = (
+        f" with {meta['uncommitted_files']} files changed" if meta.get("uncommitted_files") else ""
+    )
+    lines = [
+        f"Run {meta['date']} on {meta['nproc']} × {meta['cpu']}, {meta['memory']} RAM, "
+        f"Linux {meta['kernel']}, Python {meta['python']}; load average at start "
+        f"{meta['loadavg_at_start']}; code at {meta.get('commit') or '?'}"
+        f"{changed}"
+        f". Service: the Procfile's processes, "
+        f"{meta['args']['workers']} workers. Medians with (min–max) over the repetitions.",
+        "",
+    ]
+    rc = g.get("receiver")
+    if rc:
+        lines.append(
+            f"- Receiver (nginx, 1 worker process, 204): {spread(rc['logged'])} req/s with the "
+            f"arrival log on, {spread(rc['unlogged'])} req/s without (wrk, 2 threads, "
+            f"32 connections, 1 KB POST bodies)."
+        )
+    if raw:
+        lines.append(
+            f"- Raw ceiling ({meta['args']['workers']} Python processes, requests, 1 KB bodies "
+            f"signed like the service's): {spread(raw['keepalive'])}/s kept-alive, "
+            f"{spread(raw['newconn'])}/s with a new connection per request."
+        )
+    lines.append("")
+    head = "| # | target | measure | " + " | ".join(title[k] for k in kinds) + " | goal |"
+    lines += [head, "|" + " --- |" * (4 + len(kinds))]
+
+    def row(n: str, target: str, measure: str, cells: list[str], goal: str) -> None:
+        lines.append(f"| {n} | {target} | {measure} | " + " | ".join(cells) + f" | {goal} |")
+
+    def cell(kind: str, fn) -> str:  # noqa: ANN001
+        try:
+            return fn(dbs[kind])
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            return "—"
+
+    def tp(d: dict) -> list[float]:
+        return [r["rate"] for r in d["throughput"]["runs"]]
+
+    row("1", "throughput", "deliveries/s end to end",
+        [cell(k, lambda d: spread(tp(d))) for k in kinds], "")  # fmt: skip
+    row("1", "throughput", "÷ raw kept-alive ceiling",
+        [cell(k, lambda d: f"{100 * med(tp(d)) / ceiling:.0f} % "
+              f"{verdict(med(tp(d)) >= 0.5 * ceiling)}") for k in kinds],
+        f"≥ 50 % of {ceiling:.0f}/s")  # fmt: skip
+    row("1", "throughput", "publish→arrival p50 / p99 under load",
+        [cell(k, lambda d: f"{med([r['p50'] for r in d['throughput']['runs']]):.0f} / "
+              f"{med([r['p99'] for r in d['throughput']['runs']]):.0f} ms") for k in kinds],
+        "")  # fmt: skip
+    row("2", "latency at idle", "publish→arrival p50",
+        [cell(k, lambda d: f"{spread(d['latency']['p50_chunks'], '{:.1f}')} ms "
+              f"{verdict(d['latency']['p50'] <= 15)}") for k in kinds], "≤ 15 ms")  # fmt: skip
+    row("2", "latency at idle", "publish→arrival p99",
+        [cell(k, lambda d: f"{d['latency']['p99']:.1f} ms {verdict(d['latency']['p99'] <= 50)}")
+         for k in kinds], "≤ 50 ms")  # fmt: skip
+    row(
+        "2",
+        "latency at idle",
+        "of which the API call (p50)",
+        [cell(k, lambda d: f"{d['latency']['api_p50']:.1f} ms") for k in kinds],
+        "",
+    )
+    row("3", "fan-out 1,000", "API answer",
+        [cell(k, lambda d: f"{spread([r['api_ms'] for r in d['fanout']])} ms "
+              f"{verdict(med([r['api_ms'] for r in d['fanout']]) <= 100)}") for k in kinds],
+        "≤ 100 ms")  # fmt: skip
+    row("3", "fan-out 1,000", "all arrived (rate)",
+        [cell(k, lambda d: f"{spread([r['all_arrived_s'] for r in d['fanout']], '{:.1f}')} s "
+              f"({med([r['rate'] for r in d['fanout']]):.0f}/s) "
+              f"{verdict(med([r['rate'] for r in d['fanout']]) >= 0.5 * ceiling)}")
+         for k in kinds], "at the throughput target's rate")  # fmt: skip
+    row("4", "isolation (10 % hang)", "healthy deliveries/s (÷ throughput)",
+        [cell(k, lambda d: f"{d['isolation']['rate']:.0f}/s "
+              f"({100 * d['isolation']['rate'] / med(tp(d)):.0f} %) "
+              f"{verdict(d['isolation']['rate'] >= 0.8 * med(tp(d)))}") for k in kinds],
+        "≥ 80 %")  # fmt: skip
+    row("4", "isolation (10 % hang)", "healthy publish→arrival p99",
+        [cell(k, lambda d: f"{d['isolation']['p99'] / 1000:.1f} s"
+              f"{'' if d['isolation']['complete'] else ' (censored at the deadline)'} "
+              f"{verdict(d['isolation']['p99'] <= 2000)}") for k in kinds],
+        "≤ 2 s")  # fmt: skip
+    row("4", "isolation (10 % hang)", "longest stall of healthy arrivals; hanging at once",
+        [cell(k, lambda d: f"{d['isolation']['max_gap']:.1f} s; "
+              f"{d['isolation']['max_hanging']} of {meta['args']['workers']} workers "
+              f"{verdict(d['isolation']['max_gap'] < 2)}") for k in kinds],
+        "a dead target never occupies all workers")  # fmt: skip
+
+    row("4", "isolation (10 % hang)", "publish API meanwhile: slowest call; failed calls",
+        [cell(k, lambda d: f"{d['isolation']['api_max'] / 1000:.1f} s; "
+              f"{d['isolation']['publish_errors']} failed"
+              + (f" ({d['isolation']['first_error'].split(':')[0]})"
+                 if d["isolation"]["first_error"] else "")) for k in kinds], "")  # fmt: skip
+
+    def logs_cell(d: dict, key: str) -> str:
+        v = d["logs"]["timings"][key]
+        worst = max(v, key=lambda x: x[1])
+        n = d["logs"].get("matched", {}).get(worst[0])
+        rows = f", {n:,} rows" if n is not None else ""
+        return (f"{med([x[1] for x in v]):.0f} ms, worst {worst[1]:.0f} ms ({worst[0]}{rows}) "
+                f"{verdict(worst[1] <= 50)}")  # fmt: skip
+
+    for key, what in (("api first", "API, first page"), ("api deep", "API, deep cursor page"),
+                      ("page first", "logs page, first page"),
+                      ("page deep", "logs page, deep cursor page")):  # fmt: skip
+        row(
+            "5",
+            "logs at scale",
+            f"{what}: median, worst of 32 filter combinations",
+            [cell(k, lambda d, key=key: logs_cell(d, key)) for k in kinds],
+            "≤ 50 ms",
+        )
+    row(
+        "5",
+        "logs at scale",
+        "rows (deliveries = attempts in the log workspace)",
+        [cell(k, lambda d: f"{d['logs']['rows']:,}") for k in kinds],
+        "1,000,000",
+    )
+    row("6", "memory", "worker RSS: max (first → last sample)",
+        [cell(k, lambda d: f"{d['memory']['worker']['max']:.0f} MB "
+              f"({d['memory']['worker']['first']:.0f} → {d['memory']['worker']['last']:.0f}) "
+              f"{verdict(d['memory']['worker']['max'] <= 100)}") for k in kinds],
+        "≤ 100 MB")  # fmt: skip
+    row(
+        "6",
+        "memory",
+        "deliveries made during the run",
+        [cell(k, lambda d: f"{d['deliveries_total']:,}") for k in kinds],
+        "100,000",
+    )
+    row("", "other processes", "max RSS: web (gunicorn, per process) / scheduler",
+        [cell(k, lambda d: f"{d['memory']['web']['max']:.0f} / "
+              f"{d['memory']['scheduler']['max']:.0f} MB") for k in kinds], "")  # fmt: skip
+    lines.append("")
+    for k in kinds:
+        d = dbs[k]
+        if "error" in d:
+            lines.append(f"{title[k]} run failed: `{d['error'].strip().splitlines()[-1]}`")
+        t = d.get("throughput")
+        if t:
+            parts = ", ".join(
+                f"{role} {ms:.1f}"
+                for role, ms in sorted(t["cpu_ms_per_delivery"].items(), key=lambda x: -x[1])
+            )
+            lines.append(
+                f"- CPU per delivery on {title[k]} (throughput runs): {parts} ms; total "
+                f"{t['cpu_total_ms_per_delivery']:.1f} ms CPU for "
+                f"{t['wall_ms_per_delivery']:.1f} ms of wall time per delivery on "
+                f"{meta['nproc']} cores."
+            )
+            calls = t.get("calls_per_delivery", {})
+            redis_calls = {n[6:]: v for n, v in calls.items() if n.startswith("redis ")}
+            if redis_calls:
+                top = ", ".join(
+                    f"{n} {v:.1f}" for n, v in sorted(redis_calls.items(), key=lambda x: -x[1])[:8]
+                )
+                pg = calls.get("pg transactions")
+                lines.append(
+                    f"- Round trips per delivery on {title[k]}: Redis "
+                    f"{sum(redis_calls.values()):.1f} commands ({top}, …)"
+                    + (f"; PostgreSQL {pg:.1f} transactions" if pg else "")
+                    + " (all processes: publishing, limiter, queue, worker, scheduler)."
+                )
+    lines.append("")
+    lines.append("Phase times: " + ", ".join(f"{n} {s:.0f} s" for n, s in phase_times))
+    return "\n".join(lines)
+
+
+# -- entry point --------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--only",
+        default=",".join(PHASES),
+        help=f"comma-separated phases among {', '.join(PHASES)} (default: all)",
+    )
+    p.add_argument("--skip", default="", help="comma-separated phases to leave out")
+    p.add_argument("--db", default="sqlite,postgres", help="sqlite, postgres or both")
+    p.add_argument(
+        "--pg-url",
+        default=os.environ.get(
+            "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+        help="a PostgreSQL server where the bench may create and drop its own database",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="worker processes of the service = raw-ceiling client processes",
+    )
+    p.add_argument("--reps", type=int, default=3, help="repetitions of the cheap measures")
+    p.add_argument("--raw-seconds", type=float, default=3.0)
+    p.add_argument("--events", type=int, default=100, help="events per throughput run")
+    p.add_argument("--webhooks", type=int, default=10, help="webhooks per event (throughput)")
+    p.add_argument("--publishers", type=int, default=4, help="publishing threads")
+    p.add_argument("--deadline", type=float, default=120.0, help="seconds a run may take")
+    p.add_argument("--latency-samples", type=int, default=200)
+    p.add_argument("--fanout", type=int, default=1000, help="webhooks of the fan-out event")
+    p.add_argument("--fanout-reps", type=int, default=2)
+    p.add_argument(
+        "--isolation-max",
+        type=float,
+        default=40.0,
+        help="longest the isolation run waits for the healthy deliveries",
+    )
+    p.add_argument("--log-rows", type=int, default=1_000_000, help="PostgreSQL")
+    p.add_argument("--log-rows-sqlite", type=int, default=1_000_000)
+    p.add_argument(
+        "--logs-budget",
+        type=float,
+        default=60.0,
+        help="seconds after which each logs query is timed once",
+    )
+    p.add_argument(
+        "--memory-deliveries",
+        type=int,
+        default=0,
+        help="a dedicated long run of this many deliveries (e.g. 100000)",
+    )
+    p.add_argument("--profile-seconds", type=float, default=8.0)
+    p.add_argument(
+        "--out",
+        default=str(ROOT / "bench" / "results"),
+        help="where latest.md and latest.json are written",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs) for debugging")
+    a = p.parse_args(argv)
+    only = {x.strip() for x in a.only.split(",") if x.strip()}
+    skip = {x.strip() for x in a.skip.split(",") if x.strip()}
+    unknown = (only | skip) - set(PHASES)
+    if unknown:
+        p.error(f"unknown phases: {', '.join(sorted(unknown))}")
+    a.only = only - skip
+    a.db = [x.strip() for x in a.db.split(",") if x.strip()]
+    return a
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    bench = Bench(args)
+
+    def terminate(signum, _frame):  # noqa: ANN001
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
+    started = time.monotonic()
+    status = 0
+    try:
+        bench.run()
+    except KeyboardInterrupt:
+        log("interrupted: cleaning up")
+        status = 130
+    except Exception:  # noqa: BLE001
+        log(f"failed:\n{traceback.format_exc()}")
+        status = 1
+    finally:
+        bench.cleanup()
+    bench.phase_times.append(("all", time.monotonic() - started))
+    text = report(bench.results, bench.phase_times)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.md").write_text(text + "\n")
+    (out / "latest.json").write_text(json.dumps(bench.results, indent=1, default=str))
+    print("\n" + text + "\n")
+    log(f"written to {out / 'latest.md'} and latest.json")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
