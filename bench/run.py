@@ -9,7 +9,7 @@ One run, bounded (about 8-10 minutes with the defaults on 2 cores) and self-clea
 3. for SQLite and for PostgreSQL, the Procfile's processes (web, N workers, scheduler) on a
    fresh database and a throwaway Redis: idle latency, throughput, fan-out, logs at scale,
    isolation; worker RSS is sampled all along, and one worker is profiled with py-spy;
-4. one table of medians with their spread, ratios, and PASS/MISS per target of issue 7.
+4. one table of medians with their spread, ratios, and PASS/MISS per performance target.
 
 Every process it starts is killed, its database dropped and its temp dir removed, also on
 Ctrl-C or an error. See bench/README.md for the options.

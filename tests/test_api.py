@@ -1,4 +1,4 @@
-"""The REST API (API.md section 5) as a client sees it: bodies, codes, scoping and paging."""
+"""The REST API (docs/API.md section 5) as a client sees it: bodies, codes, scoping and paging."""
 
 from __future__ import annotations
 

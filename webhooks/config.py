@@ -138,7 +138,7 @@ class Var:
     help: str
 
 
-# The contract's variables (API.md section 3), then our own tuning knobs.
+# The contract's variables (docs/API.md section 3), then our own tuning knobs.
 VARIABLES: tuple[Var, ...] = (
     Var("DATABASE_URL", "", _text, "any SQLAlchemy URL; default SQLite in the instance folder"),
     Var("REDIS_URL", "redis://127.0.0.1:6379/0", _url(("redis", "rediss", "unix")), "RQ broker"),

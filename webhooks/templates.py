@@ -2,7 +2,7 @@
 
 Each template is data: a label, a description, the form of its target URL, the events it
 subscribes to by default, its parameters, and (through `apply`) the transform and headers that
-make the delivery acceptable to the real API it targets (API.md section 4):
+make the delivery acceptable to the real API it targets (docs/API.md section 4):
 
 * slack: Slack incoming webhooks with Block Kit (https://api.slack.com/messaging/webhooks);
 * jira: Jira Cloud REST v2 create issue (`POST /rest/api/2/issue`);

@@ -1,7 +1,7 @@
 """Transforms: JSON objects whose string values are Jinja templates over the event envelope.
 
 A transform is rendered against the envelope's keys (`type`, `id`, `timestamp`, `workspace_id`,
-`data`) as template variables, in an immutable Jinja sandbox (API.md section 4):
+`data`) as template variables, in an immutable Jinja sandbox (docs/API.md section 4):
 
 * a string that is exactly one `{{ expression }}` (whitespace around it allowed) keeps the
   expression's JSON type: object, list, number, bool, or null (an undefined value is null);
