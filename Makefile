@@ -23,7 +23,7 @@ run: $(VENV)/.run-deps
 	scripts/ensure-redis.sh $(BIN)/python
 	$(BIN)/flask --app app db upgrade
 	$(BIN)/flask --app app demo
-	PATH="$(BIN):$$PATH" $(BIN)/honcho start -f Procfile -p $(PORT) web worker scheduler
+	PATH="$(BIN):$$PATH" $(BIN)/honcho start -f Procfile -p $(PORT) web worker worker_slow scheduler
 
 ## Run the whole test suite on SQLite, then on PostgreSQL when one answers.
 test: $(VENV)/.dev-deps

@@ -51,11 +51,18 @@ def create_user(email: str, password: str, workspace_id: str) -> None:
 
 @bp.cli.command("worker")
 @click.option("--burst", is_flag=True, help="stop when the queue is empty")
-def worker(burst: bool) -> None:
+@click.option(
+    "--lane",
+    type=click.Choice(["normal", "slow", "all"]),
+    default="all",
+    show_default=True,
+    help="normal: healthy targets; slow: targets that recently ran into the timeout",
+)
+def worker(burst: bool, lane: str) -> None:
     """Run an RQ worker for deliveries (modules and connections loaded once)."""
     from jobs.worker import run
 
-    run(current_app._get_current_object(), burst=burst)
+    run(current_app._get_current_object(), burst=burst, lane=lane)
 
 
 @bp.cli.command("scheduler")

@@ -14,7 +14,7 @@ from flask import Flask
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 
-from webhooks import logthrottle
+from webhooks import logthrottle, queueing
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +45,21 @@ def _no_redis_tracebacks(record: logging.LogRecord) -> bool:
     return True
 
 
-def make_worker(app: Flask) -> SimpleWorker:
+LANES = ("normal", "slow", "all")
+
+
+def make_worker(app: Flask, lane: str = "all") -> SimpleWorker:
+    """A worker for the normal lane, the slow lane (targets that ran into the timeout), or
+    both (normal first)."""
     redis = app.extensions["redis"]
-    queue = Queue(app.config["WEBHOOK_QUEUE"], connection=redis)
-    return DeliveryWorker([queue], connection=redis)
+    name = app.config["WEBHOOK_QUEUE"]
+    names = {"normal": [name], "slow": [queueing.slow_queue(name)]}.get(
+        lane, [name, queueing.slow_queue(name)]
+    )
+    return DeliveryWorker([Queue(n, connection=redis) for n in names], connection=redis)
 
 
-def run(app: Flask, *, burst: bool = False) -> None:
+def run(app: Flask, *, burst: bool = False, lane: str = "all") -> None:
     """Work until stopped; when Redis goes away mid-job, wait for it and start again."""
     # An outage is logged once (then every 5 minutes while it lasts), not on every retry.
     logthrottle.install("rq.worker", "could not connect to Redis")
@@ -61,7 +69,9 @@ def run(app: Flask, *, burst: bool = False) -> None:
     with app.app_context():
         while True:
             try:
-                make_worker(app).work(burst=burst, with_scheduler=False, logging_level="WARNING")
+                make_worker(app, lane).work(
+                    burst=burst, with_scheduler=False, logging_level="WARNING"
+                )
                 return
             except RedisError as exc:
                 # RQ gives up when Redis fails outside its dequeue loop (while finishing

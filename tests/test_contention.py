@@ -57,3 +57,40 @@ def test_a_hanging_target_holds_no_database_lock(app, config, api, receiver, tmp
 
     assert answer.status_code == 202
     assert took < 1.0, f"publishing waited {took:.1f} s for a lock held during a POST"
+
+
+def test_a_target_that_hangs_moves_to_the_slow_lane_and_starves_no_one(
+    app, config, api, receiver, tls_context, tmp_path
+):
+    from tests.receivers import Receiver, Reply
+
+    hanging = Receiver(tls=tls_context)
+    hanging.answer(Reply(status=200, delay=5))  # longer than the 2 s timeout, every time
+    api.post("/webhooks", {"name": "Dead", "url": hanging.url("/dead"), "events": ["task.*"]})
+    api.post("/webhooks", {"name": "Fine", "url": receiver.url("/fine"), "events": ["task.*"]})
+    processes = Processes(config, tmp_path / "instance")
+    try:
+        processes.start("worker", "--lane", "normal")  # one worker for healthy targets
+        processes.start("worker:slow", "--lane", "slow")
+        processes.start("scheduler")
+        api.post("/events", {"type": "task.failed", "data": {"n": 0}})
+        hanging.wait_for(1, timeout=30)
+        receiver.wait_for(1, timeout=30)
+        wait_until(
+            lambda: app.extensions["redis"].zscore("webhooks:slow", _hook_id(api, "Dead")), 10
+        )
+
+        # The dead target is now in the slow lane: healthy deliveries keep flowing at once
+        # even though each dead one would hold a worker for the whole timeout.
+        for n in range(1, 6):
+            published = time.monotonic()
+            api.post("/events", {"type": "task.failed", "data": {"n": n}})
+            receiver.wait_for(n + 1, timeout=10)
+            assert time.monotonic() - published < 1.5, f"healthy delivery {n} waited"
+    finally:
+        processes.stop_all()
+        hanging.close()
+
+
+def _hook_id(api, name: str) -> str:  # type: ignore[no-untyped-def]
+    return next(w["id"] for w in api.get("/webhooks").json["data"] if w["name"] == name)

@@ -29,8 +29,8 @@ class Processes:
         self.logs = instance.parent / "process-logs"
         self.logs.mkdir(parents=True, exist_ok=True)
 
-    def start(self, name: str) -> subprocess.Popen:
-        command = [sys.executable, "-m", "flask", "--app", "app", name.split(":")[0]]
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        command = [sys.executable, "-m", "flask", "--app", "app", name.split(":")[0], *args]
         with open(self.log_path(name), "ab") as log:
             proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=log)
         self.running[name] = proc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -129,6 +130,7 @@ class Prepared:
     body: bytes
     headers: dict[str, str]
     render_error: str | None = None
+    webhook_id: str = ""
 
 
 def claim(session: Session, delivery_id: str, settings: Settings) -> Prepared | None:
@@ -201,6 +203,7 @@ def claim(session: Session, delivery_id: str, settings: Settings) -> Prepared | 
         body=body,
         headers=headers,
         render_error=render_error,
+        webhook_id=webhook.id,
     )
     session.commit()
     return prepared
@@ -350,8 +353,16 @@ def disable_gone(session: Session, webhook_id: str, now: datetime) -> bool:
     return False
 
 
-def deliver(session: Session, delivery_id: str, settings: Settings) -> str | None:
-    """One attempt of one delivery, if it is ours to make; returns the resulting status."""
+def deliver(
+    session: Session,
+    delivery_id: str,
+    settings: Settings,
+    on_timeout: Callable[[str], None] | None = None,
+) -> str | None:
+    """One attempt of one delivery, if it is ours to make; returns the resulting status.
+
+    `on_timeout(webhook_id)` is told when the target let the attempt run into the timeout.
+    """
     prepared = claim(session, delivery_id, settings)
     if prepared is None:
         return None
@@ -368,4 +379,6 @@ def deliver(session: Session, delivery_id: str, settings: Settings) -> str | Non
             allowed_networks=settings.allowed_private_networks,
             allow_http=settings.allow_http,
         )
+        if on_timeout is not None and (result.error or "").startswith("timed out"):
+            on_timeout(prepared.webhook_id)
     return record(session, prepared, result, settings)

@@ -170,16 +170,21 @@ def create_test_event(session: Session, webhook: Webhook, event_type: str) -> Ev
     return event
 
 
+def _hand_off(session: Session, redis: Redis, settings: Settings, delivery_ids: list[str]) -> None:
+    slow = queueing.slow_webhooks(redis)
+    items: list[tuple[str, int] | tuple[str, int, str]] = [(d, 0) for d in delivery_ids]
+    if slow:  # only then is it worth knowing which webhook each delivery is for
+        rows = session.execute(
+            select(Delivery.id, Delivery.webhook_id).where(Delivery.id.in_(delivery_ids))
+        ).all()
+        session.rollback()
+        items = [(d, 0, w) for d, w in rows]
+    queueing.enqueue(redis, settings.queue, items, timeout=settings.timeout, slow=slow)
+
+
 def dispatch(session: Session, redis: Redis, settings: Settings, delivery_ids: list[str]) -> bool:
     """Hand freshly committed deliveries to RQ; on a Redis failure the scheduler takes them."""
-    if queueing.safe(
-        "queue deliveries",
-        queueing.enqueue,
-        redis,
-        settings.queue,
-        [(d, 0) for d in delivery_ids],
-        timeout=settings.timeout,
-    ):
+    if queueing.safe("queue deliveries", _hand_off, session, redis, settings, delivery_ids):
         return True
     # Let the scheduler's next scan pick them up as soon as Redis answers again.
     session.execute(update(Delivery).where(Delivery.id.in_(delivery_ids)).values(enqueued_at=None))

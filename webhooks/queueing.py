@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 
 from redis import Redis
@@ -29,26 +30,60 @@ def job_id(delivery_id: str, attempt_count: int) -> str:
     return f"{delivery_id}-{attempt_count}"
 
 
+# Webhooks whose target recently let an attempt run into the timeout, scored by when that
+# stops counting: their deliveries go to the slow lane, so they cannot hold every worker.
+SLOW_KEY = "webhooks:slow"
+SLOW_SECONDS = 600
+
+
+def slow_queue(queue_name: str) -> str:
+    """The slow lane's queue, served by the `worker_slow` process."""
+    return f"{queue_name}-slow"
+
+
+def mark_slow(redis: Redis, webhook_id: str, *, seconds: float = SLOW_SECONDS) -> None:
+    redis.zadd(SLOW_KEY, {webhook_id: time.time() + seconds})
+
+
+def slow_webhooks(redis: Redis) -> set[str]:
+    """The webhooks whose deliveries currently go to the slow lane."""
+    now = time.time()
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.zremrangebyscore(SLOW_KEY, "-inf", now)
+        pipe.zrangebyscore(SLOW_KEY, now, "+inf")
+        _, members = pipe.execute()
+    return {m.decode() for m in members}
+
+
 def enqueue(
-    redis: Redis, queue_name: str, items: Sequence[tuple[str, int]], *, timeout: float
+    redis: Redis,
+    queue_name: str,
+    items: Sequence[tuple[str, int] | tuple[str, int, str]],
+    *,
+    timeout: float,
+    slow: set[str] | frozenset[str] = frozenset(),
 ) -> None:
-    """Queue a job for each (delivery id, attempt count); raises RedisError when Redis is down."""
+    """Queue a job for each (delivery id, attempt count[, webhook id]); a delivery of a slow
+    webhook goes to the slow lane. Raises RedisError when Redis is down."""
     if not items:
         return
-    queue = Queue(queue_name, connection=redis)
-    jobs = [
-        Queue.prepare_data(
-            DELIVER_JOB,
-            args=(delivery_id,),
-            job_id=job_id(delivery_id, count),
-            result_ttl=0,
-            failure_ttl=7 * 24 * 3600,
-            timeout=int(timeout) + 60,
+    lanes: dict[str, list] = {}
+    for item in items:
+        delivery_id, count = item[0], item[1]
+        lane = slow_queue(queue_name) if len(item) > 2 and item[2] in slow else queue_name
+        lanes.setdefault(lane, []).append(
+            Queue.prepare_data(
+                DELIVER_JOB,
+                args=(delivery_id,),
+                job_id=job_id(delivery_id, count),
+                result_ttl=0,
+                failure_ttl=7 * 24 * 3600,
+                timeout=int(timeout) + 60,
+            )
         )
-        for delivery_id, count in items
-    ]
     with redis.pipeline() as pipe:
-        queue.enqueue_many(jobs, pipeline=pipe)
+        for lane, jobs in lanes.items():
+            Queue(lane, connection=redis).enqueue_many(jobs, pipeline=pipe)
         pipe.execute()
 
 

@@ -29,7 +29,9 @@ def queue_due(
     one queued longer ago is queued again only if its job is no longer in Redis.
     """
     now = utcnow()
-    query = select(Delivery.id, Delivery.attempt_count, Delivery.enqueued_at).where(
+    query = select(
+        Delivery.id, Delivery.attempt_count, Delivery.enqueued_at, Delivery.webhook_id
+    ).where(
         Delivery.status == DeliveryStatus.PENDING,
         Delivery.next_attempt_at <= now,
         Delivery.lease_token.is_(None),
@@ -41,12 +43,13 @@ def queue_due(
     session.rollback()
     if not rows:
         return 0
-    maybe_queued = [queueing.job_id(d, n) for d, n, queued_at in rows if queued_at is not None]
+    maybe_queued = [queueing.job_id(d, n) for d, n, queued_at, _ in rows if queued_at is not None]
     live = queueing.live_jobs(redis, maybe_queued)
-    items = [(d, n) for d, n, _ in rows if queueing.job_id(d, n) not in live]
+    items = [(d, n, w) for d, n, _, w in rows if queueing.job_id(d, n) not in live]
     if not items:
         return 0
-    ids = [d for d, _ in items]
+    ids = [d for d, _, _ in items]
+    slow = queueing.slow_webhooks(redis)
     session.execute(
         update(Delivery)
         .where(Delivery.id.in_(ids), Delivery.lease_token.is_(None))
@@ -55,7 +58,7 @@ def queue_due(
     )
     session.commit()
     try:
-        queueing.enqueue(redis, settings.queue, items, timeout=settings.timeout)
+        queueing.enqueue(redis, settings.queue, items, timeout=settings.timeout, slow=slow)
     except Exception:
         session.execute(
             update(Delivery)
