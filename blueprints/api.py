@@ -100,6 +100,16 @@ def webhook_or_404(webhook_id: str) -> Webhook:
     return webhook
 
 
+def owned_or_404(model, object_id: str, label: str):  # type: ignore[no-untyped-def]
+    """The caller's row of `model` (an event, a job), or 404 exactly as if it did not exist."""
+    row = db.session.scalars(
+        select(model).where(model.id == object_id, model.workspace_id == g.workspace_id)
+    ).first()
+    if row is None:
+        raise fail("not_found", f"no {label} {object_id!r}", 404)
+    return row
+
+
 def delivery_or_404(delivery_id: str) -> Delivery:
     delivery = management.find_delivery(db.session, g.workspace_id, delivery_id)
     if delivery is None:
@@ -234,11 +244,7 @@ def publish_event():  # type: ignore[no-untyped-def]
 @bp.get("/events/<event_id>")
 def get_event(event_id: str):  # type: ignore[no-untyped-def]
     """Show an event with its deliveries."""
-    event = db.session.scalars(
-        select(Event).where(Event.id == event_id, Event.workspace_id == g.workspace_id)
-    ).first()
-    if event is None:
-        raise fail("not_found", f"no event {event_id!r}", 404)
+    event = owned_or_404(Event, event_id, "event")
     deliveries = db.session.scalars(
         select(Delivery)
         .where(Delivery.event_id == event.id)
@@ -347,11 +353,7 @@ def replay_missed(webhook_id: str):  # type: ignore[no-untyped-def]
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str):  # type: ignore[no-untyped-def]
     """Show a bulk job's progress."""
-    job = db.session.scalars(
-        select(BulkJob).where(BulkJob.id == job_id, BulkJob.workspace_id == g.workspace_id)
-    ).first()
-    if job is None:
-        raise fail("not_found", f"no job {job_id!r}", 404)
+    job = owned_or_404(BulkJob, job_id, "job")
     return bulk.as_json(job)
 
 
