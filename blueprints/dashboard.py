@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
+from flask import Blueprint, flash, g, redirect, render_template, request, url_for
 from flask_htmx import make_response
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from blueprints import webhook_form
-from blueprints.ui import delivery_or_404, guarded, settings, webhook_or_404
+from blueprints.ui import delivery_or_404, guarded, owned_or_404, settings, webhook_or_404
 from webhooks import bulk, catalog, charts, logs, management, publishing, templates
 from webhooks.management import Invalid
 from webhooks.models import BulkJob, Delivery, Webhook, db, utcnow
@@ -176,12 +176,7 @@ def replay(webhook_id: str):  # type: ignore[no-untyped-def]
 @bp.get("/jobs/<job_id>")
 def job(job_id: str):  # type: ignore[no-untyped-def]
     """A bulk job's progress fragment; it stops polling once the job has ended."""
-    found = db.session.scalars(
-        select(BulkJob).where(BulkJob.id == job_id, BulkJob.workspace_id == g.workspace_id)
-    ).first()
-    if found is None:
-        abort(404)
-    return render_template("dashboard/_job.html", job=found, error=None)
+    return render_template("dashboard/_job.html", job=owned_or_404(BulkJob, job_id), error=None)
 
 
 @bp.get("/<webhook_id>/secret")

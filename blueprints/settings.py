@@ -6,7 +6,6 @@ import re
 
 from flask import (
     Blueprint,
-    abort,
     current_app,
     flash,
     g,
@@ -17,7 +16,7 @@ from flask import (
 )
 from sqlalchemy import select
 
-from blueprints.ui import guarded, settings
+from blueprints.ui import guarded, owned_or_404, settings
 from webhooks import accounts, catalog, notification_settings, notifications
 from webhooks.management import Invalid
 from webhooks.models import ApiKey, db, utcnow
@@ -58,11 +57,7 @@ def create_api_key():  # type: ignore[no-untyped-def]
 @bp.post("/api-keys/<key_id>/revoke")
 def revoke_api_key(key_id: str):  # type: ignore[no-untyped-def]
     """Revoke a key: requests with it are refused from now on."""
-    key = db.session.scalars(
-        select(ApiKey).where(ApiKey.id == key_id, ApiKey.workspace_id == g.workspace_id)
-    ).first()
-    if key is None:
-        abort(404)
+    key = owned_or_404(ApiKey, key_id)
     key.revoked_at = key.revoked_at or utcnow()
     db.session.commit()
     return render_template("settings/api_keys.html", keys=_keys(), created=None, error=None)

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Flask, abort, current_app, g, redirect, request, url_for
 from flask_login import current_user
 from markupsafe import Markup, escape
+from sqlalchemy import select
 
 from blueprints.auth import current_workspace
 from webhooks import catalog, management
@@ -41,6 +42,16 @@ def webhook_or_404(webhook_id: str) -> Webhook:
     if webhook is None:
         abort(404)
     return webhook
+
+
+def owned_or_404(model, object_id: str):  # type: ignore[no-untyped-def]
+    """The current workspace's row of `model` (a job, an API key), or 404 like a missing one."""
+    row = db.session.scalars(
+        select(model).where(model.id == object_id, model.workspace_id == g.workspace_id)
+    ).first()
+    if row is None:
+        abort(404)
+    return row
 
 
 def delivery_or_404(delivery_id: str) -> Delivery:
