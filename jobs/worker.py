@@ -14,7 +14,7 @@ from flask import Flask
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 
-from webhooks import logthrottle, queueing
+from webhooks import logthrottle, queueing, sending
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,14 @@ class DeliveryWorker(SimpleWorker):
     # RQ backs off up to 60 s between reconnection tries; deliveries must resume within
     # seconds of Redis coming back, so the wait is capped at 5 s.
     max_connection_wait_time = 5.0
+
+    def work(self, *args, **kwargs) -> bool:  # type: ignore[no-untyped-def]
+        """Work as RQ does; before returning (burst done, or stopped), let the POSTs still
+        in flight end and be recorded."""
+        try:
+            return super().work(*args, **kwargs)
+        finally:
+            sending.wait_idle()
 
 
 # Job bookkeeping that fails because Redis lost the job while it ran (the database still

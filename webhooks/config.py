@@ -247,6 +247,24 @@ VARIABLES: tuple[Var, ...] = (
         "seconds between the scheduler's retention passes",
     ),
     Var(
+        "WEBHOOK_BATCH_SIZE",
+        "20",
+        lambda n, r: _integer(n, r, minimum=1),
+        "deliveries one worker job claims, sends and records together",
+    ),
+    Var(
+        "WEBHOOK_WORKER_THREADS",
+        "16",
+        lambda n, r: _integer(n, r, minimum=1),
+        "POSTs one worker process keeps in flight at once",
+    ),
+    Var(
+        "WEBHOOK_SLOW_AFTER_SECONDS",
+        "2",
+        lambda n, r: _decimal(n, r, minimum=0.1),
+        "a target that keeps a POST waiting this long moves to the slow lane for 10 minutes",
+    ),
+    Var(
         "WEBHOOK_SQLITE_BUSY_TIMEOUT",
         "30",
         lambda n, r: _decimal(n, r, minimum=0),
@@ -277,6 +295,10 @@ class Settings:
     notify_from: str = "webhooks@localhost"
     retention_days: float = 30.0
     retention_interval: float = 300.0
+    # Worker tuning (defaults chosen by bench/).
+    batch_size: int = 20
+    worker_threads: int = 16
+    slow_after: float = 2.0
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -298,6 +320,9 @@ class Settings:
             notify_from=config["NOTIFY_FROM"],
             retention_days=config["WEBHOOK_RETENTION_DAYS"],
             retention_interval=config["WEBHOOK_RETENTION_INTERVAL"],
+            batch_size=config["WEBHOOK_BATCH_SIZE"],
+            worker_threads=config["WEBHOOK_WORKER_THREADS"],
+            slow_after=config["WEBHOOK_SLOW_AFTER_SECONDS"],
         )
 
     @property

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from redis import Redis
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session, joinedload
 
 from webhooks import failures, notifications, retry, signing, transforms, transport
@@ -133,22 +134,35 @@ class Prepared:
     webhook_id: str = ""
 
 
-def claim(session: Session, delivery_id: str, settings: Settings) -> Prepared | None:
-    """Take the delivery with a leased conditional update, and write its in-flight attempt.
+def claim(
+    session: Session,
+    delivery_ids: Sequence[str],
+    settings: Settings,
+    *,
+    skip_webhooks: Collection[str] = (),
+) -> list[Prepared]:
+    """Take each delivery with a leased conditional update, and write its in-flight attempt.
 
-    Returns None when there is nothing to send: someone else holds it, it is not due, it has
-    ended, or its webhook is paused (then it ends `failed` with the reason).
+    The claim is per delivery (one statement takes every row that is still pending, unleased
+    and due); a delivery someone else holds, that is not due or has ended is left out, and one
+    whose webhook is paused ends `failed` with the reason. Deliveries to `skip_webhooks` are
+    left alone. Returns what is to be sent, in order.
     """
+    if not delivery_ids:
+        return []
     now = utcnow()
     token = secrets.token_hex(8)
+    claimable = [
+        Delivery.id.in_(delivery_ids),
+        Delivery.status == DeliveryStatus.PENDING,
+        Delivery.lease_token.is_(None),
+        Delivery.next_attempt_at <= now + CLOCK_TOLERANCE,
+    ]
+    if skip_webhooks:
+        claimable.append(Delivery.webhook_id.not_in(list(skip_webhooks)))
     claimed = session.execute(
         update(Delivery)
-        .where(
-            Delivery.id == delivery_id,
-            Delivery.status == DeliveryStatus.PENDING,
-            Delivery.lease_token.is_(None),
-            Delivery.next_attempt_at <= now + CLOCK_TOLERANCE,
-        )
+        .where(*claimable)
         .values(
             lease_token=token,
             lease_expires_at=now + timedelta(seconds=settings.timeout + settings.lease_margin),
@@ -157,56 +171,87 @@ def claim(session: Session, delivery_id: str, settings: Settings) -> Prepared | 
         )
         .execution_options(synchronize_session=False)
     )
-    if claimed.rowcount != 1:
+    if claimed.rowcount == 0:
         session.rollback()
-        return None
-    delivery = session.scalars(
+        return []
+    rows = session.scalars(
         select(Delivery)
-        .where(Delivery.id == delivery_id)
+        .where(Delivery.id.in_(delivery_ids), Delivery.lease_token == token)
         .options(joinedload(Delivery.webhook).selectinload(Webhook.secrets))
         .options(joinedload(Delivery.event))
         .execution_options(populate_existing=True)
-    ).one()
-    webhook = delivery.webhook
-    if not webhook.active and not delivery.ignores_pause:
-        _end(delivery, DeliveryStatus.FAILED, now)
-        delivery.last_error = (
-            f"not sent: attempt {delivery.attempt_count + 1} fell due while the webhook was "
-            f"inactive ({webhook.disabled_reason or 'paused'})"
+    ).all()
+    order = {delivery_id: i for i, delivery_id in enumerate(delivery_ids)}
+    bodies: dict[str, bytes] = {}  # the envelope's bytes, per event, when nothing transforms it
+    pending: list[tuple[Delivery, Attempt, bytes, dict[str, str], str | None]] = []
+    for delivery in sorted(rows, key=lambda d: order[d.id]):
+        webhook = delivery.webhook
+        if not webhook.active and not delivery.ignores_pause:
+            _end(delivery, DeliveryStatus.FAILED, now)
+            delivery.last_error = (
+                f"not sent: attempt {delivery.attempt_count + 1} fell due while the webhook "
+                f"was inactive ({webhook.disabled_reason or 'paused'})"
+            )
+            continue
+        render_error = None
+        try:
+            if webhook.transform is None:
+                body = bodies.get(delivery.event_id) or bodies.setdefault(
+                    delivery.event_id, render_body(webhook, delivery.event)
+                )
+            else:
+                body = render_body(webhook, delivery.event)
+        except RenderError as exc:
+            body, render_error = b"", str(exc)
+        headers = build_headers(delivery, webhook, body, now)
+        delivery.attempt_count += 1
+        attempt = Attempt(
+            delivery_id=delivery.id,
+            number=delivery.attempt_count,
+            started_at=now,
+            request_url=webhook.url,
+            request_headers=_loggable(headers),
+            request_body=body.decode("utf-8", errors="replace"),
         )
-        session.commit()
-        return None
-    render_error = None
-    try:
-        body = render_body(webhook, delivery.event)
-    except RenderError as exc:
-        body, render_error = b"", str(exc)
-    headers = build_headers(delivery, webhook, body, now)
-    delivery.attempt_count += 1
-    attempt = Attempt(
-        delivery_id=delivery.id,
-        number=delivery.attempt_count,
-        started_at=now,
-        request_url=webhook.url,
-        request_headers=_loggable(headers),
-        request_body=body.decode("utf-8", errors="replace"),
-    )
-    session.add(attempt)
+        session.add(attempt)
+        pending.append((delivery, attempt, body, headers, render_error))
     session.flush()
     # Everything the POST needs is read before the commit: touching an expired attribute
     # afterwards would open a new transaction (on SQLite, the write lock) for the whole POST.
-    prepared = Prepared(
-        delivery_id=delivery.id,
-        attempt_id=attempt.id,
-        token=token,
-        url=webhook.url,
-        body=body,
-        headers=headers,
-        render_error=render_error,
-        webhook_id=webhook.id,
-    )
+    prepared = [
+        Prepared(
+            delivery_id=delivery.id,
+            attempt_id=attempt.id,
+            token=token,
+            url=delivery.webhook.url,
+            body=body,
+            headers=headers,
+            render_error=render_error,
+            webhook_id=delivery.webhook_id,
+        )
+        for delivery, attempt, body, headers, render_error in pending
+    ]
     session.commit()
     return prepared
+
+
+def unclaimed_of(
+    session: Session, delivery_ids: Sequence[str], webhook_ids: Collection[str]
+) -> list[tuple[str, int, str]]:
+    """(delivery id, attempt count, webhook id) of the deliveries among `delivery_ids` to
+    `webhook_ids` that are still waiting for a worker."""
+    if not delivery_ids or not webhook_ids:
+        return []
+    rows = session.execute(
+        select(Delivery.id, Delivery.attempt_count, Delivery.webhook_id).where(
+            Delivery.id.in_(delivery_ids),
+            Delivery.webhook_id.in_(list(webhook_ids)),
+            Delivery.status == DeliveryStatus.PENDING,
+            Delivery.lease_token.is_(None),
+        )
+    ).all()
+    session.rollback()
+    return [(d, n, w) for d, n, w in rows]
 
 
 def _loggable(headers: dict[str, str]) -> dict[str, str]:
@@ -237,55 +282,85 @@ def _failure_text(result: transport.Result) -> str | None:
 
 
 def record(
-    session: Session, prepared: Prepared, result: transport.Result, settings: Settings
-) -> str:
-    """Write the attempt's result and move the delivery on; returns its status."""
+    session: Session,
+    results: Sequence[tuple[Prepared, transport.Result]],
+    settings: Settings,
+    redis: Redis | None = None,
+) -> dict[str, str]:
+    """Write the attempts' results and move each delivery on, in one transaction; returns each
+    delivery's status. `redis` sends the notifications this causes (default: the job's)."""
+    if not results:
+        return {}
     now = utcnow()
-    error = _failure_text(result) if prepared.render_error is None else prepared.render_error
-    outcome = AttemptOutcome.SUCCESS if error is None else AttemptOutcome.FAILURE
-    written = session.execute(
-        update(Attempt)
-        .where(Attempt.id == prepared.attempt_id, Attempt.outcome == AttemptOutcome.IN_FLIGHT)
-        .values(
-            outcome=outcome,
-            duration_ms=result.duration_ms,
-            response_status=result.status_code,
-            response_headers=result.headers or None,
-            response_body=result.body if result.status_code is not None else None,
-            error=error,
+    deliveries = {
+        d.id: d
+        for d in session.scalars(
+            select(Delivery)
+            .where(Delivery.id.in_([p.delivery_id for p, _ in results]))
+            .execution_options(populate_existing=True)
         )
-        .execution_options(synchronize_session=False)
-    )
-    delivery = session.scalars(
-        select(Delivery)
-        .where(Delivery.id == prepared.delivery_id)
-        .execution_options(populate_existing=True)
-    ).one_or_none()
-    if written.rowcount != 1 or delivery is None or delivery.lease_token != prepared.token:
-        # The lease ran out and the attempt was declared lost; the delivery has moved on.
-        status = delivery.status if delivery else DeliveryStatus.FAILED
-        session.commit()
-        log.warning("late result for %s ignored: its lease had expired", prepared.delivery_id)
-        return status
-    delivery.last_status_code = result.status_code
-    delivery.last_error = error
+    }
+    statuses: dict[str, str] = {}
+    written: list[tuple[Prepared, transport.Result, str | None]] = []
+    for prepared, result in results:
+        delivery = deliveries.get(prepared.delivery_id)
+        if delivery is None or delivery.lease_token != prepared.token:
+            # The lease ran out and the attempt was declared lost; the delivery has moved on.
+            statuses[prepared.delivery_id] = delivery.status if delivery else DeliveryStatus.FAILED
+            log.warning("late result for %s ignored: its lease had expired", prepared.delivery_id)
+            continue
+        error = _failure_text(result) if prepared.render_error is None else prepared.render_error
+        written.append((prepared, result, error))
+    if written:
+        table = Attempt.__table__
+        session.execute(
+            update(table)
+            .where(table.c.id == bindparam("attempt"), table.c.outcome == AttemptOutcome.IN_FLIGHT)
+            .values(
+                outcome=bindparam("result"),
+                duration_ms=bindparam("duration"),
+                response_status=bindparam("status"),
+                response_headers=bindparam("headers"),
+                response_body=bindparam("body"),
+                error=bindparam("failure"),
+            ),
+            [
+                {
+                    "attempt": prepared.attempt_id,
+                    "result": AttemptOutcome.SUCCESS if error is None else AttemptOutcome.FAILURE,
+                    "duration": result.duration_ms,
+                    "status": result.status_code,
+                    "headers": result.headers or None,
+                    "body": result.body if result.status_code is not None else None,
+                    "failure": error,
+                }
+                for prepared, result, error in written
+            ],
+        )
     notify: list[str] = []
-    if outcome == AttemptOutcome.SUCCESS:
-        _end(delivery, DeliveryStatus.SUCCEEDED, now)
-        failures.succeeded(session, delivery)
-    else:
-        disabled = _schedule_next(
-            session, delivery, result, settings, now, retryable=prepared.render_error is None
-        )
-        if disabled:
-            notify = failures.gone(session, delivery, now, settings)
-        elif delivery.status == DeliveryStatus.FAILED:
-            notify = failures.exhausted(session, delivery, now, settings)
-    status = delivery.status
+    succeeded: list[Delivery] = []
+    for prepared, result, error in written:
+        delivery = deliveries[prepared.delivery_id]
+        delivery.last_status_code = result.status_code
+        delivery.last_error = error
+        if error is None:
+            _end(delivery, DeliveryStatus.SUCCEEDED, now)
+            succeeded.append(delivery)
+        else:
+            disabled = _schedule_next(
+                session, delivery, result, settings, now, retryable=prepared.render_error is None
+            )
+            if disabled:
+                notify += failures.gone(session, delivery, now, settings)
+            elif delivery.status == DeliveryStatus.FAILED:
+                notify += failures.exhausted(session, delivery, now, settings)
+        statuses[prepared.delivery_id] = delivery.status
+    failures.succeeded(session, succeeded)
     session.commit()
     # Messages are only written above; they are sent by their own jobs, never from here.
-    notifications.hand_off(notifications.job_redis(), settings, notify)
-    return status
+    if notify:
+        notifications.hand_off(redis or notifications.job_redis(), settings, notify)
+    return statuses
 
 
 def _schedule_next(
@@ -353,32 +428,30 @@ def disable_gone(session: Session, webhook_id: str, now: datetime) -> bool:
     return False
 
 
-def deliver(
-    session: Session,
-    delivery_id: str,
-    settings: Settings,
-    on_timeout: Callable[[str], None] | None = None,
-) -> str | None:
-    """One attempt of one delivery, if it is ours to make; returns the resulting status.
-
-    `on_timeout(webhook_id)` is told when the target let the attempt run into the timeout.
-    """
-    prepared = claim(session, delivery_id, settings)
-    if prepared is None:
-        return None
+def send(prepared: Prepared, settings: Settings) -> transport.Result:
+    """The POST of one claimed delivery (or the render error that stopped it)."""
     if prepared.render_error is not None:
-        result = transport.Result(error=prepared.render_error)
-    else:
-        result = transport.post(
-            prepared.url,
-            prepared.body,
-            prepared.headers,
-            timeout=settings.timeout,
-            ca_bundle=settings.ca_bundle,
-            proxy_url=settings.proxy_url,
-            allowed_networks=settings.allowed_private_networks,
-            allow_http=settings.allow_http,
-        )
-        if on_timeout is not None and (result.error or "").startswith("timed out"):
-            on_timeout(prepared.webhook_id)
-    return record(session, prepared, result, settings)
+        return transport.Result(error=prepared.render_error)
+    return transport.post(
+        prepared.url,
+        prepared.body,
+        prepared.headers,
+        timeout=settings.timeout,
+        ca_bundle=settings.ca_bundle,
+        proxy_url=settings.proxy_url,
+        allowed_networks=settings.allowed_private_networks,
+        allow_http=settings.allow_http,
+    )
+
+
+def timed_out(result: transport.Result) -> bool:
+    """The target let the attempt run into the timeout."""
+    return (result.error or "").startswith("timed out")
+
+
+def deliver(session: Session, delivery_id: str, settings: Settings) -> str | None:
+    """One attempt of one delivery, if it is ours to make; returns the resulting status."""
+    prepared = claim(session, [delivery_id], settings)
+    if not prepared:
+        return None
+    return record(session, [(prepared[0], send(prepared[0], settings))], settings)[delivery_id]

@@ -26,13 +26,14 @@ def counts(delivery: Delivery) -> bool:
     return delivery.kind in COUNTED_KINDS
 
 
-def succeeded(session: Session, delivery: Delivery) -> None:
-    """Any success ends the webhook's failing streak."""
-    if not counts(delivery):
+def succeeded(session: Session, deliveries: list[Delivery]) -> None:
+    """Any success ends its webhook's failing streak."""
+    webhook_ids = {d.webhook_id for d in deliveries if counts(d)}
+    if not webhook_ids:
         return
     session.execute(
         update(Webhook)
-        .where(Webhook.id == delivery.webhook_id, Webhook.failing_since.is_not(None))
+        .where(Webhook.id.in_(webhook_ids), Webhook.failing_since.is_not(None))
         .values(failing_since=None, **_UNCHANGED)
         .execution_options(synchronize_session=False)
     )

@@ -179,7 +179,14 @@ def _hand_off(session: Session, redis: Redis, settings: Settings, delivery_ids: 
         ).all()
         session.rollback()
         items = [(d, 0, w) for d, w in rows]
-    queueing.enqueue(redis, settings.queue, items, timeout=settings.timeout, slow=slow)
+    queueing.enqueue(
+        redis,
+        settings.queue,
+        items,
+        timeout=settings.timeout,
+        slow=slow,
+        batch_size=settings.batch_size,
+    )
 
 
 def dispatch(session: Session, redis: Redis, settings: Settings, delivery_ids: list[str]) -> bool:

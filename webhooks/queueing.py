@@ -20,6 +20,8 @@ DELIVER_JOB = "jobs.deliver.deliver"
 # Set once by the scheduler; when it is gone, Redis lost its data and every due delivery
 # is queued again at once rather than after the requeue delay.
 SENTINEL_KEY = "webhooks:sentinel"
+# delivery id -> the id of the job that carries it, from enqueue until a worker takes the job.
+QUEUED_KEY = "webhooks:queued"
 _LIVE_STATUSES = {
     s.value for s in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
 }
@@ -62,29 +64,45 @@ def enqueue(
     *,
     timeout: float,
     slow: set[str] | frozenset[str] = frozenset(),
+    batch_size: int = 1,
 ) -> None:
-    """Queue a job for each (delivery id, attempt count[, webhook id]); a delivery of a slow
-    webhook goes to the slow lane. Raises RedisError when Redis is down."""
+    """Queue each (delivery id, attempt count[, webhook id]), in jobs of up to `batch_size`
+    deliveries; a delivery of a slow webhook goes to the slow lane. Which job carries each
+    delivery is written to `QUEUED_KEY`, so the reconciler can tell a queued delivery from a
+    lost one. Raises RedisError when Redis is down."""
     if not items:
         return
-    lanes: dict[str, list] = {}
+    lanes: dict[str, list[tuple[str, int]]] = {}
     for item in items:
-        delivery_id, count = item[0], item[1]
         lane = slow_queue(queue_name) if len(item) > 2 and item[2] in slow else queue_name
-        lanes.setdefault(lane, []).append(
-            Queue.prepare_data(
-                DELIVER_JOB,
-                args=(delivery_id,),
-                job_id=job_id(delivery_id, count),
-                result_ttl=0,
-                failure_ttl=7 * 24 * 3600,
-                timeout=int(timeout) + 60,
-            )
-        )
+        lanes.setdefault(lane, []).append((item[0], item[1]))
+    size = max(1, batch_size)
     with redis.pipeline() as pipe:
-        for lane, jobs in lanes.items():
+        for lane, pairs in lanes.items():
+            jobs, carriers = [], {}
+            for start in range(0, len(pairs), size):
+                chunk = pairs[start : start + size]
+                jid = job_id(*chunk[0]) if len(chunk) == 1 else "b-" + job_id(*chunk[0])
+                carriers.update({delivery_id: jid for delivery_id, _ in chunk})
+                jobs.append(
+                    Queue.prepare_data(
+                        DELIVER_JOB,
+                        args=tuple(delivery_id for delivery_id, _ in chunk),
+                        job_id=jid,
+                        result_ttl=0,
+                        failure_ttl=7 * 24 * 3600,
+                        timeout=int(timeout) * 2 + 60,
+                    )
+                )
+            pipe.hset(QUEUED_KEY, mapping=carriers)
             Queue(lane, connection=redis).enqueue_many(jobs, pipeline=pipe)
         pipe.execute()
+
+
+def taken(redis: Redis, delivery_ids: Sequence[str]) -> None:
+    """A job has started on these deliveries: from now on their claims (leases) protect them."""
+    if delivery_ids:
+        redis.hdel(QUEUED_KEY, *delivery_ids)
 
 
 def live_jobs(redis: Redis, ids: Iterable[str]) -> set[str]:
@@ -101,6 +119,22 @@ def live_jobs(redis: Redis, ids: Iterable[str]) -> set[str]:
         for jid, status in zip(ids, statuses, strict=True)
         if status is not None and status.decode() in _LIVE_STATUSES
     }
+
+
+def queued(redis: Redis, pairs: Sequence[tuple[str, int]]) -> set[str]:
+    """The delivery ids among (delivery id, attempt count) whose job is still queued or running."""
+    if not pairs:
+        return set()
+    carriers = redis.hmget(QUEUED_KEY, [d for d, _ in pairs])
+    jobs = {
+        d: (c.decode() if c is not None else job_id(d, n))
+        for (d, n), c in zip(pairs, carriers, strict=True)
+    }
+    live = live_jobs(redis, set(jobs.values()))
+    gone = [d for (d, _), c in zip(pairs, carriers, strict=True) if c and jobs[d] not in live]
+    if gone:  # their job vanished (Redis lost it, or RQ failed it): forget the carrier
+        redis.hdel(QUEUED_KEY, *gone)
+    return {d for d, jid in jobs.items() if jid in live}
 
 
 def sentinel_present(redis: Redis) -> bool:

@@ -43,9 +43,8 @@ def queue_due(
     session.rollback()
     if not rows:
         return 0
-    maybe_queued = [queueing.job_id(d, n) for d, n, queued_at, _ in rows if queued_at is not None]
-    live = queueing.live_jobs(redis, maybe_queued)
-    items = [(d, n, w) for d, n, _, w in rows if queueing.job_id(d, n) not in live]
+    live = queueing.queued(redis, [(d, n) for d, n, queued_at, _ in rows if queued_at is not None])
+    items = [(d, n, w) for d, n, _, w in rows if d not in live]
     if not items:
         return 0
     ids = [d for d, _, _ in items]
@@ -58,7 +57,14 @@ def queue_due(
     )
     session.commit()
     try:
-        queueing.enqueue(redis, settings.queue, items, timeout=settings.timeout, slow=slow)
+        queueing.enqueue(
+            redis,
+            settings.queue,
+            items,
+            timeout=settings.timeout,
+            slow=slow,
+            batch_size=settings.batch_size,
+        )
     except Exception:
         session.execute(
             update(Delivery)
