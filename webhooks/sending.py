@@ -112,7 +112,6 @@ def sender(threads: int) -> Sender:
         return _sender
 
 
-
 def wait_idle(timeout: float | None = None) -> bool:
     """Wait until this process's POSTs have all ended and been recorded."""
     return _sender.idle(timeout) if _sender is not None else True
