@@ -15,7 +15,7 @@ from flask_wtf import CSRFProtect
 from redis import Redis
 
 from webhooks import config as settings_module
-from webhooks import crypto
+from webhooks import crypto, sqlite
 from webhooks.models import db
 
 migrate = Migrate()
@@ -32,7 +32,7 @@ class _SessionInterface(SecureCookieSessionInterface):
 
 def _engine_options(url: str, busy_timeout: float) -> dict[str, Any]:
     if url.startswith("sqlite"):
-        return {"connect_args": {"timeout": busy_timeout}}
+        return {"connect_args": {"timeout": busy_timeout, "factory": sqlite.Connection}}
     return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
 
 
