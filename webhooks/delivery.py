@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from redis import Redis
-from sqlalchemy import bindparam, select, update
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.orm import Session
 
 from webhooks import failures, notifications, retry, signing, transforms, transport
 from webhooks.config import Settings
@@ -23,6 +23,7 @@ from webhooks.models import (
     DeliveryStatus,
     Event,
     Webhook,
+    WebhookSecret,
     utcnow,
 )
 
@@ -140,13 +141,16 @@ def claim(
     settings: Settings,
     *,
     skip_webhooks: Collection[str] = (),
+    room: Callable[[str], int] | None = None,
+    passed_over: list[tuple[str, int, str]] | None = None,
 ) -> list[Prepared]:
     """Take each delivery with a leased conditional update, and write its in-flight attempt.
 
     The claim is per delivery (one statement takes every row that is still pending, unleased
     and due); a delivery someone else holds, that is not due or has ended is left out, and one
-    whose webhook is paused ends `failed` with the reason. Deliveries to `skip_webhooks` are
-    left alone. Returns what is to be sent, in order.
+    whose webhook is paused ends `failed` with the reason. Deliveries to `skip_webhooks`, and
+    those beyond `room(webhook_id)` per webhook, are left alone and added to `passed_over` as
+    (id, attempt count, webhook id). Returns what is to be sent, in order.
     """
     if not delivery_ids:
         return []
@@ -158,9 +162,15 @@ def claim(
         Delivery.lease_token.is_(None),
         Delivery.next_attempt_at <= now + CLOCK_TOLERANCE,
     ]
-    if skip_webhooks:
-        claimable.append(Delivery.webhook_id.not_in(list(skip_webhooks)))
-    claimed = session.execute(
+    if skip_webhooks or room is not None:
+        wanted = _within_room(session, claimable, delivery_ids, skip_webhooks, room, passed_over)
+        if not wanted:
+            session.rollback()
+            return []
+        claimable[0] = Delivery.id.in_(wanted)
+    # Core statements, not ORM objects: this runs for every delivery, and loading and flushing
+    # objects cost more than the POST itself.
+    taken = session.execute(
         update(Delivery)
         .where(*claimable)
         .values(
@@ -168,90 +178,192 @@ def claim(
             lease_expires_at=now + timedelta(seconds=settings.timeout + settings.lease_margin),
             enqueued_at=None,
             updated_at=now,
+            attempt_count=Delivery.attempt_count + 1,
+        )
+        .returning(
+            Delivery.id,
+            Delivery.event_id,
+            Delivery.webhook_id,
+            Delivery.event_type,
+            Delivery.attempt_count,
+            Delivery.ignores_pause,
         )
         .execution_options(synchronize_session=False)
-    )
-    if claimed.rowcount == 0:
+    ).all()
+    if not taken:
         session.rollback()
         return []
-    rows = session.scalars(
-        select(Delivery)
-        .where(Delivery.id.in_(delivery_ids), Delivery.lease_token == token)
-        .options(joinedload(Delivery.webhook).selectinload(Webhook.secrets))
-        .options(joinedload(Delivery.event))
-        .execution_options(populate_existing=True)
-    ).all()
+    webhooks = _targets(session, {row.webhook_id for row in taken}, now)
+    events = {
+        e.id: e
+        for e in session.execute(
+            select(Event.id, Event.type, Event.occurred_at, Event.workspace_id, Event.data).where(
+                Event.id.in_({row.event_id for row in taken})
+            )
+        )
+    }
     order = {delivery_id: i for i, delivery_id in enumerate(delivery_ids)}
     bodies: dict[str, bytes] = {}  # the envelope's bytes, per event, when nothing transforms it
-    pending: list[tuple[Delivery, Attempt, bytes, dict[str, str], str | None]] = []
-    for delivery in sorted(rows, key=lambda d: order[d.id]):
-        webhook = delivery.webhook
-        if not webhook.active and not delivery.ignores_pause:
-            _end(delivery, DeliveryStatus.FAILED, now)
-            delivery.last_error = (
-                f"not sent: attempt {delivery.attempt_count + 1} fell due while the webhook "
-                f"was inactive ({webhook.disabled_reason or 'paused'})"
+    inactive: list[dict[str, Any]] = []
+    attempts: list[dict[str, Any]] = []
+    ready: list[tuple[Any, _Target, bytes, dict[str, str], str | None]] = []
+    for row in sorted(taken, key=lambda r: order[r.id]):
+        webhook = webhooks[row.webhook_id]
+        if not webhook.active and not row.ignores_pause:
+            inactive.append(
+                {
+                    "b_id": row.id,
+                    "b_error": f"not sent: attempt {row.attempt_count} fell due while the "
+                    f"webhook was inactive ({webhook.disabled_reason or 'paused'})",
+                }
             )
             continue
         render_error = None
         try:
             if webhook.transform is None:
-                body = bodies.get(delivery.event_id) or bodies.setdefault(
-                    delivery.event_id, render_body(webhook, delivery.event)
+                body = bodies.get(row.event_id) or bodies.setdefault(
+                    row.event_id, render_body(webhook, events[row.event_id])
                 )
             else:
-                body = render_body(webhook, delivery.event)
+                body = render_body(webhook, events[row.event_id])
         except RenderError as exc:
             body, render_error = b"", str(exc)
-        headers = build_headers(delivery, webhook, body, now)
-        delivery.attempt_count += 1
-        attempt = Attempt(
-            delivery_id=delivery.id,
-            number=delivery.attempt_count,
-            started_at=now,
-            request_url=webhook.url,
-            request_headers=_loggable(headers),
-            request_body=body.decode("utf-8", errors="replace"),
+        headers = build_headers(row, webhook, body, now)
+        attempts.append(
+            {
+                "delivery_id": row.id,
+                "number": row.attempt_count,
+                "outcome": AttemptOutcome.IN_FLIGHT,
+                "started_at": now,
+                "request_url": webhook.url,
+                "request_headers": _loggable(headers),
+                "request_body": body.decode("utf-8", errors="replace"),
+            }
         )
-        session.add(attempt)
-        pending.append((delivery, attempt, body, headers, render_error))
-    session.flush()
-    # Everything the POST needs is read before the commit: touching an expired attribute
-    # afterwards would open a new transaction (on SQLite, the write lock) for the whole POST.
-    prepared = [
+        ready.append((row, webhook, body, headers, render_error))
+    if inactive:
+        _fail_inactive(session, inactive, now)
+    attempt_ids: list[int] = []
+    if attempts:
+        attempt_ids = list(
+            session.scalars(
+                insert(Attempt).returning(Attempt.id, sort_by_parameter_order=True), attempts
+            )
+        )
+    session.commit()
+    return [
         Prepared(
-            delivery_id=delivery.id,
-            attempt_id=attempt.id,
+            delivery_id=row.id,
+            attempt_id=attempt_id,
             token=token,
-            url=delivery.webhook.url,
+            url=webhook.url,
             body=body,
             headers=headers,
             render_error=render_error,
-            webhook_id=delivery.webhook_id,
+            webhook_id=row.webhook_id,
         )
-        for delivery, attempt, body, headers, render_error in pending
+        for (row, webhook, body, headers, render_error), attempt_id in zip(
+            ready, attempt_ids, strict=True
+        )
     ]
-    session.commit()
-    return prepared
 
 
-def unclaimed_of(
-    session: Session, delivery_ids: Sequence[str], webhook_ids: Collection[str]
-) -> list[tuple[str, int, str]]:
-    """(delivery id, attempt count, webhook id) of the deliveries among `delivery_ids` to
-    `webhook_ids` that are still waiting for a worker."""
-    if not delivery_ids or not webhook_ids:
-        return []
-    rows = session.execute(
-        select(Delivery.id, Delivery.attempt_count, Delivery.webhook_id).where(
-            Delivery.id.in_(delivery_ids),
-            Delivery.webhook_id.in_(list(webhook_ids)),
-            Delivery.status == DeliveryStatus.PENDING,
-            Delivery.lease_token.is_(None),
+@dataclass
+class _Target:
+    """What sending needs of a webhook, read in one query per batch."""
+
+    id: str
+    url: str
+    active: bool
+    disabled_reason: str | None
+    headers: dict[str, Any] | None
+    transform: dict[str, Any] | None
+    secrets: list[Any]
+
+
+def _targets(session: Session, webhook_ids: set[str], now: datetime) -> dict[str, _Target]:
+    secrets_of: dict[str, list[Any]] = {w: [] for w in webhook_ids}
+    for row in session.execute(
+        select(WebhookSecret.webhook_id, WebhookSecret.secret, WebhookSecret.expires_at)
+        .where(WebhookSecret.webhook_id.in_(webhook_ids))
+        .order_by(WebhookSecret.id.desc())
+    ):
+        secrets_of[row.webhook_id].append(row)
+    return {
+        w.id: _Target(
+            id=w.id,
+            url=w.url,
+            active=w.active,
+            disabled_reason=w.disabled_reason,
+            headers=w.headers,
+            transform=w.transform,
+            secrets=secrets_of[w.id],
         )
-    ).all()
-    session.rollback()
-    return [(d, n, w) for d, n, w in rows]
+        for w in session.execute(
+            select(
+                Webhook.id,
+                Webhook.url,
+                Webhook.active,
+                Webhook.disabled_reason,
+                Webhook.headers,
+                Webhook.transform,
+            ).where(Webhook.id.in_(webhook_ids))
+        )
+    }
+
+
+def _fail_inactive(session: Session, rows: list[dict[str, Any]], now: datetime) -> None:
+    """Deliveries that fell due while their webhook was paused end `failed`, unattempted."""
+    table = Delivery.__table__
+    session.execute(
+        update(table)
+        .where(table.c.id == bindparam("b_id"))
+        .values(
+            status=DeliveryStatus.FAILED,
+            attempt_count=table.c.attempt_count - 1,
+            next_attempt_at=None,
+            lease_token=None,
+            lease_expires_at=None,
+            enqueued_at=None,
+            updated_at=now,
+            last_error=bindparam("b_error"),
+        ),
+        rows,
+    )
+
+
+def _within_room(
+    session: Session,
+    claimable: list[Any],
+    delivery_ids: Sequence[str],
+    skip_webhooks: Collection[str],
+    room: Callable[[str], int] | None,
+    passed_over: list[tuple[str, int, str]] | None,
+) -> list[str]:
+    """The claimable deliveries among `delivery_ids` to take: not to a skipped webhook, and
+    within each webhook's room; the others go to `passed_over`."""
+    order = {delivery_id: i for i, delivery_id in enumerate(delivery_ids)}
+    rows = sorted(
+        session.execute(
+            select(Delivery.id, Delivery.attempt_count, Delivery.webhook_id).where(*claimable)
+        ).all(),
+        key=lambda row: order[row[0]],
+    )
+    left: dict[str, int] = {}
+    wanted = []
+    for delivery_id, count, webhook_id in rows:
+        if webhook_id not in skip_webhooks:
+            if room is None:
+                wanted.append(delivery_id)
+                continue
+            left.setdefault(webhook_id, room(webhook_id))
+            if left[webhook_id] > 0:
+                left[webhook_id] -= 1
+                wanted.append(delivery_id)
+                continue
+        if passed_over is not None:
+            passed_over.append((delivery_id, count, webhook_id))
+    return wanted
 
 
 def _loggable(headers: dict[str, str]) -> dict[str, str]:
@@ -292,61 +404,53 @@ def record(
     if not results:
         return {}
     now = utcnow()
-    deliveries = {
-        d.id: d
-        for d in session.scalars(
-            select(Delivery)
-            .where(Delivery.id.in_([p.delivery_id for p, _ in results]))
-            .execution_options(populate_existing=True)
+    current = {
+        row.id: row
+        for row in session.execute(
+            select(
+                Delivery.id,
+                Delivery.lease_token,
+                Delivery.status,
+                Delivery.kind,
+                Delivery.webhook_id,
+            ).where(Delivery.id.in_([p.delivery_id for p, _ in results]))
         )
     }
     statuses: dict[str, str] = {}
     written: list[tuple[Prepared, transport.Result, str | None]] = []
     for prepared, result in results:
-        delivery = deliveries.get(prepared.delivery_id)
-        if delivery is None or delivery.lease_token != prepared.token:
+        row = current.get(prepared.delivery_id)
+        if row is None or row.lease_token != prepared.token:
             # The lease ran out and the attempt was declared lost; the delivery has moved on.
-            statuses[prepared.delivery_id] = delivery.status if delivery else DeliveryStatus.FAILED
+            statuses[prepared.delivery_id] = row.status if row else DeliveryStatus.FAILED
             log.warning("late result for %s ignored: its lease had expired", prepared.delivery_id)
             continue
         error = _failure_text(result) if prepared.render_error is None else prepared.render_error
         written.append((prepared, result, error))
-    if written:
-        table = Attempt.__table__
-        session.execute(
-            update(table)
-            .where(table.c.id == bindparam("attempt"), table.c.outcome == AttemptOutcome.IN_FLIGHT)
-            .values(
-                outcome=bindparam("result"),
-                duration_ms=bindparam("duration"),
-                response_status=bindparam("status"),
-                response_headers=bindparam("headers"),
-                response_body=bindparam("body"),
-                error=bindparam("failure"),
-            ),
-            [
-                {
-                    "attempt": prepared.attempt_id,
-                    "result": AttemptOutcome.SUCCESS if error is None else AttemptOutcome.FAILURE,
-                    "duration": result.duration_ms,
-                    "status": result.status_code,
-                    "headers": result.headers or None,
-                    "body": result.body if result.status_code is not None else None,
-                    "failure": error,
-                }
-                for prepared, result, error in written
-            ],
-        )
+    if not written:
+        session.commit()
+        return statuses
+    _write_attempts(session, written)
+    succeeded = [(p, r) for p, r, error in written if error is None]
+    if succeeded:
+        _succeed(session, succeeded, now)
+        failures.succeeded(session, [current[p.delivery_id] for p, _ in succeeded])
+        statuses.update({p.delivery_id: DeliveryStatus.SUCCEEDED for p, _ in succeeded})
     notify: list[str] = []
-    succeeded: list[Delivery] = []
-    for prepared, result, error in written:
-        delivery = deliveries[prepared.delivery_id]
-        delivery.last_status_code = result.status_code
-        delivery.last_error = error
-        if error is None:
-            _end(delivery, DeliveryStatus.SUCCEEDED, now)
-            succeeded.append(delivery)
-        else:
+    failed = [(p, r, error) for p, r, error in written if error is not None]
+    if failed:
+        loaded = {
+            d.id: d
+            for d in session.scalars(
+                select(Delivery)
+                .where(Delivery.id.in_([p.delivery_id for p, _, _ in failed]))
+                .execution_options(populate_existing=True)
+            )
+        }
+        for prepared, result, error in failed:
+            delivery = loaded[prepared.delivery_id]
+            delivery.last_status_code = result.status_code
+            delivery.last_error = error
             disabled = _schedule_next(
                 session, delivery, result, settings, now, retryable=prepared.render_error is None
             )
@@ -354,13 +458,66 @@ def record(
                 notify += failures.gone(session, delivery, now, settings)
             elif delivery.status == DeliveryStatus.FAILED:
                 notify += failures.exhausted(session, delivery, now, settings)
-        statuses[prepared.delivery_id] = delivery.status
-    failures.succeeded(session, succeeded)
+            statuses[prepared.delivery_id] = delivery.status
     session.commit()
     # Messages are only written above; they are sent by their own jobs, never from here.
     if notify:
         notifications.hand_off(redis or notifications.job_redis(), settings, notify)
     return statuses
+
+
+def _write_attempts(
+    session: Session, written: list[tuple[Prepared, transport.Result, str | None]]
+) -> None:
+    table = Attempt.__table__
+    session.execute(
+        update(table)
+        .where(table.c.id == bindparam("b_id"), table.c.outcome == AttemptOutcome.IN_FLIGHT)
+        .values(
+            outcome=bindparam("b_outcome"),
+            duration_ms=bindparam("b_duration"),
+            response_status=bindparam("b_status"),
+            response_headers=bindparam("b_headers"),
+            response_body=bindparam("b_body"),
+            error=bindparam("b_error"),
+        ),
+        [
+            {
+                "b_id": prepared.attempt_id,
+                "b_outcome": AttemptOutcome.SUCCESS if error is None else AttemptOutcome.FAILURE,
+                "b_duration": result.duration_ms,
+                "b_status": result.status_code,
+                "b_headers": result.headers or None,
+                "b_body": result.body if result.status_code is not None else None,
+                "b_error": error,
+            }
+            for prepared, result, error in written
+        ],
+    )
+
+
+def _succeed(
+    session: Session, succeeded: list[tuple[Prepared, transport.Result]], now: datetime
+) -> None:
+    table = Delivery.__table__
+    session.execute(
+        update(table)
+        .where(table.c.id == bindparam("b_id"), table.c.lease_token == bindparam("b_token"))
+        .values(
+            status=DeliveryStatus.SUCCEEDED,
+            next_attempt_at=None,
+            lease_token=None,
+            lease_expires_at=None,
+            enqueued_at=None,
+            updated_at=now,
+            last_status_code=bindparam("b_code"),
+            last_error=None,
+        ),
+        [
+            {"b_id": p.delivery_id, "b_token": p.token, "b_code": r.status_code}
+            for p, r in succeeded
+        ],
+    )
 
 
 def _schedule_next(

@@ -1,114 +1,170 @@
-"""A worker process's POSTs in flight: a fixed set of threads, and a slot per thread.
+"""A worker process's POSTs in flight: a fixed set of threads, a slot per thread, and one
+thread that records their results.
 
-A job claims only as many deliveries as there are free slots, so a claimed delivery never
-waits for a thread while its lease runs. A POST that is still waiting after `slow_after`
-seconds is left to finish on its thread (its result is recorded there) and the job moves on:
-a target that hangs holds one thread for the timeout, never the worker.
+A job claims only as many deliveries as there are free slots (so a claimed delivery never
+waits for a thread while its lease runs), starts their POSTs and returns: the worker takes its
+next job while the POSTs are out. Results are recorded together, as they come in, by the
+recorder thread. A webhook may hold at most half of the threads, so a target that hangs
+until the timeout can never hold them all; `hanging` tells which targets keep POSTs waiting.
 """
 
 from __future__ import annotations
 
+import logging
+import queue
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 
 from webhooks import transport
 from webhooks.config import Settings
 from webhooks.delivery import Prepared, send
 
+log = logging.getLogger(__name__)
 
-@dataclass
-class Sent:
-    """What a job's POSTs came to: results in hand, and the ones still waiting."""
-
-    done: list[tuple[Prepared, transport.Result]]
-    waiting: list[tuple[Prepared, Future[transport.Result]]]
+Results = list[tuple[Prepared, transport.Result]]
+RecordFn = Callable[[Results], None]
+# How many results the recorder writes in one transaction at most.
+RECORD_BATCH = 200
+# A target found hanging is reported again only after this long.
+REPORT_AGAIN = 60.0
 
 
 class Sender:
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, record: RecordFn, owner: object = None) -> None:
+        self.owner = owner
         self.threads = threads
+        self.per_webhook = max(1, threads // 2)
+        self._record = record
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="post")
         self._slots = threading.BoundedSemaphore(threads)
-        self._late = 0  # results of waiting POSTs not yet recorded
-        self._late_done = threading.Condition()
+        self._results: queue.SimpleQueue[tuple[Prepared, transport.Result] | None] = (
+            queue.SimpleQueue()
+        )
+        self._lock = threading.Condition()
+        self._flying: dict[int, tuple[str, float]] = {}  # attempt id -> (webhook id, start)
+        self._by_webhook: Counter[str] = Counter()
+        self._reported: dict[str, float] = {}
+        self._outstanding = 0  # POSTs started whose result is not yet recorded
+        self._recorder = threading.Thread(target=self._record_loop, name="recorder", daemon=True)
+        self._recorder.start()
+
+    # -- slots ---------------------------------------------------------------------------------
 
     def chunks(self, ids: Sequence[str]) -> Iterator[list[str]]:
-        """`ids` in pieces that fit the free slots, each piece once its slots are taken; what
-        a piece does not use must be given back with `release`."""
-        for start in range(0, len(ids), self.threads):
-            piece = list(ids[start : start + self.threads])
-            for _ in piece:
-                self._slots.acquire()
-            yield piece
+        """`ids` in pieces as large as the free slots (at least one: it waits for a slot),
+        each piece with its slots taken; what a piece does not use is given back with
+        `release`."""
+        start = 0
+        while start < len(ids):
+            self._slots.acquire()
+            size = 1
+            while start + size < len(ids) and self._slots.acquire(blocking=False):
+                size += 1
+            yield list(ids[start : start + size])
+            start += size
 
     def release(self, count: int) -> None:
         for _ in range(count):
             self._slots.release()
 
-    def start(self, prepared: Prepared, settings: Settings) -> Future[transport.Result]:
-        """POST on a thread; the delivery's slot (taken by `chunks`) is freed when it ends."""
+    def room(self, webhook_id: str) -> int:
+        """How many more POSTs to this webhook may start now."""
+        with self._lock:
+            return self.per_webhook - self._by_webhook[webhook_id]
 
-        def run() -> transport.Result:
+    def hanging(self, after: float) -> set[str]:
+        """Webhooks with a POST out for longer than `after` seconds (each reported once a
+        minute at most)."""
+        now = time.monotonic()
+        with self._lock:
+            found = {w for w, started in self._flying.values() if now - started > after}
+            fresh = {w for w in found if self._reported.get(w, 0.0) < now}
+            for w in fresh:
+                self._reported[w] = now + REPORT_AGAIN
+            return fresh
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def start(self, prepared: Prepared, settings: Settings) -> None:
+        """POST on a thread (its slot was taken by `chunks`); the result goes to the recorder."""
+        with self._lock:
+            self._outstanding += 1
+            self._by_webhook[prepared.webhook_id] += 1
+            self._flying[prepared.attempt_id] = (prepared.webhook_id, time.monotonic())
+        self._pool.submit(self._send, prepared, settings)
+
+    def _send(self, prepared: Prepared, settings: Settings) -> None:
+        try:
+            result = send(prepared, settings)
+        except Exception:  # never expected; the attempt is recorded as failed and retried
+            log.exception("sending %s failed unexpectedly", prepared.delivery_id)
+            result = transport.Result(error="internal error while sending")
+        finally:
+            with self._lock:
+                self._by_webhook[prepared.webhook_id] -= 1
+                if self._by_webhook[prepared.webhook_id] <= 0:
+                    del self._by_webhook[prepared.webhook_id]
+                self._flying.pop(prepared.attempt_id, None)
+            self._slots.release()
+        self._results.put((prepared, result))
+
+    # -- recording -----------------------------------------------------------------------------
+
+    def _record_loop(self) -> None:
+        while True:
+            first = self._results.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < RECORD_BATCH:
+                try:
+                    item = self._results.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._results.put(None)  # stop after this batch
+                    break
+                batch.append(item)
             try:
-                return send(prepared, settings)
+                self._record(batch)
+            except Exception:  # their leases run out and the scheduler makes them due again
+                log.exception("could not record %d results", len(batch))
             finally:
-                self._slots.release()
-
-        return self._pool.submit(run)
-
-    def collect(
-        self, started: list[tuple[Prepared, Future[transport.Result]]], patience: float
-    ) -> Sent:
-        """Wait up to `patience` seconds for the POSTs; sort them into done and waiting."""
-        wait([f for _, f in started], timeout=patience)
-        return Sent(
-            done=[(p, f.result()) for p, f in started if f.done()],
-            waiting=[(p, f) for p, f in started if not f.done()],
-        )
-
-    def later(
-        self, future: Future[transport.Result], then: Callable[[transport.Result], None]
-    ) -> None:
-        """Call `then(result)` on the POST's thread once it ends (to record it there)."""
-        with self._late_done:
-            self._late += 1
-
-        def finish(f: Future[transport.Result]) -> None:
-            try:
-                then(f.result())
-            finally:
-                with self._late_done:
-                    self._late -= 1
-                    self._late_done.notify_all()
-
-        future.add_done_callback(finish)
+                with self._lock:
+                    self._outstanding -= len(batch)
+                    self._lock.notify_all()
 
     def idle(self, timeout: float | None = None) -> bool:
-        """Wait until no POST is in flight and every result is recorded; False on timeout."""
-        taken = 0
-        try:
-            for _ in range(self.threads):
-                if not self._slots.acquire(timeout=timeout):
-                    return False
-                taken += 1
-        finally:
-            self.release(taken)
-        with self._late_done:
-            return self._late_done.wait_for(lambda: self._late == 0, timeout=timeout)
+        """Wait until every POST started has ended and its result is recorded."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self._outstanding == 0, timeout=timeout)
+
+    def close(self) -> None:
+        """Let the POSTs out end and be recorded, then stop the threads."""
+        self.idle()
+        self._pool.shutdown(wait=True)
+        self._results.put(None)
+        self._recorder.join()
 
 
+# One per worker process: its threads and connections are the process's, like its database
+# pool; a new one replaces it only when another app (a test's) asks.
 _sender: Sender | None = None
-_lock = threading.Lock()
+_made = threading.Lock()
 
 
-def sender(threads: int) -> Sender:
-    """This process's sender (made on first use)."""
+def sender(threads: int, record: RecordFn, owner: object) -> Sender:
+    """This process's sender for `owner` (the app), made on first use."""
     global _sender
-    with _lock:
+    with _made:
+        if _sender is not None and _sender.owner is not owner:
+            _sender.close()
+            _sender = None
         if _sender is None:
-            _sender = Sender(threads)
+            _sender = Sender(threads, record, owner)
         return _sender
 
 

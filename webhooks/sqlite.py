@@ -17,8 +17,8 @@ import time
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-# The longest poll between two looks at a taken lock (the first looks come sooner).
-_MAX_POLL = 0.001
+# Short holds are the rule: look again a few times before queueing in the kernel.
+_QUICK_LOOKS = (0.0, 0.0001, 0.0002)
 
 
 class Connection(sqlite3.Connection):
@@ -26,7 +26,6 @@ class Connection(sqlite3.Connection):
 
     def __init__(self, database: str, *args, timeout: float = 5.0, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(database, *args, timeout=timeout, **kwargs)
-        self.lock_timeout = timeout
         self._lock_fd: int | None = None
         self._held = False
         path = str(database)
@@ -34,21 +33,20 @@ class Connection(sqlite3.Connection):
             self._lock_fd = os.open(path + "-lock", os.O_RDWR | os.O_CREAT, 0o600)
 
     def take_lock(self) -> None:
-        """Wait for the write lock (up to the busy timeout, then SQLite's own wait applies)."""
+        """Wait for the write lock: a few quick looks, then in the kernel's queue."""
         if self._lock_fd is None or self._held:
             return
-        deadline = time.monotonic() + self.lock_timeout
-        pause = 0.0001
-        while True:
+        for pause in _QUICK_LOOKS:
             try:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 self._held = True
                 return
             except BlockingIOError:
-                if time.monotonic() > deadline:
-                    return  # let SQLite's busy timeout report "database is locked"
                 time.sleep(pause)
-                pause = min(pause * 2, _MAX_POLL)
+        # Woken the moment the holder commits; a holder's transaction lasts at most as long
+        # as its request or job (none is kept open across a network call).
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self._held = True
 
     def give_lock(self) -> None:
         if self._held and self._lock_fd is not None:
