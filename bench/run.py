@@ -1158,7 +1158,7 @@ def report(results: dict, phase_times: list[tuple[str, float]]) -> str:
         "≤ 2 s")  # fmt: skip
     row("4", "isolation (10 % hang)", "longest stall of healthy arrivals; hanging at once",
         [cell(k, lambda d: f"{d['isolation']['max_gap']:.1f} s; "
-              f"{d['isolation']['max_hanging']} of {meta['args']['workers']} workers "
+              f"{d['isolation']['max_hanging']} POSTs hanging "
               f"{verdict(d['isolation']['max_gap'] < 2)}") for k in kinds],
         "a dead target never occupies all workers")  # fmt: skip
 

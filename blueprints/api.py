@@ -77,6 +77,10 @@ def _authenticate() -> None:
     if key is None:
         raise fail("unauthorized", "missing or invalid API key (Authorization: Bearer <key>)", 401)
     g.workspace_id = key.workspace_id
+    if db.engine.dialect.name == "sqlite":
+        # End the look-up's transaction now: on SQLite every transaction holds the write lock,
+        # and the view may parse and validate for a while before it touches the database again.
+        db.session.rollback()
 
 
 def json_body(*, optional: bool = False) -> dict[str, Any]:

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from datetime import timedelta
+
+from rq import Queue
+from sqlalchemy import update
 
 from tests.test_recovery import Processes, wait_until
+from webhooks import queueing, reconciler
+from webhooks.config import Settings
+from webhooks.models import Delivery, db, utcnow
 
 
 def test_three_workers_never_make_the_same_attempt_twice(app, config, api, receiver, tmp_path):
@@ -94,3 +101,85 @@ def test_a_target_that_hangs_moves_to_the_slow_lane_and_starves_no_one(
 
 def _hook_id(api, name: str) -> str:  # type: ignore[no-untyped-def]
     return next(w["id"] for w in api.get("/webhooks").json["data"] if w["name"] == name)
+
+
+def test_one_event_to_many_webhooks_travels_as_one_job(app, api, receiver, service):
+    hooks = [
+        api.post("/webhooks", {"name": f"H{i}", "url": receiver.url(f"/h{i}"), "events": ["*"]})
+        for i in range(5)
+    ]
+    assert all(h.status_code == 201 for h in hooks)
+    redis = app.extensions["redis"]
+    queue = Queue(app.config["WEBHOOK_QUEUE"], connection=redis)
+
+    event = api.post("/events", {"type": "task.completed", "data": {"n": 1}}).json
+
+    assert event["delivery_count"] == 5
+    (job,) = queue.get_jobs()
+    assert len(job.args) == 5  # one job claims, sends and records all five
+    assert {v.decode() for v in redis.hvals(queueing.QUEUED_KEY)} == {job.id}
+    receiver.wait_for(0)
+    service.run_until(lambda: len(receiver.requests) == 5)
+    service.run_until(lambda: not api.get("/deliveries?status=pending").json["data"])
+    paths = sorted(r.path for r in receiver.requests)
+    assert paths == [f"/h{i}" for i in range(5)]
+    assert len({r.headers["X-CloudThinker-Delivery"] for r in receiver.requests}) == 5
+    assert all(r.headers["webhook-signature"].startswith("v1,") for r in receiver.requests)
+    assert redis.hlen(queueing.QUEUED_KEY) == 0  # taken by the worker: leases protect them now
+
+
+def test_the_reconciler_requeues_a_batch_only_once_its_job_is_gone(app, api, receiver):
+    for i in range(3):
+        api.post("/webhooks", {"name": f"H{i}", "url": receiver.url(f"/h{i}"), "events": ["*"]})
+    redis = app.extensions["redis"]
+    queue = Queue(app.config["WEBHOOK_QUEUE"], connection=redis)
+    api.post("/events", {"type": "task.completed", "data": {"n": 1}})
+    with app.app_context():
+        # Queued long ago and still unclaimed (say the workers are all busy).
+        db.session.execute(update(Delivery).values(enqueued_at=utcnow() - timedelta(hours=1)))
+        db.session.commit()
+        settings = Settings.from_config(app.config)
+
+        assert reconciler.queue_due(db.session, redis, settings) == 0  # its job still waits
+        (job,) = queue.get_jobs()
+        job.delete()  # Redis lost it
+        assert reconciler.queue_due(db.session, redis, settings) == 3
+
+    (again,) = queue.get_jobs()
+    assert len(again.args) == 3
+
+
+def test_a_hanging_target_holds_at_most_half_of_a_workers_threads(
+    app, config, api, receiver, tls_context, tmp_path
+):
+    from tests.receivers import Receiver, Reply
+
+    config.update({"WEBHOOK_WORKER_THREADS": "4", "WEBHOOK_SLOW_AFTER_SECONDS": "0.5"})
+    hanging = Receiver(tls=tls_context)
+    hanging.answer(Reply(status=200, delay=5))  # longer than the 2 s timeout, every time
+    api.post("/webhooks", {"name": "Dead", "url": hanging.url("/dead"), "events": ["task.*"]})
+    api.post("/webhooks", {"name": "Fine", "url": receiver.url("/fine"), "events": ["incident.*"]})
+    redis = app.extensions["redis"]
+    slow_lane = Queue(queueing.slow_queue(app.config["WEBHOOK_QUEUE"]), connection=redis)
+    processes = Processes(config, tmp_path / "instance")
+    try:
+        processes.start("worker", "--lane", "normal")  # no slow-lane worker: its jobs stay
+        for n in range(6):
+            api.post("/events", {"type": "task.failed", "data": {"n": n}})
+        hanging.wait_for(2, timeout=30)
+        # Two POSTs hang (half of the four threads); the other four deliveries were passed on
+        # to the slow lane rather than wait for a thread.
+        wait_until(lambda: sum(len(j.args) for j in slow_lane.get_jobs()) == 4, 10)
+
+        published = time.monotonic()
+        api.post("/events", {"type": "incident.created", "data": {"n": 1}})
+        receiver.wait_for(1, timeout=10)
+        waited = time.monotonic() - published
+        dead = _hook_id(api, "Dead")
+        wait_until(lambda: redis.zscore(queueing.SLOW_KEY, dead), 10)
+    finally:
+        processes.stop_all()
+        hanging.close()
+
+    assert waited < 1.5, f"a healthy delivery waited {waited:.1f} s behind a hanging target"
+    assert len(hanging.requests) == 2

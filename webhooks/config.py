@@ -254,7 +254,7 @@ VARIABLES: tuple[Var, ...] = (
     ),
     Var(
         "WEBHOOK_WORKER_THREADS",
-        "16",
+        "32",
         lambda n, r: _integer(n, r, minimum=1),
         "POSTs one worker process keeps in flight at once",
     ),
@@ -297,7 +297,7 @@ class Settings:
     retention_interval: float = 300.0
     # Worker tuning (defaults chosen by bench/).
     batch_size: int = 20
-    worker_threads: int = 16
+    worker_threads: int = 32
     slow_after: float = 2.0
 
     @classmethod

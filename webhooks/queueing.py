@@ -82,7 +82,11 @@ def enqueue(
             jobs, carriers = [], {}
             for start in range(0, len(pairs), size):
                 chunk = pairs[start : start + size]
-                jid = job_id(*chunk[0]) if len(chunk) == 1 else "b-" + job_id(*chunk[0])
+                # Never the id of the job that may be passing these on right now: RQ would
+                # delete the new job when it cleans up the running one.
+                jid = ("s-" if lane != queue_name else "") + (
+                    job_id(*chunk[0]) if len(chunk) == 1 else "b-" + job_id(*chunk[0])
+                )
                 carriers.update({delivery_id: jid for delivery_id, _ in chunk})
                 jobs.append(
                     Queue.prepare_data(
