@@ -63,6 +63,20 @@ def secrets_keys(config: dict[str, Any]) -> list[str]:
     return listed or [config["SECRET_KEY"]]
 
 
+def _install_web(app: Flask) -> None:
+    """The dashboard, the API and their guards (a worker or the scheduler leaves them out)."""
+    from blueprints import api, auth, dashboard, health, logs, openapi, security, settings, ui
+
+    csrf.init_app(app)
+    htmx.init_app(app)
+    auth.login_manager.init_app(app)
+    ui.install(app)
+    security.install(app)
+    csrf.exempt(api.bp)  # the API authenticates each request by key, not by cookie
+    for blueprint in (api.bp, openapi.bp, auth.bp, dashboard.bp, logs.bp, settings.bp, health.bp):
+        app.register_blueprint(blueprint)
+
+
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app: configuration from the environment, extensions, blueprints, commands."""
     app = Flask(__name__, instance_path=os.environ.get("INSTANCE_PATH") or None)
@@ -99,25 +113,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         health_check_interval=30,
     )
 
-    from blueprints import api, auth, cli, dashboard, health, logs, openapi, security, settings, ui
+    from blueprints import cli
 
-    csrf.init_app(app)
-    htmx.init_app(app)
-    auth.login_manager.init_app(app)
-    ui.install(app)
-    security.install(app)
-    csrf.exempt(api.bp)  # the API authenticates each request by key, not by cookie
-    for blueprint in (
-        api.bp,
-        openapi.bp,
-        auth.bp,
-        dashboard.bp,
-        logs.bp,
-        settings.bp,
-        health.bp,
-        cli.bp,
-    ):
-        app.register_blueprint(blueprint)
+    app.register_blueprint(cli.bp)
+    if app.config["WEBHOOK_WEB"]:
+        _install_web(app)
 
     if not app.debug and not app.testing:
         logging.basicConfig(

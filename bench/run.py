@@ -321,7 +321,7 @@ class Service:
             count = self.workers if name == "worker" else 1
             for i in range(count):
                 proc = procs.start(
-                    ["bash", "-c", f"exec {cmd}"],
+                    ["bash", "-c", f"exec env {cmd}"],
                     log=self.dir / f"{name}.{i}.log",
                     env=self.env,
                     cwd=ROOT,

@@ -159,3 +159,30 @@ def test_healthz_reports_database_and_redis(client, app):
     down = client.get("/healthz")
     assert down.status_code == 503
     assert down.json["database"] == "ok" and down.json["redis"] != "ok"
+
+
+def test_a_worker_process_leaves_the_web_out(config, tmp_path, monkeypatch):
+    from app import create_app
+
+    monkeypatch.setenv("INSTANCE_PATH", str(tmp_path / "instance"))
+    worker = create_app({**config, "WEBHOOK_WEB": "0"})
+    web = create_app(dict(config))
+
+    def routes(app):  # type: ignore[no-untyped-def]
+        return {rule.rule for rule in app.url_map.iter_rules()}
+
+    assert "/api/v1/events" in routes(web) and "/api/v1/events" not in routes(worker)
+    assert {"worker", "scheduler", "db"} <= set(worker.cli.list_commands(None))
+    with worker.app_context():
+        db.engine.dispose()
+    with web.app_context():
+        db.engine.dispose()
+
+
+def test_procfile_runs_workers_and_the_scheduler_without_the_web():
+    lines = dict(
+        line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line
+    )
+    for name in ("worker", "worker_slow", "scheduler"):
+        assert "WEBHOOK_WEB=0 flask --app app" in lines[name]
+    assert "WEBHOOK_WEB" not in lines["web"]

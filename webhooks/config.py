@@ -191,6 +191,12 @@ VARIABLES: tuple[Var, ...] = (
     # Our own knobs, beyond the contract.
     Var("WEBHOOK_QUEUE", "webhooks", _text, "RQ queue name (a prefix keeps deployments apart)"),
     Var(
+        "WEBHOOK_WEB",
+        "1",
+        _flag,
+        "0 leaves the dashboard and API out of this process (workers, scheduler: less memory)",
+    ),
+    Var(
         "WEBHOOK_SCHEDULER_INTERVAL",
         "0.5",
         lambda n, r: _decimal(n, r, minimum=0.05),
