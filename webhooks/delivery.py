@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from redis import Redis
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from webhooks import failures, notifications, retry, signing, transforms, transport
@@ -162,6 +162,7 @@ def claim(
         Delivery.lease_token.is_(None),
         Delivery.next_attempt_at <= now + CLOCK_TOLERANCE,
     ]
+    _no_wait_for_disk(session)
     if skip_webhooks or room is not None:
         wanted = _within_room(session, claimable, delivery_ids, skip_webhooks, room, passed_over)
         if not wanted:
@@ -266,6 +267,17 @@ def claim(
             ready, attempt_ids, strict=True
         )
     ]
+
+
+def _no_wait_for_disk(session: Session) -> None:
+    """On PostgreSQL, this transaction's commit returns before its WAL reaches the disk.
+
+    A claim or a result lost in a database crash only means the attempt is made again, which
+    at-least-once delivery allows; an event accepted by the API is never committed this way.
+    Here disk flushes took up to 0.7 s under load, on the path of every delivery.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
 
 
 @dataclass
@@ -404,6 +416,7 @@ def record(
     if not results:
         return {}
     now = utcnow()
+    _no_wait_for_disk(session)
     current = {
         row.id: row
         for row in session.execute(
