@@ -163,7 +163,7 @@ def claim(
         Delivery.next_attempt_at <= now + CLOCK_TOLERANCE,
     ]
     _no_wait_for_disk(session)
-    if skip_webhooks or room is not None:
+    if skip_webhooks:
         wanted = _within_room(session, claimable, delivery_ids, skip_webhooks, room, passed_over)
         if not wanted:
             session.rollback()
@@ -191,6 +191,17 @@ def claim(
         )
         .execution_options(synchronize_session=False)
     ).all()
+    order = {delivery_id: i for i, delivery_id in enumerate(delivery_ids)}
+    taken.sort(key=lambda r: order[r.id])
+    if room is not None and not skip_webhooks:
+        # The common case checks each webhook's room after the claim (one statement less);
+        # what is over it is handed back in the same transaction.
+        taken, over = _split_by_room(taken, room)
+        if over:
+            if passed_over is not None:
+                passed_over += [(r.id, r.attempt_count - 1, r.webhook_id) for r in over]
+            if taken:
+                _hand_back(session, [r.id for r in over], token, now)
     if not taken:
         session.rollback()
         return []
@@ -203,12 +214,11 @@ def claim(
             )
         )
     }
-    order = {delivery_id: i for i, delivery_id in enumerate(delivery_ids)}
     bodies: dict[str, bytes] = {}  # the envelope's bytes, per event, when nothing transforms it
     inactive: list[dict[str, Any]] = []
     attempts: list[dict[str, Any]] = []
     ready: list[tuple[Any, _Target, bytes, dict[str, str], str | None]] = []
-    for row in sorted(taken, key=lambda r: order[r.id]):
+    for row in taken:
         webhook = webhooks[row.webhook_id]
         if not webhook.active and not row.ignores_pause:
             inactive.append(
@@ -294,34 +304,66 @@ class _Target:
 
 
 def _targets(session: Session, webhook_ids: set[str], now: datetime) -> dict[str, _Target]:
-    secrets_of: dict[str, list[Any]] = {w: [] for w in webhook_ids}
+    """The webhooks with their secrets (newest first), in one query."""
+    targets: dict[str, _Target] = {}
     for row in session.execute(
-        select(WebhookSecret.webhook_id, WebhookSecret.secret, WebhookSecret.expires_at)
-        .where(WebhookSecret.webhook_id.in_(webhook_ids))
+        select(
+            Webhook.id,
+            Webhook.url,
+            Webhook.active,
+            Webhook.disabled_reason,
+            Webhook.headers,
+            Webhook.transform,
+            WebhookSecret.secret,
+            WebhookSecret.expires_at,
+        )
+        .outerjoin(WebhookSecret, WebhookSecret.webhook_id == Webhook.id)
+        .where(Webhook.id.in_(webhook_ids))
         .order_by(WebhookSecret.id.desc())
     ):
-        secrets_of[row.webhook_id].append(row)
-    return {
-        w.id: _Target(
-            id=w.id,
-            url=w.url,
-            active=w.active,
-            disabled_reason=w.disabled_reason,
-            headers=w.headers,
-            transform=w.transform,
-            secrets=secrets_of[w.id],
+        target = targets.get(row.id)
+        if target is None:
+            target = targets[row.id] = _Target(
+                id=row.id,
+                url=row.url,
+                active=row.active,
+                disabled_reason=row.disabled_reason,
+                headers=row.headers,
+                transform=row.transform,
+                secrets=[],
+            )
+        if row.secret is not None:
+            target.secrets.append(row)
+    return targets
+
+
+def _split_by_room(taken: list[Any], room: Callable[[str], int]) -> tuple[list[Any], list[Any]]:
+    """The claimed rows within each webhook's room, and those over it."""
+    left: dict[str, int] = {}
+    within, over = [], []
+    for row in taken:
+        left.setdefault(row.webhook_id, room(row.webhook_id))
+        if left[row.webhook_id] > 0:
+            left[row.webhook_id] -= 1
+            within.append(row)
+        else:
+            over.append(row)
+    return within, over
+
+
+def _hand_back(session: Session, delivery_ids: list[str], token: str, now: datetime) -> None:
+    """Undo the claim of deliveries that are passed on to another lane."""
+    session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(delivery_ids), Delivery.lease_token == token)
+        .values(
+            lease_token=None,
+            lease_expires_at=None,
+            attempt_count=Delivery.attempt_count - 1,
+            enqueued_at=now,
         )
-        for w in session.execute(
-            select(
-                Webhook.id,
-                Webhook.url,
-                Webhook.active,
-                Webhook.disabled_reason,
-                Webhook.headers,
-                Webhook.transform,
-            ).where(Webhook.id.in_(webhook_ids))
-        )
-    }
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _fail_inactive(session: Session, rows: list[dict[str, Any]], now: datetime) -> None:
