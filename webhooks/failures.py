@@ -31,11 +31,11 @@ def succeeded(session: Session, deliveries: list[Delivery]) -> None:
     webhook_ids = {d.webhook_id for d in deliveries if counts(d)}
     if not webhook_ids:
         return
+    webhooks = Webhook.__table__  # a Core statement: this runs after every batch of successes
     session.execute(
-        update(Webhook)
-        .where(Webhook.id.in_(webhook_ids), Webhook.failing_since.is_not(None))
-        .values(failing_since=None, **_UNCHANGED)
-        .execution_options(synchronize_session=False)
+        update(webhooks)
+        .where(webhooks.c.id.in_(webhook_ids), webhooks.c.failing_since.is_not(None))
+        .values(failing_since=None, updated_at=webhooks.c.updated_at)
     )
 
 
