@@ -4,6 +4,10 @@
 `frame;frame;…;leaf count`, each frame `function (file:line)`. Only the main thread's stacks
 are kept (the transport's watchdog thread idles on a condition and would double the wall time).
 
+A second profile (`--gil`: a sample only when a thread holds Python's lock, so CPU spent in
+Python) covers every thread: the job thread (RQ, claim), the POST threads and the recorder
+thread (`analyse_cpu`, `render_cpu`).
+
 Two views of the same samples:
 - by step: waiting for / dequeuing a job (RQ), RQ's own bookkeeping around a job, and inside
   the job: claim, the HTTP POST, record, the rest;
@@ -168,6 +172,50 @@ def render(result: dict, wall_seconds: float, deliveries: float) -> str:
     for name, count in result["steps"].most_common():
         out.append(f"| {name} | {100 * count / total:.1f} % | {per * count / total:.2f} |")
     out += ["", "| leaf activity (whole loop) | share | ms/delivery |", "| --- | ---: | ---: |"]
+    for name, count in result["libs"].most_common():
+        out.append(f"| {name} | {100 * count / total:.1f} % | {per * count / total:.2f} |")
+    return "\n".join(out)
+
+
+def thread_of(frames: list[tuple[str, str]]) -> str:
+    """Which of the worker's threads a stack belongs to."""
+    if _main_thread(frames):
+        return "job thread: " + step_of(frames)
+    names = {fn.rsplit(".", 1)[-1] for fn, _ in frames}
+    if "_send" in names and any("webhooks/sending.py" in f for _, f in frames):
+        return "POST threads: transport.post"
+    if "_record_loop" in names:
+        return "recorder thread: record results"
+    if "_run" in names and any("webhooks/transport.py" in f for _, f in frames):
+        return "transport watchdog"
+    return "other threads"
+
+
+def analyse_cpu(path: Path) -> dict:
+    stacks = parse(path)
+    total = sum(c for _, c in stacks) or 1
+    threads: Counter[str] = Counter()
+    libs: Counter[str] = Counter()
+    for frames, count in stacks:
+        threads[thread_of(frames)] += count
+        libs[lib_of(frames)] += count
+    return {"total": total, "threads": threads, "libs": libs}
+
+
+def render_cpu(result: dict, seconds: float, rate: float, deliveries: float) -> str:
+    """Markdown: CPU (Python holding the GIL) per delivery, by thread and by library."""
+    total = result["total"]
+    busy = total / (seconds * rate)
+    per = busy * seconds * 1000 / deliveries if deliveries else float("nan")
+    out = [
+        f"Python held the GIL {100 * busy:.0f} % of the time: {per:.2f} ms of CPU per delivery.",
+        "",
+        "| thread: step (CPU) | share | ms/delivery |",
+        "| --- | ---: | ---: |",
+    ]
+    for name, count in result["threads"].most_common():
+        out.append(f"| {name} | {100 * count / total:.1f} % | {per * count / total:.2f} |")
+    out += ["", "| library (CPU) | share | ms/delivery |", "| --- | ---: | ---: |"]
     for name, count in result["libs"].most_common():
         out.append(f"| {name} | {100 * count / total:.1f} % | {per * count / total:.2f} |")
     return "\n".join(out)

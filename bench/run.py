@@ -855,6 +855,12 @@ class Bench:
              "--rate", "200", "--idle", "--nonblocking", "--format", "raw", "-o", str(out)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
         )  # fmt: skip
+        cpu_out = self.work / f"profile-cpu-{svc.db.kind}.txt"
+        cpu_proc = subprocess.Popen(
+            [str(spy), "record", "--pid", str(worker), "--duration", str(int(seconds)),
+             "--rate", "200", "--gil", "--nonblocking", "--format", "raw", "-o", str(cpu_out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
         runs = res.get("throughput", {}).get("runs")
         rate = med([r["rate"] for r in runs]) if runs else 100.0
         events = max(10, int(rate * (seconds + 2) / k))  # enough to keep it busy throughout
@@ -865,9 +871,11 @@ class Bench:
             done = svc.db.succeeded(ws["id"]) - before
             wall = time.time() - t0
             _, err = spy_proc.communicate(timeout=seconds + 30)
+            cpu_proc.wait(timeout=30)
         finally:
-            if spy_proc.poll() is None:
-                os.killpg(spy_proc.pid, signal.SIGKILL)
+            for proc in (spy_proc, cpu_proc):
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
         end = time.monotonic() + self.args.deadline  # drain what is left before going on
         while svc.db.succeeded(ws["id"]) < before + events * k and time.monotonic() < end:
             time.sleep(0.2)
@@ -880,6 +888,11 @@ class Bench:
         analysed = prof.analyse(out)
         per_worker = done / max(1, svc.workers) * (seconds / max(wall, 0.1))
         res["profile"] = prof.render(analysed, seconds, per_worker)
+        if cpu_out.exists():
+            shutil.copy(cpu_out, keep.parent / cpu_out.name)
+            cpu = prof.render_cpu(prof.analyse_cpu(cpu_out), seconds, 200, per_worker)
+            title = "CPU of the whole worker process (py-spy --gil, every thread):"
+            res["profile"] += f"\n\n{title}\n\n{cpu}"
         log(f"profile of worker {worker} ({svc.db.kind}):\n{res['profile']}")
 
     # -- one database --

@@ -26,8 +26,10 @@ log = logging.getLogger(__name__)
 
 Results = list[tuple[Prepared, transport.Result]]
 RecordFn = Callable[[Results], None]
-# How many results the recorder writes in one transaction at most.
+# How many results the recorder writes in one transaction at most, and how long it waits for
+# more after the first: each transaction costs more than the rows it writes.
 RECORD_BATCH = 200
+RECORD_LINGER = 0.005
 # A target found hanging is reported again only after this long.
 REPORT_AGAIN = 60.0
 
@@ -119,9 +121,10 @@ class Sender:
             if first is None:
                 return
             batch = [first]
+            until = time.monotonic() + RECORD_LINGER
             while len(batch) < RECORD_BATCH:
                 try:
-                    item = self._results.get_nowait()
+                    item = self._results.get(timeout=max(0.0, until - time.monotonic()))
                 except queue.Empty:
                     break
                 if item is None:
