@@ -254,7 +254,7 @@ VARIABLES: tuple[Var, ...] = (
     ),
     Var(
         "WEBHOOK_BATCH_SIZE",
-        "20",
+        "50",
         lambda n, r: _integer(n, r, minimum=1),
         "deliveries one worker job claims, sends and records together",
     ),
@@ -302,7 +302,7 @@ class Settings:
     retention_days: float = 30.0
     retention_interval: float = 300.0
     # Worker tuning (defaults chosen by bench/).
-    batch_size: int = 20
+    batch_size: int = 50
     worker_threads: int = 32
     slow_after: float = 2.0
 
