@@ -10,8 +10,6 @@ from typing import Any
 import click
 from flask import Flask, request
 from flask.sessions import SecureCookieSessionInterface
-from flask_htmx import HTMX
-from flask_wtf import CSRFProtect
 from redis import Redis
 
 from webhooks import config as settings_module
@@ -19,8 +17,6 @@ from webhooks import crypto, sqlite
 from webhooks.models import db
 
 MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
-csrf = CSRFProtect()
-htmx = HTMX()
 
 
 class _SessionInterface(SecureCookieSessionInterface):
@@ -65,10 +61,13 @@ def secrets_keys(config: dict[str, Any]) -> list[str]:
 
 def _install_web(app: Flask) -> None:
     """The dashboard, the API and their guards (a worker or the scheduler leaves them out)."""
+    from flask_htmx import HTMX
+    from flask_wtf import CSRFProtect
+
     from blueprints import api, auth, dashboard, health, logs, openapi, security, settings, ui
 
-    csrf.init_app(app)
-    htmx.init_app(app)
+    csrf = CSRFProtect(app)
+    HTMX(app)
     auth.login_manager.init_app(app)
     ui.install(app)
     security.install(app)

@@ -150,3 +150,17 @@ def test_reset_mid_response(raw_server):
     server = raw_server(reset)
     result = post(f"http://127.0.0.1:{server.port}/")
     assert not result.ok and result.error.startswith(("connection broken", "connection reset"))
+
+
+def test_the_watchdog_lets_go_of_exchanges_that_ended_in_time():
+    from webhooks.transport import _Watchdog
+
+    watchdog = _Watchdog()
+    fired = threading.Event()
+    far = time.monotonic() + 3600
+    for _ in range(5000):  # POSTs that answered well within their timeout
+        watchdog.cancel(watchdog.watch(far, lambda: None))
+    watchdog.watch(time.monotonic() + 0.05, fired.set)  # one that runs into its deadline
+
+    assert watchdog.pending() <= 1100  # not a timeout's worth of finished exchanges
+    assert fired.wait(5)

@@ -48,11 +48,19 @@ class Result:
 
 
 class _Watchdog:
-    """One thread that cuts the sockets of exchanges past their deadline."""
+    """One thread that cuts the sockets of exchanges past their deadline.
+
+    An exchange that ends in time lets go of its entry at once: its callback (and the exchange
+    it holds) is dropped, and the heap is compacted once most of it is such leftovers. Kept
+    until their deadline, a timeout's worth of finished exchanges (12,000 at 400 POSTs/s and
+    30 s) held several megabytes in every worker.
+    """
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
-        self._cancelled: set[int] = set()
+        # [deadline, token, callback or None once cancelled]; tokens are unique, so entries
+        # never compare by their callbacks.
+        self._heap: list[list[Any]] = []
+        self._entries: dict[int, list[Any]] = {}
         self._counter = itertools.count()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -65,13 +73,25 @@ class _Watchdog:
                 )
                 self._thread.start()
             token = next(self._counter)
-            heapq.heappush(self._heap, (deadline, token, callback))
+            entry = [deadline, token, callback]
+            heapq.heappush(self._heap, entry)
+            self._entries[token] = entry
             self._cond.notify()
             return token
 
     def cancel(self, token: int) -> None:
         with self._cond:
-            self._cancelled.add(token)
+            entry = self._entries.pop(token, None)
+            if entry is not None:
+                entry[2] = None
+            if len(self._heap) > 1024 and len(self._entries) < len(self._heap) // 4:
+                self._heap = [e for e in self._heap if e[2] is not None]
+                heapq.heapify(self._heap)
+
+    def pending(self) -> int:
+        """Entries still held (watched or awaiting compaction)."""
+        with self._cond:
+            return len(self._heap)
 
     def _run(self) -> None:
         while True:
@@ -80,13 +100,13 @@ class _Watchdog:
                     self._cond.wait()
                 deadline, token, callback = self._heap[0]
                 wait = deadline - time.monotonic()
-                if wait > 0 and token not in self._cancelled:
+                if wait > 0 and callback is not None:
                     self._cond.wait(wait)
                     continue
                 heapq.heappop(self._heap)
-                if token in self._cancelled:
-                    self._cancelled.discard(token)
+                if callback is None:
                     continue
+                self._entries.pop(token, None)
             try:
                 callback()
             except OSError:

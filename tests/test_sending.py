@@ -1,0 +1,90 @@
+"""A worker's POST threads: slots, a webhook's share of them, and results recorded together."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from tests.receivers import Reply
+from tests.test_recovery import wait_until
+from webhooks.config import Settings
+from webhooks.delivery import Prepared
+from webhooks.sending import Results, Sender
+
+
+class Recorded:
+    """Stands in for the database write: keeps each batch the recorder hands over."""
+
+    def __init__(self) -> None:
+        self.batches: list[Results] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, results: Results) -> None:
+        with self.lock:
+            self.batches.append(list(results))
+
+    @property
+    def results(self) -> Results:
+        return [r for batch in self.batches for r in batch]
+
+
+def prepared(n: int, url: str, webhook_id: str = "wh_a") -> Prepared:
+    body = b'{"n": %d}' % n
+    return Prepared(
+        delivery_id=f"dlv_{n}",
+        attempt_id=n,
+        token="t",
+        url=url,
+        body=body,
+        headers={"Content-Type": "application/json"},
+        webhook_id=webhook_id,
+    )
+
+
+def send_all(sender: Sender, items: list[Prepared], settings: Settings) -> None:
+    by_id = {p.delivery_id: p for p in items}
+    for piece in sender.chunks([p.delivery_id for p in items]):
+        for delivery_id in piece:
+            sender.start(by_id[delivery_id], settings)
+
+
+def test_every_post_is_recorded_and_results_travel_in_batches(app, receiver):
+    settings = Settings.from_config(app.config)
+    recorded = Recorded()
+    sender = Sender(4, recorded)
+    try:
+        send_all(sender, [prepared(n, receiver.url(f"/n{n}")) for n in range(40)], settings)
+
+        assert sender.idle(timeout=30)
+    finally:
+        sender.close()
+
+    assert sorted(p.attempt_id for p, _ in recorded.results) == list(range(40))
+    assert all(result.status_code == 200 for _, result in recorded.results)
+    assert len(recorded.batches) < 40  # several results per transaction
+    assert len(receiver.requests) == 40
+
+
+def test_a_hanging_target_holds_only_its_share_and_is_reported_once(app, receiver):
+    settings = Settings.from_config(app.config)
+    receiver.answer(Reply(status=200, delay=1.5), Reply(status=200, delay=1.5))
+    recorded = Recorded()
+    sender = Sender(4, recorded)
+    try:
+        assert sender.room("wh_dead") == 2  # half of the threads
+        send_all(sender, [prepared(n, receiver.url(), "wh_dead") for n in range(2)], settings)
+        assert sender.room("wh_dead") == 0 and sender.room("wh_fine") == 2
+        started = time.monotonic()
+        wait_until(lambda: sender.hanging(0.3), 5)
+        assert time.monotonic() - started < 1.5  # found while its POSTs still hang
+        assert sender.hanging(0.3) == set()  # reported once, not on every job
+
+        # The other two threads still serve everyone else at once.
+        send_all(sender, [prepared(9, receiver.url("/fine"), "wh_fine")], settings)
+        wait_until(lambda: any(r.path == "/fine" for r in receiver.requests), 1.0)
+        assert sender.idle(timeout=10)
+    finally:
+        sender.close()
+
+    assert sender.room("wh_dead") == 2
+    assert sorted(p.attempt_id for p, _ in recorded.results) == [0, 1, 9]
