@@ -67,6 +67,16 @@ def make_worker(app: Flask, lane: str = "all") -> SimpleWorker:
     return DeliveryWorker([Queue(n, connection=redis) for n in names], connection=redis)
 
 
+def drain(app: Flask, lane: str = "all") -> None:
+    """Work in burst mode until the lane's queues stay empty: results recorded after the last
+    job can queue more work (a notification, say), which this also runs."""
+    while True:
+        worker = make_worker(app, lane)
+        worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
+        if not any(queue.count for queue in worker.queues):
+            return
+
+
 def run(app: Flask, *, burst: bool = False, lane: str = "all") -> None:
     """Work until stopped; when Redis goes away mid-job, wait for it and start again."""
     # An outage is logged once (then every 5 minutes while it lasts), not on every retry.
@@ -77,9 +87,10 @@ def run(app: Flask, *, burst: bool = False, lane: str = "all") -> None:
     with app.app_context():
         while True:
             try:
-                make_worker(app, lane).work(
-                    burst=burst, with_scheduler=False, logging_level="WARNING"
-                )
+                if burst:
+                    drain(app, lane)
+                else:
+                    make_worker(app, lane).work(with_scheduler=False, logging_level="WARNING")
                 return
             except RedisError as exc:
                 # RQ gives up when Redis fails outside its dequeue loop (while finishing

@@ -16,7 +16,7 @@ import trustme
 from redis import Redis
 
 from app import create_app
-from jobs.worker import make_worker
+from jobs.worker import drain
 from tests.receivers import Receiver
 from webhooks import reconciler
 from webhooks.config import Settings
@@ -218,7 +218,7 @@ class Service:
                 reconciler.tick(db.session, self.app.extensions["redis"], self.settings, full=True)
             finally:
                 db.session.remove()
-            make_worker(self.app).work(burst=True, with_scheduler=False, logging_level="WARNING")
+            drain(self.app)
 
     def run_until(self, condition: Callable[[], Any], timeout: float = 15.0) -> Any:
         deadline = time.monotonic() + timeout
