@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 from werkzeug.exceptions import HTTPException
 
+from blueprints import security
 from blueprints.security import limiter
 from blueprints.serialize import attempt_json, delivery_json, envelope_json, webhook_json
 from webhooks import accounts, bulk, catalog, logs, management, notification_settings, publishing
@@ -69,6 +70,8 @@ def fail(code: str, message: str, status: int = 400, **fields: str) -> Invalid:
 
 @bp.before_request
 def _authenticate() -> None:
+    if security.has_nul(request):
+        raise fail("validation_error", "the request URL must not contain NUL characters")
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     key = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from flask import Flask, request
+from flask import Flask, Request, abort, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
@@ -29,6 +29,12 @@ def caller() -> str:
 limiter = Limiter(key_func=caller)
 
 
+def has_nul(req: Request) -> bool:
+    """A NUL character in the path or a query value: no id or filter holds one, and PostgreSQL
+    refuses it in any text parameter (the query would fail rather than find nothing)."""
+    return "\x00" in req.path or any("\x00" in v for v in req.args.values())
+
+
 def install(app: Flask) -> None:
     app.config.setdefault("RATELIMIT_STORAGE_URI", app.config["REDIS_URL"])
     app.config.setdefault("RATELIMIT_KEY_PREFIX", "webhooks-limiter")
@@ -38,6 +44,11 @@ def install(app: Flask) -> None:
     limiter.init_app(app)
     # While Redis is down every request would log a traceback; once per outage is enough.
     logthrottle.install("flask-limiter", "Failed to rate limit")
+
+    @app.before_request
+    def _no_nul() -> None:
+        if not request.path.startswith("/api/") and has_nul(request):
+            abort(400, "The address must not contain NUL characters.")
 
     @app.after_request
     def _security_headers(response):  # type: ignore[no-untyped-def]

@@ -858,3 +858,26 @@ def test_egress_ips_lists_the_configured_addresses(config, api):
 
 def test_egress_ips_is_empty_when_none_are_configured(api):
     assert api.get("/egress-ips").json == {"ips": []}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/deliveries?webhook_id=%00",
+        "/deliveries?event_type=a%00b",
+        "/deliveries/dlv_%00",
+        "/webhooks/wh_%00",
+        "/events/evt_%00",
+    ],
+)
+def test_a_nul_in_an_id_or_a_filter_is_a_clear_400(api, path):
+    answer = api.get(path)
+
+    assert answer.status_code == 400
+    assert answer.json["error"]["code"] == "validation_error"
+    assert "NUL" in answer.json["error"]["message"]
+
+
+def test_the_dashboard_answers_a_nul_in_the_address_with_400(user):
+    assert user.get("/settings/webhooks/logs?webhook_id=%00").status_code == 400
+    assert user.get("/settings/webhooks/wh_%00").status_code == 400
