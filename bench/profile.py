@@ -158,6 +158,14 @@ def analyse(path: Path) -> dict:
     return {"total": total, "steps": steps, "libs": libs, "in_job": in_job}
 
 
+def _rows(counts: Counter[str], total: int, per: float) -> list[str]:
+    """Table rows: each name's share of the samples and its milliseconds per delivery."""
+    return [
+        f"| {name} | {100 * count / total:.1f} % | {per * count / total:.2f} |"
+        for name, count in counts.most_common()
+    ]
+
+
 def render(result: dict, wall_seconds: float, deliveries: float) -> str:
     """Markdown: share of the worker's wall time and milliseconds per delivery, each view."""
     total = result["total"]
@@ -169,11 +177,9 @@ def render(result: dict, wall_seconds: float, deliveries: float) -> str:
         "| step | share | ms/delivery |",
         "| --- | ---: | ---: |",
     ]
-    for name, count in result["steps"].most_common():
-        out.append(f"| {name} | {100 * count / total:.1f} % | {per * count / total:.2f} |")
+    out += _rows(result["steps"], total, per)
     out += ["", "| leaf activity (whole loop) | share | ms/delivery |", "| --- | ---: | ---: |"]
-    for name, count in result["libs"].most_common():
-        out.append(f"| {name} | {100 * count / total:.1f} % | {per * count / total:.2f} |")
+    out += _rows(result["libs"], total, per)
     return "\n".join(out)
 
 
@@ -213,11 +219,9 @@ def render_cpu(result: dict, seconds: float, rate: float, deliveries: float) -> 
         "| thread: step (CPU) | share | ms/delivery |",
         "| --- | ---: | ---: |",
     ]
-    for name, count in result["threads"].most_common():
-        out.append(f"| {name} | {100 * count / total:.1f} % | {per * count / total:.2f} |")
+    out += _rows(result["threads"], total, per)
     out += ["", "| library (CPU) | share | ms/delivery |", "| --- | ---: | ---: |"]
-    for name, count in result["libs"].most_common():
-        out.append(f"| {name} | {100 * count / total:.1f} % | {per * count / total:.2f} |")
+    out += _rows(result["libs"], total, per)
     return "\n".join(out)
 
 

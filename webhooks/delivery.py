@@ -29,6 +29,14 @@ from webhooks.models import (
 
 log = logging.getLogger(__name__)
 
+# What ending a delivery clears (`_end` on an object, `**_ENDED` in a Core update).
+_ENDED = {
+    "next_attempt_at": None,
+    "lease_token": None,
+    "lease_expires_at": None,
+    "enqueued_at": None,
+}
+
 # The tables as Core sees them: the hot path's statements skip the ORM's per-statement work.
 _DELIVERIES = Delivery.__table__
 _ATTEMPTS = Attempt.__table__
@@ -212,7 +220,7 @@ def claim(
     if not taken:
         session.rollback()
         return []
-    webhooks = _targets(session, {row.webhook_id for row in taken}, now)
+    webhooks = _targets(session, {row.webhook_id for row in taken})
     events = {
         e.id: e
         for e in session.execute(
@@ -310,7 +318,7 @@ class _Target:
     secrets: list[Any]
 
 
-def _targets(session: Session, webhook_ids: set[str], now: datetime) -> dict[str, _Target]:
+def _targets(session: Session, webhook_ids: set[str]) -> dict[str, _Target]:
     """The webhooks with their secrets (newest first), in one query."""
     targets: dict[str, _Target] = {}
     for row in session.execute(
@@ -379,12 +387,9 @@ def _fail_inactive(session: Session, rows: list[dict[str, Any]], now: datetime) 
         update(table)
         .where(table.c.id == bindparam("b_id"))
         .values(
+            **_ENDED,
             status=DeliveryStatus.FAILED,
             attempt_count=table.c.attempt_count - 1,
-            next_attempt_at=None,
-            lease_token=None,
-            lease_expires_at=None,
-            enqueued_at=None,
             updated_at=now,
             last_error=bindparam("b_error"),
         ),
@@ -405,23 +410,16 @@ def _within_room(
     order = {delivery_id: i for i, delivery_id in enumerate(delivery_ids)}
     rows = sorted(
         session.execute(select(_D.id, _D.attempt_count, _D.webhook_id).where(*claimable)).all(),
-        key=lambda row: order[row[0]],
+        key=lambda row: order[row.id],
     )
-    left: dict[str, int] = {}
-    wanted = []
-    for delivery_id, count, webhook_id in rows:
-        if webhook_id not in skip_webhooks:
-            if room is None:
-                wanted.append(delivery_id)
-                continue
-            left.setdefault(webhook_id, room(webhook_id))
-            if left[webhook_id] > 0:
-                left[webhook_id] -= 1
-                wanted.append(delivery_id)
-                continue
-        if passed_over is not None:
-            passed_over.append((delivery_id, count, webhook_id))
-    return wanted
+    wanted = [row for row in rows if row.webhook_id not in skip_webhooks]
+    over = [row for row in rows if row.webhook_id in skip_webhooks]
+    if room is not None:
+        wanted, too_many = _split_by_room(wanted, room)
+        over += too_many
+    if passed_over is not None:
+        passed_over += [(row.id, row.attempt_count, row.webhook_id) for row in over]
+    return [row.id for row in wanted]
 
 
 def _loggable(headers: dict[str, str]) -> dict[str, str]:
@@ -432,10 +430,8 @@ def _loggable(headers: dict[str, str]) -> dict[str, str]:
 
 def _end(delivery: Delivery, status: str, now: datetime) -> None:
     delivery.status = status
-    delivery.next_attempt_at = None
-    delivery.lease_token = None
-    delivery.lease_expires_at = None
-    delivery.enqueued_at = None
+    for name, value in _ENDED.items():
+        setattr(delivery, name, value)
     delivery.updated_at = now
 
 
@@ -563,11 +559,8 @@ def _succeed(
         update(table)
         .where(table.c.id == bindparam("b_id"), table.c.lease_token == bindparam("b_token"))
         .values(
+            **_ENDED,
             status=DeliveryStatus.SUCCEEDED,
-            next_attempt_at=None,
-            lease_token=None,
-            lease_expires_at=None,
-            enqueued_at=None,
             updated_at=now,
             last_status_code=bindparam("b_code"),
             last_error=None,
@@ -663,11 +656,3 @@ def send(prepared: Prepared, settings: Settings) -> transport.Result:
 def timed_out(result: transport.Result) -> bool:
     """The target let the attempt run into the timeout."""
     return (result.error or "").startswith("timed out")
-
-
-def deliver(session: Session, delivery_id: str, settings: Settings) -> str | None:
-    """One attempt of one delivery, if it is ours to make; returns the resulting status."""
-    prepared = claim(session, [delivery_id], settings)
-    if not prepared:
-        return None
-    return record(session, [(prepared[0], send(prepared[0], settings))], settings)[delivery_id]
