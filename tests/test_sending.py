@@ -88,3 +88,37 @@ def test_a_hanging_target_holds_only_its_share_and_is_reported_once(app, receive
 
     assert sender.room("wh_dead") == 2
     assert sorted(p.attempt_id for p, _ in recorded.results) == [0, 1, 9]
+
+
+def test_a_slot_is_free_again_only_once_its_result_is_recorded(app, receiver):
+    """What a killed worker repeats is bounded by its threads: answered but unrecorded POSTs
+    still count against them."""
+    settings = Settings.from_config(app.config)
+    writing = threading.Event()
+    go_on = threading.Event()
+    recorded = Recorded()
+
+    def slow_record(results: Results) -> None:
+        writing.set()
+        go_on.wait(10)
+        recorded(results)
+
+    sender = Sender(2, slow_record)
+    try:
+        send_all(sender, [prepared(n, receiver.url(f"/n{n}")) for n in range(2)], settings)
+        assert writing.wait(10)
+        wait_until(lambda: len(receiver.requests) == 2, 5)
+        more = threading.Thread(
+            target=send_all, args=(sender, [prepared(2, receiver.url("/n2"))], settings)
+        )
+        more.start()
+        more.join(0.3)
+        assert more.is_alive() and len(receiver.requests) == 2  # both slots wait for the write
+        go_on.set()
+        more.join(10)
+        assert sender.idle(timeout=10)
+    finally:
+        go_on.set()
+        sender.close()
+
+    assert sorted(p.attempt_id for p, _ in recorded.results) == [0, 1, 2]

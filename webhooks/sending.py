@@ -4,7 +4,9 @@ thread that records their results.
 A job claims only as many deliveries as there are free slots (so a claimed delivery never
 waits for a thread while its lease runs), starts their POSTs and returns: the worker takes its
 next job while the POSTs are out. Results are recorded together, as they come in, by the
-recorder thread. A webhook may hold at most half of the threads, so a target that hangs
+recorder thread, and a slot is free again only once its result is recorded: a worker holds at
+most `threads` deliveries between claim and record, so a worker killed at any moment repeats
+at most that many POSTs. A webhook may hold at most half of the threads, so a target that hangs
 until the timeout can never hold them all; `hanging` tells which targets keep POSTs waiting.
 """
 
@@ -110,8 +112,7 @@ class Sender:
                 if self._by_webhook[prepared.webhook_id] <= 0:
                     del self._by_webhook[prepared.webhook_id]
                 self._flying.pop(prepared.attempt_id, None)
-            self._slots.release()
-        self._results.put((prepared, result))
+        self._results.put((prepared, result))  # its slot is given back once recorded
 
     # -- recording -----------------------------------------------------------------------------
 
@@ -139,6 +140,7 @@ class Sender:
                 with self._lock:
                     self._outstanding -= len(batch)
                     self._lock.notify_all()
+                self.release(len(batch))
 
     def idle(self, timeout: float | None = None) -> bool:
         """Wait until every POST started has ended and its result is recorded."""
