@@ -549,9 +549,11 @@ class Bench:
         events: int,
         deadline: float,
         on_tick=None,  # noqa: ANN001
+        pace: float | None = None,
     ) -> dict:
-        """Publish `events` events from several threads; wait until every healthy delivery is
-        recorded as succeeded (or the deadline). Rate, and publish-to-arrival latencies."""
+        """Publish `events` events from several threads, as fast as the API takes them or
+        `pace` events per second; wait until every healthy delivery is recorded as succeeded
+        (or the deadline). Rate, and publish-to-arrival latencies."""
         db = svc.db
         before = db.succeeded(ws["id"])
         target = before + events * healthy
@@ -568,6 +570,9 @@ class Bench:
                     if remaining[0] <= 0:
                         return
                     remaining[0] -= 1
+                    n = events - remaining[0] - 1
+                if pace:
+                    time.sleep(max(0.0, start + n / pace - time.time()))
                 called = time.time()
                 try:
                     t0, elapsed, eid, _ = self.publish(svc, ws["key"])
@@ -725,13 +730,26 @@ class Bench:
             except OSError:
                 pass
 
+        # As fast as the API takes events: the healthy webhooks' share of the throughput.
         r = self.load(svc, ws, healthy, events=self.args.events, deadline=deadline, on_tick=tick)
+        log(f"isolation: healthy {r['deliveries']}/{r['expected']} in {r['seconds']:.1f} s = "
+            f"{r['rate']:.0f}/s, p99 {r['p99']:.0f} ms (saturated), longest gap "
+            f"{r['max_gap']:.1f} s")  # fmt: skip
+        # At half the throughput rate: latency that is not just the backlog of a saturated run
+        # (whose p99 grows with the run's length, hanging targets or not).
+        base_rate = med([x["rate"] for x in base]) if base else r["rate"] / 0.8
+        pace = 0.5 * base_rate / len(ws["webhooks"])
+        paced = self.load(svc, ws, healthy, events=self.args.events // 2, deadline=deadline,
+                          on_tick=tick, pace=pace)  # fmt: skip
+        r["paced"] = paced | {"pace": pace}
+        r["max_gap"] = max(r["max_gap"], paced["max_gap"])
         r["max_hanging"] = max(hanging, default=0)
         r["deadline"] = deadline
         res["isolation"] = r
-        log(f"isolation: healthy {r['deliveries']}/{r['expected']} in {r['seconds']:.1f} s = "
-            f"{r['rate']:.0f}/s, p99 {r['p99']:.0f} ms, longest gap {r['max_gap']:.1f} s, "
-            f"at most {r['max_hanging']} requests hanging at once")  # fmt: skip
+        log(f"isolation at {pace:.0f} events/s: healthy {paced['deliveries']}/"
+            f"{paced['expected']} in {paced['seconds']:.1f} s, p50 {paced['p50']:.0f} ms, "
+            f"p99 {paced['p99']:.0f} ms, longest gap {r['max_gap']:.1f} s, at most "
+            f"{r['max_hanging']} requests hanging at once")  # fmt: skip
 
     def logs(self, svc: Service, seeded: dict, res: dict) -> None:
         ws = seeded["workspaces"]["logs"]
@@ -1164,11 +1182,12 @@ def report(results: dict, phase_times: list[tuple[str, float]]) -> str:
               f"({100 * d['isolation']['rate'] / med(tp(d)):.0f} %) "
               f"{verdict(d['isolation']['rate'] >= 0.8 * med(tp(d)))}") for k in kinds],
         "≥ 80 %")  # fmt: skip
-    row("4", "isolation (10 % hang)", "healthy publish→arrival p99",
-        [cell(k, lambda d: f"{d['isolation']['p99'] / 1000:.1f} s"
-              f"{'' if d['isolation']['complete'] else ' (censored at the deadline)'} "
-              f"{verdict(d['isolation']['p99'] <= 2000)}") for k in kinds],
-        "≤ 2 s")  # fmt: skip
+    row("4", "isolation (10 % hang)", "healthy publish→arrival p50 / p99 at half the throughput",
+        [cell(k, lambda d: f"{d['isolation']['paced']['p50'] / 1000:.2f} / "
+              f"{d['isolation']['paced']['p99'] / 1000:.2f} s"
+              f"{'' if d['isolation']['paced']['complete'] else ' (censored at the deadline)'} "
+              f"{verdict(d['isolation']['paced']['p99'] <= 2000)}") for k in kinds],
+        "p99 ≤ 2 s")  # fmt: skip
     row("4", "isolation (10 % hang)", "longest stall of healthy arrivals; hanging at once",
         [cell(k, lambda d: f"{d['isolation']['max_gap']:.1f} s; "
               f"{d['isolation']['max_hanging']} POSTs hanging "
@@ -1283,7 +1302,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--reps", type=int, default=3, help="repetitions of the cheap measures")
     p.add_argument("--raw-seconds", type=float, default=3.0)
-    p.add_argument("--events", type=int, default=100, help="events per throughput run")
+    p.add_argument("--events", type=int, default=400, help="events per throughput run")
     p.add_argument("--webhooks", type=int, default=10, help="webhooks per event (throughput)")
     p.add_argument("--publishers", type=int, default=4, help="publishing threads")
     p.add_argument("--deadline", type=float, default=120.0, help="seconds a run may take")
