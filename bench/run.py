@@ -731,7 +731,15 @@ class Bench:
                 pass
 
         # As fast as the API takes events: the healthy webhooks' share of the throughput.
+        before = self.cpu_snapshot(svc)
         r = self.load(svc, ws, healthy, events=self.args.events, deadline=deadline, on_tick=tick)
+        after = self.cpu_snapshot(svc)
+        per = {role: 1000 * (after[role] - before.get(role, after[role])) / max(1, r["deliveries"])
+               for role in after}  # fmt: skip
+        r["cpu_ms_per_healthy_delivery"] = per
+        ranked = sorted(per.items(), key=lambda x: -x[1])
+        log("isolation: CPU per healthy delivery: "
+            + ", ".join(f"{role} {ms:.2f}" for role, ms in ranked))  # fmt: skip
         log(f"isolation: healthy {r['deliveries']}/{r['expected']} in {r['seconds']:.1f} s = "
             f"{r['rate']:.0f}/s, p99 {r['p99']:.0f} ms (saturated), longest gap "
             f"{r['max_gap']:.1f} s")  # fmt: skip
@@ -1270,6 +1278,16 @@ def report(results: dict, phase_times: list[tuple[str, float]]) -> str:
                     + (f"; PostgreSQL {pg:.1f} transactions" if pg else "")
                     + " (all processes: publishing, limiter, queue, worker, scheduler)."
                 )
+        iso = (d.get("isolation") or {}).get("cpu_ms_per_healthy_delivery")
+        if iso:
+            parts = ", ".join(
+                f"{role} {ms:.2f}" for role, ms in sorted(iso.items(), key=lambda x: -x[1]) if ms
+            )
+            lines.append(
+                f"- CPU per healthy delivery on {title[k]} (isolation, saturated): {parts} ms; "
+                f"total {sum(iso.values()):.1f} ms (the hanging webhook's deliveries are "
+                "published, claimed and passed to the slow lane too)."
+            )
     lines.append("")
     lines.append("Phase times: " + ", ".join(f"{n} {s:.0f} s" for n, s in phase_times))
     return "\n".join(lines)
