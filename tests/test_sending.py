@@ -69,9 +69,9 @@ def test_a_hanging_target_holds_only_its_share_and_is_reported_once(app, receive
     settings = Settings.from_config(app.config)
     receiver.answer(Reply(status=200, delay=1.5), Reply(status=200, delay=1.5))
     recorded = Recorded()
-    sender = Sender(4, recorded)
+    sender = Sender(8, recorded)
     try:
-        assert sender.room("wh_dead") == 2  # half of the threads
+        assert sender.room("wh_dead") == 2  # a quarter of the threads
         send_all(sender, [prepared(n, receiver.url(), "wh_dead") for n in range(2)], settings)
         assert sender.room("wh_dead") == 0 and sender.room("wh_fine") == 2
         started = time.monotonic()
@@ -79,7 +79,7 @@ def test_a_hanging_target_holds_only_its_share_and_is_reported_once(app, receive
         assert time.monotonic() - started < 1.5  # found while its POSTs still hang
         assert sender.hanging(0.3) == set()  # reported once, not on every job
 
-        # The other two threads still serve everyone else at once.
+        # The other threads still serve everyone else at once.
         send_all(sender, [prepared(9, receiver.url("/fine"), "wh_fine")], settings)
         wait_until(lambda: any(r.path == "/fine" for r in receiver.requests), 1.0)
         assert sender.idle(timeout=10)

@@ -6,8 +6,9 @@ waits for a thread while its lease runs), starts their POSTs and returns: the wo
 next job while the POSTs are out. Results are recorded together, as they come in, by the
 recorder thread, and a slot is free again only once its result is recorded: a worker holds at
 most `threads` deliveries between claim and record, so a worker killed at any moment repeats
-at most that many POSTs. A webhook may hold at most half of the threads, so a target that hangs
-until the timeout can never hold them all; `hanging` tells which targets keep POSTs waiting.
+at most that many POSTs. A webhook may hold at most a quarter of the threads, so a target that
+hangs until the timeout leaves the others most of them; `hanging` tells which targets keep
+POSTs waiting.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ RecordFn = Callable[[Results], None]
 # more after the first: each transaction costs more than the rows it writes.
 RECORD_BATCH = 200
 RECORD_LINGER = 0.005
+# A webhook may hold at most 1/WEBHOOK_SHARE of the threads: what a target that hangs until the
+# timeout takes from the others, until it is found and moved to the slow lane (a half left so
+# few threads free that jobs were claimed in several pieces: 10 % more CPU per delivery).
+WEBHOOK_SHARE = 4
 # A target found hanging is reported again only after this long.
 REPORT_AGAIN = 60.0
 
@@ -40,7 +45,7 @@ class Sender:
     def __init__(self, threads: int, record: RecordFn, owner: object = None) -> None:
         self.owner = owner
         self.threads = threads
-        self.per_webhook = max(1, threads // 2)
+        self.per_webhook = max(1, threads // WEBHOOK_SHARE)
         self._record = record
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="post")
         self._slots = threading.BoundedSemaphore(threads)
