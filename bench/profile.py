@@ -158,9 +158,9 @@ def analyse(path: Path) -> dict:
     return {"total": total, "steps": steps, "libs": libs, "in_job": in_job}
 
 
-def _rows(counts: Counter[str], total: int, per: float) -> list[str]:
-    """Table rows: each name's share of the samples and its milliseconds per delivery."""
-    return [
+def _table(title: str, counts: Counter[str], total: int, per: float) -> list[str]:
+    """A Markdown table: each name's share of the samples and its milliseconds per delivery."""
+    return [f"| {title} | share | ms/delivery |", "| --- | ---: | ---: |"] + [
         f"| {name} | {100 * count / total:.1f} % | {per * count / total:.2f} |"
         for name, count in counts.most_common()
     ]
@@ -170,17 +170,16 @@ def render(result: dict, wall_seconds: float, deliveries: float) -> str:
     """Markdown: share of the worker's wall time and milliseconds per delivery, each view."""
     total = result["total"]
     per = (wall_seconds * 1000 / deliveries) if deliveries else float("nan")
-    out = [
-        f"{total} samples over {wall_seconds:.1f} s; about {deliveries:.0f} deliveries by this "
-        f"worker, so {per:.1f} ms of wall time per delivery.",
-        "",
-        "| step | share | ms/delivery |",
-        "| --- | ---: | ---: |",
-    ]
-    out += _rows(result["steps"], total, per)
-    out += ["", "| leaf activity (whole loop) | share | ms/delivery |", "| --- | ---: | ---: |"]
-    out += _rows(result["libs"], total, per)
-    return "\n".join(out)
+    return "\n".join(
+        [
+            f"{total} samples over {wall_seconds:.1f} s; about {deliveries:.0f} deliveries by "
+            f"this worker, so {per:.1f} ms of wall time per delivery.",
+            "",
+            *_table("step", result["steps"], total, per),
+            "",
+            *_table("leaf activity (whole loop)", result["libs"], total, per),
+        ]
+    )
 
 
 def thread_of(frames: list[tuple[str, str]]) -> str:
@@ -213,16 +212,16 @@ def render_cpu(result: dict, seconds: float, rate: float, deliveries: float) -> 
     total = result["total"]
     busy = total / (seconds * rate)
     per = busy * seconds * 1000 / deliveries if deliveries else float("nan")
-    out = [
-        f"Python held the GIL {100 * busy:.0f} % of the time: {per:.2f} ms of CPU per delivery.",
-        "",
-        "| thread: step (CPU) | share | ms/delivery |",
-        "| --- | ---: | ---: |",
-    ]
-    out += _rows(result["threads"], total, per)
-    out += ["", "| library (CPU) | share | ms/delivery |", "| --- | ---: | ---: |"]
-    out += _rows(result["libs"], total, per)
-    return "\n".join(out)
+    return "\n".join(
+        [
+            f"Python held the GIL {100 * busy:.0f} % of the time: {per:.2f} ms of CPU per "
+            "delivery.",
+            "",
+            *_table("thread: step (CPU)", result["threads"], total, per),
+            "",
+            *_table("library (CPU)", result["libs"], total, per),
+        ]
+    )
 
 
 if __name__ == "__main__":
