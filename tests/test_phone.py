@@ -1,0 +1,137 @@
+"""Every dashboard page fits a phone: 390 px wide, no sideways scrolling, every section reachable.
+
+Pages are filled as a real workspace would fill them (long names and URLs, templates, custom
+headers, failed and retried deliveries with their attempts), then opened in a real headless
+Chromium at 390 x 844, the size of a common phone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.receivers import Receiver, Reply
+from tests.test_browser import (  # noqa: F401  (fixtures used by name)
+    CHROMIUM_ARGS,
+    EMAIL,
+    PASSWORD,
+    UI,
+    Site,
+    browser,
+    config,
+    screenshot,
+    site,
+)
+
+pytest.importorskip("playwright")
+from playwright.sync_api import Browser, Page, expect  # noqa: E402
+
+PHONE = {"width": 390, "height": 844}
+
+# What sticks out, for a failure message a person can act on.
+_WIDEST = """() => {
+  const limit = document.documentElement.clientWidth;
+  const out = [];
+  for (const el of document.querySelectorAll('body *')) {
+    const box = el.getBoundingClientRect();
+    if (box.width === 0 || box.right <= limit + 1) continue;
+    let inner = el.parentElement, clipped = false;
+    while (inner) {
+      const style = getComputedStyle(inner);
+      if (['auto', 'scroll', 'hidden'].includes(style.overflowX)) { clipped = true; break; }
+      inner = inner.parentElement;
+    }
+    const name = `${el.tagName.toLowerCase()}.${el.className}`;
+    if (!clipped) out.push(`${name} right=${Math.round(box.right)}`);
+  }
+  return out.slice(0, 8);
+}"""
+
+
+@pytest.fixture
+def phone(browser: Browser, site: Site) -> Iterator[Page]:  # noqa: F811
+    context = browser.new_context(base_url=site.url, viewport=PHONE, is_mobile=True)
+    context.set_default_timeout(UI)
+    tab = context.new_page()
+    tab.goto("/login")
+    tab.get_by_label("Email").fill(EMAIL)
+    tab.get_by_label("Password").fill(PASSWORD)
+    tab.get_by_role("button", name="Sign in").click()
+    expect(tab).to_have_url(f"{site.url}/settings/webhooks", timeout=UI)
+    yield tab
+    context.close()
+
+
+@pytest.fixture
+def failing_target(tls_context) -> Iterator[Receiver]:  # type: ignore[no-untyped-def]
+    server = Receiver(tls=tls_context)
+    server.answer(Reply(status=503, body=b"upstream unavailable, try again later " * 20))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def filled(site: Site, service, receiver, failing_target) -> dict[str, Any]:  # noqa: F811
+    """A workspace with the kinds of content that make pages wide."""
+    long_name = "Production incident pipeline for the platform operations team"
+    ok = site.create_webhook(
+        name=long_name,
+        url=receiver.url("/a/very/long/path/that/keeps/going/and/going/until/it/wraps/twice"),
+        headers={"X-Team-Identifier-For-Routing": "platform-operations-and-reliability-eng"},
+    )
+    failing = site.create_webhook(name="Failing receiver", url=failing_target.url())
+    site.create_webhook(
+        name="Slack #ops",
+        url="https://hooks.slack.com/services/T0000000/B0000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+        template="slack",
+        active=False,
+    )
+    for title in ("Disk almost full on db-primary-eu-west-1", "CPU above 95 % for 10 minutes"):
+        site.publish("incident.created", title=title, severity="high", description="x" * 400)
+    service.run_until(lambda: len([d for d in site.deliveries() if d["attempt_count"]]) >= 4)
+    return {"ok": ok, "failing": failing, "delivery": site.deliveries()[0]["id"]}
+
+
+def _pages(filled: dict[str, Any]) -> list[str]:
+    return [
+        "/settings/webhooks",
+        "/settings/webhooks/new",
+        f"/settings/webhooks/{filled['ok']['id']}",
+        f"/settings/webhooks/{filled['ok']['id']}/edit",
+        f"/settings/webhooks/{filled['failing']['id']}",
+        "/settings/webhooks/logs",
+        f"/settings/webhooks/logs/{filled['delivery']}",
+        "/settings/api-keys",
+        "/settings/notifications",
+        "/settings/event-types",
+    ]
+
+
+def test_every_page_fits_a_phone_without_sideways_scrolling(
+    phone: Page, filled: dict[str, Any]
+) -> None:
+    too_wide = {}
+    for path in _pages(filled):
+        phone.goto(path)
+        phone.wait_for_load_state("networkidle")
+        width = phone.evaluate("document.documentElement.scrollWidth")
+        if width > PHONE["width"]:
+            too_wide[path] = (width, phone.evaluate(_WIDEST))
+        screenshot(phone, "phone" + path.replace("/", "-") + ".png")
+    assert not too_wide, "\n".join(f"{p}: {w} px wide, {why}" for p, (w, why) in too_wide.items())
+
+
+def test_the_navigation_reaches_every_section_on_a_phone(phone: Page) -> None:
+    nav = phone.get_by_role("navigation", name="Settings")
+    for name in ("Webhooks", "Logs", "API keys", "Notifications", "Event types"):
+        link = nav.get_by_role("link", name=name, exact=True)
+        expect(link).to_be_visible()
+        box = link.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+    nav.get_by_role("link", name="Event types", exact=True).click()
+    expect(phone).to_have_url(f"{phone.url.split('/settings')[0]}/settings/event-types")
+    # The header stays short enough to leave the page's content in view.
+    header = phone.locator("header.topbar").bounding_box()
+    assert header is not None and header["height"] <= 140, header
