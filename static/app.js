@@ -22,6 +22,12 @@ document.addEventListener("click", (event) => {
   }
 });
 
+// A form that undoes something (revoking a key) asks first.
+document.addEventListener("submit", (event) => {
+  const form = event.target.closest("form[data-confirm]");
+  if (form && !window.confirm(form.dataset.confirm)) event.preventDefault();
+});
+
 // A category (or "All events") checkbox covers its types: show them as included.
 function syncEvents(form) {
   const all = form.querySelector('input[name="events"][value="*"]');

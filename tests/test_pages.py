@@ -135,3 +135,96 @@ def test_the_navigation_reaches_every_section_on_a_phone(phone: Page) -> None:
     # The header stays short enough to leave the page's content in view.
     header = phone.locator("header.topbar").bounding_box()
     assert header is not None and header["height"] <= 140, header
+
+
+# -- accessibility -----------------------------------------------------------------------------
+
+SERIOUS = ("serious", "critical")
+
+
+def _axe(page: Page) -> list[str]:
+    """Serious and critical axe-core violations on the page as it is now, one line each."""
+    from axe_playwright_python.base import AXE_SCRIPT
+
+    if not page.evaluate("typeof window.axe !== 'undefined'"):
+        page.evaluate(AXE_SCRIPT)
+    found = page.evaluate("async () => (await axe.run(document)).violations")
+    return [
+        f"{v['id']} ({v['impact']}): {v['help']} at "
+        + ", ".join(" ".join(node["target"]) for node in v["nodes"][:3])
+        for v in found
+        if v["impact"] in SERIOUS
+    ]
+
+
+def _states(page: Page, filled: dict[str, Any]) -> Iterator[str]:
+    """Each page, then the states a person brings it to; yields a name for each."""
+    for path in _pages(filled):
+        page.goto(path)
+        page.wait_for_load_state("networkidle")
+        yield path
+    page.goto("/settings/webhooks/new")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("[aria-invalid=true]").first).to_be_visible()
+    yield "the form with errors"
+    page.goto("/settings/webhooks/logs?status=failed&event_type=task.created")
+    yield "logs with nothing matching"
+    page.goto(f"/settings/webhooks/{filled['ok']['id']}")
+    page.get_by_role("button", name="Send Test Event").click()
+    expect(page.locator(".test-result")).to_be_visible()
+    yield "a webhook with a test result"
+    page.goto("/settings/api-keys")
+    page.get_by_label("Name").fill("old publisher")
+    page.get_by_role("button", name="Create API key").click()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Revoke old publisher").click()
+    expect(page.get_by_text("Revoked").first).to_be_visible()
+    yield "API keys with a revoked key"
+
+
+@pytest.mark.parametrize("size", ["desktop", "phone"])
+def test_no_page_in_any_state_has_a_serious_accessibility_violation(
+    browser: Browser,  # noqa: F811
+    site: Site,  # noqa: F811
+    filled: dict[str, Any],
+    size: str,
+) -> None:
+    viewport = PHONE if size == "phone" else {"width": 1280, "height": 900}
+    context = browser.new_context(base_url=site.url, viewport=viewport)
+    context.set_default_timeout(UI)
+    page = context.new_page()
+    page.goto("/login")
+    found = {"/login": _axe(page)}
+    page.get_by_label("Email").fill(EMAIL)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{site.url}/settings/webhooks")
+    for state in _states(page, filled):
+        found[state] = _axe(page)
+    context.close()
+    problems = {state: lines for state, lines in found.items() if lines}
+    assert not problems, "\n".join(f"{s}:\n  " + "\n  ".join(ls) for s, ls in problems.items())
+
+
+def test_revoking_an_api_key_asks_first_and_cancel_keeps_it(phone: Page) -> None:
+    phone.goto("/settings/api-keys")
+    phone.get_by_label("Name").fill("billing publisher")
+    phone.get_by_role("button", name="Create API key").click()
+    revoke = phone.get_by_role("button", name="Revoke billing publisher")
+    asked: list[str] = []
+
+    def dismiss(dialog: Any) -> None:
+        asked.append(dialog.message)
+        dialog.dismiss()
+
+    phone.once("dialog", dismiss)
+    revoke.click()
+    expect(revoke).to_be_visible()
+    assert asked and "Revoke billing publisher?" in asked[0], asked
+    phone.goto("/settings/api-keys")  # a fresh page: the key is still there
+    expect(phone.get_by_role("button", name="Revoke billing publisher")).to_be_visible()
+
+    phone.once("dialog", lambda dialog: dialog.accept())
+    phone.get_by_role("button", name="Revoke billing publisher").click()
+    expect(phone.get_by_role("button", name="Revoke billing publisher")).to_have_count(0)
+    expect(phone.get_by_text("Revoked").first).to_be_visible()
