@@ -3,10 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 PORT ?= 8000
+# `make run` answers on this machine only (it prints a demo password); HOST=0.0.0.0 opens it up.
+HOST ?= 127.0.0.1
 REDIS_URL ?= redis://127.0.0.1:6379/0
 TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 PYTEST_ARGS ?=
-export REDIS_URL PORT
+export REDIS_URL PORT HOST
 
 .PHONY: run test test-sqlite test-postgres lint format bench clean
 

@@ -43,7 +43,7 @@ def _invalid(exc: Invalid):  # type: ignore[no-untyped-def]
 
 @bp.errorhandler(429)  # by code, so that it wins over the dashboard's 429 page
 @bp.errorhandler(HTTPException)
-def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+def http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
     codes = {
         401: "unauthorized",
         404: "not_found",

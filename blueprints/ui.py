@@ -6,10 +6,21 @@ import json
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, abort, current_app, g, redirect, request, url_for
+from flask import (
+    Blueprint,
+    Flask,
+    abort,
+    current_app,
+    g,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_login import current_user
 from markupsafe import Markup, escape
 from sqlalchemy import select
+from werkzeug.exceptions import HTTPException
 
 from blueprints.auth import current_workspace
 from webhooks import catalog, management
@@ -128,6 +139,11 @@ def urlrest(url: str) -> str:
     return url[len(f"{parts.scheme}://{parts.netloc}") :]
 
 
+def plural(count: int, noun: str) -> str:
+    """'1 attempt', '2 attempts'."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def prettyjson(text: str | None) -> str:
     """A JSON body indented for reading; other text as it is."""
     try:
@@ -136,9 +152,21 @@ def prettyjson(text: str | None) -> str:
         return text or ""
 
 
+_ERROR_PAGES = {
+    403: ("Not allowed", "You cannot open this page with your account."),
+    404: (
+        "Page not found",
+        "Nothing is here: the link may be mistyped, or what it pointed to was deleted.",
+    ),
+    405: ("Not allowed", "This address does not take that kind of request."),
+}
+
+
 def install(app: Flask) -> None:
     """Template helpers and no-store caching for live fragments."""
-    app.jinja_env.filters.update(ago=ago, urlhost=urlhost, urlrest=urlrest, prettyjson=prettyjson)
+    app.jinja_env.filters.update(
+        ago=ago, urlhost=urlhost, urlrest=urlrest, prettyjson=prettyjson, plural=plural
+    )
     app.jinja_env.globals.update(
         time_tag=time_tag,
         summarize_events=summarize_events,
@@ -161,6 +189,19 @@ def install(app: Flask) -> None:
                 "egress_ips": app.config["WEBHOOK_EGRESS_IPS"],
             }
         return {"egress_ips": app.config["WEBHOOK_EGRESS_IPS"]}
+
+    @app.errorhandler(403)
+    @app.errorhandler(404)
+    @app.errorhandler(405)
+    def _error_page(exc: HTTPException):  # type: ignore[no-untyped-def]
+        if request.path == "/api/v1" or request.path.startswith("/api/"):
+            from blueprints.api import http_error
+
+            return http_error(exc)  # the API answers in JSON, even for a path it does not have
+        title, message = _ERROR_PAGES.get(exc.code or 404, _ERROR_PAGES[404])
+        if exc.code == 403 and exc.description and "workspace" in exc.description:
+            message = exc.description
+        return render_template("errors/page.html", title=title, message=message), exc.code
 
     @app.get("/settings")
     def _settings_home():  # type: ignore[no-untyped-def]
