@@ -9,7 +9,7 @@ from flask_htmx import make_response
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from blueprints import webhook_form
+from blueprints import localtime, webhook_form
 from blueprints.ui import delivery_or_404, guarded, owned_or_404, settings, webhook_or_404
 from webhooks import bulk, catalog, charts, logs, management, publishing, templates
 from webhooks.management import Invalid
@@ -136,15 +136,15 @@ def toggle_active(webhook_id: str):  # type: ignore[no-untyped-def]
 
 
 def _form_time(name: str, required: bool = False):  # type: ignore[no-untyped-def]
-    """A datetime-local field, read as UTC; None when empty and optional."""
+    """A datetime-local field, typed in the browser's time zone; None when empty and optional."""
     value = request.form.get(name, "").strip()
     if not value:
         if required:
             raise Invalid("validation_error", f"Choose the {name} time.", {name: "required"})
         return None
     try:
-        return logs.parse_time(name, value)
-    except logs.BadFilter:
+        return localtime.from_input(value)
+    except ValueError:
         raise Invalid("validation_error", f"Not a time: {value!r}", {name: "invalid"}) from None
 
 

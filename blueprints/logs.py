@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, flash, g, redirect, render_template, request, url_for
 from sqlalchemy import select
 
+from blueprints import localtime
 from blueprints.ui import delivery_or_404, guarded, settings
 from webhooks import catalog, logs, publishing
 from webhooks.models import DeliveryStatus, Webhook, db
@@ -24,9 +25,24 @@ def _filters() -> tuple[logs.LogFilter, dict[str, str], dict[str, str]]:
         return logs.LogFilter(), args, {exc.field: str(exc)}
 
 
+def _utc_query() -> dict[str, str] | None:
+    """The filter form's fields with its From and To (typed in local time) turned to UTC."""
+    query = {k: request.args.get(k, "").strip() for k in FILTER_KEYS}
+    for key in ("since", "until"):
+        try:
+            query[key] = localtime.utc_value(query[key]) if query[key] else ""
+        except ValueError:
+            return None  # left as typed: the filter says what is wrong with it
+    return {k: v for k, v in query.items() if v}
+
+
 @bp.get("")
 def index():  # type: ignore[no-untyped-def]
     """The log: newest first, filters kept in the URL, first page updating live."""
+    if "zone" in request.args:  # the form, submitted: its local times go into the URL as UTC
+        query = _utc_query()
+        if query is not None:
+            return redirect(url_for("logs.index", **query))
     filters, values, errors = _filters()
     cursor = request.args.get("cursor") or None
     try:

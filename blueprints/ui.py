@@ -18,10 +18,10 @@ from flask import (
     url_for,
 )
 from flask_login import current_user
-from markupsafe import Markup, escape
 from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 
+from blueprints import localtime
 from blueprints.auth import current_workspace
 from webhooks import catalog, management
 from webhooks.config import Settings
@@ -92,16 +92,6 @@ def ago(moment: datetime | None, now: datetime | None = None) -> str:
     raise AssertionError("unreachable")
 
 
-def time_tag(moment: datetime | None) -> Markup:
-    """A <time> with the relative time shown and the exact UTC time on hover."""
-    if moment is None:
-        return Markup("<span class='muted'>never</span>")
-    exact = moment.strftime("%Y-%m-%d %H:%M:%S UTC")
-    return Markup(
-        f"<time datetime='{moment.isoformat()}Z' title='{exact}'>{escape(ago(moment))}</time>"
-    )
-
-
 def summarize_events(patterns: list[str]) -> str:
     """'All events', 'Incident (all), finding.created', …"""
     if "*" in patterns:
@@ -164,11 +154,11 @@ _ERROR_PAGES = {
 
 def install(app: Flask) -> None:
     """Template helpers and no-store caching for live fragments."""
+    localtime.install(app)
     app.jinja_env.filters.update(
         ago=ago, urlhost=urlhost, urlrest=urlrest, prettyjson=prettyjson, plural=plural
     )
     app.jinja_env.globals.update(
-        time_tag=time_tag,
         summarize_events=summarize_events,
         webhook_state=webhook_state,
         categories=catalog.CATEGORIES,

@@ -1,3 +1,13 @@
+// Times are shown in the browser's time zone: the server learns it from this cookie, set on the
+// sign-in page already, so every page after it is drawn in local time.
+(() => {
+  // Zone names are letters, digits, "/", "_", "+" and "-": safe in a cookie as they are.
+  const zone = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+  if (!document.cookie.split("; ").includes(`tz=${zone}`)) {
+    document.cookie = `tz=${zone}; path=/; max-age=31536000; samesite=lax`;
+  }
+})();
+
 // Copy and reveal buttons: the only behaviour HTMX attributes cannot express.
 document.addEventListener("click", (event) => {
   const copy = event.target.closest("[data-copy]");

@@ -7,6 +7,7 @@ Chromium at 390 x 844, the size of a common phone.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -228,3 +229,35 @@ def test_revoking_an_api_key_asks_first_and_cancel_keeps_it(phone: Page) -> None
     phone.get_by_role("button", name="Revoke billing publisher").click()
     expect(phone.get_by_role("button", name="Revoke billing publisher")).to_have_count(0)
     expect(phone.get_by_text("Revoked").first).to_be_visible()
+
+
+# -- time zones --------------------------------------------------------------------------------
+
+
+def test_times_are_shown_and_typed_in_the_browsers_time_zone_while_urls_keep_utc(
+    browser: Browser,  # noqa: F811
+    site: Site,  # noqa: F811
+    filled: dict[str, Any],
+) -> None:
+    context = browser.new_context(base_url=site.url, timezone_id="Asia/Tokyo")  # UTC+9
+    context.set_default_timeout(UI)
+    page = context.new_page()
+    page.goto("/login")
+    page.get_by_label("Email").fill(EMAIL)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{site.url}/settings/webhooks")
+
+    page.goto("/settings/webhooks/logs")
+    expect(page.get_by_text("Times are in your time zone, Asia/Tokyo")).to_be_visible()
+    hover = page.locator("table.logs time").first.get_attribute("title") or ""
+    assert "JST" in hover and "UTC" in hover, hover
+
+    page.get_by_label("From").fill("2026-03-10T18:30:00")  # 09:30 UTC
+    page.get_by_role("button", name="Filter").click()
+    expect(page).to_have_url(re.compile(r"since=2026-03-10T09(:|%3A)30(:|%3A)00Z"))
+    expect(page.get_by_label("From")).to_have_value(re.compile(r"^2026-03-10T18:30(:00)?$"))
+
+    page.goto(f"/settings/webhooks/{filled['ok']['id']}")
+    expect(page.get_by_text("Times in Asia/Tokyo")).to_be_visible()
+    context.close()
