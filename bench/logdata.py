@@ -16,6 +16,11 @@ from datetime import UTC, datetime
 FAN = 10  # deliveries per event
 STEP_MS = 600  # between consecutive deliveries, newest first
 ATTEMPT_BODY = json.dumps({"id": "evt_bench", "type": "incident.created", "data": {"x": "y" * 120}})
+# Event titles for the search: five common phrases over a thousand hosts, and a rare word
+# ("zebra") in one event of RARE_EVERY, so a search can match a fifth of the log or almost none.
+TITLES = ("Disk almost full on", "CPU above 95 % on", "Public bucket found in",
+          "Certificate expires soon for", "Memory pressure on")  # fmt: skip
+RARE_EVERY = 9973
 ATTEMPT_HEADERS = json.dumps(
     {"Content-Type": "application/json", "User-Agent": "CloudThinker-Webhooks/1.0"}
 )
@@ -36,6 +41,8 @@ def load_postgres(conn, workspace_id: str, webhook_ids: list[str], types: list[s
         "step": f"{STEP_MS} milliseconds",
         "body": ATTEMPT_BODY,
         "headers": ATTEMPT_HEADERS,
+        "titles": list(TITLES),
+        "rare": RARE_EVERY,
     }
     with conn.cursor() as cur:
         cur.execute("SET LOCAL synchronous_commit = off")
@@ -43,7 +50,11 @@ def load_postgres(conn, workspace_id: str, webhook_ids: list[str], types: list[s
             """
             INSERT INTO events (id, workspace_id, type, data, occurred_at, created_at, is_test)
             SELECT 'evt_bench' || lpad(e::text, 12, '0'), %(ws)s,
-                   (%(types)s::text[])[1 + e %% %(nt)s], '{"bench": true}'::jsonb, ts, ts, false
+                   (%(types)s::text[])[1 + e %% %(nt)s],
+                   jsonb_build_object('bench', true, 'title',
+                       (%(titles)s::text[])[1 + e %% 5] || ' host-' || (e %% 997)
+                       || CASE WHEN e %% %(rare)s = 0 THEN ' zebra' ELSE '' END),
+                   ts, ts, false
             FROM (SELECT e, (now() AT TIME ZONE 'utc') - (e * %(fan)s) * %(step)s::interval AS ts
                   FROM generate_series(1, %(events)s) e) s
             """,
@@ -110,6 +121,8 @@ def load_sqlite(
     conn.execute("CREATE TEMP TABLE bench_types (i INTEGER PRIMARY KEY, t TEXT)")
     conn.executemany("INSERT INTO bench_hooks VALUES (?, ?)", list(enumerate(webhook_ids)))
     conn.executemany("INSERT INTO bench_types VALUES (?, ?)", list(enumerate(types)))
+    conn.execute("CREATE TEMP TABLE bench_titles (i INTEGER PRIMARY KEY, t TEXT)")
+    conn.executemany("INSERT INTO bench_titles VALUES (?, ?)", list(enumerate(TITLES)))
     nh, nt = len(webhook_ids), len(types)
     ev_time = _sqlite_time(f"e * {FAN * STEP_MS}", base)
     dl_time = _sqlite_time(f"g * {STEP_MS}", base)
@@ -123,7 +136,10 @@ def load_sqlite(
             WITH RECURSIVE n(e) AS (SELECT {lo} UNION ALL SELECT e + 1 FROM n WHERE e < {hi})
             INSERT INTO events (id, workspace_id, type, data, occurred_at, created_at, is_test)
             SELECT 'evt_bench' || printf('%012d', e), ?,
-                   (SELECT t FROM bench_types WHERE i = e % {nt}), '{{"bench": true}}',
+                   (SELECT t FROM bench_types WHERE i = e % {nt}),
+                   json_object('bench', json('true'), 'title',
+                       (SELECT t FROM bench_titles WHERE i = e % 5) || ' host-' || (e % 997)
+                       || CASE WHEN e % {RARE_EVERY} = 0 THEN ' zebra' ELSE '' END),
                    {ev_time}, {ev_time}, 0
             FROM n
             """,
@@ -172,3 +188,4 @@ def load_sqlite(
         conn.execute("COMMIT")
     conn.execute("DROP TABLE bench_hooks")
     conn.execute("DROP TABLE bench_types")
+    conn.execute("DROP TABLE bench_titles")

@@ -849,11 +849,39 @@ class Bench:
                         if samples[-1] > 200 or time.monotonic() > budget_end:
                             break  # slow enough that one sample says it
                     timings.setdefault(f"{kind} {depth}", []).append((label, med(samples)))
+        # Finding a delivery: ids, words of a title (common, rare, absent), retrying; alone and
+        # with the filters that narrow the most.
+        searches = {
+            "q=event id": {"q": "evt_bench" + f"{rows // 20:012d}"},
+            "q=delivery id": {"q": "dlv_bench" + f"{rows // 2:012d}"},
+            "q=common word": {"q": "disk"},
+            "q=rare word": {"q": "zebra"},
+            "q=absent word": {"q": "nothingmatches"},
+            "q=two words": {"q": "public bucket"},
+            "q=rare word+webhook": {"q": "zebra", "webhook_id": values["webhook_id"]},
+            "q=common word+failed+type": {"q": "disk", "status": "failed",
+                                          "event_type": values["event_type"]},
+            "status=retrying": {"status": "retrying"},
+            "status=retrying+webhook": {"status": "retrying", "webhook_id": values["webhook_id"]},
+        }  # fmt: skip
+        for label, combo in searches.items():
+            for kind, url, sess, headers in (
+                ("api", svc.base + "/api/v1/deliveries", self.session(), api_headers),
+                ("page", svc.base + "/settings/webhooks/logs", page, {}),
+            ):
+                samples = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    r = sess.get(f"{url}?{urlencode(combo)}", headers=headers, timeout=60)
+                    samples.append((time.perf_counter() - t0) * 1000)
+                    if r.status_code != 200:
+                        errors.append(f"{kind} ?{urlencode(combo)} answered {r.status_code}")
+                timings.setdefault(f"{kind} search", []).append((label, med(samples)))
         # How many rows the slowest combinations match (an empty result scans the most).
         matched = {}
         for v in timings.values():
             label = max(v, key=lambda x: x[1])[0]
-            if label not in matched:
+            if label not in matched and not label.startswith(("q=", "status=")):
                 combo = {} if label == "(none)" else {n: values[n] for n in label.split("+")}
                 matched[label] = count_matching(svc.db, ws["id"], combo)
         res["logs"] = {
@@ -1230,11 +1258,16 @@ def report(results: dict, phase_times: list[tuple[str, float]]) -> str:
 
     for key, what in (("api first", "API, first page"), ("api deep", "API, deep cursor page"),
                       ("page first", "logs page, first page"),
-                      ("page deep", "logs page, deep cursor page")):  # fmt: skip
+                      ("page deep", "logs page, deep cursor page"),
+                      ("api search", "API, search and Retrying"),
+                      ("page search", "logs page, search and Retrying")):  # fmt: skip
+        if not any(key in dbs[k].get("logs", {}).get("timings", {}) for k in kinds):
+            continue
+        combos = "10 searches" if "search" in key else "32 filter combinations"
         row(
             "5",
             "logs at scale",
-            f"{what}: median, worst of 32 filter combinations",
+            f"{what}: median, worst of {combos}",
             [cell(k, lambda d, key=key: logs_cell(d, key)) for k in kinds],
             "≤ 50 ms",
         )

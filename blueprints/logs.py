@@ -8,12 +8,12 @@ from sqlalchemy import select
 from blueprints import localtime
 from blueprints.ui import delivery_or_404, guarded, settings
 from webhooks import catalog, logs, publishing
-from webhooks.models import DeliveryStatus, Webhook, db
+from webhooks.models import Webhook, db
 
 bp = guarded(Blueprint("logs", __name__, url_prefix="/settings/webhooks/logs"))
 
 PAGE = 50
-FILTER_KEYS = ("status", "event_type", "webhook_id", "since", "until")
+FILTER_KEYS = ("q", "status", "event_type", "webhook_id", "since", "until")
 
 
 def _filters() -> tuple[logs.LogFilter, dict[str, str], dict[str, str]]:
@@ -62,13 +62,14 @@ def index():  # type: ignore[no-untyped-def]
         "live": cursor is None,
         "query": {k: v for k, v in values.items() if v},
         "webhook_names": {w.id: w.name for w in webhooks},
+        "titles": logs.titles(db.session, (d.event_id for d in rows)),
     }
     if request.headers.get("HX-Request") == "true" and request.args.get("fragment") == "rows":
         return render_template("logs/_live.html", **context)
     return render_template(
         "logs/index.html",
         webhooks=webhooks,
-        statuses=DeliveryStatus.ALL,
+        statuses=logs.STATUSES,
         types=catalog.CATALOG,
         **context,
     )

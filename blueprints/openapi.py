@@ -505,9 +505,15 @@ PATHS: dict[str, Any] = {
                 _query("webhook_id", "only this webhook's"),
                 _query(
                     "status",
-                    "pending, succeeded or failed",
+                    "pending, succeeded or failed; or retrying (pending, failed at least once)",
                     type="string",
-                    enum=list(DeliveryStatus.ALL),
+                    enum=[*DeliveryStatus.ALL, "retrying"],
+                ),
+                _query(
+                    "q",
+                    "an event id or a delivery id (exact), or words of the event's data.title",
+                    type="string",
+                    maxLength=200,
                 ),
                 _query("event_type", "only this type"),
                 _query(

@@ -112,6 +112,7 @@ def test_cli_creates_a_workspace_and_a_user(app):
     assert listed.status_code == 200 and listed.json == {"data": []}
 
 
+@pytest.mark.filterwarnings("ignore:autogenerate skipping")
 def test_migrations_build_exactly_the_models(app, tmp_path):
     """`flask db upgrade` on an empty database gives the schema the models describe."""
     url = app.config["SQLALCHEMY_DATABASE_URI"]
@@ -141,7 +142,17 @@ def test_migrations_build_exactly_the_models(app, tmp_path):
     assert result.returncode == 0, result.stderr
     engine = sa.create_engine(env_url.replace("postgresql://", "postgresql+psycopg://"))
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), db.metadata)
+        # The title search is DDL that autogenerate cannot compare: SQLite's FTS5 table (and its
+        # shadow tables), PostgreSQL's expression index.
+        searching = ("events_title", "ix_events_title_search")
+        context = MigrationContext.configure(
+            conn,
+            opts={
+                "include_name": lambda name, *_: not str(name).startswith(searching),
+                "include_object": lambda _, name, *__: not str(name).startswith(searching),
+            },
+        )
+        diff = compare_metadata(context, db.metadata)
     engine.dispose()
     if not env_url.startswith("sqlite"):
         admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")

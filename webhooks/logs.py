@@ -5,14 +5,19 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, select, tuple_
+from sqlalchemy import and_, exists, func, literal_column, or_, select, text, tuple_
 from sqlalchemy.orm import Session
 
-from webhooks.models import Delivery, DeliveryStatus
+from webhooks.models import TITLE_SEARCH, Delivery, DeliveryStatus, Event
+
+RETRYING = "retrying"  # a filter, not a status: pending with at least one failed attempt
+STATUSES = (*DeliveryStatus.ALL, RETRYING)
+MAX_WORDS = 8
 
 
 class BadFilter(ValueError):
@@ -43,34 +48,118 @@ class LogFilter:
     event_type: str | None = None
     since: datetime | None = None  # inclusive, on created_at
     until: datetime | None = None  # exclusive
+    q: str | None = None  # an event or delivery id, or words of the event's title
 
     @classmethod
     def from_args(cls, args: Any) -> LogFilter:
         status = args.get("status") or None
-        if status is not None and status not in DeliveryStatus.ALL:
-            allowed = ", ".join(DeliveryStatus.ALL)
+        if status is not None and status not in STATUSES:
+            allowed = ", ".join(STATUSES)
             raise BadFilter("status", f"status must be one of {allowed}, got {status!r}")
+        q = (args.get("q") or "").strip() or None
+        if q is not None and len(q) > 200:
+            raise BadFilter("q", f"search for at most 200 characters, got {len(q)}")
         return cls(
             webhook_id=args.get("webhook_id") or None,
             status=status,
             event_type=args.get("event_type") or None,
             since=parse_time("since", args["since"]) if args.get("since") else None,
             until=parse_time("until", args["until"]) if args.get("until") else None,
+            q=q,
         )
 
-    def clauses(self, workspace_id: str) -> list[Any]:
-        clauses: list[Any] = [Delivery.workspace_id == workspace_id]
+    def clauses(self, workspace_id: str, *, by_key: bool = False) -> list[Any]:
+        """The filter as SQL; `by_key`: the rows come by primary key, and no other index may
+        be read instead (the columns are written `+column`, which SQLite never indexes)."""
+        c = _Unindexed() if by_key else Delivery
+        clauses: list[Any] = [c.workspace_id == workspace_id]
         if self.webhook_id:
-            clauses.append(Delivery.webhook_id == self.webhook_id)
-        if self.status:
-            clauses.append(Delivery.status == self.status)
+            clauses.append(c.webhook_id == self.webhook_id)
+        if self.status == RETRYING:
+            failed_before = or_(c.last_status_code.is_not(None), c.last_error.is_not(None))
+            clauses += [c.status == DeliveryStatus.PENDING, failed_before]
+        elif self.status:
+            clauses.append(c.status == self.status)
         if self.event_type:
-            clauses.append(Delivery.event_type == self.event_type)
+            clauses.append(c.event_type == self.event_type)
         if self.since:
-            clauses.append(Delivery.created_at >= self.since)
+            clauses.append(c.created_at >= self.since)
         if self.until:
-            clauses.append(Delivery.created_at < self.until)
+            clauses.append(c.created_at < self.until)
         return clauses
+
+
+class _Unindexed:
+    """`Delivery.<column>` as `+deliveries.<column>`: the same value, no index behind it."""
+
+    def __getattr__(self, name: str) -> Any:
+        column = Delivery.__table__.c[name]
+        return literal_column(f"+{column.table.name}.{column.name}", type_=column.type)
+
+
+def words(q: str) -> list[str]:
+    """The words a title search looks for, lower case, at most MAX_WORDS."""
+    return re.findall(r"\w+", q.lower())[:MAX_WORDS]
+
+
+# On SQLite, a search that matches few deliveries reads them by primary key and sorts them;
+# one that matches many scans the log newest first and stops at a page. SQLite keeps no
+# statistics to choose between the two: a word found in three events scanned a million rows
+# (150 ms) where the key look-up takes 2 ms.
+FEW_EVENTS = 500
+FEW_DELIVERIES = 5_000
+
+
+@dataclass
+class _Search:
+    clause: Any
+    few: bool = False  # few rows, found by key: sort them rather than scan in order
+
+
+def _by_event(session: Session, event_ids: Any, scan: Any) -> _Search:
+    """Deliveries of these events, by key when they are few; else the `scan` clause."""
+    ids = session.scalars(
+        select(Delivery.id).where(Delivery.event_id.in_(event_ids)).limit(FEW_DELIVERIES + 1)
+    ).all()
+    if len(ids) > FEW_DELIVERIES:
+        return _Search(scan)
+    return _Search(Delivery.id.in_(ids), few=True)
+
+
+def _search(session: Session, q: str, workspace_id: str) -> _Search:
+    """An id matches exactly; other text matches the events whose title has every word of it."""
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    if re.fullmatch(r"dlv_\w+", q):
+        return _Search(Delivery.id == q)
+    if re.fullmatch(r"evt_\w+", q):
+        scan = Delivery.event_id == q
+        return _by_event(session, [q], scan) if sqlite else _Search(scan)
+    found = words(q)
+    if not found:
+        return _Search(Delivery.id.is_(None))  # nothing to look for: nothing matches
+    in_workspace = Event.workspace_id == workspace_id
+    if not sqlite:
+        # The GIN index on this very expression (models.TITLE_SEARCH) answers it.
+        matches = text(f"{TITLE_SEARCH} @@ plainto_tsquery('simple', :words)")
+        matching = select(Event.id).where(in_workspace, matches).params(words=" ".join(found))
+        return _Search(Delivery.event_id.in_(matching))
+    # SQLite's FTS5 table of titles, kept by triggers (models.SQLITE_TITLE_SEARCH).
+    phrase = " ".join('"' + word.replace('"', '""') + '"' for word in found)
+    rowids = text("SELECT rowid FROM events_title WHERE events_title MATCH :words LIMIT :n")
+    by_title = literal_column("events.rowid").in_(rowids.bindparams(words=phrase, n=-1))
+    # Checked per row of the newest-first scan: a common word fills a page within a few
+    # hundred rows (2 ms), where building the set of its events first took 40 ms.
+    scan = exists().where(Event.id == Delivery.event_id, by_title)
+    few = session.execute(rowids, {"words": phrase, "n": FEW_EVENTS + 1}).scalars().all()
+    if len(few) > FEW_EVENTS:
+        return _Search(scan)
+    if not few:
+        return _Search(Delivery.id.is_(None))
+    # By rowid alone: the deliveries' own workspace clause keeps other workspaces out.
+    event_ids = session.scalars(
+        select(Event.id).where(literal_column("events.rowid").in_(few))
+    ).all()
+    return _by_event(session, event_ids, scan)
 
 
 def encode_cursor(delivery: Delivery) -> str:
@@ -96,19 +185,35 @@ def page(
     cursor: str | None = None,
 ) -> tuple[list[Delivery], str | None]:
     """One page of deliveries, newest first, and the cursor of the next page (or None)."""
-    clauses = filters.clauses(workspace_id)
+    search = _search(session, filters.q, workspace_id) if filters.q else None
+    by_key = search is not None and search.few
+    clauses = filters.clauses(workspace_id, by_key=by_key)
+    if search is not None:
+        clauses.append(search.clause)
+    created_at = _Unindexed().created_at if by_key else Delivery.created_at
     if cursor:
         created, last_id = decode_cursor(cursor)
         # A row-value comparison is one range on the (…, created_at, id) indexes; the
         # equivalent OR of two conditions is not, and filters half the table on deep pages.
-        clauses.append(tuple_(Delivery.created_at, Delivery.id) < tuple_(created, last_id))
+        clauses.append(tuple_(created_at, Delivery.id) < tuple_(created, last_id))
     rows = session.scalars(
         select(Delivery)
         .where(*clauses)
-        .order_by(Delivery.created_at.desc(), Delivery.id.desc())
+        .order_by(created_at.desc(), Delivery.id.desc())
         .limit(limit + 1)
     ).all()
     return list(rows[:limit]), encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+
+
+def titles(session: Session, event_ids: Any) -> dict[str, str]:
+    """The events' titles (only those that have a text one), read without loading their data."""
+    ids = set(event_ids)
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(Event.id, Event.data["title"].as_string()).where(Event.id.in_(ids))
+    ).all()
+    return {event_id: title for event_id, title in rows if isinstance(title, str) and title}
 
 
 @dataclass

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import (
+    DDL,
     JSON,
     Boolean,
     Column,
@@ -20,7 +21,9 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
+from sqlalchemy import event as sa_event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, registry, relationship
 
@@ -154,11 +157,34 @@ class WebhookSecret(db.Model):
     webhook: Mapped[Webhook] = relationship(back_populates="secrets")
 
 
+# Searching the logs by words of an event's title (GET /deliveries?q=…). PostgreSQL: a GIN index
+# on this expression; SQLite: an FTS5 table of titles keyed by the event's rowid, kept by
+# triggers. Both in the migrations (0007) and, for databases made with create_all, here.
+TITLE_SEARCH = (
+    "to_tsvector('simple', CASE jsonb_typeof(data->'title') WHEN 'string' THEN data->>'title' END)"
+)
+_SQLITE_TITLE = (
+    "CASE json_type({row}.data, '$.title') WHEN 'text' THEN json_extract({row}.data, '$.title') END"
+)
+SQLITE_TITLE_SEARCH = (
+    "CREATE VIRTUAL TABLE events_title USING fts5(title, content='')",
+    "CREATE TRIGGER events_title_insert AFTER INSERT ON events BEGIN "
+    "INSERT INTO events_title(rowid, title) "
+    f"VALUES (new.rowid, {_SQLITE_TITLE.format(row='new')}); END",
+    "CREATE TRIGGER events_title_delete AFTER DELETE ON events BEGIN "
+    "INSERT INTO events_title(events_title, rowid, title) "
+    f"VALUES ('delete', old.rowid, {_SQLITE_TITLE.format(row='old')}); END",
+)
+
+
 class Event(db.Model):
     __tablename__ = "events"
     __table_args__ = (
         UniqueConstraint("workspace_id", "idempotency_key"),
         Index(None, "workspace_id", "created_at"),
+        Index("ix_events_title_search", text(TITLE_SEARCH), postgresql_using="gin").ddl_if(
+            dialect="postgresql"
+        ),
     )
 
     id: Mapped[str] = _id("evt")
@@ -170,6 +196,10 @@ class Event(db.Model):
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     is_test: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+for _statement in SQLITE_TITLE_SEARCH:
+    sa_event.listen(Event.__table__, "after_create", DDL(_statement).execute_if(dialect="sqlite"))
 
 
 class DeliveryStatus:
