@@ -17,7 +17,7 @@ from flask import (
 from sqlalchemy import select
 
 from blueprints.ui import guarded, owned_or_404, settings
-from webhooks import accounts, catalog, notification_settings, notifications
+from webhooks import accounts, catalog, notification_settings, notifications, quotas
 from webhooks.management import Invalid
 from webhooks.models import ApiKey, db, utcnow
 
@@ -49,7 +49,16 @@ def create_api_key():  # type: ignore[no-untyped-def]
         return render_template(
             "settings/api_keys.html", keys=_keys(), created=None, error=error
         ), 422
-    key, plain = accounts.create_api_key(db.session, g.workspace_id, name)
+    try:
+        key, plain = accounts.create_api_key(
+            db.session, g.workspace_id, name, limit=current_app.config["WEBHOOK_MAX_API_KEYS"]
+        )
+    except quotas.QuotaExceeded as exc:
+        db.session.rollback()
+        error = exc.message[0].upper() + exc.message[1:] + "."
+        return render_template(
+            "settings/api_keys.html", keys=_keys(), created=None, error=error
+        ), 403
     db.session.commit()
     return render_template("settings/api_keys.html", keys=_keys(), created=(key, plain), error=None)
 

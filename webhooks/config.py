@@ -224,6 +224,18 @@ VARIABLES: tuple[Var, ...] = (
         "a claim lasts the timeout plus this margin",
     ),
     Var(
+        "WEBHOOK_MAX_WEBHOOKS",
+        "100",
+        _integer,
+        "webhooks per workspace; one more answers 403 quota_exceeded (0: no limit)",
+    ),
+    Var(
+        "WEBHOOK_MAX_API_KEYS",
+        "20",
+        _integer,
+        "unrevoked API keys per workspace; one more answers 403 quota_exceeded (0: no limit)",
+    ),
+    Var(
         "WEBHOOK_API_RATE_LIMIT",
         "1200 per minute",
         _rate,
@@ -308,6 +320,8 @@ class Settings:
     batch_size: int = 50
     worker_threads: int = 32
     slow_after: float = 2.0
+    # Quotas per workspace (0: no limit).
+    max_webhooks: int = 100
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -332,6 +346,7 @@ class Settings:
             batch_size=config["WEBHOOK_BATCH_SIZE"],
             worker_threads=config["WEBHOOK_WORKER_THREADS"],
             slow_after=config["WEBHOOK_SLOW_AFTER_SECONDS"],
+            max_webhooks=config["WEBHOOK_MAX_WEBHOOKS"],
         )
 
     @property
