@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-
-from flask import Flask, Request, abort, request
+from flask import Flask, Request, abort, g, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
-from webhooks import logthrottle
+from webhooks import accounts, logthrottle
+from webhooks.models import db
 
 # Only our own static files may run or style a page; nothing may frame it.
 CSP = (
@@ -18,11 +17,31 @@ CSP = (
 )
 
 
+def api_workspace_id() -> str | None:
+    """The workspace of the request's API key (`Authorization: Bearer …`), or None when the key
+    is missing, unknown or revoked; looked up once per request."""
+    if "api_workspace_id" not in g:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        key = (
+            accounts.authenticate_key(db.session, token.strip())
+            if scheme.lower() == "bearer"
+            else None
+        )
+        g.api_workspace_id = key.workspace_id if key is not None else None
+        if db.engine.dialect.name == "sqlite":
+            # End the look-up's transaction now: on SQLite every transaction holds the write
+            # lock, and the view may parse and validate for a while before it touches the
+            # database again.
+            db.session.rollback()
+    return g.api_workspace_id
+
+
 def caller() -> str:
-    """Rate-limit API calls per key (hashed: keys never reach Redis), others per address."""
-    header = request.headers.get("Authorization", "")
-    if header.lower().startswith("bearer "):
-        return "key:" + hashlib.sha256(header[7:].strip().encode()).hexdigest()[:32]
+    """Rate-limit API calls per workspace (all its keys share one budget, so more keys do not
+    buy more rate), anything else per address."""
+    workspace_id = api_workspace_id()
+    if workspace_id is not None:
+        return "ws:" + workspace_id
     return "ip:" + (get_remote_address() or "unknown")
 
 
