@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Flask, Request, abort, g, request
+import math
+import time
+
+from flask import Flask, Request, abort, current_app, g, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
+from flask_login import current_user
 
 from webhooks import accounts, logthrottle
 from webhooks.models import db
@@ -46,6 +50,27 @@ def caller() -> str:
 
 
 limiter = Limiter(key_func=caller)
+
+
+def signed_in_user() -> str:
+    """Rate-limit the dashboard's costly actions per person, whichever workspace they look at."""
+    if current_user.is_authenticated:
+        return "user:" + current_user.get_id()
+    return "ip:" + (get_remote_address() or "unknown")
+
+
+def dashboard_limit(setting: str):  # type: ignore[no-untyped-def]
+    """A per-person limit from the `setting` rate, for a dashboard route (a decorator)."""
+    return limiter.limit(lambda: current_app.config[setting], key_func=signed_in_user)
+
+
+def too_many(what: str) -> str:
+    """What a person reads when one of their dashboard actions is over its rate."""
+    current = limiter.current_limit
+    if current is None:
+        return f"Too many {what}. Wait a minute and try again."
+    wait = max(1, math.ceil(current.reset_at - time.time()))
+    return f"Too many {what}: at most {current.limit} for each person. Try again in {wait} s."
 
 
 def has_nul(req: Request) -> bool:
