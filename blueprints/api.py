@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 from blueprints import security
 from blueprints.security import limiter
 from blueprints.serialize import attempt_json, delivery_json, envelope_json, webhook_json
-from webhooks import accounts, bulk, catalog, logs, management, notification_settings, publishing
+from webhooks import bulk, catalog, logs, management, notification_settings, publishing
 from webhooks.config import Settings
 from webhooks.management import Invalid
 from webhooks.models import BulkJob, Delivery, Event, Webhook, db
@@ -72,18 +72,10 @@ def fail(code: str, message: str, status: int = 400, **fields: str) -> Invalid:
 def _authenticate() -> None:
     if security.has_nul(request):
         raise fail("validation_error", "the request URL must not contain NUL characters")
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    key = (
-        accounts.authenticate_key(db.session, token.strip()) if scheme.lower() == "bearer" else None
-    )
-    if key is None:
+    workspace_id = security.api_workspace_id()  # the rate limit's key has looked it up
+    if workspace_id is None:
         raise fail("unauthorized", "missing or invalid API key (Authorization: Bearer <key>)", 401)
-    g.workspace_id = key.workspace_id
-    if db.engine.dialect.name == "sqlite":
-        # End the look-up's transaction now: on SQLite every transaction holds the write lock,
-        # and the view may parse and validate for a while before it touches the database again.
-        db.session.rollback()
+    g.workspace_id = workspace_id
 
 
 def json_body(*, optional: bool = False) -> dict[str, Any]:

@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 from flask import Blueprint, current_app
 
-from webhooks import accounts
-from webhooks.models import db
+from webhooks import accounts, quotas
+from webhooks.models import Workspace, db
 
 bp = Blueprint("cli", __name__, cli_group=None)
 
@@ -47,6 +47,28 @@ def create_user(email: str, password: str, workspace_id: str) -> None:
     click.echo(
         json.dumps({"user_id": created.id, "email": created.email, "workspace_id": workspace_id})
     )
+
+
+@bp.cli.group("api-key")
+def api_key() -> None:
+    """Manage API keys."""
+
+
+@api_key.command("create")
+@click.option("--workspace", "workspace_id", required=True, help="the workspace id (ws_…)")
+@click.option("--name", default="", help="what the key is for, e.g. the system that uses it")
+def create_api_key(workspace_id: str, name: str) -> None:
+    """Create an API key for the workspace and print it (shown this once) as one JSON line."""
+    if db.session.get(Workspace, workspace_id) is None:
+        raise click.ClickException(f"no workspace {workspace_id!r}")
+    try:
+        key, plain = accounts.create_api_key(
+            db.session, workspace_id, name, limit=current_app.config["WEBHOOK_MAX_API_KEYS"]
+        )
+    except quotas.QuotaExceeded as exc:
+        raise click.ClickException(exc.message) from None
+    db.session.commit()
+    click.echo(json.dumps({"key_id": key.id, "api_key": plain, "workspace_id": workspace_id}))
 
 
 @bp.cli.command("worker")

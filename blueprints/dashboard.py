@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from blueprints import localtime, webhook_form
+from blueprints.security import dashboard_limit, too_many
 from blueprints.ui import delivery_or_404, guarded, owned_or_404, settings, webhook_or_404
 from webhooks import bulk, catalog, charts, logs, management, publishing, templates
 from webhooks.management import Invalid
@@ -202,6 +203,7 @@ def rotate(webhook_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/<webhook_id>/test")
+@dashboard_limit("WEBHOOK_DASHBOARD_RATE_LIMIT")
 def send_test(webhook_id: str):  # type: ignore[no-untyped-def]
     """Send a catalog example to this webhook alone; the result appears in place."""
     webhook = webhook_or_404(webhook_id)
@@ -238,10 +240,20 @@ def delete(webhook_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/preview")
+@dashboard_limit("WEBHOOK_DASHBOARD_RATE_LIMIT")
 def preview():  # type: ignore[no-untyped-def]
     """The body the form's settings would send for an event type's example."""
     body, error = webhook_form.preview(request.form, g.workspace_id)
     return render_template("dashboard/_preview.html", body=body, error=error)
+
+
+@bp.errorhandler(429)
+def _too_many(exc):  # type: ignore[no-untyped-def]
+    """Over the per-person rate: the message appears in place of the preview or the result."""
+    # 200, so that htmx swaps the message in where the answer would have been.
+    if request.endpoint == "dashboard.send_test":
+        return render_template("dashboard/_test_result.html", error=too_many("test events"))
+    return render_template("dashboard/_preview.html", body=None, error=too_many("previews"))
 
 
 @bp.get("/header-row")

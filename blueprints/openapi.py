@@ -26,6 +26,7 @@ ERROR_CODES = [
     "not_found",
     "unauthorized",
     "rate_limited",
+    "quota_exceeded",
     "method_not_allowed",
     "bad_request",
     "internal_error",
@@ -49,6 +50,7 @@ def _errors(*codes: int) -> dict[str, Any]:
     words = {
         400: "invalid input",
         401: "no or bad API key",
+        403: "quota exceeded: the workspace already has as many as its limit allows",
         404: "not found in this workspace",
         409: "conflict",
         413: "request body too large",
@@ -307,7 +309,7 @@ PATHS: dict[str, Any] = {
             "requestBody": {"required": True, **_json(_ref("WebhookInput"))},
             "responses": {
                 "201": _answer("created, with its secret", _ref("Webhook")),
-                **_errors(400),
+                **_errors(400, 403),
             },
         },
         "get": {

@@ -16,8 +16,9 @@ from flask import (
 )
 from sqlalchemy import select
 
+from blueprints.security import dashboard_limit, too_many
 from blueprints.ui import guarded, owned_or_404, settings
-from webhooks import accounts, catalog, notification_settings, notifications
+from webhooks import accounts, catalog, notification_settings, notifications, quotas
 from webhooks.management import Invalid
 from webhooks.models import ApiKey, db, utcnow
 
@@ -49,7 +50,16 @@ def create_api_key():  # type: ignore[no-untyped-def]
         return render_template(
             "settings/api_keys.html", keys=_keys(), created=None, error=error
         ), 422
-    key, plain = accounts.create_api_key(db.session, g.workspace_id, name)
+    try:
+        key, plain = accounts.create_api_key(
+            db.session, g.workspace_id, name, limit=current_app.config["WEBHOOK_MAX_API_KEYS"]
+        )
+    except quotas.QuotaExceeded as exc:
+        db.session.rollback()
+        error = exc.message[0].upper() + exc.message[1:] + "."
+        return render_template(
+            "settings/api_keys.html", keys=_keys(), created=None, error=error
+        ), 403
     db.session.commit()
     return render_template("settings/api_keys.html", keys=_keys(), created=(key, plain), error=None)
 
@@ -98,8 +108,7 @@ def notifications_page():  # type: ignore[no-untyped-def]
 @bp.post("/notifications")
 def save_notifications():  # type: ignore[no-untyped-def]
     """Save the e-mail addresses and the alert URL."""
-    emails = [e for e in re.split(r"[\s,;]+", request.form.get("emails", "")) if e]
-    payload = {"emails": emails, "alert_url": request.form.get("alert_url", "").strip() or None}
+    payload = _form_notification_settings()
     warnings: list[str] = []
     try:
         notification_settings.save(db.session, g.workspace_id, payload, settings(), warnings)
@@ -112,14 +121,42 @@ def save_notifications():  # type: ignore[no-untyped-def]
     return redirect(url_for("settings.notifications_page"))
 
 
+def _form_notification_settings() -> dict:  # type: ignore[type-arg]
+    """The e-mail addresses and alert URL as the form stands (saved or not)."""
+    emails = [e for e in re.split(r"[\s,;]+", request.form.get("emails", "")) if e]
+    return {"emails": emails, "alert_url": request.form.get("alert_url", "").strip() or None}
+
+
 @bp.post("/notifications/test")
+@dashboard_limit("WEBHOOK_NOTIFY_TEST_RATE_LIMIT")
 def test_notification():  # type: ignore[no-untyped-def]
-    """Send a test message to every channel; it appears in the list below, then its result."""
+    """Send a test message to every saved channel; it appears in the list below, then its result.
+
+    Only what is saved gets it: what is typed in the form and not saved yet could be anyone's
+    address."""
+    saved = notification_settings.load(db.session, g.workspace_id)
+    unsaved = "emails" in request.form and _form_notification_settings() != saved
     ids = notifications.send_test(db.session, g.workspace_id, settings())
     notifications.hand_off(current_app.extensions["redis"], settings(), ids)
-    message = None if ids else "Add an e-mail address or an alert URL and save them first."
+    if not ids:
+        message = "Add an e-mail address or an alert URL and save them first."
+    elif unsaved:
+        message = "Sent to the saved settings only: save your changes first to test them."
+    else:
+        message = None
     return render_template(
         "settings/_notifications.html", recent=_recent_notifications(), message=message
+    )
+
+
+@bp.errorhandler(429)
+def _too_many(exc):  # type: ignore[no-untyped-def]
+    """Over the per-person rate: the message appears above the list of notifications."""
+    # 200, so that htmx swaps the message in where the list would have been.
+    return render_template(
+        "settings/_notifications.html",
+        recent=_recent_notifications(),
+        message=too_many("test notifications"),
     )
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from webhooks import quotas
 from webhooks.models import ApiKey, User, Workspace, utcnow
 
 KEY_PREFIX = "whk_"
@@ -22,8 +23,15 @@ def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_api_key(session: Session, workspace_id: str, name: str = "") -> tuple[ApiKey, str]:
-    """A new key for the workspace; the plain key is returned once and stored only hashed."""
+def create_api_key(
+    session: Session, workspace_id: str, name: str = "", *, limit: int = 0
+) -> tuple[ApiKey, str]:
+    """A new key for the workspace; the plain key is returned once and stored only hashed.
+
+    With a `limit` (WEBHOOK_MAX_API_KEYS), a workspace holding that many unrevoked keys gets
+    quotas.QuotaExceeded instead.
+    """
+    quotas.check_api_keys(session, workspace_id, limit)
     plain = KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(workspace_id=workspace_id, name=name, prefix=plain[:12], key_hash=_digest(plain))
     session.add(key)

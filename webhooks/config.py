@@ -224,10 +224,34 @@ VARIABLES: tuple[Var, ...] = (
         "a claim lasts the timeout plus this margin",
     ),
     Var(
+        "WEBHOOK_MAX_WEBHOOKS",
+        "100",
+        _integer,
+        "webhooks per workspace; one more answers 403 quota_exceeded (0: no limit)",
+    ),
+    Var(
+        "WEBHOOK_MAX_API_KEYS",
+        "20",
+        _integer,
+        "unrevoked API keys per workspace; one more answers 403 quota_exceeded (0: no limit)",
+    ),
+    Var(
         "WEBHOOK_API_RATE_LIMIT",
         "1200 per minute",
         _rate,
-        "requests per API key (Flask-Limiter syntax, e.g. 100 per second)",
+        "requests per workspace, all its keys together (Flask-Limiter syntax, e.g. 100 per second)",
+    ),
+    Var(
+        "WEBHOOK_DASHBOARD_RATE_LIMIT",
+        "60 per minute",
+        _rate,
+        "body previews, and test events, each per signed-in person (Flask-Limiter syntax)",
+    ),
+    Var(
+        "WEBHOOK_NOTIFY_TEST_RATE_LIMIT",
+        "3 per minute; 20 per hour",
+        _rate,
+        "test notifications per signed-in person (each goes to every saved address)",
     ),
     Var("WEBHOOK_LOGIN_RATE_LIMIT", "10 per minute", _rate, "sign-in attempts per address"),
     Var("METRICS_ENABLED", "1", _flag, "0 turns GET /metrics off (it answers 404)"),
@@ -308,6 +332,8 @@ class Settings:
     batch_size: int = 50
     worker_threads: int = 32
     slow_after: float = 2.0
+    # Quotas per workspace (0: no limit).
+    max_webhooks: int = 100
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -332,6 +358,7 @@ class Settings:
             batch_size=config["WEBHOOK_BATCH_SIZE"],
             worker_threads=config["WEBHOOK_WORKER_THREADS"],
             slow_after=config["WEBHOOK_SLOW_AFTER_SECONDS"],
+            max_webhooks=config["WEBHOOK_MAX_WEBHOOKS"],
         )
 
     @property

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from webhooks import catalog, egress, signing, templates, transforms
+from webhooks import catalog, egress, quotas, signing, templates, transforms
 from webhooks.config import Settings
 from webhooks.delivery import RESERVED_HEADERS
 from webhooks.models import Delivery, Webhook, WebhookSecret, utcnow
@@ -255,6 +255,10 @@ def create(
     )
     if secret is not None:
         webhook.secrets.append(WebhookSecret(secret=secret))
+    try:
+        quotas.check_webhooks(session, workspace_id, settings.max_webhooks)
+    except quotas.QuotaExceeded as exc:
+        raise Invalid("quota_exceeded", exc.message, status=403) from None
     session.add(webhook)
     session.commit()
     return webhook, secret

@@ -29,6 +29,13 @@ from urllib3.util import connection as _connection
 from webhooks import egress
 
 RESPONSE_BODY_CAP = 20_000
+# Response headers kept per attempt, counted as `Name: value` lines with their CRLF. Python's
+# http.client already refuses a line over 64 KiB and more than 100 headers, so a receiver can
+# make one attempt parse at most about 6.4 MB of them; only this much is kept and stored.
+RESPONSE_HEADERS_CAP = 16 * 1024
+# The entry that says what was dropped: not an HTTP token, so no receiver's header has it.
+DROPPED_HEADERS = "(dropped)"
+_DROPPED_RESERVE = 128  # room kept for that entry once something is dropped
 USER_AGENT = "CloudThinker-Webhooks/1.0"
 
 
@@ -306,6 +313,30 @@ def _describe(exc: BaseException, timeout: float, expired: bool) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def kept_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The response's headers up to RESPONSE_HEADERS_CAP in all, in order; those that do not
+    fit are dropped, and an entry named DROPPED_HEADERS says how many and how large."""
+    items = list(headers)
+    sizes = [len(name) + len(value) + 4 for name, value in items]
+    if sum(sizes) <= RESPONSE_HEADERS_CAP:
+        return dict(items)
+    kept: dict[str, str] = {}
+    room = RESPONSE_HEADERS_CAP - _DROPPED_RESERVE
+    dropped = dropped_bytes = 0
+    for (name, value), size in zip(items, sizes, strict=True):
+        if size <= room:
+            kept[name] = value
+            room -= size
+        else:
+            dropped += 1
+            dropped_bytes += size
+    kept[DROPPED_HEADERS] = (
+        f"{dropped} header{'s' if dropped != 1 else ''} ({dropped_bytes:,} bytes) not kept: "
+        f"at most {RESPONSE_HEADERS_CAP // 1024} KiB of response headers are stored"
+    )
+    return kept
+
+
 def _elapsed_ms(started: float) -> int:
     return round((time.monotonic() - started) * 1000)
 
@@ -367,14 +398,16 @@ def post(
             raise TimeoutError("deadline reached")
         return Result(
             status_code=response.status_code,
-            headers=dict(response.headers),
+            headers=kept_headers(response.headers.items()),
             body=raw.decode("utf-8", errors="replace"),
             duration_ms=_elapsed_ms(started),
         )
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
         return Result(
             status_code=response.status_code if response and not exchange.expired else None,
-            headers=dict(response.headers) if response and not exchange.expired else {},
+            headers=kept_headers(response.headers.items())
+            if response and not exchange.expired
+            else {},
             duration_ms=_elapsed_ms(started),
             error=_describe(exc, timeout, exchange.expired),
         )
