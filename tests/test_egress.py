@@ -577,3 +577,91 @@ def test_a_name_that_does_not_resolve_yet_is_saved_with_a_warning(api, dns):
     assert any("not-yet.invalid" in w for w in answer.json["warnings"])
     again = api.patch(f"/webhooks/{answer.json['id']}", {"url": "https://still-not.invalid/x"})
     assert again.status_code == 200 and again.json["warnings"]
+
+
+# -- ports ----------------------------------------------------------------------------------------
+
+
+def test_ports_outside_the_allowed_ones_are_refused_naming_the_setting(connects):
+    with pytest.raises(egress.TargetNotAllowed) as caught:
+        egress.check_target("https://93.184.216.34:25/", ())
+    assert caught.value.message == (
+        "port 25 is not allowed (WEBHOOK_ALLOWED_PORTS allows 443,1024-65535)"
+    )
+    assert egress.check_target("https://93.184.216.34/", ()).port == 443
+    assert egress.check_target("https://93.184.216.34:8443/", ()).port == 8443
+    # 80 only for http://, and only where http:// is allowed at all.
+    with pytest.raises(egress.TargetNotAllowed, match="port 80 is not allowed"):
+        egress.check_target("https://93.184.216.34:80/", ())
+    assert egress.check_target("http://93.184.216.34/", (), allow_http=True).port == 80
+    with pytest.raises(egress.TargetNotAllowed, match=r"port 22 is not allowed .*allows 8443\)"):
+        egress.check_target("https://93.184.216.34:22/", (), allowed_ports=((8443, 8443),))
+
+
+def test_a_port_that_is_not_allowed_makes_no_connection(receiver, ca_bundle, connects):
+    result = send(receiver.url(), ca_bundle, allowed_ports=((443, 443),))
+
+    assert result.error == (
+        f"target not allowed: port {receiver.port} is not allowed "
+        "(WEBHOOK_ALLOWED_PORTS allows 443)"
+    )
+    assert result.status_code is None and connects == [] and receiver.requests == []
+
+
+@pytest.mark.parametrize("networks", [""])
+def test_api_refuses_a_port_that_is_not_allowed(api):  # type: ignore[no-untyped-def]
+    body = {"name": "Mail", "url": "https://93.184.216.34:25/", "events": ["*"]}
+
+    response = api.post("/webhooks", body)
+
+    assert response.status_code == 400
+    error = response.json["error"]
+    message = "port 25 is not allowed (WEBHOOK_ALLOWED_PORTS allows 443,1024-65535)"
+    assert (error["code"], error["message"], error["fields"]) == (
+        "target_not_allowed",
+        message,
+        {"url": message},
+    )
+    assert api.get("/webhooks").json["data"] == []
+
+
+@pytest.mark.parametrize("networks", [""])
+def test_the_alert_url_follows_the_port_rule_too(api):  # type: ignore[no-untyped-def]
+    body = {"emails": [], "alert_url": "https://93.184.216.34:22/"}
+    response = api._call("put", "/notifications", body)
+
+    assert response.status_code == 400
+    error = response.json["error"]
+    assert error["code"] == "target_not_allowed"
+    assert error["fields"] == {
+        "alert_url": "port 22 is not allowed (WEBHOOK_ALLOWED_PORTS allows 443,1024-65535)"
+    }
+
+
+def test_a_port_no_longer_allowed_fails_the_attempt_at_send_time(
+    app, api, webhook, receiver, connects
+):  # type: ignore[no-untyped-def]
+    from tests.conftest import Service
+
+    app.config["WEBHOOK_ALLOWED_PORTS"] = ((443, 443),)  # narrowed after the webhook was saved
+    event = publish(api)
+
+    attempt = Service(app).run_until(first_attempt(api, event["id"]))
+
+    assert attempt["error"] == (
+        f"target not allowed: port {receiver.port} is not allowed "
+        "(WEBHOOK_ALLOWED_PORTS allows 443)"
+    )
+    assert receiver.requests == [] and connects == []
+
+
+@pytest.mark.parametrize("value", ["25-22", "0", "http", "443,65536", ""])
+def test_a_bad_port_list_names_the_variable(value):
+    from webhooks.config import ConfigError, load
+
+    with pytest.raises(ConfigError, match=r"^WEBHOOK_ALLOWED_PORTS must list"):
+        load({"WEBHOOK_ALLOWED_PORTS": value})
+    assert load({"WEBHOOK_ALLOWED_PORTS": "443, 8000-8999"})["WEBHOOK_ALLOWED_PORTS"] == (
+        (443, 443),
+        (8000, 8999),
+    )

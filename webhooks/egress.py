@@ -331,7 +331,32 @@ def canonical_url(url: str) -> str:
     return prepared.url
 
 
-def _split(url: str, allow_http: bool) -> tuple[str, str, int]:
+DEFAULT_PORTS: tuple[tuple[int, int], ...] = ((443, 443), (1024, 65535))
+
+
+def describe_ports(ranges: Iterable[tuple[int, int]]) -> str:
+    """Port ranges as WEBHOOK_ALLOWED_PORTS spells them: 443,1024-65535."""
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+def refuse_port(port: int, scheme: str, allowed_ports: Iterable[tuple[int, int]]) -> None:
+    """Raise TargetNotAllowed unless `port` is allowed (80 too for http:// when allowed)."""
+    ranges = tuple(allowed_ports)
+    if scheme == "http" and port == 80:
+        return  # reaching http:// at all takes WEBHOOK_ALLOW_HTTP
+    if any(low <= port <= high for low, high in ranges):
+        return
+    allowed = describe_ports(ranges)
+    raise TargetNotAllowed(
+        port,
+        "port",
+        message=f"port {port} is not allowed (WEBHOOK_ALLOWED_PORTS allows {allowed})",
+    )
+
+
+def _split(
+    url: str, allow_http: bool, allowed_ports: Iterable[tuple[int, int]] = DEFAULT_PORTS
+) -> tuple[str, str, int]:
     parts = urlsplit(canonical_url(url))
     host = parts.hostname
     if not host:
@@ -343,30 +368,38 @@ def _split(url: str, allow_http: bool) -> tuple[str, str, int]:
             "scheme",
             message=f"{scheme}:// targets are not allowed (https:// only)",
         )
-    return scheme, host, parts.port or (443 if scheme == "https" else 80)
+    port = parts.port or (443 if scheme == "https" else 80)
+    refuse_port(port, scheme, allowed_ports)
+    return scheme, host, port
 
 
 def check_target(
-    url: str, allowed_networks: Iterable[Network] = (), *, allow_http: bool = False
+    url: str,
+    allowed_networks: Iterable[Network] = (),
+    *,
+    allow_http: bool = False,
+    allowed_ports: Iterable[tuple[int, int]] = DEFAULT_PORTS,
 ) -> Target:
-    """Send-time check of a URL: scheme, then every address of its host.
+    """Send-time check of a URL: scheme and port, then every address of its host.
 
     Raises TargetNotAllowed, socket.gaierror (the name does not resolve) or ValueError.
     """
-    scheme, host, port = _split(url, allow_http)
+    scheme, host, port = _split(url, allow_http, allowed_ports)
     addresses = check(host, port, allowed_networks)
     return Target(scheme, host, port, tuple(addresses))
 
 
 def check_url(url: str, settings: Any, *, resolve_names: bool = True) -> str | None:
-    """Save-time check of a URL against `settings` (allowed_private_networks, allow_http).
+    """Save-time check of a URL against `settings` (allowed_private_networks, allow_http,
+    allowed_ports).
 
     A literal address that breaks the rule, or a name with any such address, raises
     TargetNotAllowed. A name that does not resolve yet is accepted: the warning to show is
     returned (the address is checked again at send time). Returns None when all is well.
     """
     allowed = tuple(settings.allowed_private_networks or ())
-    scheme, host, port = _split(url, bool(settings.allow_http))
+    ports = getattr(settings, "allowed_ports", DEFAULT_PORTS)
+    scheme, host, port = _split(url, bool(settings.allow_http), ports)
     literal = parse_literal(host)
     if literal is not None:
         refuse_if_not_allowed(literal, allowed, host=host, literal=True)

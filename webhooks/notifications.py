@@ -369,6 +369,7 @@ def post_alert(settings: Settings, url: str, subject: str, body: str) -> str | N
         proxy_url=settings.proxy_url,
         allowed_networks=settings.allowed_private_networks,
         allow_http=settings.allow_http,
+        allowed_ports=settings.allowed_ports,
     )
     if result.ok:
         return None

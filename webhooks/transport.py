@@ -320,17 +320,21 @@ def post(
     proxy_url: str | None = None,
     allowed_networks: Iterable[egress.Network] = (),
     allow_http: bool = False,
+    allowed_ports: Iterable[tuple[int, int]] = egress.DEFAULT_PORTS,
 ) -> Result:
     """POST `body` once: egress-checked, no redirects, one deadline for the whole exchange,
     body read to a cap.
 
-    The target must pass the egress guard (https:// unless `allow_http`; every address public
-    or inside `allowed_networks`); a refused target is a failed Result and nothing connects.
+    The target must pass the egress guard (https:// unless `allow_http`; a port inside
+    `allowed_ports`; every address public or inside `allowed_networks`); a refused target is a
+    failed Result and nothing connects.
     """
     started = time.monotonic()
     exchange = _Exchange(started + timeout)
     try:
-        target = egress.check_target(url, allowed_networks, allow_http=allow_http)
+        target = egress.check_target(
+            url, allowed_networks, allow_http=allow_http, allowed_ports=allowed_ports
+        )
     except egress.TargetNotAllowed as exc:
         return Result(duration_ms=_elapsed_ms(started), error=f"target not allowed: {exc}")
     except (OSError, UnicodeError):
