@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import trustme
@@ -384,12 +385,14 @@ def test_the_target_is_checked_even_through_a_proxy(dns, ca_bundle, connects):
 
 
 class TunnelProxy:
-    """A CONNECT proxy on loopback that records what it was asked for and tunnels to the
-    receiver on 127.0.0.1 (a trusted proxy resolves names itself)."""
+    """A proxy on loopback that records what it was asked for and connects there itself, as a
+    real one does (resolving a name with the system's resolver, which knows no `.test` name):
+    `CONNECT host:port` tunnels, `POST http://host:port/path` is forwarded."""
 
     def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         self.asked: list[str] = []
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -399,9 +402,9 @@ class TunnelProxy:
                 client, _ = self.sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
+            threading.Thread(target=self._handle, args=(client,), daemon=True).start()
 
-    def _tunnel(self, client: socket.socket) -> None:
+    def _handle(self, client: socket.socket) -> None:
         with client:
             head = b""
             while b"\r\n\r\n" not in head:
@@ -409,42 +412,113 @@ class TunnelProxy:
                 if not chunk:
                     return
                 head += chunk
-            target = head.split(b" ")[1].decode()
-            self.asked.append(target)
-            with socket.create_connection(("127.0.0.1", int(target.rsplit(":", 1)[1]))) as up:
-                client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                pair = {client: up, up: client}
-                while True:
-                    ready, _, _ = select.select(list(pair), [], [], 5)
-                    if not ready:
-                        return
-                    for sock in ready:
-                        data = sock.recv(65536)
-                        if not data:
-                            return
-                        pair[sock].sendall(data)
+            method, target, rest = head.split(b" ", 2)
+            if method == b"CONNECT":
+                where, first = target.decode(), b""
+            else:  # forwarding: the absolute URL names where to go
+                where = urlsplit(target.decode()).netloc
+                path = urlsplit(target.decode())
+                origin = (path.path or "/") + (f"?{path.query}" if path.query else "")
+                first = b" ".join([method, origin.encode(), rest])
+            self.asked.append(where)
+            host, _, port = where.rpartition(":")
+            try:
+                up = socket.create_connection((host.strip("[]"), int(port)), timeout=2)
+            except OSError:
+                client.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+                return
+            with up:
+                if first:
+                    up.sendall(first)
+                else:
+                    client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                self._pipe(client, up)
+
+    @staticmethod
+    def _pipe(client: socket.socket, up: socket.socket) -> None:
+        pair = {client: up, up: client}
+        while True:
+            ready, _, _ = select.select(list(pair), [], [], 5)
+            if not ready:
+                return
+            for sock in ready:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                pair[sock].sendall(data)
 
     def close(self) -> None:
         self.sock.close()
 
 
-def test_through_a_proxy_the_target_is_checked_and_the_proxy_connects(
-    dns, named_receiver, ca_bundle, connects
+@pytest.fixture
+def proxy() -> Iterator[TunnelProxy]:
+    server = TunnelProxy()
+    yield server
+    server.close()
+
+
+def test_through_a_proxy_the_checked_address_is_tunnelled_to_and_tls_checks_the_name(
+    dns, named_receiver, ca_bundle, connects, proxy
 ):
-    proxy = TunnelProxy()
+    dns["hooks.test"] = "127.0.0.1"  # only the egress guard knows hooks.test
+
+    first = send(named_receiver.url(host="hooks.test"), ca_bundle, proxy_url=proxy.url)
+    second = send(named_receiver.url(host="hooks.test"), ca_bundle, proxy_url=proxy.url)
+
+    # The proxy was asked for the address, not the name: it could not resolve it again. The
+    # certificate (for hooks.test alone) was still checked against the name, through SNI.
+    assert first.ok and second.ok, (first.error, second.error)
+    assert proxy.asked == [f"127.0.0.1:{named_receiver.port}"]  # the tunnel was kept alive
+    assert connects == [("127.0.0.1", proxy.port)]  # we connected to the proxy alone
+    assert [r.headers["Host"] for r in named_receiver.requests] == [
+        f"hooks.test:{named_receiver.port}"
+    ] * 2
+
+
+def test_through_a_proxy_a_tunnel_to_an_old_address_is_not_reused(
+    dns, named_receiver, ca_bundle, proxy
+):
+    url = named_receiver.url(host="hooks.test")
+    dns["hooks.test"] = "127.0.0.1"
+    assert send(url, ca_bundle, proxy_url=proxy.url).ok
+
+    dns["hooks.test"] = "127.0.0.2"  # the name moved (allowed, but nothing listens there)
+    moved = send(url, ca_bundle, proxy_url=proxy.url)
+    dns["hooks.test"] = ["127.0.0.3", "127.0.0.1"]  # the first refuses, the next one answers
+    again = send(url, ca_bundle, proxy_url=proxy.url)
+
+    assert moved.error == "the proxy could not connect: 502 Bad Gateway"
+    assert again.ok, again.error
+    port = named_receiver.port
+    assert proxy.asked == [f"127.0.0.{n}:{port}" for n in (1, 2, 3, 1)]
+    assert len(named_receiver.requests) == 2
+
+
+def test_through_a_forwarding_proxy_http_goes_to_the_checked_address(dns, ca_bundle, proxy):
+    plain = Receiver()
     try:
         dns["hooks.test"] = "127.0.0.1"
-        result = send(
-            named_receiver.url(host="hooks.test"),
-            ca_bundle,
-            proxy_url=f"http://127.0.0.1:{proxy.port}",
-        )
+        result = send(plain.url(host="hooks.test"), ca_bundle, proxy_url=proxy.url, allow_http=True)
     finally:
-        proxy.close()
+        plain.close()
 
     assert result.ok, result.error
-    assert proxy.asked == [f"hooks.test:{named_receiver.port}"]
-    assert connects == [("127.0.0.1", proxy.port)]  # we connected to the proxy alone
+    assert proxy.asked == [f"127.0.0.1:{plain.port}"]
+    assert plain.requests[0].headers["Host"] == f"hooks.test:{plain.port}"
+    assert plain.requests[0].path == "/hook"
+
+
+@pytest.mark.parametrize("proxy_url", ["socks5://127.0.0.1:1080", "socks5h://u:pw@proxy:1080"])
+def test_a_socks_proxy_is_refused_at_start_up_naming_the_variable(proxy_url, capsys, tmp_path):
+    from app import create_app
+
+    with pytest.raises(SystemExit):
+        create_app({"WEBHOOK_PROXY_URL": proxy_url, "SECRET_KEY": "x", "TESTING": True})
+
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("configuration error: WEBHOOK_PROXY_URL must be an http:// or https")
+    assert "SOCKS" in line and "pw" not in line
 
 
 # -- through the API and the worker -----------------------------------------------------------
