@@ -293,12 +293,12 @@ def named_receiver(ca: trustme.CA) -> Iterator[Receiver]:
     server.close()
 
 
-def send(url: str, ca_bundle: str, allowed=LOOPBACK, **kw: Any) -> transport.Result:  # type: ignore[no-untyped-def]
+def send(url: str, ca_bundle: str, allowed=LOOPBACK, timeout_s=2, **kw: Any) -> transport.Result:  # type: ignore[no-untyped-def]
     return transport.post(
         url,
         b"{}",
         {"Content-Type": "application/json"},
-        timeout=2,
+        timeout=timeout_s,
         ca_bundle=ca_bundle,
         allowed_networks=allowed,
         **kw,
@@ -739,3 +739,82 @@ def test_a_bad_port_list_names_the_variable(value):
         (443, 443),
         (8000, 8999),
     )
+
+
+# -- DNS lookups bounded in time ----------------------------------------------------------------
+
+
+class HangingAnswer:
+    """A DNS answer that does not come: the lookup hangs until released (or 10 s, then the
+    name does not resolve), like a resolver whose server never answers."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.asked = 0
+
+    def __iter__(self) -> Iterator[str]:
+        self.asked += 1
+        if not self.released.wait(10):
+            raise socket.gaierror(socket.EAI_AGAIN, "the test's resolver gave up")
+        return iter(["127.0.0.1"])
+
+
+@pytest.fixture
+def hanging() -> Iterator[HangingAnswer]:
+    answer = HangingAnswer()
+    yield answer
+    answer.released.set()
+
+
+def test_a_hanging_lookup_ends_the_attempt_at_its_deadline(
+    dns, named_receiver, ca_bundle, connects, hanging
+):
+    import time
+
+    dns["hooks.test"] = hanging
+    started = time.monotonic()
+    result = transport.post(
+        named_receiver.url(host="hooks.test"),
+        b"{}",
+        {},
+        timeout=0.5,
+        ca_bundle=ca_bundle,
+        allowed_networks=LOOPBACK,
+    )
+    took = time.monotonic() - started
+
+    assert result.error == "timed out after 0.5 s (hooks.test did not resolve)"
+    assert 0.5 <= took < 1.0 and result.duration_ms < 1000
+    assert connects == [] and named_receiver.requests == []
+
+
+def test_one_hanging_name_does_not_hold_up_other_lookups(dns, named_receiver, ca_bundle, hanging):
+    import time
+
+    dns["slow.test"] = hanging
+    dns["hooks.test"] = "127.0.0.1"
+    for _ in range(40):  # more than the lookup threads: they wait for the one lookup running
+        assert send("https://slow.test/", ca_bundle, timeout_s=0.05).error.startswith("timed out")
+
+    started = time.monotonic()
+    result = send(named_receiver.url(host="hooks.test"), ca_bundle)
+
+    assert result.ok, result.error
+    assert time.monotonic() - started < 1.0
+    assert hanging.asked == 1  # one lookup of slow.test ran; the other 39 waited for it
+
+
+def test_a_hanging_lookup_at_save_time_answers_within_seconds(dns, api, hanging):  # type: ignore[no-untyped-def]
+    import time
+
+    dns["slow.test"] = hanging
+    started = time.monotonic()
+    answer = api.post("/webhooks", {"name": "Slow", "url": "https://slow.test/h", "events": ["*"]})
+    took = time.monotonic() - started
+
+    assert answer.status_code == 201, answer.json
+    assert answer.json["warnings"] == [
+        "slow.test did not resolve within 3 s; it is saved, and its addresses will be checked "
+        "when a delivery is sent"
+    ]
+    assert took < egress.SAVE_LOOKUP_SECONDS + 1.5

@@ -390,10 +390,17 @@ def post(
     exchange = _Exchange(started + timeout)
     try:
         target = egress.check_target(
-            url, allowed_networks, allow_http=allow_http, allowed_ports=allowed_ports
+            url,
+            allowed_networks,
+            allow_http=allow_http,
+            allowed_ports=allowed_ports,
+            deadline=exchange.deadline,
         )
     except egress.TargetNotAllowed as exc:
         return Result(duration_ms=_elapsed_ms(started), error=f"target not allowed: {exc}")
+    except egress.LookupTimeout as exc:
+        error = f"timed out after {timeout:g} s ({exc.host} did not resolve)"
+        return Result(duration_ms=_elapsed_ms(started), error=error)
     except (OSError, UnicodeError):
         return Result(duration_ms=_elapsed_ms(started), error="the host name does not resolve")
     except ValueError as exc:
