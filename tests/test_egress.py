@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import trustme
@@ -292,12 +293,12 @@ def named_receiver(ca: trustme.CA) -> Iterator[Receiver]:
     server.close()
 
 
-def send(url: str, ca_bundle: str, allowed=LOOPBACK, **kw: Any) -> transport.Result:  # type: ignore[no-untyped-def]
+def send(url: str, ca_bundle: str, allowed=LOOPBACK, timeout_s=2, **kw: Any) -> transport.Result:  # type: ignore[no-untyped-def]
     return transport.post(
         url,
         b"{}",
         {"Content-Type": "application/json"},
-        timeout=2,
+        timeout=timeout_s,
         ca_bundle=ca_bundle,
         allowed_networks=allowed,
         **kw,
@@ -384,12 +385,14 @@ def test_the_target_is_checked_even_through_a_proxy(dns, ca_bundle, connects):
 
 
 class TunnelProxy:
-    """A CONNECT proxy on loopback that records what it was asked for and tunnels to the
-    receiver on 127.0.0.1 (a trusted proxy resolves names itself)."""
+    """A proxy on loopback that records what it was asked for and connects there itself, as a
+    real one does (resolving a name with the system's resolver, which knows no `.test` name):
+    `CONNECT host:port` tunnels, `POST http://host:port/path` is forwarded."""
 
     def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         self.asked: list[str] = []
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -399,9 +402,9 @@ class TunnelProxy:
                 client, _ = self.sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
+            threading.Thread(target=self._handle, args=(client,), daemon=True).start()
 
-    def _tunnel(self, client: socket.socket) -> None:
+    def _handle(self, client: socket.socket) -> None:
         with client:
             head = b""
             while b"\r\n\r\n" not in head:
@@ -409,42 +412,113 @@ class TunnelProxy:
                 if not chunk:
                     return
                 head += chunk
-            target = head.split(b" ")[1].decode()
-            self.asked.append(target)
-            with socket.create_connection(("127.0.0.1", int(target.rsplit(":", 1)[1]))) as up:
-                client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                pair = {client: up, up: client}
-                while True:
-                    ready, _, _ = select.select(list(pair), [], [], 5)
-                    if not ready:
-                        return
-                    for sock in ready:
-                        data = sock.recv(65536)
-                        if not data:
-                            return
-                        pair[sock].sendall(data)
+            method, target, rest = head.split(b" ", 2)
+            if method == b"CONNECT":
+                where, first = target.decode(), b""
+            else:  # forwarding: the absolute URL names where to go
+                where = urlsplit(target.decode()).netloc
+                path = urlsplit(target.decode())
+                origin = (path.path or "/") + (f"?{path.query}" if path.query else "")
+                first = b" ".join([method, origin.encode(), rest])
+            self.asked.append(where)
+            host, _, port = where.rpartition(":")
+            try:
+                up = socket.create_connection((host.strip("[]"), int(port)), timeout=2)
+            except OSError:
+                client.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+                return
+            with up:
+                if first:
+                    up.sendall(first)
+                else:
+                    client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                self._pipe(client, up)
+
+    @staticmethod
+    def _pipe(client: socket.socket, up: socket.socket) -> None:
+        pair = {client: up, up: client}
+        while True:
+            ready, _, _ = select.select(list(pair), [], [], 5)
+            if not ready:
+                return
+            for sock in ready:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                pair[sock].sendall(data)
 
     def close(self) -> None:
         self.sock.close()
 
 
-def test_through_a_proxy_the_target_is_checked_and_the_proxy_connects(
-    dns, named_receiver, ca_bundle, connects
+@pytest.fixture
+def proxy() -> Iterator[TunnelProxy]:
+    server = TunnelProxy()
+    yield server
+    server.close()
+
+
+def test_through_a_proxy_the_checked_address_is_tunnelled_to_and_tls_checks_the_name(
+    dns, named_receiver, ca_bundle, connects, proxy
 ):
-    proxy = TunnelProxy()
+    dns["hooks.test"] = "127.0.0.1"  # only the egress guard knows hooks.test
+
+    first = send(named_receiver.url(host="hooks.test"), ca_bundle, proxy_url=proxy.url)
+    second = send(named_receiver.url(host="hooks.test"), ca_bundle, proxy_url=proxy.url)
+
+    # The proxy was asked for the address, not the name: it could not resolve it again. The
+    # certificate (for hooks.test alone) was still checked against the name, through SNI.
+    assert first.ok and second.ok, (first.error, second.error)
+    assert proxy.asked == [f"127.0.0.1:{named_receiver.port}"]  # the tunnel was kept alive
+    assert connects == [("127.0.0.1", proxy.port)]  # we connected to the proxy alone
+    assert [r.headers["Host"] for r in named_receiver.requests] == [
+        f"hooks.test:{named_receiver.port}"
+    ] * 2
+
+
+def test_through_a_proxy_a_tunnel_to_an_old_address_is_not_reused(
+    dns, named_receiver, ca_bundle, proxy
+):
+    url = named_receiver.url(host="hooks.test")
+    dns["hooks.test"] = "127.0.0.1"
+    assert send(url, ca_bundle, proxy_url=proxy.url).ok
+
+    dns["hooks.test"] = "127.0.0.2"  # the name moved (allowed, but nothing listens there)
+    moved = send(url, ca_bundle, proxy_url=proxy.url)
+    dns["hooks.test"] = ["127.0.0.3", "127.0.0.1"]  # the first refuses, the next one answers
+    again = send(url, ca_bundle, proxy_url=proxy.url)
+
+    assert moved.error == "the proxy could not connect: 502 Bad Gateway"
+    assert again.ok, again.error
+    port = named_receiver.port
+    assert proxy.asked == [f"127.0.0.{n}:{port}" for n in (1, 2, 3, 1)]
+    assert len(named_receiver.requests) == 2
+
+
+def test_through_a_forwarding_proxy_http_goes_to_the_checked_address(dns, ca_bundle, proxy):
+    plain = Receiver()
     try:
         dns["hooks.test"] = "127.0.0.1"
-        result = send(
-            named_receiver.url(host="hooks.test"),
-            ca_bundle,
-            proxy_url=f"http://127.0.0.1:{proxy.port}",
-        )
+        result = send(plain.url(host="hooks.test"), ca_bundle, proxy_url=proxy.url, allow_http=True)
     finally:
-        proxy.close()
+        plain.close()
 
     assert result.ok, result.error
-    assert proxy.asked == [f"hooks.test:{named_receiver.port}"]
-    assert connects == [("127.0.0.1", proxy.port)]  # we connected to the proxy alone
+    assert proxy.asked == [f"127.0.0.1:{plain.port}"]
+    assert plain.requests[0].headers["Host"] == f"hooks.test:{plain.port}"
+    assert plain.requests[0].path == "/hook"
+
+
+@pytest.mark.parametrize("proxy_url", ["socks5://127.0.0.1:1080", "socks5h://u:pw@proxy:1080"])
+def test_a_socks_proxy_is_refused_at_start_up_naming_the_variable(proxy_url, capsys, tmp_path):
+    from app import create_app
+
+    with pytest.raises(SystemExit):
+        create_app({"WEBHOOK_PROXY_URL": proxy_url, "SECRET_KEY": "x", "TESTING": True})
+
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("configuration error: WEBHOOK_PROXY_URL must be an http:// or https")
+    assert "SOCKS" in line and "pw" not in line
 
 
 # -- through the API and the worker -----------------------------------------------------------
@@ -577,3 +651,170 @@ def test_a_name_that_does_not_resolve_yet_is_saved_with_a_warning(api, dns):
     assert any("not-yet.invalid" in w for w in answer.json["warnings"])
     again = api.patch(f"/webhooks/{answer.json['id']}", {"url": "https://still-not.invalid/x"})
     assert again.status_code == 200 and again.json["warnings"]
+
+
+# -- ports ----------------------------------------------------------------------------------------
+
+
+def test_ports_outside_the_allowed_ones_are_refused_naming_the_setting(connects):
+    with pytest.raises(egress.TargetNotAllowed) as caught:
+        egress.check_target("https://93.184.216.34:25/", ())
+    assert caught.value.message == (
+        "port 25 is not allowed (WEBHOOK_ALLOWED_PORTS allows 443,1024-65535)"
+    )
+    assert egress.check_target("https://93.184.216.34/", ()).port == 443
+    assert egress.check_target("https://93.184.216.34:8443/", ()).port == 8443
+    # 80 only for http://, and only where http:// is allowed at all.
+    with pytest.raises(egress.TargetNotAllowed, match="port 80 is not allowed"):
+        egress.check_target("https://93.184.216.34:80/", ())
+    assert egress.check_target("http://93.184.216.34/", (), allow_http=True).port == 80
+    with pytest.raises(egress.TargetNotAllowed, match=r"port 22 is not allowed .*allows 8443\)"):
+        egress.check_target("https://93.184.216.34:22/", (), allowed_ports=((8443, 8443),))
+
+
+def test_a_port_that_is_not_allowed_makes_no_connection(receiver, ca_bundle, connects):
+    result = send(receiver.url(), ca_bundle, allowed_ports=((443, 443),))
+
+    assert result.error == (
+        f"target not allowed: port {receiver.port} is not allowed "
+        "(WEBHOOK_ALLOWED_PORTS allows 443)"
+    )
+    assert result.status_code is None and connects == [] and receiver.requests == []
+
+
+@pytest.mark.parametrize("networks", [""])
+def test_api_refuses_a_port_that_is_not_allowed(api):  # type: ignore[no-untyped-def]
+    body = {"name": "Mail", "url": "https://93.184.216.34:25/", "events": ["*"]}
+
+    response = api.post("/webhooks", body)
+
+    assert response.status_code == 400
+    error = response.json["error"]
+    message = "port 25 is not allowed (WEBHOOK_ALLOWED_PORTS allows 443,1024-65535)"
+    assert (error["code"], error["message"], error["fields"]) == (
+        "target_not_allowed",
+        message,
+        {"url": message},
+    )
+    assert api.get("/webhooks").json["data"] == []
+
+
+@pytest.mark.parametrize("networks", [""])
+def test_the_alert_url_follows_the_port_rule_too(api):  # type: ignore[no-untyped-def]
+    body = {"emails": [], "alert_url": "https://93.184.216.34:22/"}
+    response = api._call("put", "/notifications", body)
+
+    assert response.status_code == 400
+    error = response.json["error"]
+    assert error["code"] == "target_not_allowed"
+    assert error["fields"] == {
+        "alert_url": "port 22 is not allowed (WEBHOOK_ALLOWED_PORTS allows 443,1024-65535)"
+    }
+
+
+def test_a_port_no_longer_allowed_fails_the_attempt_at_send_time(
+    app, api, webhook, receiver, connects
+):  # type: ignore[no-untyped-def]
+    from tests.conftest import Service
+
+    app.config["WEBHOOK_ALLOWED_PORTS"] = ((443, 443),)  # narrowed after the webhook was saved
+    event = publish(api)
+
+    attempt = Service(app).run_until(first_attempt(api, event["id"]))
+
+    assert attempt["error"] == (
+        f"target not allowed: port {receiver.port} is not allowed "
+        "(WEBHOOK_ALLOWED_PORTS allows 443)"
+    )
+    assert receiver.requests == [] and connects == []
+
+
+@pytest.mark.parametrize("value", ["25-22", "0", "http", "443,65536", ""])
+def test_a_bad_port_list_names_the_variable(value):
+    from webhooks.config import ConfigError, load
+
+    with pytest.raises(ConfigError, match=r"^WEBHOOK_ALLOWED_PORTS must list"):
+        load({"WEBHOOK_ALLOWED_PORTS": value})
+    assert load({"WEBHOOK_ALLOWED_PORTS": "443, 8000-8999"})["WEBHOOK_ALLOWED_PORTS"] == (
+        (443, 443),
+        (8000, 8999),
+    )
+
+
+# -- DNS lookups bounded in time ----------------------------------------------------------------
+
+
+class HangingAnswer:
+    """A DNS answer that does not come: the lookup hangs until released (or 10 s, then the
+    name does not resolve), like a resolver whose server never answers."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.asked = 0
+
+    def __iter__(self) -> Iterator[str]:
+        self.asked += 1
+        if not self.released.wait(10):
+            raise socket.gaierror(socket.EAI_AGAIN, "the test's resolver gave up")
+        return iter(["127.0.0.1"])
+
+
+@pytest.fixture
+def hanging() -> Iterator[HangingAnswer]:
+    answer = HangingAnswer()
+    yield answer
+    answer.released.set()
+
+
+def test_a_hanging_lookup_ends_the_attempt_at_its_deadline(
+    dns, named_receiver, ca_bundle, connects, hanging
+):
+    import time
+
+    dns["hooks.test"] = hanging
+    started = time.monotonic()
+    result = transport.post(
+        named_receiver.url(host="hooks.test"),
+        b"{}",
+        {},
+        timeout=0.5,
+        ca_bundle=ca_bundle,
+        allowed_networks=LOOPBACK,
+    )
+    took = time.monotonic() - started
+
+    assert result.error == "timed out after 0.5 s (hooks.test did not resolve)"
+    assert 0.5 <= took < 1.0 and result.duration_ms < 1000
+    assert connects == [] and named_receiver.requests == []
+
+
+def test_one_hanging_name_does_not_hold_up_other_lookups(dns, named_receiver, ca_bundle, hanging):
+    import time
+
+    dns["slow.test"] = hanging
+    dns["hooks.test"] = "127.0.0.1"
+    for _ in range(40):  # more than the lookup threads: they wait for the one lookup running
+        assert send("https://slow.test/", ca_bundle, timeout_s=0.05).error.startswith("timed out")
+
+    started = time.monotonic()
+    result = send(named_receiver.url(host="hooks.test"), ca_bundle)
+
+    assert result.ok, result.error
+    assert time.monotonic() - started < 1.0
+    assert hanging.asked == 1  # one lookup of slow.test ran; the other 39 waited for it
+
+
+def test_a_hanging_lookup_at_save_time_answers_within_seconds(dns, api, hanging):  # type: ignore[no-untyped-def]
+    import time
+
+    dns["slow.test"] = hanging
+    started = time.monotonic()
+    answer = api.post("/webhooks", {"name": "Slow", "url": "https://slow.test/h", "events": ["*"]})
+    took = time.monotonic() - started
+
+    assert answer.status_code == 201, answer.json
+    assert answer.json["warnings"] == [
+        "slow.test did not resolve within 3 s; it is saved, and its addresses will be checked "
+        "when a delivery is sent"
+    ]
+    assert took < egress.SAVE_LOOKUP_SECONDS + 1.5

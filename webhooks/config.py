@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 
 class ConfigError(ValueError):
@@ -99,6 +100,48 @@ def _url(schemes: tuple[str, ...]) -> Callable[[str, str], str | None]:
     return parse
 
 
+def _ports(name: str, raw: str) -> tuple[tuple[int, int], ...]:
+    """Ports and ranges like `443,1024-65535`, as (first, last) pairs."""
+    ranges = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        first, dash, last = part.partition("-")
+        try:
+            low, high = int(first), int(last if dash else first)
+        except ValueError:
+            low = high = -1
+        if not 1 <= low <= high <= 65535:
+            raise ConfigError(
+                f"{name} must list ports and ranges from 1 to 65535 like 443,1024-65535, "
+                f"got {part!r} in {raw!r}"
+            )
+        ranges.append((low, high))
+    if not ranges:
+        raise ConfigError(f"{name} must list at least one port, like 443,1024-65535")
+    return tuple(ranges)
+
+
+def _proxy_url(name: str, raw: str) -> str | None:
+    # A SOCKS proxy resolves the name again itself (socks5h) or is handed it by urllib3's SOCKS
+    # classes, which bypass the checked-address pinning: only a CONNECT proxy keeps it.
+    if raw.strip().lower().startswith("socks"):
+        scheme = raw.strip().partition(":")[0]
+        raise ConfigError(
+            f"{name} must be an http:// or https:// proxy that supports CONNECT; "
+            f"{scheme}:// (SOCKS) proxies are not supported, got {_without_password(raw)!r}"
+        )
+    return _url(("http", "https"))(name, raw)
+
+
+def _without_password(raw: str) -> str:
+    parts = urlsplit(raw.strip())
+    if parts.password is None:
+        return raw.strip()
+    netloc = f"{parts.username}:****@{parts.netloc.rpartition('@')[2]}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def _existing_file(name: str, raw: str) -> str | None:
     raw = raw.strip()
     if not raw:
@@ -173,7 +216,12 @@ VARIABLES: tuple[Var, ...] = (
         "CIDRs exempt from the private-address block",
     ),
     Var("WEBHOOK_CA_BUNDLE", "", _existing_file, "CA bundle trusted for target TLS"),
-    Var("WEBHOOK_PROXY_URL", "", _url(("http", "https", "socks5", "socks5h")), "outbound proxy"),
+    Var(
+        "WEBHOOK_PROXY_URL",
+        "",
+        _proxy_url,
+        "outbound CONNECT proxy (http:// or https://; SOCKS is refused)",
+    ),
     Var("WEBHOOK_EGRESS_IPS", "", _ips, "addresses shown to users for firewall allowlists"),
     Var(
         "WEBHOOK_MAX_PAYLOAD_BYTES",
@@ -183,7 +231,18 @@ VARIABLES: tuple[Var, ...] = (
     ),
     Var("WEBHOOK_RETENTION_DAYS", "30", _decimal, "delivery logs older than this are purged"),
     Var("WEBHOOK_DISABLE_AFTER_HOURS", "120", _decimal, "auto-disable window; 0 never disables"),
-    Var("SMTP_URL", "", _url(("smtp", "smtps")), "SMTP server for notification e-mails"),
+    Var(
+        "WEBHOOK_ALLOWED_PORTS",
+        "443,1024-65535",
+        _ports,
+        "target ports allowed (plus 80 with WEBHOOK_ALLOW_HTTP); others are refused",
+    ),
+    Var(
+        "SMTP_URL",
+        "",
+        _url(("smtp", "smtps")),
+        "SMTP server for notification e-mails; credentials are sent only over TLS",
+    ),
     Var("NOTIFY_FROM", "webhooks@localhost", _text, "sender of notification e-mails"),
     Var(
         "PUBLIC_URL",
@@ -334,6 +393,8 @@ class Settings:
     slow_after: float = 2.0
     # Quotas per workspace (0: no limit).
     max_webhooks: int = 100
+    # Egress: target ports allowed, as (first, last) ranges.
+    allowed_ports: tuple[tuple[int, int], ...] = ((443, 443), (1024, 65535))
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -359,6 +420,7 @@ class Settings:
             worker_threads=config["WEBHOOK_WORKER_THREADS"],
             slow_after=config["WEBHOOK_SLOW_AFTER_SECONDS"],
             max_webhooks=config["WEBHOOK_MAX_WEBHOOKS"],
+            allowed_ports=config["WEBHOOK_ALLOWED_PORTS"],
         )
 
     @property

@@ -650,6 +650,7 @@ def send(prepared: Prepared, settings: Settings) -> transport.Result:
         proxy_url=settings.proxy_url,
         allowed_networks=settings.allowed_private_networks,
         allow_http=settings.allow_http,
+        allowed_ports=settings.allowed_ports,
     )
 
 

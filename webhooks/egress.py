@@ -8,9 +8,13 @@ checked here, never to a fresh resolution of the name.
 from __future__ import annotations
 
 import ipaddress
+import queue
 import re
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Union
@@ -274,16 +278,86 @@ def resolver(fn: Resolver) -> Iterator[None]:
         set_resolver(previous)
 
 
-def resolve(host: str, port: int) -> list[IPAddress]:
+class LookupTimeout(TimeoutError):
+    """A name did not resolve within the time it was given."""
+
+    def __init__(self, host: str, seconds: float) -> None:
+        self.host, self.seconds = host, seconds
+        super().__init__(f"{host} did not resolve within {seconds:g} s")
+
+
+# At save time a lookup may keep a web request waiting this long (then the name is saved with
+# the "does not resolve yet" warning); at send time it gets what is left of the attempt.
+SAVE_LOOKUP_SECONDS = 3.0
+LOOKUP_THREADS = 32
+
+
+class _Lookups:
+    """Threads that run the resolver, so that a caller stops waiting at its deadline while a
+    hanging lookup ends (or not) on its own. getaddrinfo cannot be interrupted; this is the only
+    way to bound it. Threads start when needed and stay; callers asking for a name whose lookup
+    is already running wait for that one, so one hanging name holds one thread."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._tasks: queue.SimpleQueue[tuple[Resolver, str, int, Future[list[Any]]]] = (
+            queue.SimpleQueue()
+        )
+        self._running: dict[tuple[str, int], tuple[Resolver, Future[list[Any]]]] = {}
+        self._threads = 0
+        self._idle = 0
+
+    def lookup(self, host: str, port: int, timeout: float) -> list[Any]:
+        fn = _resolver
+        with self._lock:
+            running = self._running.get((host, port))
+            if running is not None and running[0] is fn:
+                future = running[1]
+            else:
+                future = Future()
+                self._running[(host, port)] = (fn, future)
+                self._tasks.put((fn, host, port, future))
+                if self._idle < self._tasks.qsize() and self._threads < self._size:
+                    self._threads += 1
+                    threading.Thread(target=self._run, name="egress-dns", daemon=True).start()
+        try:
+            return future.result(timeout=max(timeout, 0))
+        except TimeoutError:
+            raise LookupTimeout(host, timeout) from None
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            fn, host, port, future = self._tasks.get()
+            with self._lock:
+                self._idle -= 1
+            try:
+                future.set_result(list(fn(host, port)))
+            except BaseException as exc:  # handed to the caller, who raises it
+                future.set_exception(exc)
+            finally:
+                with self._lock:
+                    running = self._running.get((host, port))
+                    if running is not None and running[1] is future:
+                        del self._running[(host, port)]
+
+
+_lookups = _Lookups(LOOKUP_THREADS)
+
+
+def resolve(host: str, port: int, *, timeout: float = SAVE_LOOKUP_SECONDS) -> list[IPAddress]:
     """Every address `host` resolves to, in order, without duplicates.
 
-    Raises socket.gaierror when the name does not resolve.
+    Raises socket.gaierror when the name does not resolve, LookupTimeout when it takes longer
+    than `timeout` seconds.
     """
     literal = parse_literal(host)
     if literal is not None:
         return [literal]
     addresses: list[IPAddress] = []
-    for raw in _resolver(host, port):
+    for raw in _lookups.lookup(host, port, timeout):
         ip = raw if isinstance(raw, ipaddress.IPv4Address | ipaddress.IPv6Address) else None
         if ip is None:
             ip = ipaddress.ip_address(str(raw))
@@ -294,17 +368,23 @@ def resolve(host: str, port: int) -> list[IPAddress]:
     return addresses
 
 
-def check(host: str, port: int, allowed_networks: Iterable[Network] = ()) -> list[IPAddress]:
+def check(
+    host: str,
+    port: int,
+    allowed_networks: Iterable[Network] = (),
+    *,
+    timeout: float = SAVE_LOOKUP_SECONDS,
+) -> list[IPAddress]:
     """The addresses of `host`, all of them allowed; one bad address refuses the host.
 
-    Raises TargetNotAllowed, or socket.gaierror when the name does not resolve.
+    Raises TargetNotAllowed, socket.gaierror when the name does not resolve, or LookupTimeout.
     """
     allowed = tuple(allowed_networks)
     literal = parse_literal(host)
     if literal is not None:
         refuse_if_not_allowed(literal, allowed, host=host, literal=True)
         return [literal]
-    addresses = resolve(host, port)
+    addresses = resolve(host, port, timeout=timeout)
     for ip in addresses:
         refuse_if_not_allowed(ip, allowed, host=host)
     return addresses
@@ -331,7 +411,32 @@ def canonical_url(url: str) -> str:
     return prepared.url
 
 
-def _split(url: str, allow_http: bool) -> tuple[str, str, int]:
+DEFAULT_PORTS: tuple[tuple[int, int], ...] = ((443, 443), (1024, 65535))
+
+
+def describe_ports(ranges: Iterable[tuple[int, int]]) -> str:
+    """Port ranges as WEBHOOK_ALLOWED_PORTS spells them: 443,1024-65535."""
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+def refuse_port(port: int, scheme: str, allowed_ports: Iterable[tuple[int, int]]) -> None:
+    """Raise TargetNotAllowed unless `port` is allowed (80 too for http:// when allowed)."""
+    ranges = tuple(allowed_ports)
+    if scheme == "http" and port == 80:
+        return  # reaching http:// at all takes WEBHOOK_ALLOW_HTTP
+    if any(low <= port <= high for low, high in ranges):
+        return
+    allowed = describe_ports(ranges)
+    raise TargetNotAllowed(
+        port,
+        "port",
+        message=f"port {port} is not allowed (WEBHOOK_ALLOWED_PORTS allows {allowed})",
+    )
+
+
+def _split(
+    url: str, allow_http: bool, allowed_ports: Iterable[tuple[int, int]] = DEFAULT_PORTS
+) -> tuple[str, str, int]:
     parts = urlsplit(canonical_url(url))
     host = parts.hostname
     if not host:
@@ -343,30 +448,42 @@ def _split(url: str, allow_http: bool) -> tuple[str, str, int]:
             "scheme",
             message=f"{scheme}:// targets are not allowed (https:// only)",
         )
-    return scheme, host, parts.port or (443 if scheme == "https" else 80)
+    port = parts.port or (443 if scheme == "https" else 80)
+    refuse_port(port, scheme, allowed_ports)
+    return scheme, host, port
 
 
 def check_target(
-    url: str, allowed_networks: Iterable[Network] = (), *, allow_http: bool = False
+    url: str,
+    allowed_networks: Iterable[Network] = (),
+    *,
+    allow_http: bool = False,
+    allowed_ports: Iterable[tuple[int, int]] = DEFAULT_PORTS,
+    deadline: float | None = None,
 ) -> Target:
-    """Send-time check of a URL: scheme, then every address of its host.
+    """Send-time check of a URL: scheme and port, then every address of its host, resolved
+    before `deadline` (time.monotonic()).
 
-    Raises TargetNotAllowed, socket.gaierror (the name does not resolve) or ValueError.
+    Raises TargetNotAllowed, socket.gaierror (the name does not resolve), LookupTimeout or
+    ValueError.
     """
-    scheme, host, port = _split(url, allow_http)
-    addresses = check(host, port, allowed_networks)
+    scheme, host, port = _split(url, allow_http, allowed_ports)
+    left = SAVE_LOOKUP_SECONDS if deadline is None else deadline - time.monotonic()
+    addresses = check(host, port, allowed_networks, timeout=left)
     return Target(scheme, host, port, tuple(addresses))
 
 
 def check_url(url: str, settings: Any, *, resolve_names: bool = True) -> str | None:
-    """Save-time check of a URL against `settings` (allowed_private_networks, allow_http).
+    """Save-time check of a URL against `settings` (allowed_private_networks, allow_http,
+    allowed_ports).
 
     A literal address that breaks the rule, or a name with any such address, raises
     TargetNotAllowed. A name that does not resolve yet is accepted: the warning to show is
     returned (the address is checked again at send time). Returns None when all is well.
     """
     allowed = tuple(settings.allowed_private_networks or ())
-    scheme, host, port = _split(url, bool(settings.allow_http))
+    ports = getattr(settings, "allowed_ports", DEFAULT_PORTS)
+    scheme, host, port = _split(url, bool(settings.allow_http), ports)
     literal = parse_literal(host)
     if literal is not None:
         refuse_if_not_allowed(literal, allowed, host=host, literal=True)
@@ -374,7 +491,9 @@ def check_url(url: str, settings: Any, *, resolve_names: bool = True) -> str | N
     if not resolve_names:
         return None
     try:
-        check(host, port, allowed)
+        check(host, port, allowed, timeout=SAVE_LOOKUP_SECONDS)
+    except LookupTimeout as exc:
+        return f"{exc}; it is saved, and its addresses will be checked when a delivery is sent"
     except (OSError, UnicodeError):
         return f"{host} does not resolve yet; its addresses will be checked when a delivery is sent"
     return None

@@ -13,6 +13,7 @@ its quiet time has passed.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import smtplib
@@ -322,7 +323,11 @@ def _deliver(channel: str, target: str, subject: str, body: str, settings: Setti
 
 
 def send_email(settings: Settings, to: list[str], subject: str, body: str) -> str | None:
-    """One e-mail through SMTP_URL: STARTTLS when offered on smtp://, TLS at once on smtps://."""
+    """One e-mail through SMTP_URL: STARTTLS when offered on smtp://, TLS at once on smtps://.
+
+    The URL's credentials are sent only over TLS (or to a server on a loopback address): an
+    attacker on the path can strip STARTTLS from the server's answer, and would then read them.
+    """
     if not settings.smtp_url:
         return "SMTP_URL is not set, so e-mail cannot be sent"
     parts = urlsplit(settings.smtp_url)
@@ -337,18 +342,38 @@ def send_email(settings: Settings, to: list[str], subject: str, body: str) -> st
     host = parts.hostname or "localhost"
     client: smtplib.SMTP
     if parts.scheme == "smtps":
-        client = smtplib.SMTP_SSL(host, parts.port or 465, timeout=SMTP_TIMEOUT, context=context)
+        port = parts.port or 465
+        client = smtplib.SMTP_SSL(host, port, timeout=SMTP_TIMEOUT, context=context)
     else:
-        client = smtplib.SMTP(host, parts.port or 25, timeout=SMTP_TIMEOUT)
+        port = parts.port or 25
+        client = smtplib.SMTP(host, port, timeout=SMTP_TIMEOUT)
     with client:
         client.ehlo()
+        encrypted = parts.scheme == "smtps"
         if parts.scheme == "smtp" and client.has_extn("starttls"):
             client.starttls(context=context)
             client.ehlo()
+            encrypted = True
         if parts.username:
+            if not encrypted and not _on_loopback(client):
+                return (
+                    f"the SMTP server {host}:{port} offers no STARTTLS, so the credentials in "
+                    "SMTP_URL were not sent; use a server that offers STARTTLS, or smtps://"
+                )
             client.login(unquote(parts.username), unquote(parts.password or ""))
         client.send_message(message)
     return None
+
+
+def _on_loopback(client: smtplib.SMTP) -> bool:
+    """Whether the SMTP connection goes to this machine (nobody on a path can read it)."""
+    try:
+        peer = ipaddress.ip_address(str(client.sock.getpeername()[0]).partition("%")[0])
+    except (AttributeError, OSError, ValueError):
+        return False
+    if peer.version == 6 and peer.ipv4_mapped is not None:
+        peer = peer.ipv4_mapped
+    return peer.is_loopback
 
 
 def alert_text(subject: str, body: str) -> str:
@@ -369,6 +394,7 @@ def post_alert(settings: Settings, url: str, subject: str, body: str) -> str | N
         proxy_url=settings.proxy_url,
         allowed_networks=settings.allowed_private_networks,
         allow_http=settings.allow_http,
+        allowed_ports=settings.allowed_ports,
     )
     if result.ok:
         return None

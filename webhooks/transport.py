@@ -3,6 +3,8 @@
 Every exchange is checked by the egress guard first (`webhooks.egress`): the host is resolved,
 every address must be allowed, and the connection then goes to one of those checked addresses
 (TLS still uses the host name for SNI and certificate checks, and `Host` stays the name).
+Through WEBHOOK_PROXY_URL the proxy is asked to `CONNECT` to that checked address, never to
+the name, so it cannot resolve the name again.
 """
 
 from __future__ import annotations
@@ -136,6 +138,18 @@ class _Exchange:
         self.addresses: tuple[egress.IPAddress, ...] = ()  # the checked addresses of `host`
         self.proxied = False  # through WEBHOOK_PROXY_URL: the proxy connects to the target
 
+    def permits(self, conn: Any, sock: socket.socket) -> bool:
+        """Whether a kept-alive connection still goes where this exchange may go."""
+        if not self.proxied:
+            return self.permits_peer(sock)
+        tunnel = getattr(conn, "_tunnel_host", None)
+        if tunnel is None:
+            return True  # a plain connection to the proxy itself (http:// forwarding)
+        try:
+            return ipaddress.ip_address(tunnel) in self.addresses
+        except ValueError:
+            return False
+
     def permits_peer(self, sock: socket.socket) -> bool:
         """Whether a kept-alive socket is connected to one of this exchange's checked addresses."""
         try:
@@ -217,6 +231,10 @@ class _Tracked:
 
     def request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         self._track()  # a kept-alive connection is reused without _new_conn
+        name = getattr(self, "tunnel_host_header", None)
+        if name is not None and getattr(self, "_tunnel_host", None) is not None:
+            # http.client would name the tunnel's address literal in Host; keep the name.
+            kwargs["headers"] = {**(kwargs.get("headers") or {}), "Host": name}
         return super().request(*args, **kwargs)  # type: ignore[misc]
 
 
@@ -236,10 +254,8 @@ class _Pinned:
         conn = super()._get_conn(timeout)  # type: ignore[misc]
         sock = getattr(conn, "sock", None)
         exchange: _Exchange | None = getattr(_local, "exchange", None)
-        if sock is not None and (
-            exchange is None or (not exchange.proxied and not exchange.permits_peer(sock))
-        ):
-            conn.close()  # urllib3 connects it again, through _new_conn
+        if sock is not None and (exchange is None or not exchange.permits(conn, sock)):
+            conn.close()  # urllib3 connects it again, through _new_conn (or the proxy's CONNECT)
         return conn
 
 
@@ -249,6 +265,30 @@ class _HTTPPool(_Pinned, HTTPConnectionPool):
 
 class _HTTPSPool(_Pinned, HTTPSConnectionPool):
     ConnectionCls = _HTTPSConnection
+
+    def _prepare_proxy(self, conn: Any) -> None:
+        """CONNECT to a checked address, tried in turn, while TLS checks the certificate for the
+        name (SNI and hostname): the proxy never sees the name, so it cannot resolve it again."""
+        exchange: _Exchange | None = getattr(_local, "exchange", None)
+        name = _normal_host(self.host)
+        if exchange is None or exchange.host != name or not exchange.addresses:
+            raise NewConnectionError(conn, f"{self.host} was not checked by the egress guard")
+        scheme = "https" if self.proxy and self.proxy.scheme == "https" else "http"
+        shown = f"[{name}]" if ":" in name else name
+        conn.server_hostname = name
+        conn.tunnel_host_header = shown if self.port in (None, 443) else f"{shown}:{self.port}"
+        error: OSError | None = None
+        for ip in exchange.addresses:
+            if time.monotonic() >= exchange.deadline:
+                break
+            conn.set_tunnel(str(ip), port=self.port, headers=self.proxy_headers, scheme=scheme)
+            try:
+                conn.connect()
+                return
+            except OSError as exc:  # the proxy could not reach this address: try the next
+                error = exc
+                conn.close()
+        raise error or ConnectTimeoutError(conn, f"Connection to {self.host} timed out.")
 
 
 _POOL_CLASSES = {"http": _HTTPPool, "https": _HTTPSPool}
@@ -260,9 +300,9 @@ class _Adapter(HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = dict(_POOL_CLASSES)
 
     def proxy_manager_for(self, proxy, **proxy_kwargs):  # type: ignore[no-untyped-def]
+        # Only CONNECT proxies: SOCKS (refused by the configuration) has classes of its own.
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        if not proxy.lower().startswith("socks"):  # SOCKS has connection classes of its own
-            manager.pool_classes_by_scheme = dict(_POOL_CLASSES)
+        manager.pool_classes_by_scheme = dict(_POOL_CLASSES)
         return manager
 
 
@@ -277,6 +317,9 @@ def _session() -> requests.Session:
         session.mount("https://", adapter)
         _local.session = session
     return session
+
+
+_TUNNEL_FAILED = "Tunnel connection failed: "  # http.client's words for a CONNECT refused
 
 
 def _describe(exc: BaseException, timeout: float, expired: bool) -> str:
@@ -304,6 +347,8 @@ def _describe(exc: BaseException, timeout: float, expired: bool) -> str:
             return "connection reset by the target"
         if isinstance(item, socket.gaierror):
             return "the host name does not resolve"
+        if isinstance(item, OSError) and str(item).startswith(_TUNNEL_FAILED):
+            return f"the proxy could not connect: {str(item)[len(_TUNNEL_FAILED) :]}"
         if isinstance(item, urllib3.exceptions.ProtocolError):
             return f"connection broken: {item.args[0] if item.args else item}"
     if isinstance(exc, requests.exceptions.SSLError):
@@ -335,6 +380,16 @@ def kept_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
         f"at most {RESPONSE_HEADERS_CAP // 1024} KiB of response headers are stored"
     )
     return kept
+def _forwarded(url: str, target: egress.Target) -> tuple[str, str]:
+    """An http:// URL (sent whole to a forwarding proxy) rewritten to a checked address, and
+    the Host header that keeps the name."""
+    parts = urllib3.util.parse_url(egress.canonical_url(url))
+    ip = target.addresses[0]
+    literal = f"[{ip}]" if ip.version == 6 else str(ip)
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    if parts.port is not None:
+        literal, host = f"{literal}:{parts.port}", f"{host}:{parts.port}"
+    return parts._replace(host=literal, port=None, auth=None).url, host
 
 
 def _elapsed_ms(started: float) -> int:
@@ -351,19 +406,30 @@ def post(
     proxy_url: str | None = None,
     allowed_networks: Iterable[egress.Network] = (),
     allow_http: bool = False,
+    allowed_ports: Iterable[tuple[int, int]] = egress.DEFAULT_PORTS,
 ) -> Result:
     """POST `body` once: egress-checked, no redirects, one deadline for the whole exchange,
     body read to a cap.
 
-    The target must pass the egress guard (https:// unless `allow_http`; every address public
-    or inside `allowed_networks`); a refused target is a failed Result and nothing connects.
+    The target must pass the egress guard (https:// unless `allow_http`; a port inside
+    `allowed_ports`; every address public or inside `allowed_networks`); a refused target is a
+    failed Result and nothing connects.
     """
     started = time.monotonic()
     exchange = _Exchange(started + timeout)
     try:
-        target = egress.check_target(url, allowed_networks, allow_http=allow_http)
+        target = egress.check_target(
+            url,
+            allowed_networks,
+            allow_http=allow_http,
+            allowed_ports=allowed_ports,
+            deadline=exchange.deadline,
+        )
     except egress.TargetNotAllowed as exc:
         return Result(duration_ms=_elapsed_ms(started), error=f"target not allowed: {exc}")
+    except egress.LookupTimeout as exc:
+        error = f"timed out after {timeout:g} s ({exc.host} did not resolve)"
+        return Result(duration_ms=_elapsed_ms(started), error=error)
     except (OSError, UnicodeError):
         return Result(duration_ms=_elapsed_ms(started), error="the host name does not resolve")
     except ValueError as exc:
@@ -371,6 +437,9 @@ def post(
     exchange.host = _normal_host(target.host)
     exchange.addresses = target.addresses
     exchange.proxied = bool(proxy_url)
+    if proxy_url and target.scheme == "http":
+        url, host_header = _forwarded(url, target)
+        headers = {**headers, "Host": host_header}
     _local.exchange = exchange
     token = _watchdog.watch(exchange.deadline, exchange.cut)
     response = None
