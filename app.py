@@ -17,6 +17,9 @@ from webhooks import crypto, sqlite
 from webhooks.models import db
 
 MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
+# gunicorn's "the app failed to load": its master stops too, instead of booting workers that
+# fail the same way again and again.
+CONFIG_ERROR_EXIT = 4
 
 
 class _SessionInterface(SecureCookieSessionInterface):
@@ -82,9 +85,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     os.makedirs(app.instance_path, exist_ok=True)
     try:
         values = settings_module.load(os.environ, test_config)
+        settings_module.require_secret_key(values)
     except settings_module.ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(CONFIG_ERROR_EXIT) from None
     app.config.update(values)
     app.config["SECRET_KEY"] = app.config["SECRET_KEY"] or settings_module.instance_secret_key(
         app.instance_path
