@@ -71,7 +71,7 @@ def _install_web(app: Flask) -> None:
 
     csrf = CSRFProtect(app)
     HTMX(app)
-    auth.login_manager.init_app(app)
+    auth.install(app)
     ui.install(app)
     security.install(app)
     csrf.exempt(api.bp)  # the API authenticates each request by key, not by cookie
@@ -104,6 +104,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config["JSON_SORT_KEYS"] = False
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     app.config["SESSION_COOKIE_HTTPONLY"] = True
+    # Behind a proxy that ends TLS the request looks like plain HTTP: a setting says it is not.
+    force_https = app.config["WEBHOOK_FORCE_HTTPS"]
+    app.config["SESSION_COOKIE_SECURE"] = bool(app.config["SESSION_COOKIE_SECURE"] or force_https)
+    app.config["REMEMBER_COOKIE_SECURE"] = bool(
+        app.config.get("REMEMBER_COOKIE_SECURE") or force_https
+    )
     app.config["WTF_CSRF_TIME_LIMIT"] = None  # valid for the session's lifetime
     app.session_interface = _SessionInterface()
 

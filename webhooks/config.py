@@ -235,6 +235,24 @@ VARIABLES: tuple[Var, ...] = (
         "requests per API key (Flask-Limiter syntax, e.g. 100 per second)",
     ),
     Var("WEBHOOK_LOGIN_RATE_LIMIT", "10 per minute", _rate, "sign-in attempts per address"),
+    Var(
+        "WEBHOOK_LOGIN_ACCOUNT_RATE_LIMIT",
+        "10 per 15 minutes",
+        _rate,
+        "wrong passwords per account, from any address; beyond it even the right one waits",
+    ),
+    Var(
+        "WEBHOOK_TRUSTED_PROXIES",
+        "",
+        _networks,
+        "CIDRs of the proxies whose X-Forwarded-For names the client; empty: the socket's peer",
+    ),
+    Var(
+        "WEBHOOK_FORCE_HTTPS",
+        "0",
+        _flag,
+        "1 marks session cookies Secure and sends HSTS on every answer (TLS ends at a proxy)",
+    ),
     Var("METRICS_ENABLED", "1", _flag, "0 turns GET /metrics off (it answers 404)"),
     Var(
         "METRICS_TOKEN",
