@@ -17,6 +17,9 @@ from webhooks import crypto, sqlite
 from webhooks.models import db
 
 MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
+# gunicorn's "the app failed to load": its master stops too, instead of booting workers that
+# fail the same way again and again.
+CONFIG_ERROR_EXIT = 4
 
 
 class _SessionInterface(SecureCookieSessionInterface):
@@ -68,7 +71,7 @@ def _install_web(app: Flask) -> None:
 
     csrf = CSRFProtect(app)
     HTMX(app)
-    auth.login_manager.init_app(app)
+    auth.install(app)
     ui.install(app)
     security.install(app)
     csrf.exempt(api.bp)  # the API authenticates each request by key, not by cookie
@@ -82,9 +85,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     os.makedirs(app.instance_path, exist_ok=True)
     try:
         values = settings_module.load(os.environ, test_config)
+        settings_module.require_secret_key(values)
     except settings_module.ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(CONFIG_ERROR_EXIT) from None
     app.config.update(values)
     app.config["SECRET_KEY"] = app.config["SECRET_KEY"] or settings_module.instance_secret_key(
         app.instance_path
@@ -100,6 +104,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config["JSON_SORT_KEYS"] = False
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     app.config["SESSION_COOKIE_HTTPONLY"] = True
+    # Behind a proxy that ends TLS the request looks like plain HTTP: a setting says it is not.
+    force_https = app.config["WEBHOOK_FORCE_HTTPS"]
+    app.config["SESSION_COOKIE_SECURE"] = bool(app.config["SESSION_COOKIE_SECURE"] or force_https)
+    app.config["REMEMBER_COOKIE_SECURE"] = bool(
+        app.config.get("REMEMBER_COOKIE_SECURE") or force_https
+    )
     app.config["WTF_CSRF_TIME_LIMIT"] = None  # valid for the session's lifetime
     app.session_interface = _SessionInterface()
 

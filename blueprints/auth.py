@@ -6,6 +6,7 @@ from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
+    Flask,
     abort,
     current_app,
     flash,
@@ -16,14 +17,12 @@ from flask import (
     session,
     url_for,
 )
-from flask_limiter.util import get_remote_address
 from flask_login import LoginManager, current_user, login_required, login_user, logout_user
 from flask_wtf import FlaskForm
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired
 
-from blueprints.security import limiter
-from webhooks import accounts
+from webhooks import accounts, throttle
 from webhooks.models import User, db
 
 bp = Blueprint("auth", __name__)
@@ -35,7 +34,17 @@ login_manager.login_message_category = "info"
 
 @login_manager.user_loader
 def _load_user(user_id: str) -> User | None:
-    return db.session.get(User, user_id)
+    return accounts.session_user(db.session, user_id)
+
+
+def install(app: Flask) -> None:
+    """Sign-in sessions and the sign-in throttle (counters in the rate limiter's Redis)."""
+    login_manager.init_app(app)
+    app.extensions["login_throttle"] = throttle.LoginThrottle(
+        app.config.get("RATELIMIT_STORAGE_URI") or app.config["REDIS_URL"],
+        per_address=app.config["WEBHOOK_LOGIN_RATE_LIMIT"],
+        per_account=app.config["WEBHOOK_LOGIN_ACCOUNT_RATE_LIMIT"],
+    )
 
 
 class LoginForm(FlaskForm):
@@ -45,33 +54,59 @@ class LoginForm(FlaskForm):
 
 def _safe_next(target: str | None) -> str:
     """Only same-site paths are followed after sign-in."""
+    # Browsers read a backslash as a slash and drop tabs and newlines inside a URL, so
+    # `/\evil.example` and `/<TAB>/evil.example` would both leave the site.
     if (
         target
-        and not urlsplit(target).netloc
         and target.startswith("/")
         and not target.startswith("//")
+        and not any(c == "\\" or c.isspace() or not c.isprintable() for c in target)
+        and not urlsplit(target).netloc
     ):
         return target
     return url_for("dashboard.webhooks")
 
 
+def client_address() -> str:
+    """The caller's address, read through the proxies `WEBHOOK_TRUSTED_PROXIES` names."""
+    return throttle.client_address(
+        request.remote_addr,
+        request.headers.getlist("X-Forwarded-For"),
+        current_app.config["WEBHOOK_TRUSTED_PROXIES"],
+    )
+
+
+def _throttled(form: LoginForm):  # type: ignore[no-untyped-def]
+    """The 429 page when this attempt is over a sign-in limit, else None."""
+    limits = current_app.extensions["login_throttle"]
+    refused = limits.attempt(client_address(), form.email.data or "")
+    if refused is None:
+        return None
+    which, wait = refused
+    error = (
+        "Too many sign-in attempts. Wait a minute and try again."
+        if which == "address"
+        else f"Too many sign-in attempts for this account. Try again in {wait} seconds."
+    )
+    page = render_template("auth/login.html", form=form, error=error)
+    return page, 429, {"Retry-After": str(wait)}
+
+
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit(
-    lambda: current_app.config["WEBHOOK_LOGIN_RATE_LIMIT"],
-    methods=["POST"],
-    key_func=get_remote_address,
-    error_message="Too many sign-in attempts. Wait a minute and try again.",
-)
 def login():  # type: ignore[no-untyped-def]
     """Show the sign-in form and sign the user in."""
     form = LoginForm()
     error = None
+    if request.method == "POST" and (refused := _throttled(form)) is not None:
+        return refused
     if form.validate_on_submit():
-        user = accounts.check_login(db.session, form.email.data or "", form.password.data or "")
+        email = form.email.data or ""
+        user = accounts.check_login(db.session, email, form.password.data or "")
         if user is not None:
             login_user(user)
             session["workspace_id"] = user.workspaces[0].id if user.workspaces else None
             return redirect(_safe_next(request.args.get("next")))
+        current_app.extensions["login_throttle"].failed(email)
         error = "Invalid email or password"
     elif request.method == "POST":
         error = "Invalid email or password"
@@ -87,7 +122,9 @@ def _too_many(exc):  # type: ignore[no-untyped-def]
 @bp.post("/logout")
 @login_required
 def logout():  # type: ignore[no-untyped-def]
-    """Sign out."""
+    """Sign out, here and in every copy of this user's session cookie."""
+    accounts.end_sessions(current_user)
+    db.session.commit()
     logout_user()
     session.pop("workspace_id", None)
     flash("You are signed out.", "info")

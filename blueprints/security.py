@@ -102,6 +102,6 @@ def install(app: Flask) -> None:
         if not request.path.startswith("/api/"):
             headers.setdefault("Content-Security-Policy", CSP)
             headers.setdefault("X-Frame-Options", "DENY")
-        if request.is_secure:
+        if request.is_secure or app.config["WEBHOOK_FORCE_HTTPS"]:
             headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
         return response

@@ -130,7 +130,12 @@ def test_migrations_build_exactly_the_models(app, tmp_path):
             .set(database="webhooks_migration_check")
             .render_as_string(hide_password=False)
         )
-    env = {**os.environ, "DATABASE_URL": env_url, "INSTANCE_PATH": str(tmp_path / "i")}
+    env = {
+        **os.environ,
+        "DATABASE_URL": env_url,
+        "INSTANCE_PATH": str(tmp_path / "i"),
+        "SECRET_KEY": "test-secret-key",  # required with PostgreSQL
+    }
     result = subprocess.run(
         [sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"],
         cwd=ROOT,

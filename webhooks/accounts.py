@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -87,16 +88,43 @@ def create_user(session: Session, email: str, password: str, workspace_id: str) 
     if user is None:
         user = User(email=email, password_hash=generate_password_hash(password))
         session.add(user)
-    else:
+    elif not check_password_hash(user.password_hash, password):
         user.password_hash = generate_password_hash(password)
+        end_sessions(user)
     if workspace not in user.workspaces:
         user.workspaces.append(workspace)
     session.commit()
     return user
 
 
+def end_sessions(user: User) -> None:
+    """Void every session cookie of the user (they carry the token this replaces)."""
+    user.session_token = secrets.token_urlsafe(24)
+
+
+@functools.cache
+def _stand_in_hash() -> str:
+    # Hashed with today's method and cost, like any new password.
+    return generate_password_hash(secrets.token_urlsafe(16))
+
+
 def check_login(session: Session, email: str, password: str) -> User | None:
+    """The user whose e-mail and password these are, or None.
+
+    An unknown e-mail costs the same password hash as a known one, so that the time of the
+    answer does not tell which addresses have an account.
+    """
     user = session.scalars(select(User).where(User.email == email.strip().lower())).first()
-    if user is None or not check_password_hash(user.password_hash, password):
+    stored = user.password_hash if user is not None else _stand_in_hash()
+    if not check_password_hash(stored, password) or user is None:
+        return None
+    return user
+
+
+def session_user(session: Session, user_id: str) -> User | None:
+    """The user a session cookie names, if the cookie's token is still the user's."""
+    uid, _, token = user_id.partition(":")
+    user = session.get(User, uid)
+    if user is None or not token or not hmac.compare_digest(user.session_token, token):
         return None
     return user

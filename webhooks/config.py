@@ -188,7 +188,12 @@ class Var:
 VARIABLES: tuple[Var, ...] = (
     Var("DATABASE_URL", "", _text, "any SQLAlchemy URL; default SQLite in the instance folder"),
     Var("REDIS_URL", "redis://127.0.0.1:6379/0", _url(("redis", "rediss", "unix")), "RQ broker"),
-    Var("SECRET_KEY", "", _text, "Flask sessions and CSRF; generated once in the instance folder"),
+    Var(
+        "SECRET_KEY",
+        "",
+        _text,
+        "Flask sessions and CSRF; with SQLite, generated once in the instance folder when unset",
+    ),
     Var(
         "WEBHOOK_SECRETS_KEY",
         "",
@@ -313,6 +318,24 @@ VARIABLES: tuple[Var, ...] = (
         "test notifications per signed-in person (each goes to every saved address)",
     ),
     Var("WEBHOOK_LOGIN_RATE_LIMIT", "10 per minute", _rate, "sign-in attempts per address"),
+    Var(
+        "WEBHOOK_LOGIN_ACCOUNT_RATE_LIMIT",
+        "10 per 15 minutes",
+        _rate,
+        "wrong passwords per account, from any address; beyond it even the right one waits",
+    ),
+    Var(
+        "WEBHOOK_TRUSTED_PROXIES",
+        "",
+        _networks,
+        "CIDRs of the proxies whose X-Forwarded-For names the client; empty: the socket's peer",
+    ),
+    Var(
+        "WEBHOOK_FORCE_HTTPS",
+        "0",
+        _flag,
+        "1 marks session cookies Secure and sends HSTS on every answer (TLS ends at a proxy)",
+    ),
     Var("METRICS_ENABLED", "1", _flag, "0 turns GET /metrics off (it answers 404)"),
     Var(
         "METRICS_TOKEN",
@@ -442,6 +465,15 @@ def load(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None)
         values[var.name] = var.parse(var.name, raw)
     values.update(overrides)
     return values
+
+
+def require_secret_key(values: Mapping[str, Any]) -> None:
+    """A database other than SQLite may be shared by hosts: each must be given the same key."""
+    url = values["DATABASE_URL"].strip()
+    if url and not url.startswith("sqlite") and not values["SECRET_KEY"]:
+        raise ConfigError(
+            "SECRET_KEY must be set when DATABASE_URL is not SQLite (every host needs the same key)"
+        )
 
 
 def database_url(raw: str, instance_path: str) -> str:

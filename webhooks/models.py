@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,6 +83,10 @@ class User(db.Model):
     id: Mapped[str] = _id("usr")
     email: Mapped[str] = mapped_column(String(320), unique=True)
     password_hash: Mapped[str] = mapped_column(String(256))
+    # Part of every session cookie; a new one (sign-out, a new password) voids the old cookies.
+    session_token: Mapped[str] = mapped_column(
+        String(64), default=lambda: secrets.token_urlsafe(24), server_default=""
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     workspaces: Mapped[list[Workspace]] = relationship(
         secondary=memberships, order_by=Workspace.name
@@ -93,7 +98,7 @@ class User(db.Model):
     is_anonymous = False
 
     def get_id(self) -> str:
-        return self.id
+        return f"{self.id}:{self.session_token}"
 
 
 class ApiKey(db.Model):
