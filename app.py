@@ -13,7 +13,7 @@ from flask.sessions import SecureCookieSessionInterface
 from redis import Redis
 
 from webhooks import config as settings_module
-from webhooks import crypto, sqlite
+from webhooks import crypto, renderpool, sqlite
 from webhooks.models import db
 
 MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
@@ -94,6 +94,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.instance_path
     )
     crypto.configure(crypto.Keyring(secrets_keys(app.config)))
+    renderpool.configure(
+        renderpool.Limits(
+            processes=app.config["WEBHOOK_RENDER_PROCESSES"],
+            memory=app.config["WEBHOOK_RENDER_MEMORY_MB"] * renderpool.MiB,
+            cpu=app.config["WEBHOOK_RENDER_CPU_SECONDS"],
+        )
+    )
     url = settings_module.database_url(app.config["DATABASE_URL"], app.instance_path)
     app.config["SQLALCHEMY_DATABASE_URI"] = url
     app.config.setdefault(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from webhooks import catalog, management, signing, templates, transforms
+from webhooks import catalog, management, renderpool, signing, templates, transforms
 from webhooks.delivery import envelope
 from webhooks.management import MASK, Invalid
 from webhooks.models import Event, Webhook, utcnow
@@ -133,7 +133,7 @@ def preview(form: Any, workspace_id: str) -> tuple[str | None, str | None]:
             params = {k: (v or f"<{k}>") for k, v in (_params(form, template) or {}).items()}
             transform = templates.apply(template.name, params)["transform"]
         if transform is not None:
-            body = transforms.render(transform, body)
+            body = renderpool.render(transform, body)
     except (Invalid, transforms.TransformError, ValueError) as exc:
         return None, getattr(exc, "message", None) or str(exc)
     return json.dumps(body, indent=2, ensure_ascii=False), None

@@ -86,7 +86,11 @@ def _recorder(app: Flask, settings: Settings) -> sending.RecordFn:
                 delivery.record(db.session, results, settings, redis)
             finally:
                 db.session.remove()
-            timed_out = {p.webhook_id for p, r in results if delivery.timed_out(r)}
+            # Targets that ran into the timeout, and transforms that ran into the render bound,
+            # hold threads for long: their next deliveries go to the slow lane.
+            timed_out = {
+                p.webhook_id for p, r in results if delivery.timed_out(r) or delivery.overran(p)
+            }
             if timed_out:
                 queueing.safe("mark slow targets", _mark_slow, redis, timed_out)
 

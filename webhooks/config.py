@@ -374,6 +374,24 @@ VARIABLES: tuple[Var, ...] = (
         "POSTs one worker process keeps in flight at once",
     ),
     Var(
+        "WEBHOOK_RENDER_PROCESSES",
+        "2",
+        lambda n, r: _integer(n, r, minimum=1),
+        "child processes that render transforms, per process that renders (started on first use)",
+    ),
+    Var(
+        "WEBHOOK_RENDER_MEMORY_MB",
+        "64",
+        lambda n, r: _integer(n, r, minimum=16),
+        "MiB of memory one transform render may use (RLIMIT_AS above the child's baseline)",
+    ),
+    Var(
+        "WEBHOOK_RENDER_CPU_SECONDS",
+        "1",
+        lambda n, r: _decimal(n, r, minimum=0.1),
+        "seconds of CPU one transform render may use",
+    ),
+    Var(
         "WEBHOOK_SLOW_AFTER_SECONDS",
         "2",
         lambda n, r: _decimal(n, r, minimum=0.1),

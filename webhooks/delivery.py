@@ -14,7 +14,7 @@ from redis import Redis
 from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from webhooks import failures, notifications, retry, signing, transforms, transport
+from webhooks import failures, notifications, renderpool, retry, signing, transforms, transport
 from webhooks.config import Settings
 from webhooks.models import (
     Attempt,
@@ -95,7 +95,7 @@ def render_body(webhook: Webhook, event: Event) -> bytes:
     payload: Any = envelope(event)
     if webhook.transform is not None:
         try:
-            payload = transforms.render(webhook.transform, payload)
+            payload = renderpool.render(webhook.transform, payload)
         except transforms.TransformError as exc:
             raise RenderError(f"transform failed: {exc}") from None
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
@@ -138,8 +138,20 @@ def _epoch(naive_utc: datetime) -> float:
 
 
 @dataclass
+class RenderLater:
+    """What a transformed body is rendered from, once the claim has committed."""
+
+    webhook: Any  # _Target
+    event: Any  # the event's row
+    delivery: Any  # the claimed row (id, event id, event type)
+
+
+@dataclass
 class Prepared:
-    """A claimed delivery with its attempt row written: everything needed to send."""
+    """A claimed delivery with its attempt row written: everything needed to send.
+
+    With `later`, the body and headers are built by `render` (outside any transaction) and the
+    attempt's request is written with its result."""
 
     delivery_id: str
     attempt_id: int
@@ -149,6 +161,12 @@ class Prepared:
     headers: dict[str, str]
     render_error: str | None = None
     webhook_id: str = ""
+    later: RenderLater | None = None
+
+
+def _transforms(webhook: Any) -> bool:
+    """Whether the webhook's body is rendered from a transform (in a render process)."""
+    return webhook.transform is not None
 
 
 def claim(
@@ -232,7 +250,7 @@ def claim(
     bodies: dict[str, bytes] = {}  # the envelope's bytes, per event, when nothing transforms it
     inactive: list[dict[str, Any]] = []
     attempts: list[dict[str, Any]] = []
-    ready: list[tuple[Any, _Target, bytes, dict[str, str], str | None]] = []
+    ready: list[tuple[Any, _Target, bytes, dict[str, str], RenderLater | None]] = []
     for row in taken:
         webhook = webhooks[row.webhook_id]
         if not webhook.active and not row.ignores_pause:
@@ -244,17 +262,17 @@ def claim(
                 }
             )
             continue
-        render_error = None
-        try:
-            if webhook.transform is None:
-                body = bodies.get(row.event_id) or bodies.setdefault(
-                    row.event_id, render_body(webhook, events[row.event_id])
-                )
-            else:
-                body = render_body(webhook, events[row.event_id])
-        except RenderError as exc:
-            body, render_error = b"", str(exc)
-        headers = build_headers(row, webhook, body, now)
+        later = None
+        if _transforms(webhook):
+            # Never rendered while this transaction holds the claim (and SQLite's write lock):
+            # `render` builds it once the claim has committed.
+            later = RenderLater(webhook=webhook, event=events[row.event_id], delivery=row)
+            body, headers = b"", {}
+        else:
+            body = bodies.get(row.event_id) or bodies.setdefault(
+                row.event_id, render_body(webhook, events[row.event_id])
+            )
+            headers = build_headers(row, webhook, body, now)
         attempts.append(
             {
                 "delivery_id": row.id,
@@ -266,7 +284,7 @@ def claim(
                 "request_body": body.decode("utf-8", errors="replace"),
             }
         )
-        ready.append((row, webhook, body, headers, render_error))
+        ready.append((row, webhook, body, headers, later))
     if inactive:
         _fail_inactive(session, inactive, now)
     attempt_ids: list[int] = []
@@ -285,13 +303,32 @@ def claim(
             url=webhook.url,
             body=body,
             headers=headers,
-            render_error=render_error,
             webhook_id=row.webhook_id,
+            later=later,
         )
-        for (row, webhook, body, headers, render_error), attempt_id in zip(
-            ready, attempt_ids, strict=True
-        )
+        for (row, webhook, body, headers, later), attempt_id in zip(ready, attempt_ids, strict=True)
     ]
+
+
+def render(prepared: Prepared) -> None:
+    """Build a claimed delivery's transformed body (in a render process) and sign it.
+
+    Runs after the claim has committed, on the thread that then POSTs it; a render that fails
+    or hits a bound leaves `render_error`, and the attempt fails with it."""
+    later = prepared.later
+    if later is None or prepared.headers:
+        return
+    try:
+        prepared.body = render_body(later.webhook, later.event)
+    except RenderError as exc:
+        prepared.body, prepared.render_error = b"", str(exc)
+    prepared.headers = build_headers(later.delivery, later.webhook, prepared.body, utcnow())
+
+
+def overran(prepared: Prepared) -> bool:
+    """The attempt's render hit the time or CPU bound: the webhook holds threads for long."""
+    error = prepared.render_error or ""
+    return "s of CPU" in error or "rendering took longer" in error
 
 
 def _no_wait_for_disk(session: Session) -> None:
@@ -486,6 +523,7 @@ def record(
         session.commit()
         return statuses
     _write_attempts(session, written)
+    _write_requests(session, [p for p, _, _ in written if p.later is not None])
     succeeded = [(p, r) for p, r, error in written if error is None]
     if succeeded:
         _succeed(session, succeeded, now)
@@ -547,6 +585,26 @@ def _write_attempts(
                 "b_error": error,
             }
             for prepared, result, error in written
+        ],
+    )
+
+
+def _write_requests(session: Session, rendered: list[Prepared]) -> None:
+    """The request of attempts whose body was rendered after the claim, logged with the result."""
+    if not rendered:
+        return
+    table = _ATTEMPTS
+    session.execute(
+        update(table)
+        .where(table.c.id == bindparam("b_id"))
+        .values(request_headers=bindparam("b_headers"), request_body=bindparam("b_body")),
+        [
+            {
+                "b_id": p.attempt_id,
+                "b_headers": _loggable(p.headers),
+                "b_body": p.body.decode("utf-8", errors="replace"),
+            }
+            for p in rendered
         ],
     )
 
@@ -639,6 +697,7 @@ def disable_gone(session: Session, webhook_id: str, now: datetime) -> bool:
 
 def send(prepared: Prepared, settings: Settings) -> transport.Result:
     """The POST of one claimed delivery (or the render error that stopped it)."""
+    render(prepared)
     if prepared.render_error is not None:
         return transport.Result(error=prepared.render_error)
     return transport.post(

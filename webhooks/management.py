@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from webhooks import catalog, egress, quotas, signing, templates, transforms
+from webhooks import catalog, egress, quotas, renderpool, signing, templates, transforms
 from webhooks.config import Settings
 from webhooks.delivery import RESERVED_HEADERS
 from webhooks.models import Delivery, Webhook, WebhookSecret, utcnow
@@ -149,7 +149,7 @@ def check_transform(transform: Any) -> dict[str, Any] | None:
     if transform is None:
         return None
     try:
-        transforms.compile_transform(transform)
+        renderpool.check(transform)
     except transforms.TransformError as exc:
         raise Invalid("invalid_transform", str(exc), {"transform": str(exc)}) from None
     return transform

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.environment import Template, TemplateExpression
 from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
 from jinja2.runtime import ChainableUndefined, Macro, Undefined
@@ -58,6 +59,7 @@ MAX_DEPTH = 64  # nesting of the transform and of rendered values
 CACHE_SIZE = 1024  # compiled template strings kept
 
 _SIZE_MESSAGE = f"rendered body is over {MAX_RENDERED_BYTES // 1024} KiB"
+_VALUE_MESSAGE = f"a value is over {MAX_VALUE // 1024} KiB"
 
 
 class TransformError(Exception):
@@ -147,9 +149,14 @@ def _check_value(value: Any) -> None:
     if isinstance(value, int) and not isinstance(value, bool):
         if value.bit_length() > MAX_INT_BITS:
             raise _LimitExceeded(f"an integer is over {MAX_INT_BITS} bits")
-    elif isinstance(value, str | bytes | list | tuple | dict | set | frozenset):
+    elif isinstance(value, str | bytes | list | tuple | Mapping | set | frozenset):
         if _approx_size(value) > MAX_VALUE:
-            raise _LimitExceeded(f"a value is over {MAX_VALUE // 1024} KiB")
+            raise _LimitExceeded(_VALUE_MESSAGE)
+
+
+def _check_values(values: Any) -> None:
+    for value in values:
+        _check_value(value)
 
 
 def _check_estimate(size: int) -> None:
@@ -178,8 +185,20 @@ def _is_iterator(value: Any) -> bool:
 _PRINTF = re.compile(r"%(?:\([^)]*\))?[-+ #0]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?[a-zA-Z%]")
 
 
+def _largest(values: Any) -> int:
+    """The approximate size of the largest of `values` (a mapping's values, or a sequence)."""
+    if isinstance(values, Mapping):
+        values = values.values()
+    elif not isinstance(values, tuple | list):
+        values = (values,)
+    return max((_approx_size(value) for value in values), default=0)
+
+
 def _check_printf(fmt: str, args: Any) -> None:
-    """Refuse `fmt % args` when a width or precision would build a huge string."""
+    """Refuse `fmt % args` when a width, a precision or the number of conversions would build
+    a huge string."""
+    conversions = sum(1 for match in _PRINTF.finditer(fmt) if not match.group().endswith("%"))
+    _check_estimate(len(fmt) + conversions * _largest(args))
     star = False
     for match in _PRINTF.finditer(fmt):
         for part in match.groups():
@@ -203,6 +222,9 @@ def _check_format_string(fmt: str, args: tuple[Any, ...], kwargs: Mapping[str, A
         fields = list(string.Formatter().parse(fmt))
     except ValueError:
         return  # str.format will report the malformed string itself
+    # Each replacement field may repeat any argument ("{0}{0}{0}…").
+    replaced = sum(1 for _literal, field, _spec, _conversion in fields if field is not None)
+    _check_estimate(len(fmt) + replaced * max(_largest(args), _largest(kwargs)))
     for _literal, _field, spec, _conversion in fields:
         if not spec:
             continue
@@ -212,8 +234,9 @@ def _check_format_string(fmt: str, args: tuple[Any, ...], kwargs: Mapping[str, A
             raise _LimitExceeded(f"a format width is over {MAX_WIDTH}")
 
 
-def _replace_estimate(text: str, old: Any, new: Any, count: Any) -> int:
-    if not isinstance(old, str) or not isinstance(new, str):
+def _replace_estimate(text: str | bytes, old: Any, new: Any, count: Any) -> int:
+    kind = bytes if isinstance(text, bytes) else str
+    if not isinstance(old, kind) or not isinstance(new, kind):
         return len(text)
     hits = text.count(old) if old else len(text) + 1
     if isinstance(count, int) and count >= 0:
@@ -228,10 +251,12 @@ def _join_estimate(separator: Any, items: Any) -> int:
     return _approx_size(items) + sep * len(items)
 
 
-def _check_str_method(owner: str, name: str, args: tuple[Any, ...], kwargs: dict) -> None:
+def _check_str_method(owner: str | bytes, name: str, args: tuple[Any, ...], kwargs: dict) -> None:
     """Size checks for the str methods that can build a much larger string than their input."""
     first = args[0] if args else None
-    if name in {"center", "ljust", "rjust", "zfill"} and isinstance(first, int):
+    if name == "translate" and isinstance(first, Mapping):
+        _check_estimate(len(owner) * max(_largest(first), 1))
+    elif name in {"center", "ljust", "rjust", "zfill"} and isinstance(first, int):
         _check_estimate(max(len(owner), first))
     elif name == "expandtabs":
         tabsize = first if isinstance(first, int) else kwargs.get("tabsize", 8)
@@ -325,7 +350,28 @@ def _json_key(key: Any) -> str:
 def _dumps(value: Any, indent: Any = None) -> str:
     """Compact JSON text of a template value (for interpolation and `tojson`)."""
     separators = (",", ":") if indent is None else (",", ": ")
+    _check_value(value)
+    if indent:
+        _check_estimate(_indented_size(value, len(indent) if isinstance(indent, str) else indent))
     return json.dumps(_to_json(value), ensure_ascii=False, separators=separators, indent=indent)
+
+
+def _indented_size(value: Any, indent: int, depth: int = 1) -> int:
+    """About how long JSON text indented by `indent` is; stops counting once over MAX_VALUE."""
+    if isinstance(value, Mapping):
+        children: Any = value.values()
+    elif isinstance(value, list | tuple):
+        children = value
+    else:
+        return _approx_size(value)
+    total = 2
+    if depth > MAX_DEPTH:
+        return total
+    for child in children:
+        total += 2 + max(indent, 0) * depth + _indented_size(child, indent, depth + 1)
+        if total > MAX_VALUE:
+            break
+    return total
 
 
 def _finalize(value: Any) -> Any:
@@ -401,6 +447,10 @@ def _filter_estimate(name: str, value: Any, args: tuple[Any, ...], kwargs: dict)
         _check_estimate(_join_estimate(arg(0, "d", ""), value))
     elif name == "format" and text is not None:
         _check_printf(text, kwargs or args)
+    elif name == "urlize" and text is not None:
+        # `target`, `rel` and `extra_schemes` are repeated in every link.
+        extra = sum(len(a) for a in (*args, *kwargs.values()) if isinstance(a, str))
+        _check_estimate(len(text) + (len(text) // 4 + 1) * extra)
     elif name in {"batch", "slice"}:
         count = arg(0, "linecount" if name == "batch" else "slices", 1)
         if isinstance(count, int) and count > MAX_RANGE:
@@ -420,6 +470,9 @@ def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
             if _is_iterator(value):
                 value = _materialize(value)
                 args = (*args[:offset], value, *args[offset + 1 :])
+            # No filter gets an input over the bound (a list of many references to one large
+            # string is small in memory, and huge once joined, printed or dumped).
+            _check_values((value, *args[offset + 1 :], *kwargs.values()))
             _filter_estimate(name, value, args[offset + 1 :], kwargs)
         result = func(*args, **kwargs)
         _check_value(result)
@@ -431,10 +484,70 @@ def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
 _ITER_FILTER = "_transform_iter"
 
 
+class _BoundedBuffer(list):
+    """Where the output of a `{% set %}…{% endset %}` block, a macro, a `{% filter %}` or a
+    `{% call %}` body collects: refused as soon as it grows past the value bound."""
+
+    __slots__ = ("size",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.size = 0
+
+    def _grow(self, item: Any) -> None:
+        _tick()
+        self.size += _approx_size(item)
+        if self.size > MAX_VALUE:
+            raise _LimitExceeded(_VALUE_MESSAGE)
+
+    def append(self, item: Any) -> None:
+        self._grow(item)
+        super().append(item)
+
+    def extend(self, items: Any) -> None:
+        items = tuple(items)
+        for item in items:
+            self._grow(item)
+        super().extend(items)
+
+
+def _bounded_concat(items: tuple[Any, ...]) -> str:
+    """Jinja's `~`, refused once the joined string would be over the value bound."""
+    _tick()
+    parts = []
+    total = 0
+    for item in items:
+        _check_value(item)  # str() of a list of references to one large string is huge
+        text = str(item)
+        total += len(text)
+        if total > MAX_VALUE:
+            raise _LimitExceeded(_VALUE_MESSAGE)
+        parts.append(text)
+    return "".join(parts)
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """Jinja's code generator, with `~` and every output buffer bounded in size."""
+
+    def buffer(self, frame: Frame) -> None:
+        frame.buffer = self.temporary_identifier()
+        self.writeline(f"{frame.buffer} = environment.bounded_buffer()")
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.bounded_concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
     """The immutable sandbox with bounded time and memory."""
 
     intercepted_binops = frozenset({"*", "**", "%", "+"})
+    code_generator_class = _BoundedCodeGenerator
+    bounded_buffer = _BoundedBuffer
+    bounded_concat = staticmethod(_bounded_concat)
 
     def __init__(self) -> None:
         super().__init__(
@@ -518,8 +631,9 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         else:
             if any(_is_iterator(arg) for arg in args):
                 args = tuple(_materialize(a) if _is_iterator(a) else a for a in args)
+            _check_values((*args, *kwargs.values()))
             owner = getattr(obj, "__self__", None)
-            if isinstance(owner, str):
+            if isinstance(owner, str | bytes):
                 _check_str_method(owner, getattr(obj, "__name__", ""), args, kwargs)
         result = super().call(context, obj, *args, **kwargs)
         _check_value(result)
@@ -727,6 +841,8 @@ def _render_string(source: str, variables: dict[str, Any], path: str) -> Any:
         raise TransformError(_runtime_message(compiled, exc, message), path) from None
     except RecursionError:
         raise TransformError("recursion is too deep", path) from None
+    except MemoryError:
+        raise  # the render process's memory bound: its caller reports it
     except Exception as exc:  # every render failure is a TransformError
         message = f"{type(exc).__name__}: {exc}"
         raise TransformError(_runtime_message(compiled, exc, message), path) from None
