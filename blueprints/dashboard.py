@@ -9,15 +9,32 @@ from flask_htmx import make_response
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from blueprints import webhook_form
+from blueprints import serialize, webhook_form
 from blueprints.ui import delivery_or_404, guarded, owned_or_404, settings, webhook_or_404
-from webhooks import bulk, catalog, charts, logs, management, publishing, templates
+from webhooks import bulk, catalog, charts, credentials, logs, management, publishing, templates
 from webhooks.management import Invalid
 from webhooks.models import BulkJob, Delivery, Webhook, db, utcnow
 
 bp = guarded(Blueprint("dashboard", __name__, url_prefix="/settings/webhooks"))
 
 RECENT = 10
+
+
+@bp.app_template_global()
+def template_named(name: str | None) -> templates.Template | None:
+    return templates.get(name or "")
+
+
+@bp.app_template_global()
+def shown_params(webhook: Webhook) -> dict[str, Any] | None:
+    """A webhook's template settings as pages show them: credentials masked."""
+    return credentials.mask_params(webhook.template_params)
+
+
+@bp.app_template_global()
+def template_header_names(webhook: Webhook) -> list[str]:
+    """The headers a webhook's template adds when it sends."""
+    return list(serialize.template_headers(webhook))
 
 
 @bp.get("")
@@ -242,6 +259,18 @@ def preview():  # type: ignore[no-untyped-def]
     """The body the form's settings would send for an event type's example."""
     body, error = webhook_form.preview(request.form, g.workspace_id)
     return render_template("dashboard/_preview.html", body=body, error=error)
+
+
+@bp.post("/customise")
+def customise():  # type: ignore[no-untyped-def]
+    """The body field holding a copy of the template's body, to edit (it no longer follows)."""
+    text, error = webhook_form.customise(request.form)
+    return render_template(
+        "dashboard/_transform.html",
+        template=templates.get(request.form.get("template", "")),
+        values={"transform": text},
+        errors={"transform": error} if error else {},
+    )
 
 
 @bp.get("/header-row")
