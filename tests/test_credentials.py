@@ -13,7 +13,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from webhooks.models import db
+from app import create_app
+from webhooks.models import Webhook, db
 
 TOKEN = "atl-token-7Qx9-KEEP-OUT"
 BASIC = base64.b64encode(f"bot@acme.test:{TOKEN}".encode()).decode()
@@ -217,3 +218,19 @@ def test_alert_url_is_encrypted_and_masked(app, api, receiver):
         from webhooks.models import NotificationSettings
 
         assert db.session.scalars(sa.select(NotificationSettings)).one().alert_url == url
+
+
+def test_rotating_the_key_re_encrypts_credentials(config, api, receiver):
+    make(
+        api, receiver, template="jira", template_params=JIRA, headers={"X-Api-Key": API_KEY_HEADER}
+    )
+    config["WEBHOOK_SECRETS_KEY"] = "new-key-2026,test-secret-key"
+    rotated = create_app(dict(config))
+
+    assert "re-encrypted" in rotated.test_cli_runner().invoke(args=["rotate-secrets-key"]).output
+
+    config["WEBHOOK_SECRETS_KEY"] = "new-key-2026"  # the old key is gone
+    with create_app(dict(config)).app_context():
+        hook = db.session.scalars(sa.select(Webhook)).one()
+        assert hook.template_params["api_token"] == TOKEN
+        assert hook.headers["X-Api-Key"] == API_KEY_HEADER
