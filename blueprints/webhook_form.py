@@ -67,6 +67,7 @@ def values(webhook: Webhook | None, template_name: str | None = None) -> dict[st
     """What the form shows: a webhook's settings, or a fresh one (from a template)."""
     if webhook is not None:
         secret = management.current_secret(webhook) or ""
+        template = templates.get(webhook.template or "")
         return {
             "name": webhook.name,
             "url": webhook.url,
@@ -76,7 +77,12 @@ def values(webhook: Webhook | None, template_name: str | None = None) -> dict[st
             "secret": secret,
             "secret_was": secret,
             "template": webhook.template,
-            "params": credentials.mask_params(webhook.template_params) or {},
+            "params": {
+                **{p.name: p.default or "" for p in template.params},
+                **(credentials.mask_params(webhook.template_params) or {}),
+            }
+            if template
+            else {},
             "transform": json.dumps(webhook.transform, indent=2) if webhook.transform else "",
         }
     template = templates.get(template_name or "")
