@@ -234,3 +234,35 @@ def test_rotating_the_key_re_encrypts_credentials(config, api, receiver):
         hook = db.session.scalars(sa.select(Webhook)).one()
         assert hook.template_params["api_token"] == TOKEN
         assert hook.headers["X-Api-Key"] == API_KEY_HEADER
+
+
+def test_saving_the_edit_form_as_shown_keeps_every_credential(api, user, receiver, service):
+    hook = make(
+        api, receiver, template="jira", template_params=JIRA, headers={"X-Api-Key": API_KEY_HEADER}
+    )
+    form = user.get(f"/settings/webhooks/{hook['id']}/edit").text
+    assert TOKEN not in form and API_KEY_HEADER not in form
+
+    saved = user.post(
+        f"/settings/webhooks/{hook['id']}/edit",
+        data={
+            "name": "Jira OPS",
+            "url": receiver.url(),
+            "events": ["recommendation.created"],
+            "template": "jira",
+            "param_project_key": "OPS",
+            "param_issue_type": "Task",
+            "param_email": "bot@acme.test",
+            "param_api_token": "••••-OUT",
+            "header_name": ["X-Api-Key"],
+            "header_value": ["••••ader"],
+            "transform": "",
+            "active": "on",
+        },
+    )
+
+    assert saved.status_code == 302, saved.text
+    got = deliver(api, receiver, service)
+    assert got.headers["Authorization"] == f"Basic {BASIC}"
+    assert got.headers["X-Api-Key"] == API_KEY_HEADER
+    assert api.get(f"/webhooks/{hook['id']}").json["name"] == "Jira OPS"
