@@ -136,15 +136,25 @@ def demo() -> None:
 
 @bp.cli.command("rotate-secrets-key")
 def rotate_secrets_key() -> None:
-    """Re-encrypt every webhook secret under the first key of WEBHOOK_SECRETS_KEY."""
+    """Re-encrypt every webhook secret and credential under the first key of
+    WEBHOOK_SECRETS_KEY."""
     from sqlalchemy import select
     from sqlalchemy.orm.attributes import flag_modified
 
-    from webhooks.models import WebhookSecret
+    from webhooks.models import Notification, NotificationSettings, Webhook, WebhookSecret
 
     count = 0
     for row in db.session.scalars(select(WebhookSecret)):
         flag_modified(row, "secret")  # read with any key, written with the first
         count += 1
+    # Credentials: template settings, custom headers, alert URLs (webhooks.credentials).
+    for model, columns in (
+        (Webhook, ("headers", "template_params")),
+        (NotificationSettings, ("alert_url",)),
+        (Notification, ("target",)),
+    ):
+        for row in db.session.scalars(select(model)):
+            for column in columns:
+                flag_modified(row, column)
     db.session.commit()
     click.echo(f"re-encrypted {count} webhook secret(s) with the first WEBHOOK_SECRETS_KEY")

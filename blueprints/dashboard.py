@@ -9,16 +9,33 @@ from flask_htmx import make_response
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from blueprints import localtime, webhook_form
+from blueprints import localtime, serialize, webhook_form
 from blueprints.security import dashboard_limit, too_many
 from blueprints.ui import delivery_or_404, guarded, owned_or_404, settings, webhook_or_404
-from webhooks import bulk, catalog, charts, logs, management, publishing, templates
+from webhooks import bulk, catalog, charts, credentials, logs, management, publishing, templates
 from webhooks.management import Invalid
 from webhooks.models import BulkJob, Delivery, Webhook, db, utcnow
 
 bp = guarded(Blueprint("dashboard", __name__, url_prefix="/settings/webhooks"))
 
 RECENT = 10
+
+
+@bp.app_template_global()
+def template_named(name: str | None) -> templates.Template | None:
+    return templates.get(name or "")
+
+
+@bp.app_template_global()
+def shown_params(webhook: Webhook) -> dict[str, Any] | None:
+    """A webhook's template settings as pages show them: credentials masked."""
+    return credentials.mask_params(webhook.template_params)
+
+
+@bp.app_template_global()
+def template_header_names(webhook: Webhook) -> list[str]:
+    """The headers a webhook's template adds when it sends."""
+    return list(serialize.template_headers(webhook))
 
 
 @bp.get("")
@@ -254,6 +271,18 @@ def _too_many(exc):  # type: ignore[no-untyped-def]
     if request.endpoint == "dashboard.send_test":
         return render_template("dashboard/_test_result.html", error=too_many("test events"))
     return render_template("dashboard/_preview.html", body=None, error=too_many("previews"))
+
+
+@bp.post("/customise")
+def customise():  # type: ignore[no-untyped-def]
+    """The body field holding a copy of the template's body, to edit (it no longer follows)."""
+    text, error = webhook_form.customise(request.form)
+    return render_template(
+        "dashboard/_transform.html",
+        template=templates.get(request.form.get("template", "")),
+        values={"transform": text},
+        errors={"transform": error} if error else {},
+    )
 
 
 @bp.get("/header-row")

@@ -138,13 +138,34 @@ SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "url": {"type": "string"},
             "events": {"type": "array", "items": {"type": "string"}},
-            "headers": {"type": "object"},
+            "headers": {
+                "type": "object",
+                "description": "its own custom headers; credential values masked (••••1234)",
+            },
+            "template_headers": {
+                "type": "object",
+                "description": "headers its template adds when it sends; credentials masked",
+            },
             "active": {"type": "boolean"},
             "disabled_reason": {"type": ["string", "null"]},
             "has_secret": {"type": "boolean"},
             "template": {"type": ["string", "null"]},
-            "template_params": {"type": ["object", "null"]},
-            "transform": {"type": ["object", "null"]},
+            "template_params": {
+                "type": ["object", "null"],
+                "description": "credentials (api_token, token, routing_key) masked; a masked "
+                "value sent back keeps the stored one; PATCH merges (null removes a key)",
+            },
+            "transform": {
+                "type": ["object", "null"],
+                "description": "what is rendered: its own, or its template's (live; without "
+                "credentials, which are set at send time)",
+            },
+            "transform_source": {
+                "type": ["string", "null"],
+                "enum": ["template", "custom", None],
+                "description": "template: follows its template's settings; custom: its own "
+                "(sending a transform other than the template's detaches; null follows again)",
+            },
             "created_at": TIME,
             "updated_at": TIME,
             "secret": {"type": ["string", "null"], "description": "only when created"},

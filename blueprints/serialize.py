@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from webhooks import templates
+from webhooks import credentials, templates
 from webhooks.delivery import envelope, iso
-from webhooks.management import MASK
 from webhooks.models import Attempt, Delivery, Event, Webhook
 
 
@@ -16,25 +15,47 @@ def webhook_json(webhook: Webhook) -> dict[str, Any]:
         "name": webhook.name,
         "url": webhook.url,
         "events": list(webhook.events),
-        "headers": dict(webhook.headers or {}),
+        "headers": credentials.mask_headers(webhook.headers),
+        "template_headers": template_headers(webhook),
         "active": webhook.active,
         "disabled_reason": webhook.disabled_reason,
         "has_secret": any(s.expires_at is None for s in webhook.secrets),
         "template": webhook.template,
-        "template_params": masked_params(webhook),
-        "transform": webhook.transform,
+        "template_params": credentials.mask_params(webhook.template_params),
+        "transform": shown_transform(webhook),
+        "transform_source": transform_source(webhook),
         "created_at": iso(webhook.created_at),
         "updated_at": iso(webhook.updated_at),
     }
 
 
-def masked_params(webhook: Webhook) -> dict[str, Any] | None:
-    """Template parameters with credentials (API tokens) masked."""
-    if webhook.template_params is None:
+def transform_source(webhook: Webhook) -> str | None:
+    """`custom` (its own transform), `template` (its template's, live), or None (the envelope)."""
+    if webhook.transform is not None:
+        return "custom"
+    return "template" if shown_transform(webhook) is not None else None
+
+
+def shown_transform(webhook: Webhook) -> dict[str, Any] | None:
+    """The transform rendered for this webhook: its own, else its template's (as an editable
+    copy: credentials are set on the body at send time and never shown)."""
+    if webhook.transform is not None or webhook.template is None:
+        return webhook.transform
+    try:
+        return templates.customised(webhook.template, webhook.template_params)
+    except ValueError:
         return None
-    template = templates.get(webhook.template or "")
-    secret = set(template.secret_params) if template else set()
-    return {k: (MASK if k in secret and v else v) for k, v in webhook.template_params.items()}
+
+
+def template_headers(webhook: Webhook) -> dict[str, str]:
+    """The headers its template adds at send time, credentials masked."""
+    if webhook.template is None:
+        return {}
+    try:
+        headers = templates.apply(webhook.template, webhook.template_params)["headers"]
+    except ValueError:
+        return {}
+    return credentials.mask_headers(headers)
 
 
 def envelope_json(event: Event) -> dict[str, Any]:
@@ -67,8 +88,8 @@ def attempt_json(attempt: Attempt) -> dict[str, Any]:
         "duration_ms": attempt.duration_ms,
         "request": {
             "url": attempt.request_url,
-            "headers": attempt.request_headers,
-            "body": attempt.request_body,
+            "headers": credentials.mask_headers(attempt.request_headers),
+            "body": credentials.mask_body(attempt.request_body),
         },
         "response": None
         if attempt.response_status is None

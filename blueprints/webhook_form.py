@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from webhooks import catalog, management, renderpool, signing, templates, transforms
+from webhooks import catalog, credentials, management, renderpool, signing, templates, transforms
 from webhooks.delivery import envelope
-from webhooks.management import MASK, Invalid
+from webhooks.management import Invalid
 from webhooks.models import Event, Webhook, utcnow
 
 
@@ -68,18 +68,21 @@ def values(webhook: Webhook | None, template_name: str | None = None) -> dict[st
     if webhook is not None:
         secret = management.current_secret(webhook) or ""
         template = templates.get(webhook.template or "")
-        params = dict(webhook.template_params or {})
-        secret_names = set(template.secret_params) if template else set()
         return {
             "name": webhook.name,
             "url": webhook.url,
             "events": list(webhook.events),
-            "headers": dict(webhook.headers or {}),
+            "headers": credentials.mask_headers(webhook.headers),
             "active": webhook.active,
             "secret": secret,
             "secret_was": secret,
             "template": webhook.template,
-            "params": {k: (MASK if k in secret_names and v else v) for k, v in params.items()},
+            "params": {
+                **{p.name: p.default or "" for p in template.params},
+                **(credentials.mask_params(webhook.template_params) or {}),
+            }
+            if template
+            else {},
             "transform": json.dumps(webhook.transform, indent=2) if webhook.transform else "",
         }
     template = templates.get(template_name or "")
@@ -129,11 +132,30 @@ def preview(form: Any, workspace_id: str) -> tuple[str | None, str | None]:
     try:
         transform = parse_transform(form.get("transform", ""))
         template = templates.get(form.get("template", ""))
-        if transform is None and template is not None:
+        fields: dict[str, Any] = {}
+        if template is not None:
             params = {k: (v or f"<{k}>") for k, v in (_params(form, template) or {}).items()}
-            transform = templates.apply(template.name, params)["transform"]
+            out = templates.outgoing(template.name, params, transform, {})
+            if out.error:
+                return None, out.error
+            transform, fields = out.transform, out.body_fields
         if transform is not None:
             body = renderpool.render(transform, body)
+            if fields and isinstance(body, dict):
+                body = {**body, **fields}
     except (Invalid, transforms.TransformError, ValueError) as exc:
         return None, getattr(exc, "message", None) or str(exc)
-    return json.dumps(body, indent=2, ensure_ascii=False), None
+    # The preview is a page: a routing key in the body is shown masked, as in the logs.
+    return credentials.mask_body(json.dumps(body, indent=2, ensure_ascii=False)), None
+
+
+def customise(form: Any) -> tuple[str, str | None]:
+    """(the template's body as editable JSON, error): the copy that "Customise the body" makes."""
+    template = templates.get(form.get("template", ""))
+    if template is None:
+        return form.get("transform", ""), None
+    try:
+        transform = templates.customised(template.name, _params(form, template))
+    except ValueError as exc:
+        return "", str(exc)
+    return json.dumps(transform, indent=2, ensure_ascii=False) if transform else "", None

@@ -223,6 +223,7 @@ def test_saving_a_template_applies_its_transform_and_headers(user, api):
     assert response.status_code == 302
     saved = api.get("/webhooks").json["data"][0]
     assert saved["template"] == "github" and saved["transform"]["event_type"]
-    assert saved["headers"]["Authorization"] == "Bearer ghp_secret"
+    assert saved["transform_source"] == "template" and saved["headers"] == {}
+    assert saved["template_headers"]["Authorization"] == "••••cret"
     edit = user.get(response.headers["Location"] + "/edit").text
-    assert "ghp_secret" not in edit.split("Headers")[0]  # the token param stays masked
+    assert "ghp_secret" not in edit and "••••" in edit  # the token stays masked

@@ -76,7 +76,7 @@ def test_notifications_page_saves_and_shows_errors_next_to_fields(user, api):
     assert "Notification settings saved." in user.get("/settings/notifications").text
     assert api.get("/notifications").json == {
         "emails": ["ops@acme.test", "dev@acme.test"],
-        "alert_url": "https://127.0.0.1/hook",
+        "alert_url": "https://127.0.0.1/••••",  # its path is a credential
     }
 
 

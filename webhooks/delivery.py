@@ -6,7 +6,7 @@ import json
 import logging
 import secrets
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,7 +14,17 @@ from redis import Redis
 from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from webhooks import failures, notifications, renderpool, retry, signing, transforms, transport
+from webhooks import (
+    credentials,
+    failures,
+    notifications,
+    renderpool,
+    retry,
+    signing,
+    templates,
+    transforms,
+    transport,
+)
 from webhooks.config import Settings
 from webhooks.models import (
     Attempt,
@@ -90,14 +100,19 @@ class RenderError(Exception):
     """The body could not be built; retrying would fail the same way."""
 
 
-def render_body(webhook: Webhook, event: Event) -> bytes:
-    """The exact bytes to send and sign: the envelope, or the webhook's transform of it."""
+def render_body(webhook: _Target, event: Event) -> bytes:
+    """The exact bytes to send and sign: the envelope, or the webhook's transform of it (its
+    own, or its template's, derived when it was read: see `_targets`)."""
+    if webhook.template_error is not None:
+        raise RenderError(webhook.template_error)
     payload: Any = envelope(event)
     if webhook.transform is not None:
         try:
             payload = renderpool.render(webhook.transform, payload)
         except transforms.TransformError as exc:
             raise RenderError(f"transform failed: {exc}") from None
+        if webhook.body_fields and isinstance(payload, dict):
+            payload = {**payload, **webhook.body_fields}
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -107,8 +122,9 @@ def valid_secrets(webhook: Webhook, now: datetime) -> list[str]:
 
 
 def build_headers(
-    delivery: Delivery, webhook: Webhook, body: bytes, now: datetime
+    delivery: Delivery, webhook: _Target, body: bytes, now: datetime
 ) -> dict[str, str]:
+    """The request's headers: the webhook's (credentials in clear, for the receiver), then ours."""
     headers = {
         name: str(value)
         for name, value in (webhook.headers or {}).items()
@@ -344,7 +360,10 @@ def _no_wait_for_disk(session: Session) -> None:
 
 @dataclass
 class _Target:
-    """What sending needs of a webhook, read in one query per batch."""
+    """What sending needs of a webhook, read in one query per batch.
+
+    `transform` and `headers` are what is sent: a template's are derived from its settings
+    when the webhook is read (templates are live), credentials decrypted."""
 
     id: str
     url: str
@@ -353,6 +372,24 @@ class _Target:
     headers: dict[str, Any] | None
     transform: dict[str, Any] | None
     secrets: list[Any]
+    body_fields: dict[str, Any] = field(default_factory=dict)
+    template_error: str | None = None
+
+
+def _target(row: Any) -> _Target:
+    """A webhook row as sending needs it, its template (if any) applied now."""
+    out = templates.outgoing(row.template, row.template_params, row.transform, row.headers)
+    return _Target(
+        id=row.id,
+        url=row.url,
+        active=row.active,
+        disabled_reason=row.disabled_reason,
+        headers=out.headers,
+        transform=out.transform,
+        secrets=[],
+        body_fields=out.body_fields,
+        template_error=out.error,
+    )
 
 
 def _targets(session: Session, webhook_ids: set[str]) -> dict[str, _Target]:
@@ -366,6 +403,8 @@ def _targets(session: Session, webhook_ids: set[str]) -> dict[str, _Target]:
             _W.disabled_reason,
             _W.headers,
             _W.transform,
+            _W.template,
+            _W.template_params,
             _S.secret,
             _S.expires_at,
         )
@@ -375,15 +414,7 @@ def _targets(session: Session, webhook_ids: set[str]) -> dict[str, _Target]:
     ):
         target = targets.get(row.id)
         if target is None:
-            target = targets[row.id] = _Target(
-                id=row.id,
-                url=row.url,
-                active=row.active,
-                disabled_reason=row.disabled_reason,
-                headers=row.headers,
-                transform=row.transform,
-                secrets=[],
-            )
+            target = targets[row.id] = _target(row)
         if row.secret is not None:
             target.secrets.append(row)
     return targets
@@ -460,9 +491,13 @@ def _within_room(
 
 
 def _loggable(headers: dict[str, str]) -> dict[str, str]:
-    """Headers as the log shows them: credentials in custom headers are masked."""
-    masked = {"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key"}
-    return {k: ("••••••" if k.lower() in masked else v) for k, v in headers.items()}
+    """Headers as the log shows them: credentials are masked (`webhooks.credentials`)."""
+    return credentials.mask_headers(headers)
+
+
+def loggable_body(body: bytes) -> str:
+    """A request body as the log keeps it: a PagerDuty routing key in it is masked."""
+    return credentials.mask_body(body.decode("utf-8", errors="replace"))
 
 
 def _end(delivery: Delivery, status: str, now: datetime) -> None:

@@ -11,7 +11,16 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from webhooks import catalog, egress, quotas, renderpool, signing, templates, transforms
+from webhooks import (
+    catalog,
+    credentials,
+    egress,
+    quotas,
+    renderpool,
+    signing,
+    templates,
+    transforms,
+)
 from webhooks.config import Settings
 from webhooks.delivery import RESERVED_HEADERS
 from webhooks.models import Delivery, Webhook, WebhookSecret, utcnow
@@ -21,7 +30,6 @@ MAX_HEADERS = 20
 ROTATION_OVERLAP = timedelta(hours=24)
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 7230 token
 _UNSET = object()
-MASK = "••••••"  # how stored credentials are shown
 
 
 @dataclass
@@ -171,36 +179,84 @@ def _apply_template(template: Any, params: Any) -> dict[str, Any] | None:
         raise Invalid("validation_error", str(exc), {"template_params": str(exc)}) from None
 
 
-def _template_fields(payload: dict[str, Any], webhook: Webhook | None) -> dict[str, Any]:
-    """What `template`, `template_params` and `transform` in the payload change.
+def _kept(given: Any, stored: Any, what: str, field_name: str, code: str) -> Any:
+    """`given`, or the stored credential when `given` is how it is shown (masked)."""
+    value = credentials.unmask(given, stored)
+    if credentials.is_masked(value):
+        msg = (
+            f"{what} is a masked value ({value!r}) that matches no stored value; "
+            "send the new value in full"
+        )
+        raise Invalid(code, msg, {field_name: msg})
+    return value
 
-    A template fills in its transform and headers (and, on create, its default events);
-    anything given explicitly in the same request wins, and all of it stays editable.
+
+def _params(payload: dict[str, Any], webhook: Webhook | None, template: Any) -> Any:
+    """The template parameters to save: merged into the stored ones (a key set to null is
+    removed) while the template stays the same, masked credentials sent back kept."""
+    stored = webhook.template_params if webhook else None
+    same = webhook is not None and template == webhook.template
+    if "template_params" not in payload:
+        return stored if same else None
+    given = payload["template_params"]
+    if not isinstance(given, dict):
+        return given  # refused by the template's check
+    merged = dict(stored or {}) if same else {}
+    for name, value in given.items():
+        if value is None:
+            merged.pop(name, None)
+            continue
+        old = (stored or {}).get(name) if same else None
+        merged[name] = _kept(
+            value, old, f"template_params.{name}", "template_params", "validation_error"
+        )
+    return merged
+
+
+def _own_headers(given: Any, webhook: Webhook | None) -> dict[str, str]:
+    """The custom headers to save; a masked credential sent back as shown keeps the stored one."""
+    headers = check_headers(given)
+    stored = {
+        name.lower(): value for name, value in ((webhook.headers or {}) if webhook else {}).items()
+    }
+    return {
+        name: _kept(
+            value, stored.get(name.lower()), f"header {name!r}", "headers", "invalid_headers"
+        )
+        for name, value in headers.items()
+    }
+
+
+def _template_fields(payload: dict[str, Any], webhook: Webhook | None) -> dict[str, Any]:
+    """What `template`, `template_params`, `headers` and `transform` in the payload change.
+
+    A template is live: only its settings are stored, and its transform and headers are derived
+    from them at send time. A `transform` other than the template's own customises the body
+    (it is stored, and the template's settings no longer change it); `null`, or the template's
+    own transform, follows the template again. Choosing another template follows it.
     """
-    retemplate = "template" in payload or "template_params" in payload
     changes: dict[str, Any] = {}
-    if webhook is None or retemplate:
-        template = payload.get("template", webhook.template if webhook else None)
-        params = payload.get("template_params", webhook.template_params if webhook else None)
-        if webhook is not None and isinstance(params, dict) and webhook.template_params:
-            # A masked credential sent back as shown keeps the stored one.
-            params = {
-                k: webhook.template_params.get(k, v) if v == MASK else v for k, v in params.items()
-            }
+    template = (
+        payload["template"] if "template" in payload else (webhook.template if webhook else None)
+    )
+    params = _params(payload, webhook, template)
+    retemplate = webhook is None or "template" in payload or "template_params" in payload
+    if retemplate:
         applied = _apply_template(template, params)
         changes.update(template=template, template_params=params)
-        if applied is not None:
-            changes["transform"] = applied["transform"]
-            base = dict(webhook.headers or {}) if webhook else {}
-            changes["headers"] = {**base, **applied["headers"]}
-            if webhook is None:
-                changes["events"] = applied["events"]
+        if webhook is None and applied is not None:
+            changes["events"] = applied["events"]
+        if webhook is not None and template != webhook.template:
+            changes["transform"] = None
     if "transform" in payload:
-        changes["transform"] = check_transform(payload["transform"])
+        transform = payload["transform"]
+        if templates.follows(template, params, transform):
+            transform = None
+        changes["transform"] = check_transform(
+            templates.without_body_credentials(template, transform)
+        )
     if "headers" in payload:
-        changes["headers"] = {**changes.get("headers", {}), **check_headers(payload["headers"])}
-    if "headers" in changes:
-        changes["headers"] = check_headers(changes["headers"])
+        changes["headers"] = _own_headers(payload["headers"], webhook)
     return changes
 
 

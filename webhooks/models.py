@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, registry, relationship
 
 import webhooks.sqlite  # noqa: F401  (installs the SQLite connection settings)
+from webhooks.credentials import LoggedBody, LoggedHeaders, SealedHeaders, SealedParams
 from webhooks.crypto import EncryptedText
 from webhooks.ids import new_id
 
@@ -123,11 +124,14 @@ class Webhook(db.Model):
     name: Mapped[str] = mapped_column(String(200))
     url: Mapped[str] = mapped_column(String(2048))
     events: Mapped[list[str]]
-    headers: Mapped[dict[str, Any]]
+    # Custom headers; credential values encrypted at rest (webhooks.credentials).
+    headers: Mapped[dict[str, Any]] = mapped_column(SealedHeaders)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     disabled_reason: Mapped[str | None] = mapped_column(Text)
     template: Mapped[str | None] = mapped_column(String(40))
-    template_params: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # Credentials (API tokens, routing keys) encrypted at rest.
+    template_params: Mapped[dict[str, Any] | None] = mapped_column(SealedParams)
+    # A custom transform. None with a template: the template's body, derived at send time.
     transform: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     # When it went inactive (paused or disabled), for "recover failed since then".
     disabled_at: Mapped[datetime | None]
@@ -277,8 +281,9 @@ class Attempt(db.Model):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     duration_ms: Mapped[int | None]
     request_url: Mapped[str] = mapped_column(String(2048))
-    request_headers: Mapped[dict[str, Any]]
-    request_body: Mapped[str] = mapped_column(Text)
+    # Credentials are masked as they are written (webhooks.credentials).
+    request_headers: Mapped[dict[str, Any]] = mapped_column(LoggedHeaders)
+    request_body: Mapped[str] = mapped_column(LoggedBody)
     response_status: Mapped[int | None]
     response_headers: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     response_body: Mapped[str | None] = mapped_column(Text)
@@ -296,7 +301,7 @@ class NotificationSettings(db.Model):
         ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True
     )
     emails: Mapped[list[str]]
-    alert_url: Mapped[str | None] = mapped_column(String(2048))
+    alert_url: Mapped[str | None] = mapped_column(EncryptedText)  # its path is a credential
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
@@ -314,7 +319,7 @@ class Notification(db.Model):
     webhook_id: Mapped[str | None] = mapped_column(ForeignKey("webhooks.id", ondelete="SET NULL"))
     kind: Mapped[str] = mapped_column(String(16))  # exhausted, disabled
     channel: Mapped[str] = mapped_column(String(16))  # email, alert_url
-    target: Mapped[str] = mapped_column(String(2048))
+    target: Mapped[str] = mapped_column(EncryptedText)  # an alert URL is a credential
     subject: Mapped[str] = mapped_column(Text)
     body: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending, sent, failed

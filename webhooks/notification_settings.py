@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from webhooks import management
+from webhooks import credentials, management
 from webhooks.config import Settings
 from webhooks.management import Invalid
 from webhooks.models import NotificationSettings, utcnow
@@ -21,7 +21,8 @@ FIELDS = {"emails", "alert_url"}
 def as_json(found: NotificationSettings | None) -> dict[str, Any]:
     if found is None:
         return {"emails": [], "alert_url": None}
-    return {"emails": list(found.emails or []), "alert_url": found.alert_url}
+    # The alert URL's path is a credential (a Slack incoming webhook's, say): shown masked.
+    return {"emails": list(found.emails or []), "alert_url": credentials.mask_url(found.alert_url)}
 
 
 def load(session: Session, workspace_id: str) -> dict[str, Any]:
@@ -72,8 +73,14 @@ def save(
     if extra:
         raise Invalid("validation_error", f"unknown field {extra[0]!r}", {extra[0]: "unknown"})
     emails = check_emails(payload.get("emails"))
-    alert_url = check_alert_url(payload.get("alert_url"), settings, warnings)
     found = session.get(NotificationSettings, workspace_id)
+    given = payload.get("alert_url")
+    if found is not None and found.alert_url and given == credentials.mask_url(found.alert_url):
+        given = found.alert_url  # sent back as shown: kept
+    elif credentials.looks_masked(given):
+        msg = f"alert_url {given!r} is masked and matches no stored URL; send the URL in full"
+        raise Invalid("validation_error", msg, {"alert_url": msg})
+    alert_url = check_alert_url(given, settings, warnings)
     if found is None:
         found = NotificationSettings(workspace_id=workspace_id)
         session.add(found)

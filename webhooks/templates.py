@@ -19,12 +19,22 @@ import base64
 import copy
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from webhooks import catalog
 
-__all__ = ["TEMPLATES", "Param", "Template", "apply", "get"]
+__all__ = [
+    "TEMPLATES",
+    "Outgoing",
+    "Param",
+    "Template",
+    "apply",
+    "customised",
+    "follows",
+    "get",
+    "outgoing",
+]
 
 
 class Param(NamedTuple):
@@ -47,6 +57,7 @@ class Template:
     default_events: tuple[str, ...]
     params: tuple[Param, ...] = ()
     secret_params: tuple[str, ...] = ()
+    hints: Mapping[str, str] = field(default_factory=dict)  # a line under a param's field
 
     def as_dict(self) -> dict[str, Any]:
         """The template as the API and dashboard list it (no transform, no secrets)."""
@@ -282,10 +293,14 @@ TEMPLATES: dict[str, Template] = {
         params=(
             Param("project_key", "Project key", True),
             Param("issue_type", "Issue type", False, "Task"),
-            Param("email", "Atlassian account e-mail", True),
+            Param("email", "Email", True),
             Param("api_token", "API token", True),
         ),
         secret_params=("api_token",),
+        hints={
+            "email": "The Atlassian account the API token belongs to.",
+            "api_token": "An Atlassian API token; sent as Authorization: Basic with the email.",
+        },
     ),
     "pagerduty": Template(
         name="pagerduty",
@@ -301,8 +316,9 @@ TEMPLATES: dict[str, Template] = {
             "finding.created",
             "finding.resolved",
         ),
-        params=(Param("routing_key", "Integration (routing) key", True),),
+        params=(Param("routing_key", "Routing key", True),),
         secret_params=("routing_key",),
+        hints={"routing_key": "The integration key of a PagerDuty service (Events API v2)."},
     ),
     "github": Template(
         name="github",
@@ -313,8 +329,9 @@ TEMPLATES: dict[str, Template] = {
         ),
         url_hint="https://api.github.com/repos/<owner>/<repo>/dispatches",
         default_events=("recommendation.created",),
-        params=(Param("token", "Token (contents: write)", True),),
+        params=(Param("token", "Token", True),),
         secret_params=("token",),
+        hints={"token": "A GitHub token with contents: write on the repository."},
     ),
     "generic": Template(
         name="generic",
@@ -382,3 +399,82 @@ def apply(name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         values[param.name] = value
     transform, headers = _BUILDERS[name](values)
     return {"events": list(template.default_events), "transform": transform, "headers": headers}
+
+
+# --------------------------------------------------------------------------- live templates
+
+# Credentials a template writes into the body rather than a header. A customised body does not
+# carry them: they are set on the rendered body at send time, from `template_params`.
+_BODY_CREDENTIALS: dict[str, tuple[str, ...]] = {"pagerduty": ("routing_key",)}
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """What a webhook sends: the transform to render (None: the envelope), the custom headers,
+    and fields set on the rendered body; `error` when its template cannot be applied."""
+
+    transform: dict[str, Any] | None
+    headers: dict[str, str]
+    body_fields: dict[str, Any]
+    error: str | None = None
+
+
+def outgoing(
+    template: str | None,
+    params: Mapping[str, Any] | None,
+    transform: dict[str, Any] | None,
+    headers: Mapping[str, str] | None,
+) -> Outgoing:
+    """What a webhook with these settings sends, derived now (a template is live).
+
+    Without a transform of its own, the template's transform is used; the template's headers
+    are sent under the webhook's own (which win on a name clash), and its body credentials are
+    set on a customised body.
+    """
+    own = dict(headers or {})
+    if template is None or template not in TEMPLATES:
+        return Outgoing(transform, own, {})
+    try:
+        applied = apply(template, params)
+    except ValueError as exc:
+        return Outgoing(transform, own, {}, error=f"the {template} template: {exc}")
+    fields: dict[str, Any] = {}
+    if transform is not None and applied["transform"] is not None:
+        fields = {
+            name: applied["transform"][name]
+            for name in _BODY_CREDENTIALS.get(template, ())
+            if name in applied["transform"]
+        }
+    return Outgoing(
+        transform=applied["transform"] if transform is None else transform,
+        headers={**applied["headers"], **own},
+        body_fields=fields,
+    )
+
+
+def customised(template: str, params: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The template's transform as an editable copy: its body credentials left out (they are
+    still set at send time). Raises ValueError like `apply`."""
+    transform = apply(template, params)["transform"]
+    return without_body_credentials(template, transform)
+
+
+def without_body_credentials(
+    template: str | None, transform: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """A custom transform without the fields that the template sets from its credentials."""
+    names = _BODY_CREDENTIALS.get(template or "", ())
+    if transform is None or not any(name in transform for name in names):
+        return transform
+    return {key: value for key, value in transform.items() if key not in names}
+
+
+def follows(template: str | None, params: Mapping[str, Any] | None, transform: Any) -> bool:
+    """True when `transform` is the template's own (as derived, or as an editable copy)."""
+    if template not in TEMPLATES or transform is None:
+        return False
+    try:
+        derived = apply(template, params)["transform"]
+    except ValueError:
+        return False
+    return transform in (derived, without_body_credentials(template, derived))

@@ -380,6 +380,8 @@ def kept_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
         f"at most {RESPONSE_HEADERS_CAP // 1024} KiB of response headers are stored"
     )
     return kept
+
+
 def _forwarded(url: str, target: egress.Target) -> tuple[str, str]:
     """An http:// URL (sent whole to a forwarding proxy) rewritten to a checked address, and
     the Host header that keeps the name."""

@@ -1,0 +1,102 @@
+"""A live template in a real Chromium: editing a Jira webhook's settings changes what is sent.
+
+Uses the live server, worker and browser of tests/test_browser.py (skipped without Chromium).
+"""
+
+from __future__ import annotations
+
+import base64
+
+from tests.receivers import Receiver
+from tests.test_browser import (  # noqa: F401  (fixtures)
+    DELIVERY,
+    UI,
+    Page,
+    Site,
+    browser,
+    config,
+    expect,
+    header,
+    page,
+    processes,
+    sign_in,
+    site,
+)
+
+OLD_TOKEN = "atl-old-token-1111"
+NEW_TOKEN = "atl-new-token-2222"
+
+
+def test_editing_jira_settings_changes_the_next_delivery(  # noqa: F811  (fixtures)
+    page: Page,  # noqa: F811
+    site: Site,  # noqa: F811
+    receiver: Receiver,
+    processes,  # noqa: F811
+) -> None:
+    hook = site.create_webhook(
+        name="Jira issues",
+        url=receiver.url("/rest/api/2/issue"),
+        events=["recommendation.created"],
+        template="jira",
+        template_params={"project_key": "OPS", "email": "bot@acme.test", "api_token": OLD_TOKEN},
+    )
+    sign_in(page)
+    page.goto(f"/settings/webhooks/{hook['id']}/edit")
+
+    # The template's settings are labelled fields; the token is masked, never shown.
+    expect(page.get_by_label("Project key")).to_have_value("OPS")
+    expect(page.get_by_label("Issue type")).to_have_value("Task")
+    expect(page.get_by_label("Email", exact=True)).to_have_value("bot@acme.test")
+    expect(page.get_by_label("API token")).to_have_value("••••1111")
+    expect(page.locator("#preview-body")).to_contain_text('"key": "OPS"', timeout=UI)
+    assert OLD_TOKEN not in page.content()
+
+    page.get_by_label("Project key").fill("NEWKEY")
+    expect(page.locator("#preview-body")).to_contain_text('"key": "NEWKEY"', timeout=UI)
+    page.get_by_label("API token").fill(NEW_TOKEN)
+    page.get_by_role("button", name="Save").click()
+
+    expect(page.get_by_role("status").first).to_contain_text("Webhook saved.", timeout=UI)
+    settings = page.locator("dl.props")
+    expect(settings).to_contain_text("Jira")
+    expect(settings).to_contain_text("the body is built from its settings")
+    expect(settings).to_contain_text("NEWKEY")
+    assert NEW_TOKEN not in page.content()
+
+    page.get_by_label("Event type", exact=True).select_option("recommendation.created")
+    page.get_by_role("button", name="Send Test Event").click()
+    expect(page.locator("#test-result .badge")).to_have_text("Succeeded", timeout=DELIVERY)
+    assert NEW_TOKEN not in page.content()
+
+    [received] = receiver.requests
+    assert received.json()["fields"]["project"]["key"] == "NEWKEY"
+    basic = base64.b64encode(f"bot@acme.test:{NEW_TOKEN}".encode()).decode()
+    assert header(received, "Authorization") == f"Basic {basic}"
+
+
+def test_customise_the_body_copies_it_and_says_so(  # type: ignore[no-untyped-def]
+    page: Page,  # noqa: F811
+    site: Site,  # noqa: F811
+    receiver: Receiver,
+):
+    hook = site.create_webhook(
+        name="Jira issues",
+        url=receiver.url("/rest/api/2/issue"),
+        template="jira",
+        template_params={"project_key": "OPS", "email": "bot@acme.test", "api_token": OLD_TOKEN},
+    )
+    sign_in(page)
+    page.goto(f"/settings/webhooks/{hook['id']}/edit")
+
+    page.get_by_role("button", name="Customise the body").click()
+
+    body = page.get_by_label("Body (customised)")
+    expect(body).to_contain_text('"key": "OPS"', timeout=UI)
+    expect(page.locator("#transform-note")).to_contain_text("no longer change it")
+    body.fill('{"fields": {"project": {"key": "OPS"}, "summary": "{{ data.title }}"}}')
+    page.get_by_role("button", name="Save").click()
+
+    expect(page.locator("dl.props")).to_contain_text("body customised", timeout=UI)
+    saved = site.api.get(f"/webhooks/{hook['id']}").json
+    assert saved["transform_source"] == "custom"
+    assert saved["transform"]["fields"]["summary"] == "{{ data.title }}"
