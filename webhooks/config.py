@@ -145,6 +145,13 @@ class Var:
 VARIABLES: tuple[Var, ...] = (
     Var("DATABASE_URL", "", _text, "any SQLAlchemy URL; default SQLite in the instance folder"),
     Var("REDIS_URL", "redis://127.0.0.1:6379/0", _url(("redis", "rediss", "unix")), "RQ broker"),
+    Var(
+        "REDIS_URL_PARAMS",
+        "",
+        _text,
+        "redis-py query parameters added to REDIS_URL, for a URL a provider sets and keeps "
+        "(e.g. ssl_cert_reqs=none for a self-signed certificate)",
+    ),
     Var("SECRET_KEY", "", _text, "Flask sessions and CSRF; generated once in the instance folder"),
     Var(
         "WEBHOOK_SECRETS_KEY",
