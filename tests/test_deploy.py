@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
+import requests
+import sqlalchemy as sa
 import trustme
 
-from tests.conftest import Api
+from tests.conftest import TEST_DATABASE_URL, Api
 from webhooks.config import VARIABLES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -244,3 +249,198 @@ def test_self_signed_redis_accepted_with_ssl_cert_reqs_none(tls_redis, tmp_path)
     assert upgrade.returncode == 0, upgrade.stderr[-2000:]
     assert created.returncode == 0, created.stderr[-2000:]
     assert json.loads(created.stdout.strip().splitlines()[-1])["workspace_id"].startswith("ws_")
+
+
+# -- a whole deployment, as a platform makes it ----------------------------------------
+
+
+class Platform:
+    """What a Heroku-style platform does with the repository: a fresh clone, a virtualenv with
+    requirements.txt only, the Procfile's release line, then every other process with PORT."""
+
+    def __init__(self, folder: Path, env: dict[str, str]) -> None:
+        self.folder = folder
+        self.app = folder / "app"
+        self.venv = folder / "venv"
+        self.env = env
+        self.running: dict[str, subprocess.Popen] = {}
+        self.logs = folder / "logs"
+        self.logs.mkdir()
+
+    def build(self) -> None:
+        head = _run(["git", "rev-parse", "HEAD"], cwd=ROOT).stdout.strip()
+        _run(["git", "clone", "--quiet", "--no-checkout", str(ROOT), str(self.app)])
+        _run(["git", "checkout", "--quiet", head], cwd=self.app)
+        _run([sys.executable, "-m", "venv", str(self.venv)])
+        pip = [str(self.venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check"]
+        _run([*pip, "-r", str(self.app / "requirements.txt")], timeout=300)
+
+    def process_env(self) -> dict[str, str]:
+        path = f"{self.venv / 'bin'}:/usr/local/bin:/usr/bin:/bin"
+        return {"PATH": path, "HOME": str(self.folder), "LANG": "C.UTF-8", **self.env}
+
+    def run(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """A one-off process (`heroku run …`)."""
+        return _run(["bash", "-c", command], cwd=self.app, env=self.process_env(), timeout=timeout)
+
+    def start(self) -> None:
+        """The processes of app.json's formation, as the Procfile runs them, each in a process
+        group of its own."""
+        formation = json.loads((self.app / "app.json").read_text())["formation"]
+        commands = procfile(self.app)
+        for name, scale in formation.items():
+            if not scale["quantity"]:
+                continue
+            command = commands[name]
+            log = open(self.logs / f"{name}.log", "a")  # noqa: SIM115 (closed with the process)
+            self.running[name] = subprocess.Popen(
+                ["bash", "-c", command],
+                cwd=self.app,
+                env=self.process_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            log.close()
+
+    def stop(self) -> None:
+        for process in self.running.values():
+            stop(process)
+        self.running.clear()
+
+    def tail(self) -> str:
+        return "\n".join(
+            f"--- {log.name}\n" + "\n".join(log.read_text().splitlines()[-15:])
+            for log in sorted(self.logs.iterdir())
+        )
+
+    def wait_healthy(self, base: str, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for name, process in self.running.items():
+                if process.poll() is not None:
+                    raise AssertionError(f"{name} exited with {process.returncode}\n{self.tail()}")
+            try:
+                answer = requests.get(f"{base}/healthz", timeout=2)
+                if answer.status_code == 200:
+                    return answer.json()
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"/healthz not ok within {timeout}s\n{self.tail()}")
+            time.sleep(0.2)
+
+
+def _run(command: list[str], timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if done.returncode != 0:
+        raise AssertionError(f"{command} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done
+
+
+@pytest.fixture
+def throwaway_postgres() -> Iterator[str]:
+    """A new PostgreSQL database, named in the platform's postgres:// form; dropped after."""
+    server = sa.engine.make_url(TEST_DATABASE_URL)
+    name = f"webhooks_deploy_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(
+        server.set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = server.set(drivername="postgres", database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def _deliver_and_verify(base: str, key: str, receiver: Any, secret: str, count: int) -> None:
+    from standardwebhooks.webhooks import Webhook
+
+    headers = {"Authorization": f"Bearer {key}"}
+    event = {"type": "incident.created", "data": {"id": f"inc_{count}", "title": "API latency"}}
+    published = requests.post(f"{base}/api/v1/events", json=event, headers=headers, timeout=10)
+    assert published.status_code == 202, published.text
+    assert published.json()["delivery_count"] == 1
+
+    arrived = receiver.wait_for(count, timeout=30)[count - 1]
+
+    verified = Webhook(secret).verify(arrived.body.decode(), arrived.headers)
+    assert verified["id"] == published.json()["id"] == arrived.headers["webhook-id"]
+    assert verified["data"] == event["data"]
+
+
+@pytest.mark.skipif(
+    not TEST_DATABASE_URL,
+    reason="a platform deployment runs on PostgreSQL (DATABASE_URL=postgres://…): it runs in "
+    "the PostgreSQL pass, with TEST_DATABASE_URL set",
+)
+def test_deploys_from_a_fresh_clone_like_a_platform(
+    tmp_path, throwaway_postgres, receiver, ca_bundle
+) -> None:  # type: ignore[no-untyped-def]
+    """Given a fresh clone of HEAD, requirements.txt, release, the Procfile's processes, a
+    postgres:// database and a TLS-only Redis with its own CA: an event arrives signed; after
+    the instance folder is wiped and every process restarted, the same secret still signs."""
+    redis = start_tls_redis(tmp_path / "redis")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    platform = Platform(
+        tmp_path,
+        {
+            "PORT": str(port),
+            "DATABASE_URL": throwaway_postgres,
+            "REDIS_URL": redis.url(f"ssl_ca_certs={redis.ca_file}"),
+            "SECRET_KEY": "deploy-test-" + uuid.uuid4().hex,
+            "WEBHOOK_SECRETS_KEY": uuid.uuid4().hex,
+            "METRICS_TOKEN": "scrape-" + uuid.uuid4().hex,
+            "WEB_CONCURRENCY": "1",
+            # The receiver is on loopback with a certificate from the test CA.
+            "WEBHOOK_CA_BUNDLE": ca_bundle,
+            "WEBHOOK_ALLOWED_PRIVATE_NETWORKS": "127.0.0.0/8",
+        },
+    )
+    try:
+        platform.build()
+        platform.run(procfile(platform.app)["release"])
+        platform.start()
+        assert set(platform.running) == set(procfile(platform.app)) - {"release"}
+        assert platform.wait_healthy(base) == {"database": "ok", "redis": "ok"}
+        created = platform.run("flask --app app workspace create Acme")
+        key = json.loads(created.stdout.strip().splitlines()[-1])["api_key"]
+        webhook = requests.post(
+            f"{base}/api/v1/webhooks",
+            json={"name": "Ops", "url": receiver.url(), "events": ["incident.*"]},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        )
+        assert webhook.status_code == 201, webhook.text
+        secret = webhook.json()["secret"]
+
+        _deliver_and_verify(base, key, receiver, secret, count=1)
+        # The attempt is recorded just after the receiver answered: poll for it.
+        token = {"Authorization": f"Bearer {platform.env['METRICS_TOKEN']}"}
+        counted = 'webhook_delivery_attempts_total{outcome="success"} 1.0'
+        deadline = time.monotonic() + 10
+        while counted not in (text := requests.get(f"{base}/metrics", headers=token).text):
+            assert time.monotonic() < deadline, text
+            time.sleep(0.2)
+        assert requests.get(f"{base}/metrics", timeout=10).status_code == 401
+
+        # A restart on such a platform starts from the slug again: nothing on disk survives.
+        platform.stop()
+        assert (platform.app / "instance").is_dir()
+        shutil.rmtree(platform.app / "instance")
+        platform.start()
+        assert platform.wait_healthy(base) == {"database": "ok", "redis": "ok"}
+
+        _deliver_and_verify(base, key, receiver, secret, count=2)
+    except BaseException:
+        print(platform.tail())
+        raise
+    finally:
+        platform.stop()
+        redis.process.kill()
+        redis.process.wait(timeout=5)
