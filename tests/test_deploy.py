@@ -186,7 +186,7 @@ def test_rate_limits_hold_over_tls_redis(config, tls_redis, how, request) -> Non
 def _startup(command: list[str], redis_url: str, tmp_path: Path) -> subprocess.CompletedProcess:
     env = {
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "HOME": os.environ.get("HOME", "/tmp"),
+        "HOME": str(tmp_path),  # gunicorn keeps its control socket there
         "DATABASE_URL": f"sqlite:///{tmp_path / 'webhooks.db'}",
         "INSTANCE_PATH": str(tmp_path / "instance"),
         "REDIS_URL": redis_url,
