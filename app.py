@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import sys
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 from flask import Flask, request
 from flask.sessions import SecureCookieSessionInterface
 from redis import Redis
+from redis.exceptions import RedisError
 
 from webhooks import config as settings_module
 from webhooks import crypto, renderpool, sqlite
@@ -79,6 +82,64 @@ def _install_web(app: Flask) -> None:
         app.register_blueprint(blueprint)
 
 
+def _redis_tls_problem(exc: BaseException, url: str) -> str | None:
+    """Why Redis did not answer, when it is TLS and not an outage: a certificate we refuse,
+    a handshake it refuses, or a plain connection that a TLS-only server resets."""
+    tls = url.startswith("rediss://")
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return (
+                f"Redis's TLS certificate did not verify ({seen.verify_message}); for a "
+                "provider's own CA add ?ssl_ca_certs=<its CA file>, for a self-signed "
+                "certificate ?ssl_cert_reqs=none"
+            )
+        if isinstance(seen, ssl.SSLError):
+            return f"the TLS handshake with Redis failed ({seen.reason or seen})"
+        if isinstance(seen, FileNotFoundError) and tls:
+            return f"a TLS file it names cannot be read ({seen})"
+        if tls and isinstance(seen, TimeoutError) and "handshake" in str(seen):
+            return "Redis did not complete a TLS handshake: does it speak TLS? (redis:// if not)"
+        if not tls and isinstance(seen, ConnectionResetError | BrokenPipeError):
+            return "Redis reset the connection: if it accepts only TLS, use rediss://"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def redis_url(url: str, params: str) -> str:
+    """REDIS_URL with REDIS_URL_PARAMS added to its query."""
+    params = params.strip().lstrip("?&")
+    if not params:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}{params}"
+
+
+def _masked(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":****@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_redis(app: Flask) -> None:
+    """Stop at start-up, naming REDIS_URL, when TLS keeps Redis from answering (a bad
+    certificate would otherwise show only as a failing health check). An outage is not this:
+    every process waits for Redis to come back."""
+    url = app.config["REDIS_URL"]
+    try:
+        app.extensions["redis"].ping()
+    except RedisError as exc:
+        problem = _redis_tls_problem(exc, url)
+        if problem is not None:
+            print(
+                f"configuration error: REDIS_URL: {problem}, got {_masked(url)!r}", file=sys.stderr
+            )
+            # 3 is gunicorn's "worker failed to boot": the web process stops instead of
+            # booting worker after worker into the same error.
+            raise SystemExit(3) from None
+
+
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app: configuration from the environment, extensions, blueprints, commands."""
     app = Flask(__name__, instance_path=os.environ.get("INSTANCE_PATH") or None)
@@ -122,12 +183,17 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     db.init_app(app)
     app.cli.add_command(_MigrationCommands(app))
+    # Every Redis client of every process reads this one URL: RQ, the scheduler, the
+    # health check, metrics and the rate limiter.
+    app.config["REDIS_URL"] = redis_url(app.config["REDIS_URL"], app.config["REDIS_URL_PARAMS"])
     app.extensions["redis"] = Redis.from_url(
         app.config["REDIS_URL"],
         socket_timeout=5,
         socket_connect_timeout=2,
         health_check_interval=30,
     )
+    if not app.testing:
+        check_redis(app)
 
     from blueprints import cli
 

@@ -80,7 +80,14 @@ def has_nul(req: Request) -> bool:
 
 
 def install(app: Flask) -> None:
+    # `limits` hands the whole URL to redis-py's from_url, so rediss:// with ssl_ca_certs= or
+    # ssl_cert_reqs= holds here as in every other client; the timeouts are the app client's,
+    # so a Redis that stops answering lets requests pass within seconds instead of hanging.
     app.config.setdefault("RATELIMIT_STORAGE_URI", app.config["REDIS_URL"])
+    app.config.setdefault(
+        "RATELIMIT_STORAGE_OPTIONS",
+        {"socket_timeout": 5, "socket_connect_timeout": 2, "health_check_interval": 30},
+    )
     app.config.setdefault("RATELIMIT_KEY_PREFIX", "webhooks-limiter")
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
     # With Redis down, requests pass unlimited rather than fail: publishing must go on.

@@ -195,6 +195,13 @@ VARIABLES: tuple[Var, ...] = (
         "Flask sessions and CSRF; with SQLite, generated once in the instance folder when unset",
     ),
     Var(
+        "REDIS_URL_PARAMS",
+        "",
+        _text,
+        "redis-py query parameters added to REDIS_URL, for a URL a provider sets and keeps "
+        "(e.g. ssl_cert_reqs=none for a self-signed certificate)",
+    ),
+    Var(
         "WEBHOOK_SECRETS_KEY",
         "",
         _text,
