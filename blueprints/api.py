@@ -13,10 +13,19 @@ from werkzeug.exceptions import HTTPException
 from blueprints import security
 from blueprints.security import limiter
 from blueprints.serialize import attempt_json, delivery_json, envelope_json, webhook_json
-from webhooks import accounts, bulk, catalog, logs, management, notification_settings, publishing
+from webhooks import (
+    accounts,
+    bulk,
+    catalog,
+    logs,
+    management,
+    notification_settings,
+    publishing,
+    verification,
+)
 from webhooks.config import Settings
 from webhooks.management import Invalid
-from webhooks.models import BulkJob, Delivery, Event, Webhook, db
+from webhooks.models import BulkJob, Delivery, Event, Webhook, db, utcnow
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 limiter.limit(lambda: current_app.config["WEBHOOK_API_RATE_LIMIT"])(bp)
@@ -213,6 +222,34 @@ def webhook_default_type(webhook: Webhook) -> str:
         if publishing.subscribes(webhook, event.type):
             return event.type
     return catalog.CATALOG[0].type
+
+
+@bp.post("/webhooks/<webhook_id>/verify-signature")
+def verify_signature(webhook_id: str):  # type: ignore[no-untyped-def]
+    """Say whether a received request verifies, per signature header, and why not."""
+    webhook = webhook_or_404(webhook_id)
+    payload = json_body()
+    body, headers = payload.get("body"), payload.get("headers")
+    errors = {}
+    if not isinstance(body, str):
+        errors["body"] = "required: the raw body as the receiver read it, as a string"
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        errors["headers"] = "required: an object of the headers as received, values strings"
+    for name in ("secret", "computed"):
+        if payload.get(name) is not None and not isinstance(payload[name], str):
+            errors[name] = f"must be a string, got {type(payload[name]).__name__}"
+    if errors:
+        raise Invalid("validation_error", "; ".join(f"{k}: {v}" for k, v in errors.items()), errors)
+    report = verification.check(
+        db.session,
+        webhook,
+        body,
+        headers,
+        utcnow(),
+        secret=payload.get("secret"),
+        computed=payload.get("computed"),
+    )
+    return report.as_dict()
 
 
 @bp.post("/events")
