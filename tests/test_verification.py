@@ -6,14 +6,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import html
 import json
+import re
+import subprocess
 import time
 from typing import Any
 
 import pytest
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
-from tests.receivers import Received
+from tests.receivers import Received, Receiver
+from tests.session import text
 
 TITLE = "Café latency ☕ in eu-west"
 
@@ -211,3 +215,73 @@ def test_bad_input_names_every_field(api, webhook):
     assert response.json["error"]["code"] == "validation_error"
     assert set(response.json["error"]["fields"]) == {"body", "headers", "secret"}
     assert "got int" in response.json["error"]["fields"]["secret"]
+
+
+# -- the dashboard -----------------------------------------------------------------------------
+
+
+def header_lines(received: Received) -> str:
+    return "\n".join(f"{k}: {v}" for k, v in received.headers.items())
+
+
+def test_delivery_page_checks_a_pasted_signature_and_shows_what_was_signed(user, webhook, captured):
+    delivery_id = captured.headers["X-CloudThinker-Delivery"]
+    page = user.get(f"/settings/webhooks/logs/{delivery_id}")
+    assert "Check a signature" in page.text
+    signed = f"{captured.headers['webhook-id']}.{captured.headers['webhook-timestamp']}."
+    assert signed in html.unescape(page.text)
+
+    reformatted = json.dumps(json.loads(captured.body), indent=2, ensure_ascii=False)
+    answer = user.post(
+        f"/settings/webhooks/logs/{delivery_id}/check-signature",
+        {"body": reformatted, "headers": header_lines(captured), "secret": webhook["secret"]},
+        htmx=True,
+    )
+
+    shown = text(html.unescape(answer.text))
+    assert "Does not verify" in shown
+    assert "body_modified" in shown
+    assert "the body was modified (re-serialised JSON:" in shown
+    assert captured.body.decode() in html.unescape(answer.text)  # the exact bytes signed
+
+    genuine = user.post(
+        f"/settings/webhooks/logs/{delivery_id}/check-signature",
+        {"body": captured.body.decode(), "headers": header_lines(captured)},
+        htmx=True,
+    )
+    assert "Verifies" in text(genuine.text)
+
+
+def test_delivery_page_replays_an_attempt_with_curl(user, webhook, captured, tmp_path):
+    delivery_id = captured.headers["X-CloudThinker-Delivery"]
+    local = Receiver()  # plain HTTP on loopback: "my laptop"
+    try:
+        answer = user.get(
+            f"/settings/webhooks/logs/{delivery_id}/replay",
+            query_string={"url": local.url("/mine"), "attempt": "1"},
+            headers={"HX-Request": "true"},
+        )
+        command = html.unescape(re.search(r"<pre[^>]*>(.*?)</pre>", answer.text, re.S).group(1))
+        assert command.startswith(f"curl -sS {local.url('/mine')}")
+        subprocess.run(["bash", "-c", command], check=True, capture_output=True, timeout=30)
+        [replayed] = local.wait_for(1)
+    finally:
+        local.close()
+    assert replayed.body == captured.body
+    for name in ("webhook-signature", "webhook-id", "webhook-timestamp", "X-CloudThinker-Event"):
+        assert replayed.headers[name] == captured.headers[name]
+    StandardWebhook(webhook["secret"]).verify(replayed.body, replayed.headers)
+
+
+def test_webhook_page_shows_how_to_verify_in_three_languages(user, webhook, captured):
+    page = user.get(f"/settings/webhooks/{webhook['id']}")
+
+    shown = html.unescape(page.text)
+    assert "Verify its deliveries" in shown
+    assert "from standardwebhooks.webhooks import Webhook" in shown
+    assert 'require("standardwebhooks")' in shown
+    assert "func Verify(secret string, header http.Header, body []byte) bool" in shown
+    delivery_id = captured.headers["X-CloudThinker-Delivery"]
+    assert f'href="/settings/webhooks/logs/{delivery_id}#check-signature">Check a signature' in (
+        page.text
+    )

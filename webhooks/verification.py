@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -487,6 +488,22 @@ def _mistake(
         if digest in (_mac(s.value.encode(), body), _mac(standard_key(s.value), content)):
             return WRONG_SECRET, "was computed with an earlier secret of this webhook"
     return None
+
+
+# -- replaying -----------------------------------------------------------------------------------
+
+# What curl sets by itself from the URL and the body.
+_CURL_OWNS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+
+
+def replay_command(url: str, sent: Sent) -> str:
+    """A `curl` that sends an attempt's exact body and headers again, to `url`."""
+    lines = [f"curl -sS {shlex.quote(url)}"]
+    for name, value in sent.headers.items():
+        if name.lower() not in _CURL_OWNS:
+            lines.append(f"  -H {shlex.quote(f'{name}: {value}')}")
+    lines.append(f"  --data-binary {shlex.quote(sent.body)}")
+    return " \\\n".join(lines)
 
 
 # -- against the database ----------------------------------------------------------------------
