@@ -12,7 +12,7 @@ from markupsafe import Markup, escape
 from sqlalchemy import select
 
 from blueprints.auth import current_workspace
-from webhooks import catalog, management
+from webhooks import catalog, listeners, management
 from webhooks.config import Settings
 from webhooks.models import Delivery, Webhook, db, utcnow
 
@@ -143,6 +143,7 @@ def install(app: Flask) -> None:
         time_tag=time_tag,
         summarize_events=summarize_events,
         webhook_state=webhook_state,
+        listener_state=lambda webhook: listeners.connected(app.extensions["redis"], webhook),
         categories=catalog.CATEGORIES,
         catalog=catalog,
     )

@@ -279,6 +279,12 @@ VARIABLES: tuple[Var, ...] = (
         lambda n, r: _decimal(n, r, minimum=0),
         "seconds SQLite waits for a lock",
     ),
+    Var(
+        "WEBHOOK_LISTENER_STREAMS",
+        "2",
+        lambda n, r: _integer(n, r, minimum=0),
+        "`listen` streams one web process serves at once (each holds one of its threads)",
+    ),
 )
 
 
@@ -308,6 +314,7 @@ class Settings:
     batch_size: int = 50
     worker_threads: int = 32
     slow_after: float = 2.0
+    redis_url: str = ""
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -332,6 +339,7 @@ class Settings:
             batch_size=config["WEBHOOK_BATCH_SIZE"],
             worker_threads=config["WEBHOOK_WORKER_THREADS"],
             slow_after=config["WEBHOOK_SLOW_AFTER_SECONDS"],
+            redis_url=config["REDIS_URL"],
         )
 
     @property

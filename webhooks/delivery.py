@@ -14,7 +14,7 @@ from redis import Redis
 from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from webhooks import failures, notifications, retry, signing, transforms, transport
+from webhooks import failures, listeners, notifications, retry, signing, transforms, transport
 from webhooks.config import Settings
 from webhooks.models import (
     Attempt,
@@ -641,6 +641,16 @@ def send(prepared: Prepared, settings: Settings) -> transport.Result:
     """The POST of one claimed delivery (or the render error that stopped it)."""
     if prepared.render_error is not None:
         return transport.Result(error=prepared.render_error)
+    listener_id = listeners.listener_id_of(prepared.url)
+    if listener_id is not None:  # a `listen` stream, not a URL: the command reports the result
+        return listeners.relay(
+            listener_id,
+            prepared.delivery_id,
+            prepared.attempt_id,
+            prepared.headers,
+            prepared.body,
+            settings,
+        )
     return transport.post(
         prepared.url,
         prepared.body,
