@@ -108,6 +108,11 @@ def demo() -> None:
       -d '{{"type": "incident.created", "data": {{"id": "inc_1", "title": "API latency"}}}}'
   Watch deliveries:
     curl -s {base}/api/v1/deliveries -H "Authorization: Bearer {info["api_key"]}"
+
+  See signed deliveries arrive on this machine: run this in another terminal, then publish
+  the event above (--forward-to http://localhost:3000/hook instead of --print sends them to
+  your own app):
+    .venv/bin/flask --app app listen --print --server {base} --api-key {info["api_key"]}
 """
     )
 

@@ -3,6 +3,7 @@ forwarding to a plain HTTP app on loopback as a developer's laptop would run it.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -178,3 +179,13 @@ def test_a_listener_without_its_stream_closes_after_a_minute(app, api, service):
     assert webhook["active"] is False
     assert "CLI listener closed" in webhook["disabled_reason"]
     assert api.delete(f"/listeners/{listener['id']}").status_code == 404
+
+
+def test_make_run_printout_ends_with_the_command_that_shows_deliveries_here(app):
+    result = app.test_cli_runner().invoke(args=["demo"])
+
+    assert result.exit_code == 0, result.output
+    last = result.output.strip().splitlines()[-1].strip()
+    key = re.search(r"API key: (\S+)", result.output).group(1)
+    base = f"http://127.0.0.1:{os.environ.get('PORT', '8000')}"
+    assert last == f".venv/bin/flask --app app listen --print --server {base} --api-key {key}"
