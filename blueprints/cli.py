@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 from pathlib import Path
 
 import click
@@ -151,7 +152,9 @@ def listen(
     click.echo(f"Listening as {info['id']} (webhook {info['webhook_id']}, named CLI listener).")
     click.echo(f"Signing secret: {info['secret']}   (shown once; deliveries are signed with it)")
     click.echo(f"Forwarding to {forward_to}" if forward_to else "Printing each delivery")
-    click.echo("Ctrl-C closes the listener.", nl=True)
+    click.echo("Ctrl-C closes the listener.")
+    # A process manager stops it with SIGTERM: close the listener then too.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         client.run()
     except KeyboardInterrupt:

@@ -149,6 +149,10 @@ def test_listen_print_shows_each_delivery_and_its_signature_check(api, web, proc
         assert '"type":"task.failed"' in output
         assert "webhook-signature: verified" in output
         assert wait_until(lambda: attempts_of(api, webhook_id)["status"] == "succeeded", 30)
+
+        command.proc.send_signal(signal.SIGTERM)  # a process manager stopping it
+        assert command.proc.wait(timeout=15) == 0, command.output()
+        assert api.get(f"/webhooks/{webhook_id}").status_code == 404
     finally:
         command.stop()
 
