@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 from werkzeug.exceptions import HTTPException
@@ -13,10 +13,19 @@ from werkzeug.exceptions import HTTPException
 from blueprints import security
 from blueprints.security import limiter
 from blueprints.serialize import attempt_json, delivery_json, envelope_json, webhook_json
-from webhooks import bulk, catalog, logs, management, notification_settings, publishing
+from webhooks import (
+    bulk,
+    catalog,
+    listeners,
+    logs,
+    management,
+    notification_settings,
+    publishing,
+    verification,
+)
 from webhooks.config import Settings
 from webhooks.management import Invalid
-from webhooks.models import BulkJob, Delivery, Event, Webhook, db
+from webhooks.models import BulkJob, Delivery, Event, Webhook, db, utcnow
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 limiter.limit(lambda: current_app.config["WEBHOOK_API_RATE_LIMIT"])(bp)
@@ -207,6 +216,34 @@ def webhook_default_type(webhook: Webhook) -> str:
     return catalog.CATALOG[0].type
 
 
+@bp.post("/webhooks/<webhook_id>/verify-signature")
+def verify_signature(webhook_id: str):  # type: ignore[no-untyped-def]
+    """Say whether a received request verifies, per signature header, and why not."""
+    webhook = webhook_or_404(webhook_id)
+    payload = json_body()
+    body, headers = payload.get("body"), payload.get("headers")
+    errors = {}
+    if not isinstance(body, str):
+        errors["body"] = "required: the raw body as the receiver read it, as a string"
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        errors["headers"] = "required: an object of the headers as received, values strings"
+    for name in ("secret", "computed"):
+        if payload.get(name) is not None and not isinstance(payload[name], str):
+            errors[name] = f"must be a string, got {type(payload[name]).__name__}"
+    if errors:
+        raise Invalid("validation_error", "; ".join(f"{k}: {v}" for k, v in errors.items()), errors)
+    report = verification.check(
+        db.session,
+        webhook,
+        body,
+        headers,
+        utcnow(),
+        secret=payload.get("secret"),
+        computed=payload.get("computed"),
+    )
+    return report.as_dict()
+
+
 @bp.post("/events")
 def publish_event():  # type: ignore[no-untyped-def]
     """Publish an event to every active webhook subscribed to its type."""
@@ -238,6 +275,109 @@ def publish_event():  # type: ignore[no-untyped-def]
         publishing.dispatch(db.session, redis(), settings(), published.delivery_ids)
     body = {**envelope_json(published.event), "delivery_count": len(published.delivery_ids)}
     return body, 202 if published.created else 200
+
+
+def listener_or_404(listener_id: str) -> listeners.Listener:
+    listener = listeners.find(db.session, g.workspace_id, listener_id)
+    if listener is None:
+        raise fail("not_found", f"no listener {listener_id!r}", 404)
+    return listener
+
+
+@bp.post("/listeners")
+def create_listener():  # type: ignore[no-untyped-def]
+    """Open a listener for the `listen` command: a webhook whose deliveries go to its stream."""
+    payload = json_body(optional=True)
+    events = management.check_events(payload.get("events", ["*"]))
+    listener, secret = listeners.create(db.session, g.workspace_id, events)
+    stream_url = f"/api/v1/listeners/{listener.id}/stream"
+    return {
+        "id": listener.id,
+        "webhook_id": listener.webhook_id,
+        "secret": secret,
+        "stream_url": stream_url,
+    }, 201
+
+
+@bp.get("/listeners/<listener_id>/stream")
+def listener_stream(listener_id: str):  # type: ignore[no-untyped-def]
+    """Server-Sent Events: one `delivery` event per attempt, a comment every 10 s."""
+    listener_or_404(listener_id)
+    streams = current_app.extensions.setdefault(
+        "listener_streams", listeners.Streams(current_app.config["WEBHOOK_LISTENER_STREAMS"])
+    )
+    if not streams.take():
+        limit = current_app.config["WEBHOOK_LISTENER_STREAMS"]
+        raise fail(
+            "unavailable",
+            f"this web process already serves {limit} listener streams "
+            "(WEBHOOK_LISTENER_STREAMS); retry shortly",
+            503,
+        )
+    db.session.rollback()
+    return Response(
+        stream_with_context(_listener_events(listener_id, streams)),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _listener_events(listener_id: str, streams: listeners.Streams):  # type: ignore[no-untyped-def]
+    conn = listeners.stream_redis(current_app.config["REDIS_URL"])
+    try:
+        yield "retry: 1000\n" + listeners.sse(None, comment="connected")
+        while listeners.touch(db.session, listener_id, utcnow()):
+            listeners.mark_live(conn, listener_id)
+            attempt = listeners.next_attempt(
+                db.session, conn, listener_id, listeners.HEARTBEAT_SECONDS
+            )
+            if attempt is None:
+                yield listeners.sse(None, comment="waiting for deliveries")
+            else:
+                yield listeners.sse("delivery", attempt)
+    finally:
+        listeners.mark_gone(conn, listener_id)
+        conn.close()
+        db.session.remove()
+        streams.give_back()
+
+
+@bp.post("/listeners/<listener_id>/results")
+def listener_result(listener_id: str):  # type: ignore[no-untyped-def]
+    """Record the outcome of an attempt the `listen` command made."""
+    listener = listener_or_404(listener_id)
+    payload = json_body()
+    delivery_id, number = payload.get("delivery_id"), payload.get("attempt")
+    types = {"status_code": int, "headers": dict, "body": str, "duration_ms": int, "error": str}
+    errors = {
+        name: f"must be {kind.__name__}, got {payload[name]!r}"
+        for name, kind in types.items()
+        if payload.get(name) is not None and not isinstance(payload[name], kind)
+    }
+    if not isinstance(delivery_id, str):
+        errors["delivery_id"] = "required: the delivery id (dlv_…)"
+    if not isinstance(number, int):
+        errors["attempt"] = "required: the attempt number"
+    if errors:
+        raise Invalid("validation_error", "; ".join(f"{k}: {v}" for k, v in errors.items()), errors)
+    attempt_id = listeners.attempt_in_flight(db.session, listener, delivery_id, number)
+    if attempt_id is None:
+        raise fail(
+            "not_found",
+            f"attempt {number} of {delivery_id!r} is not waiting for a result "
+            "(it timed out, or it is not this listener's)",
+            404,
+        )
+    fields = {k: payload.get(k) for k in types}
+    listeners.report(redis(), attempt_id, fields, settings())
+    return {"delivery_id": delivery_id, "attempt": number, "accepted": True}, 202
+
+
+@bp.delete("/listeners/<listener_id>")
+def delete_listener(listener_id: str):  # type: ignore[no-untyped-def]
+    """Close a listener; its webhook goes with it."""
+    listeners.close(db.session, redis(), listener_or_404(listener_id))
+    return "", 204
 
 
 @bp.get("/events/<event_id>")

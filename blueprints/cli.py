@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 from pathlib import Path
 
 import click
@@ -130,8 +131,59 @@ def demo() -> None:
       -d '{{"type": "incident.created", "data": {{"id": "inc_1", "title": "API latency"}}}}'
   Watch deliveries:
     curl -s {base}/api/v1/deliveries -H "Authorization: Bearer {info["api_key"]}"
+
+  See signed deliveries arrive on this machine: run this in another terminal, then publish
+  the event above (--forward-to http://localhost:3000/hook instead of --print sends them to
+  your own app):
+    .venv/bin/flask --app app listen --print --server {base} --api-key {info["api_key"]}
 """
     )
+
+
+@bp.cli.command("listen")
+@click.option("--forward-to", metavar="URL", help="POST each delivery here, e.g. your local app")
+@click.option(
+    "--print", "print_only", is_flag=True, help="print each delivery instead of forwarding it"
+)
+@click.option("--events", "-e", multiple=True, metavar="PATTERN", help="default: every event")
+@click.option("--server", metavar="BASE_URL", help="default: http://127.0.0.1:$PORT")
+@click.option("--api-key", envvar="WEBHOOKS_API_KEY", help="default: $WEBHOOKS_API_KEY")
+def listen(
+    forward_to: str | None,
+    print_only: bool,
+    events: tuple[str, ...],
+    server: str | None,
+    api_key: str | None,
+) -> None:
+    """Receive the workspace's deliveries here, on a machine the service cannot reach."""
+    from blueprints.listen import Listen, ListenerGone
+
+    if bool(forward_to) == print_only:
+        raise click.UsageError("give either --forward-to URL or --print")
+    if not api_key:
+        raise click.UsageError("an API key is needed: --api-key KEY or WEBHOOKS_API_KEY")
+    server = server or f"http://127.0.0.1:{os.environ.get('PORT', '8000')}"
+    client = Listen(
+        server,
+        api_key,
+        forward_to,
+        list(events) or ["*"],
+        timeout=current_app.config["WEBHOOK_TIMEOUT_SECONDS"] * 0.9,
+    )
+    info = client.open()
+    click.echo(f"Listening as {info['id']} (webhook {info['webhook_id']}, named CLI listener).")
+    click.echo(f"Signing secret: {info['secret']}   (shown once; deliveries are signed with it)")
+    click.echo(f"Forwarding to {forward_to}" if forward_to else "Printing each delivery")
+    click.echo("Ctrl-C closes the listener.")
+    # A process manager stops it with SIGTERM: close the listener then too.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        client.run()
+    except KeyboardInterrupt:
+        client.close()
+        click.echo("Listener closed.")
+    except ListenerGone:
+        raise click.ClickException("the listener was closed on the server") from None
 
 
 @bp.cli.command("rotate-secrets-key")

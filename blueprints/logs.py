@@ -7,8 +7,8 @@ from sqlalchemy import select
 
 from blueprints import localtime
 from blueprints.ui import delivery_or_404, guarded, settings
-from webhooks import catalog, logs, publishing
-from webhooks.models import Webhook, db
+from webhooks import catalog, logs, publishing, verification
+from webhooks.models import Webhook, db, utcnow
 
 bp = guarded(Blueprint("logs", __name__, url_prefix="/settings/webhooks/logs"))
 
@@ -79,7 +79,9 @@ def index():  # type: ignore[no-untyped-def]
 def show(delivery_id: str):  # type: ignore[no-untyped-def]
     """One delivery with every attempt's request and response."""
     delivery = delivery_or_404(delivery_id)
-    return render_template("logs/show.html", delivery=delivery)
+    return render_template(
+        "logs/show.html", delivery=delivery, **_replay_context(delivery, request.args)
+    )
 
 
 @bp.get("/<delivery_id>/attempts")
@@ -98,6 +100,49 @@ def redeliver(delivery_id: str):  # type: ignore[no-untyped-def]
     publishing.dispatch(db.session, _redis(), settings(), [new_id])
     flash("Redelivery queued: it appears at the top of the logs.", "success")
     return redirect(url_for("logs.show", delivery_id=new_id))
+
+
+REPLAY_URL = "http://localhost:3000/hook"
+
+
+@bp.post("/<delivery_id>/check-signature")
+def check_signature(delivery_id: str):  # type: ignore[no-untyped-def]
+    """Check a body and headers a receiver got against what this delivery sent."""
+    delivery = delivery_or_404(delivery_id)
+    headers_text = request.form.get("headers", "")
+    report = verification.check(
+        db.session,
+        delivery.webhook,
+        request.form.get("body", ""),
+        verification.parse_header_lines(headers_text),
+        utcnow(),
+        secret=request.form.get("secret") or None,
+        computed=request.form.get("computed") or None,
+    )
+    return render_template("logs/_signature_result.html", delivery=delivery, report=report)
+
+
+@bp.get("/<delivery_id>/replay")
+def replay(delivery_id: str):  # type: ignore[no-untyped-def]
+    """The curl command that replays one attempt's exact request to a URL of your choice."""
+    delivery = delivery_or_404(delivery_id)
+    return render_template(
+        "logs/_replay.html", delivery=delivery, **_replay_context(delivery, request.args)
+    )
+
+
+def _replay_context(delivery, args) -> dict:  # type: ignore[no-untyped-def]
+    """The attempt chosen (default the latest), the URL, and the command."""
+    attempts = {str(a.number): a for a in delivery.attempts}
+    attempt = attempts.get(args.get("attempt", "")) or (
+        delivery.attempts[-1] if delivery.attempts else None
+    )
+    url = args.get("url", "").strip() or REPLAY_URL
+    command = None
+    if attempt is not None:
+        sent = verification.Sent(attempt.request_body, dict(attempt.request_headers))
+        command = verification.replay_command(url, sent)
+    return {"attempt": attempt, "replay_url": url, "command": command}
 
 
 def _redis():  # type: ignore[no-untyped-def]

@@ -294,6 +294,7 @@ SCHEMAS.update(
 
 WEBHOOK_ID = [_id("webhook_id", "wh")]
 DELIVERY_ID = [_id("delivery_id", "dlv")]
+LISTENER_ID = [_id("listener_id", "lst")]
 LIST = {"type": "object", "required": ["data"]}
 
 
@@ -564,6 +565,143 @@ PATHS: dict[str, Any] = {
         "post": {
             "summary": "A new delivery of the same event to the same webhook",
             "responses": {"202": _answer("queued", _ref("Delivery")), **_errors(404)},
+        },
+    },
+    "/webhooks/{webhook_id}/verify-signature": {
+        "parameters": WEBHOOK_ID,
+        "post": {
+            "summary": "The signature debugger: does what a receiver got verify, and why not",
+            "requestBody": {
+                "required": True,
+                **_json(
+                    {
+                        "type": "object",
+                        "required": ["body", "headers"],
+                        "properties": {
+                            "body": {"type": "string"},
+                            "headers": {
+                                "type": "object",
+                                "additionalProperties": {"type": "string"},
+                            },
+                            "secret": {"type": "string"},
+                            "computed": {"type": "string"},
+                        },
+                    }
+                ),
+            },
+            "responses": {
+                "200": _answer(
+                    "the checks",
+                    {
+                        "type": "object",
+                        "required": ["valid", "checks", "problems"],
+                        "properties": {
+                            "valid": {"type": "boolean"},
+                            "checks": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "header": {"type": "string"},
+                                        "valid": {"type": "boolean"},
+                                        "reason": {"type": "string"},
+                                    },
+                                },
+                            },
+                            "problems": {"type": "array", "items": {"type": "string"}},
+                        },
+                    },
+                ),
+                **_errors(400, 404),
+            },
+        },
+    },
+    "/listeners": {
+        "post": {
+            "summary": "Open a listener for `flask listen`: a webhook whose deliveries go to "
+            "its stream",
+            "requestBody": {
+                "required": False,
+                **_json(
+                    {
+                        "type": "object",
+                        "properties": {"events": {"type": "array", "items": {"type": "string"}}},
+                    }
+                ),
+            },
+            "responses": {
+                "201": _answer(
+                    "opened",
+                    {
+                        "type": "object",
+                        "properties": {
+                            "id": {"type": "string"},
+                            "webhook_id": {"type": "string"},
+                            "secret": {"type": "string"},
+                            "stream_url": {"type": "string"},
+                        },
+                    },
+                ),
+                **_errors(400),
+            },
+        },
+    },
+    "/listeners/{listener_id}/stream": {
+        "parameters": LISTENER_ID,
+        "get": {
+            "summary": "Server-Sent Events: one `delivery` event per attempt",
+            "responses": {
+                "200": {
+                    "description": "the stream",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                **_errors(404),
+            },
+        },
+    },
+    "/listeners/{listener_id}/results": {
+        "parameters": LISTENER_ID,
+        "post": {
+            "summary": "The outcome of an attempt the listener made",
+            "requestBody": {
+                "required": True,
+                **_json(
+                    {
+                        "type": "object",
+                        "required": ["delivery_id", "attempt"],
+                        "properties": {
+                            "delivery_id": {"type": "string"},
+                            "attempt": {"type": "integer"},
+                            "status_code": {"type": "integer"},
+                            "headers": {"type": "object"},
+                            "body": {"type": "string"},
+                            "duration_ms": {"type": "integer"},
+                            "error": {"type": "string"},
+                        },
+                    }
+                ),
+            },
+            "responses": {
+                "202": _answer(
+                    "recorded",
+                    {
+                        "type": "object",
+                        "properties": {
+                            "delivery_id": {"type": "string"},
+                            "attempt": {"type": "integer"},
+                            "accepted": {"type": "boolean"},
+                        },
+                    },
+                ),
+                **_errors(400, 404),
+            },
+        },
+    },
+    "/listeners/{listener_id}": {
+        "parameters": LISTENER_ID,
+        "delete": {
+            "summary": "Close a listener; its webhook goes with it",
+            "responses": {"204": _answer("closed"), **_errors(404)},
         },
     },
     "/egress-ips": {

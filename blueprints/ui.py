@@ -23,7 +23,7 @@ from werkzeug.exceptions import HTTPException
 
 from blueprints import localtime
 from blueprints.auth import current_workspace
-from webhooks import catalog, management
+from webhooks import catalog, listeners, management
 from webhooks.config import Settings
 from webhooks.models import Delivery, Webhook, db, utcnow
 
@@ -161,6 +161,7 @@ def install(app: Flask) -> None:
     app.jinja_env.globals.update(
         summarize_events=summarize_events,
         webhook_state=webhook_state,
+        listener_state=lambda webhook: listeners.connected(app.extensions["redis"], webhook),
         categories=catalog.CATEGORIES,
         catalog=catalog,
     )

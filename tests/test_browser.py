@@ -7,6 +7,7 @@ without it the module is skipped, unless REQUIRE_BROWSER is set, then it fails.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -454,3 +455,43 @@ def test_create_form_works_with_the_keyboard(page: Page, site: Site, receiver: R
         receiver.url("/keys"),
         ["*"],
     )
+
+
+def test_check_a_signature_on_a_delivery_page(
+    page: Page, site: Site, receiver: Receiver, processes: Processes
+) -> None:
+    webhook = site.create_webhook(name="Ops", url=receiver.url())
+    site.publish("incident.created", id="inc_7", title="Disk full")
+    [received] = receiver.wait_for(1, timeout=DELIVERY / 1000)
+    delivery_id = header(received, "X-CloudThinker-Delivery")
+    headers = "\n".join(f"{k}: {v}" for k, v in received.headers.items())
+    sign_in(page)
+    page.goto(f"/settings/webhooks/{webhook['id']}")
+    expect(page.locator("#verify")).to_contain_text("func Verify(")
+    page.get_by_role("link", name="Check a signature").click()
+    expect(page).to_have_url(re.compile(rf"/logs/{delivery_id}#check-signature$"), timeout=UI)
+    mark_document(page)
+
+    # What a framework hands over after parsing: the same data, re-serialised.
+    page.get_by_label("Body", exact=True).fill(json.dumps(json.loads(received.body), indent=2))
+    page.get_by_label("Headers", exact=True).fill(headers)
+    page.get_by_label("Secret", exact=True).fill(webhook["secret"])
+    page.get_by_role("button", name="Check signature").click()
+
+    result = page.locator("#signature-result")
+    expect(result.locator(".badge").first).to_have_text("Does not verify", timeout=UI)
+    expect(result).to_contain_text("body_modified")
+    expect(result).to_contain_text("re-serialised JSON")
+    expect(page.locator("#signed-standard")).to_contain_text(
+        f"{header(received, 'webhook-id')}.{header(received, 'webhook-timestamp')}."
+    )
+
+    page.get_by_label("Body", exact=True).fill(received.body.decode())
+    page.get_by_role("button", name="Check signature").click()
+    expect(result.locator(".badge").first).to_have_text("Verifies", timeout=UI)
+
+    page.get_by_label("Replay to URL").fill("http://localhost:4000/mine")
+    expect(page.locator("#replay-command")).to_contain_text(
+        "curl -sS http://localhost:4000/mine", timeout=UI
+    )
+    assert_not_reloaded(page)

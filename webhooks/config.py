@@ -410,6 +410,12 @@ VARIABLES: tuple[Var, ...] = (
         lambda n, r: _decimal(n, r, minimum=0),
         "seconds SQLite waits for a lock",
     ),
+    Var(
+        "WEBHOOK_LISTENER_STREAMS",
+        "2",
+        lambda n, r: _integer(n, r, minimum=0),
+        "`listen` streams one web process serves at once (each holds one of its threads)",
+    ),
 )
 
 
@@ -443,6 +449,7 @@ class Settings:
     max_webhooks: int = 100
     # Egress: target ports allowed, as (first, last) ranges.
     allowed_ports: tuple[tuple[int, int], ...] = ((443, 443), (1024, 65535))
+    redis_url: str = ""
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -469,6 +476,7 @@ class Settings:
             slow_after=config["WEBHOOK_SLOW_AFTER_SECONDS"],
             max_webhooks=config["WEBHOOK_MAX_WEBHOOKS"],
             allowed_ports=config["WEBHOOK_ALLOWED_PORTS"],
+            redis_url=config["REDIS_URL"],
         )
 
     @property

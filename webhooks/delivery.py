@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from webhooks import (
     credentials,
     failures,
+    listeners,
     notifications,
     renderpool,
     retry,
@@ -735,6 +736,16 @@ def send(prepared: Prepared, settings: Settings) -> transport.Result:
     render(prepared)
     if prepared.render_error is not None:
         return transport.Result(error=prepared.render_error)
+    listener_id = listeners.listener_id_of(prepared.url)
+    if listener_id is not None:  # a `listen` stream, not a URL: the command reports the result
+        return listeners.relay(
+            listener_id,
+            prepared.delivery_id,
+            prepared.attempt_id,
+            prepared.headers,
+            prepared.body,
+            settings,
+        )
     return transport.post(
         prepared.url,
         prepared.body,

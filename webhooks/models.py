@@ -356,3 +356,18 @@ class MetricTotal(db.Model):
 
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class Listener(db.Model):
+    """A `listen` command's stream: its webhook's deliveries go to the stream, not to a URL."""
+
+    __tablename__ = "listeners"
+
+    id: Mapped[str] = _id("lst")
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    webhook_id: Mapped[str] = mapped_column(
+        ForeignKey("webhooks.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When its stream was last seen connected; 60 s later without a stream it closes.
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -10,7 +10,7 @@ from redis import Redis
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from webhooks import bulk, failures, notifications, queueing, retention
+from webhooks import bulk, failures, listeners, notifications, queueing, retention
 from webhooks.config import Settings
 from webhooks.delivery import MAX_LOST_ATTEMPTS
 from webhooks.models import Attempt, AttemptOutcome, Delivery, DeliveryStatus, utcnow
@@ -164,6 +164,7 @@ def periodic(session: Session, redis: Redis, settings: Settings) -> None:
     notifications.hand_off(redis, settings, notifications.summarize(session, settings, utcnow()))
     notifications.resend_due(session, redis, settings, utcnow())
     bulk.requeue_stalled(session, redis, settings)
+    listeners.close_stale(session, utcnow())
     if retention.due(redis, settings):
         purged = retention.purge(session, settings)
         if purged.deliveries or purged.events or purged.notifications:

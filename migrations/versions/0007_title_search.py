@@ -1,7 +1,7 @@
 """title search: the logs find deliveries by words of their event's title
 
 Revision ID: 0007
-Revises: 0003
+Revises: 0006
 Create Date: 2026-12-05 09:30:00.000000
 
 """
@@ -12,7 +12,7 @@ from webhooks.models import SQLITE_TITLE_SEARCH, TITLE_SEARCH
 
 # revision identifiers, used by Alembic.
 revision = '0007'
-down_revision = '0003'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 
