@@ -63,14 +63,14 @@ def test_previews_are_limited_per_person_with_the_message_in_place(
 
     answers = [user.post("/settings/webhooks/preview", data=form, htmx=True) for _ in range(3)]
 
-    assert all('<pre class="code">' in a.text for a in answers[:2])
+    assert all('<pre class="code"' in a.text for a in answers[:2])
     assert answers[2].status_code == 200  # so that htmx swaps the message in
     said = text(answers[2].text)
     assert "Too many previews: at most 2 per 1 minute for each person" in said
-    assert "Try again in" in said and '<pre class="code">' not in answers[2].text
+    assert "Try again in" in said and '<pre class="code"' not in answers[2].text
     other = colleague(app, workspace)
     other.get("/settings/webhooks/new")
-    assert '<pre class="code">' in other.post("/settings/webhooks/preview", data=form).text
+    assert '<pre class="code"' in other.post("/settings/webhooks/preview", data=form).text
 
 
 def test_test_events_are_limited_per_person(dashboard_limited, user, webhook, receiver, app):
@@ -93,7 +93,7 @@ def test_test_notification_goes_only_to_the_saved_settings(dashboard_limited, us
     assert saved.status_code == 302
     user.get("/settings/notifications")
 
-    typed = {"emails": "ops@acme.test\nvictim@elsewhere.test", "alert_url": "https://127.0.0.1:9/x"}
+    typed = {"emails": "ops@acme.test\nvictim@elsewhere.test", "alert_url": "https://127.0.0.1:9443/x"}
     answer = user.post("/settings/notifications/test", data=typed, htmx=True)
     again = user.post("/settings/notifications/test", data=typed, htmx=True)
 

@@ -23,7 +23,7 @@ def small_quotas(config):  # type: ignore[no-untyped-def]
 
 def new_webhook(api: Api, n: int = 0):  # type: ignore[no-untyped-def]
     return api.post(
-        "/webhooks", {"name": f"Hook {n}", "url": "https://127.0.0.1:9/in", "events": ["*"]}
+        "/webhooks", {"name": f"Hook {n}", "url": "https://127.0.0.1:9443/in", "events": ["*"]}
     )
 
 
