@@ -93,7 +93,10 @@ def test_test_notification_goes_only_to_the_saved_settings(dashboard_limited, us
     assert saved.status_code == 302
     user.get("/settings/notifications")
 
-    typed = {"emails": "ops@acme.test\nvictim@elsewhere.test", "alert_url": "https://127.0.0.1:9443/x"}
+    typed = {
+        "emails": "ops@acme.test\nvictim@elsewhere.test",
+        "alert_url": "https://127.0.0.1:9443/x",
+    }
     answer = user.post("/settings/notifications/test", data=typed, htmx=True)
     again = user.post("/settings/notifications/test", data=typed, htmx=True)
 
