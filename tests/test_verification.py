@@ -285,3 +285,30 @@ def test_webhook_page_shows_how_to_verify_in_three_languages(user, webhook, capt
     assert f'href="/settings/webhooks/logs/{delivery_id}#check-signature">Check a signature' in (
         page.text
     )
+
+
+def test_a_pagerduty_delivery_verifies_though_its_logged_body_masks_the_routing_key(
+    api, receiver, service
+):
+    routing_key = "R0UT1NGKEY0000000000000000000042"
+    pagerduty = api.post(
+        "/webhooks",
+        {
+            "name": "PagerDuty",
+            "url": receiver.url(),
+            "template": "pagerduty",
+            "template_params": {"routing_key": routing_key},
+        },
+    ).json
+    api.post("/events", {"type": "incident.created", "data": {"title": TITLE}})
+    service.run_until(lambda: receiver.requests)
+    got = receiver.requests[0]
+    assert routing_key in got.body.decode()  # the receiver gets the key; the log keeps it masked
+
+    answer = check(api, pagerduty, got.body.decode(), got.headers, secret=pagerduty["secret"])
+
+    assert answer["problems"] == [] and answer["valid"] is True
+    assert routing_key not in json.dumps(answer)  # the answer shows no more than the log
+
+    tampered = got.body.decode().replace('"trigger"', '"resolve"')
+    assert check(api, pagerduty, tampered, got.headers)["problems"][:1] == ["body_modified"]

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from webhooks import credentials
 from webhooks.models import Attempt, Delivery, Webhook
 from webhooks.signing import SECRET_PREFIX, standard_key
 
@@ -72,7 +73,6 @@ class Check:
 class Report:
     checks: list[Check] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    sent: Sent | None = None
 
     @property
     def valid(self) -> bool:
@@ -210,7 +210,7 @@ def verify(
     `delivery_known` is False when `X-CloudThinker-Delivery` names no delivery of this webhook;
     `secret` is the one the receiver uses (default: each of the webhook's valid ones).
     """
-    report = Report(sent=sent)
+    report = Report()
     valid_now = [s.value for s in secrets if s.expires_at is None or s.expires_at > now]
     keys = _given_secret(report, secret, secrets, valid_now, now)
     difference = _check_delivery(report, headers, body, sent, delivery_known)
@@ -544,10 +544,15 @@ def check(
     computed: str | None = None,
 ) -> Report:
     """The debugger's answer for a request a receiver of `webhook` got."""
-    sent = sent_for(
+    logged = sent_for(
         session, webhook.id, header(headers, DELIVERY_HEADER), header(headers, "webhook-timestamp")
     )
-    return verify(
+    sent = logged
+    if logged is not None and credentials.mask_body(body) == logged.body:
+        # The log keeps credentials masked (a PagerDuty routing_key): a body that masks to the
+        # logged one is the body that was sent, and the signatures are checked over it.
+        sent = Sent(body, logged.headers)
+    report = verify(
         body=body,
         headers=headers,
         secrets=[Secret(s.secret, s.expires_at) for s in webhook.secrets],
@@ -557,3 +562,7 @@ def check(
         secret=secret,
         computed=computed,
     )
+    # What the report shows stays as masked as the log.
+    for c in report.checks:
+        c.signed = credentials.mask_body(c.signed) if c.signed is not None else None
+    return report
