@@ -278,10 +278,7 @@ def publish_event():  # type: ignore[no-untyped-def]
 
 
 def listener_or_404(listener_id: str) -> listeners.Listener:
-    listener = listeners.find(db.session, g.workspace_id, listener_id)
-    if listener is None:
-        raise fail("not_found", f"no listener {listener_id!r}", 404)
-    return listener
+    return owned_or_404(listeners.Listener, listener_id, "listener")  # type: ignore[no-any-return]
 
 
 @bp.post("/listeners")

@@ -85,12 +85,6 @@ def create(session: Session, workspace_id: str, events: list[str]) -> tuple[List
     return listener, secret
 
 
-def find(session: Session, workspace_id: str, listener_id: str) -> Listener | None:
-    return session.scalars(
-        select(Listener).where(Listener.id == listener_id, Listener.workspace_id == workspace_id)
-    ).first()
-
-
 def close(session: Session, redis: Redis, listener: Listener) -> None:
     """Close a listener: its webhook and its logs go with it."""
     listener_id = listener.id
