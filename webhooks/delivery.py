@@ -496,11 +496,6 @@ def _loggable(headers: dict[str, str]) -> dict[str, str]:
     return credentials.mask_headers(headers)
 
 
-def loggable_body(body: bytes) -> str:
-    """A request body as the log keeps it: a PagerDuty routing key in it is masked."""
-    return credentials.mask_body(body.decode("utf-8", errors="replace"))
-
-
 def _end(delivery: Delivery, status: str, now: datetime) -> None:
     delivery.status = status
     for name, value in _ENDED.items():
