@@ -8,7 +8,6 @@ import re
 import sqlite3
 import threading
 import time
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,17 +15,11 @@ from hypothesis import strategies as st
 
 from tests.render_hooks import hog_memory, spin_in_c, spin_in_python
 from tests.test_recovery import Processes, wait_until
+from tests.test_render_bounds import ENVELOPE
 from webhooks import renderpool, transforms
 from webhooks.renderpool import Limits, RenderPool
 from webhooks.transforms import TransformError
 
-ENVELOPE: dict[str, Any] = {
-    "id": "evt_abc123",
-    "type": "incident.created",
-    "timestamp": "2024-01-15T10:30:00Z",
-    "workspace_id": "ws_xyz789",
-    "data": {"title": "Disk full", "tags": ["a", "b"]},
-}
 SIMPLE = {"text": "{{ type }}: {{ data.title }}"}
 ISSUE_PROBE = (
     "{% set a='x'*200000 %}{% set b=a~a~a~a~a %}{% set c=b~b~b~b~b %}{% set d=c~c~c~c~c %}"
