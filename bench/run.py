@@ -283,8 +283,10 @@ class Service:
             "SECRET_KEY": "bench-secret-key-not-for-production",
             "WEBHOOK_ALLOW_HTTP": "1",
             "WEBHOOK_ALLOWED_PRIVATE_NETWORKS": "127.0.0.0/8",
-            # The API's per-key limit (1200/min) would throttle the publishers, not the service.
+            # The API's per-workspace limit (1200/min) would throttle the publishers, not the
+            # service; the fan-out workspace has 1,000 webhooks, over the default quota of 100.
             "WEBHOOK_API_RATE_LIMIT": "100000000 per minute",
+            "WEBHOOK_MAX_WEBHOOKS": "0",
             "PORT": str(self.port),
             "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
             "PYTHONUNBUFFERED": "1",
