@@ -8,6 +8,7 @@ import re
 import sqlite3
 import threading
 import time
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -186,7 +187,11 @@ def test_a_slow_transform_renders_while_another_connection_takes_the_write_lock(
         processes.start("worker")
         api.post("/events", {"type": "task.failed", "data": {"n": 1}})
         writer.start()
-        wait_until(lambda: _errors(api) == 2, 30)
+        try:
+            wait_until(lambda: _errors(api) == 2, 60)
+        except AssertionError:
+            states = [(d["status"], d["attempt_count"], d["last_error"]) for d in _rows(api)]
+            raise AssertionError(f"both renders did not stop at a bound: {states}") from None
     finally:
         stop.set()
         if writer.is_alive():
@@ -196,9 +201,15 @@ def test_a_slow_transform_renders_while_another_connection_takes_the_write_lock(
     assert waits and max(waits) < 0.5, f"the write lock waited {max(waits):.2f} s for a render"
 
 
+def _rows(api) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    return api.get("/deliveries").json["data"]  # type: ignore[no-any-return]
+
+
 def _errors(api) -> int:  # type: ignore[no-untyped-def]
-    rows = api.get("/deliveries").json["data"]
-    return sum(1 for d in rows if "rendering took longer than 1 s" in (d["last_error"] or ""))
+    """Deliveries whose render stopped at its 1 s bound: the sandbox's clock or, on a loaded
+    machine where the render gets less than its share of a core, the process's CPU bound."""
+    bounds = ("rendering took longer than 1 s", "rendering used more than 1 s of CPU")
+    return sum(1 for d in _rows(api) if any(b in (d["last_error"] or "") for b in bounds))
 
 
 def test_other_webhooks_arrive_on_time_while_a_transform_hits_its_bounds_every_time(
