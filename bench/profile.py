@@ -51,7 +51,7 @@ def step_of(frames: list[tuple[str, str]]) -> str:
         return any(n == fn and file_part in f for n, f in zip(names, files, strict=True))
 
     if has("deliver", "jobs/deliver.py"):
-        if has("claim", "webhooks/delivery.py"):
+        if has("claim", "webhooks/claim.py"):
             if has("signature_headers") or has("build_headers"):
                 return "job: claim - build & sign headers"
             if has("render_body"):
@@ -187,7 +187,7 @@ def thread_of(frames: list[tuple[str, str]]) -> str:
     if _main_thread(frames):
         return "job thread: " + step_of(frames)
     names = {fn.rsplit(".", 1)[-1] for fn, _ in frames}
-    if "_send" in names and any("webhooks/sending.py" in f for _, f in frames):
+    if "_send" in names and any("jobs/runtime.py" in f for _, f in frames):
         return "POST threads: transport.post"
     if "_record_loop" in names:
         return "recorder thread: record results"

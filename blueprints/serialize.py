@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from webhooks import credentials, templates
-from webhooks.delivery import envelope, iso
 from webhooks.models import Attempt, Delivery, Event, Webhook
+from webhooks.outgoing import envelope, iso
 
 
 def webhook_json(webhook: Webhook) -> dict[str, Any]:

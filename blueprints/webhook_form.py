@@ -6,9 +6,9 @@ import json
 from typing import Any
 
 from webhooks import catalog, credentials, management, renderpool, signing, templates, transforms
-from webhooks.delivery import envelope
 from webhooks.management import Invalid
 from webhooks.models import Event, Webhook, utcnow
+from webhooks.outgoing import envelope
 
 
 def _headers(form: Any) -> dict[str, str]:

@@ -1,85 +1,120 @@
-"""The delivery job: claim a batch and start its POSTs on the worker's threads."""
+"""The delivery job: a wake-up. It claims due deliveries from the database, a batch at a
+time, and starts their POSTs on the worker's threads, until none of its lane is left."""
 
 from __future__ import annotations
 
 import logging
+import time
 
 from flask import Flask, current_app
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import get_current_job
 
-from webhooks import delivery, queueing, sending
+from jobs import runtime
+from webhooks import claim, delivery, outgoing, queueing
 from webhooks.config import Settings
 from webhooks.models import db
 
 log = logging.getLogger(__name__)
 
+# How long one wake-up claims before it queues the next and returns: RQ's bookkeeping
+# (heartbeats, a stop request) runs between jobs.
+WAKE_SECONDS = 10.0
+# The least time between two claims of a worker: a burst of publishes is claimed in fuller
+# batches instead of one claim per publish (claims of a few rows cost the database as much
+# as full ones). A worker that was idle claims at once.
+CLAIM_GAP = 0.005
 
-def deliver(*delivery_ids: str) -> None:
-    """Start the next attempt of each delivery that is still ours to make.
 
-    The results are recorded by the worker's recorder thread as the POSTs end. Deliveries to
-    targets that keep POSTs waiting (and those beyond a webhook's share of the threads) are
-    queued on the slow lane instead, so that they cannot hold the normal lane's workers.
+def deliver(*_legacy_ids: str) -> None:
+    """Claim and start due deliveries of this worker's lane until none is left.
+
+    Jobs queued by earlier versions carried delivery ids; those deliveries are due in the
+    database, which is all a wake-up needs, so the ids are not used.
     """
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     settings = Settings.from_config(app.config)
     job = get_current_job()
     redis: Redis = job.connection if job else app.extensions["redis"]
-    normal_lane = not (job and job.origin.endswith("-slow"))
-    sender = sending.sender(settings.worker_threads, _recorder(app, settings), app)
-    ids = list(delivery_ids)
-    slow: set[str] = set()
+    queue_name = job.origin if job else settings.queue
+    queueing.safe("take the wake-up", queueing.woken, redis, queue_name)
+    pump = _Pump(app, settings, redis, queue_name)
     try:
-        queueing.taken(redis, ids)
-        if normal_lane:
-            _mark_slow(redis, sender.hanging(settings.slow_after))
-            slow = queueing.slow_webhooks(redis)
-    except RedisError as exc:  # the database holds the truth; the work goes on without Redis
-        log.warning("Redis unavailable while starting deliveries: %s", exc)
-    passed_over: list[tuple[str, int, str]] = []
-    try:
-        for piece in sender.chunks(ids):
-            prepared: list[delivery.Prepared] = []
-            try:
-                prepared = delivery.claim(
-                    db.session,
-                    piece,
-                    settings,
-                    skip_webhooks=slow,
-                    room=sender.room if normal_lane else None,
-                    passed_over=passed_over,
-                )
-            finally:  # the slots of what is not sent
-                sender.release(len(piece) - len(prepared))
-            for p in prepared:
-                sender.start(p, settings)
+        pump.run()
     finally:
         db.session.remove()
-    if passed_over:
-        queueing.safe(
-            "queue deliveries on the slow lane",
-            queueing.enqueue,
-            redis,
-            settings.queue,
-            passed_over,
-            timeout=settings.timeout,
-            slow={w for _, _, w in passed_over},
-            batch_size=settings.batch_size,
-        )
 
 
-def _mark_slow(redis: Redis, webhook_ids: set[str]) -> None:
+class _Pump:
+    """One wake-up's loop: free slots → the lane's webhooks → a claim → POSTs started."""
+
+    def __init__(self, app: Flask, settings: Settings, redis: Redis, queue_name: str) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.queue_name = queue_name
+        self.slow_lane = queueing.is_slow_queue(queue_name)
+        self.sender = runtime.sender(settings.worker_threads, _recorder(app, settings), app)
+
+    def run(self) -> None:
+        until = time.monotonic() + WAKE_SECONDS
+        while True:
+            lane, waiting = self._lane()
+            runtime.pace(CLAIM_GAP)
+            slots = self.sender.take(self.settings.batch_size)
+            recorded = self.sender.recorded
+            claimed = claim.Claimed()
+            try:
+                claimed = claim.claim(
+                    db.session, self.settings, limit=slots, lane=lane, room=self.sender.room
+                )
+            finally:  # the slots of what is not sent
+                self.sender.release(slots - len(claimed.prepared))
+            for prepared in claimed.prepared:
+                self.sender.start(prepared, self.settings)
+            if time.monotonic() > until:
+                queueing.safe("queue the next wake-up", self._again)
+                return
+            if len(claimed.prepared) == slots:
+                continue  # a full batch: more may be due
+            if not (claimed.left or waiting):
+                return
+            # Due deliveries wait for a webhook's share of the threads: claim again once a
+            # POST has ended (or once more targets may have turned out slow).
+            self.sender.wait_recorded(recorded, timeout=self.settings.slow_after)
+
+    def _again(self) -> None:
+        queueing.wake(self.redis, self.queue_name, hold=self.settings.requeue_after, force=True)
+
+    def _lane(self) -> tuple[claim.Lane, bool]:
+        """Which webhooks this claim may take, and whether some are left out only because
+        they hold their share of the threads (their deliveries are claimed once one ends)."""
+        full = self.sender.full()
+        slow: set[str] = set()
+        try:
+            if not self.slow_lane:
+                _mark_slow(self.redis, self.settings, self.sender.hanging(self.settings.slow_after))
+            slow = queueing.slow_webhooks(self.redis)
+        except RedisError as exc:  # the database holds the truth; the work goes on without Redis
+            log.warning("Redis unavailable while claiming deliveries: %s", exc)
+        if self.slow_lane:
+            return claim.Lane(only=slow - full), bool(full & slow)
+        return claim.Lane(skip=slow | full), bool(full - slow)
+
+
+def _mark_slow(redis: Redis, settings: Settings, webhook_ids: set[str]) -> None:
     """Targets that kept a POST waiting: their next deliveries go to the slow lane."""
+    if not webhook_ids:
+        return
     for webhook_id in webhook_ids:
         queueing.mark_slow(redis, webhook_id)
+    queueing.wake(redis, queueing.slow_queue(settings.queue), hold=settings.requeue_after)
 
 
-def _recorder(app: Flask, settings: Settings) -> sending.RecordFn:
+def _recorder(app: Flask, settings: Settings) -> runtime.RecordFn:
     """Records results on the sender's recorder thread, with its own app context."""
 
-    def record(results: sending.Results) -> None:
+    def record(results: runtime.Results) -> None:
         with app.app_context():
             redis = app.extensions["redis"]
             try:
@@ -89,9 +124,9 @@ def _recorder(app: Flask, settings: Settings) -> sending.RecordFn:
             # Targets that ran into the timeout, and transforms that ran into the render bound,
             # hold threads for long: their next deliveries go to the slow lane.
             timed_out = {
-                p.webhook_id for p, r in results if delivery.timed_out(r) or delivery.overran(p)
+                p.webhook_id for p, r in results if delivery.timed_out(r) or outgoing.overran(p)
             }
             if timed_out:
-                queueing.safe("mark slow targets", _mark_slow, redis, timed_out)
+                queueing.safe("mark slow targets", _mark_slow, redis, settings, timed_out)
 
     return record

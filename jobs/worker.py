@@ -14,7 +14,8 @@ from flask import Flask
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 
-from webhooks import logthrottle, queueing, sending
+from jobs import runtime
+from webhooks import logthrottle, queueing
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class DeliveryWorker(SimpleWorker):
         try:
             return super().work(*args, **kwargs)
         finally:
-            sending.wait_idle()
+            runtime.wait_idle()
 
 
 # Job bookkeeping that fails because Redis lost the job while it ran (the database still

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from datetime import timedelta
 
 from rq import Queue
-from sqlalchemy import update
+from sqlalchemy import select
 
 from tests.test_recovery import Processes, wait_until
 from webhooks import queueing, reconciler
 from webhooks.config import Settings
-from webhooks.models import Delivery, db, utcnow
+from webhooks.models import Delivery, db
 
 
 def test_three_workers_never_make_the_same_attempt_twice(app, config, api, receiver, tmp_path):
@@ -103,7 +102,7 @@ def _hook_id(api, name: str) -> str:  # type: ignore[no-untyped-def]
     return next(w["id"] for w in api.get("/webhooks").json["data"] if w["name"] == name)
 
 
-def test_one_event_to_many_webhooks_travels_as_one_job(app, api, receiver, service):
+def test_a_burst_of_publishes_wakes_the_workers_with_one_job(app, api, receiver, service):
     hooks = [
         api.post("/webhooks", {"name": f"H{i}", "url": receiver.url(f"/h{i}"), "events": ["*"]})
         for i in range(5)
@@ -112,41 +111,33 @@ def test_one_event_to_many_webhooks_travels_as_one_job(app, api, receiver, servi
     redis = app.extensions["redis"]
     queue = Queue(app.config["WEBHOOK_QUEUE"], connection=redis)
 
-    event = api.post("/events", {"type": "task.completed", "data": {"n": 1}}).json
+    events = [api.post("/events", {"type": "task.completed", "data": {"n": n}}) for n in range(20)]
 
-    assert event["delivery_count"] == 5
-    (job,) = queue.get_jobs()
-    assert len(job.args) == 5  # one job claims, sends and records all five
-    assert {v.decode() for v in redis.hvals(queueing.QUEUED_KEY)} == {job.id}
+    assert all(e.json["delivery_count"] == 5 for e in events)
+    (job,) = queue.get_jobs()  # a wake-up: the workers claim the 100 deliveries themselves
+    assert job.args == ()
     receiver.wait_for(0)
-    service.run_until(lambda: len(receiver.requests) == 5)
+    service.run_until(lambda: len(receiver.requests) == 100)
     service.run_until(lambda: not api.get("/deliveries?status=pending").json["data"])
-    paths = sorted(r.path for r in receiver.requests)
-    assert paths == [f"/h{i}" for i in range(5)]
-    assert len({r.headers["X-CloudThinker-Delivery"] for r in receiver.requests}) == 5
+    assert Counter(r.path for r in receiver.requests) == {f"/h{i}": 20 for i in range(5)}
+    assert len({r.headers["X-CloudThinker-Delivery"] for r in receiver.requests}) == 100
     assert all(r.headers["webhook-signature"].startswith("v1,") for r in receiver.requests)
-    assert redis.hlen(queueing.QUEUED_KEY) == 0  # taken by the worker: leases protect them now
 
 
-def test_the_reconciler_requeues_a_batch_only_once_its_job_is_gone(app, api, receiver):
+def test_the_scheduler_replaces_a_lost_wake_up_and_only_then(app, api, receiver, service):
     for i in range(3):
         api.post("/webhooks", {"name": f"H{i}", "url": receiver.url(f"/h{i}"), "events": ["*"]})
     redis = app.extensions["redis"]
     queue = Queue(app.config["WEBHOOK_QUEUE"], connection=redis)
     api.post("/events", {"type": "task.completed", "data": {"n": 1}})
     with app.app_context():
-        # Queued long ago and still unclaimed (say the workers are all busy).
-        db.session.execute(update(Delivery).values(enqueued_at=utcnow() - timedelta(hours=1)))
-        db.session.commit()
         settings = Settings.from_config(app.config)
-
-        assert reconciler.queue_due(db.session, redis, settings) == 0  # its job still waits
-        (job,) = queue.get_jobs()
-        job.delete()  # Redis lost it
+        assert reconciler.queue_due(db.session, redis, settings) == 3  # due, and already woken
+        assert len(queue.get_jobs()) == 1
+        redis.flushdb()  # Redis lost the wake-up (and everything else)
         assert reconciler.queue_due(db.session, redis, settings) == 3
-
-    (again,) = queue.get_jobs()
-    assert len(again.args) == 3
+        assert len(queue.get_jobs()) == 1
+    service.run_until(lambda: len(receiver.requests) == 3)
 
 
 def test_a_hanging_target_holds_at_most_a_quarter_of_a_workers_threads(
@@ -160,26 +151,31 @@ def test_a_hanging_target_holds_at_most_a_quarter_of_a_workers_threads(
     api.post("/webhooks", {"name": "Dead", "url": hanging.url("/dead"), "events": ["task.*"]})
     api.post("/webhooks", {"name": "Fine", "url": receiver.url("/fine"), "events": ["incident.*"]})
     redis = app.extensions["redis"]
-    slow_lane = Queue(queueing.slow_queue(app.config["WEBHOOK_QUEUE"]), connection=redis)
+    dead = _hook_id(api, "Dead")
     processes = Processes(config, tmp_path / "instance")
     try:
-        processes.start("worker", "--lane", "normal")  # no slow-lane worker: its jobs stay
+        processes.start("worker", "--lane", "normal")  # no slow-lane worker: the rest stay due
         for n in range(6):
             api.post("/events", {"type": "task.failed", "data": {"n": n}})
         hanging.wait_for(2, timeout=30)
-        # Two POSTs hang (a quarter of the eight threads); the other four deliveries were passed on
-        # to the slow lane rather than wait for a thread.
-        wait_until(lambda: sum(len(j.args) for j in slow_lane.get_jobs()) == 4, 10)
 
         published = time.monotonic()
         api.post("/events", {"type": "incident.created", "data": {"n": 1}})
         receiver.wait_for(1, timeout=10)
         waited = time.monotonic() - published
-        dead = _hook_id(api, "Dead")
         wait_until(lambda: redis.zscore(queueing.SLOW_KEY, dead), 10)
+        # Two POSTs hang (a quarter of the eight threads); the other four deliveries were not
+        # claimed at all: no lease, no thread, due for the slow lane.
+        with app.app_context():
+            waiting = db.session.execute(
+                select(Delivery.lease_token).where(
+                    Delivery.webhook_id == dead, Delivery.attempt_count == 0
+                )
+            ).all()
     finally:
         processes.stop_all()
         hanging.close()
 
     assert waited < 1.5, f"a healthy delivery waited {waited:.1f} s behind a hanging target"
     assert len(hanging.requests) == 2
+    assert len(waiting) == 4 and all(token is None for (token,) in waiting)

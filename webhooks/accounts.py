@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import secrets
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -40,22 +41,23 @@ def create_api_key(
     return key, plain
 
 
-def authenticate_key(session: Session, plain: str) -> ApiKey | None:
-    """The live key matching `plain`, or None."""
+def authenticate_key(session: Session, plain: str) -> Any | None:
+    """The live key matching `plain` (its `id` and `workspace_id`), or None. A Core query:
+    this runs on every API call."""
     if not plain.startswith(KEY_PREFIX) or len(plain) > 200:
         return None
     digest = _digest(plain)
-    key = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).first()
+    keys = ApiKey.__table__.c
+    key = session.execute(
+        select(keys.id, keys.workspace_id, keys.key_hash, keys.last_used_at, keys.revoked_at)
+        .where(keys.key_hash == digest)
+        .limit(1)
+    ).first()
     if key is None or key.revoked_at is not None or not hmac.compare_digest(key.key_hash, digest):
         return None
     now = utcnow()
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
-        session.execute(
-            update(ApiKey)
-            .where(ApiKey.id == key.id)
-            .values(last_used_at=now)
-            .execution_options(synchronize_session=False)
-        )
+        session.execute(update(ApiKey.__table__).where(keys.id == key.id).values(last_used_at=now))
         session.commit()
     return key
 

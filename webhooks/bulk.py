@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session, aliased
 
 from webhooks import catalog, publishing, queueing
 from webhooks.config import Settings
-from webhooks.delivery import iso
 from webhooks.management import Invalid
 from webhooks.models import BulkJob, Delivery, DeliveryStatus, Event, Webhook, utcnow
+from webhooks.outgoing import iso
 
 log = logging.getLogger(__name__)
 

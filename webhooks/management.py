@@ -22,8 +22,8 @@ from webhooks import (
     transforms,
 )
 from webhooks.config import Settings
-from webhooks.delivery import RESERVED_HEADERS
 from webhooks.models import Delivery, Webhook, WebhookSecret, utcnow
+from webhooks.outgoing import RESERVED_HEADERS
 
 MAX_URL_LENGTH = 2048
 MAX_HEADERS = 20

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -17,19 +17,37 @@ log = logging.getLogger(__name__)
 logthrottle.install(__name__, "Redis unavailable")  # once per outage, not once per publish
 
 DELIVER_JOB = "jobs.deliver.deliver"
-# Set once by the scheduler; when it is gone, Redis lost its data and every due delivery
-# is queued again at once rather than after the requeue delay.
+# Set once by the scheduler; when it is gone, Redis lost its data (logged: the database still
+# holds every delivery, and the scheduler's scan wakes the workers for them).
 SENTINEL_KEY = "webhooks:sentinel"
-# delivery id -> the id of the job that carries it, from enqueue until a worker takes the job.
-QUEUED_KEY = "webhooks:queued"
-_LIVE_STATUSES = {
-    s.value for s in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
-}
+# A wake-up claims for a few seconds at most (then queues the next); this bounds a job that
+# waits for free threads behind POSTs that run into their timeout.
+WAKE_JOB_TIMEOUT = 600
 
 
-def job_id(delivery_id: str, attempt_count: int) -> str:
-    """One job id per delivery and attempt, so that a queued job is never queued twice."""
-    return f"{delivery_id}-{attempt_count}"
+def _wake_key(queue_name: str) -> str:
+    return f"webhooks:wake:{queue_name}"
+
+
+def wake(redis: Redis, queue_name: str, *, hold: float = 30.0, force: bool = False) -> bool:
+    """Make sure a wake-up job waits on `queue_name`: the workers claim due deliveries from
+    the database, so a job carries no ids, and a burst of publishes costs one job. A flag
+    says one is queued (cleared by the worker that takes it, `woken`); it lapses after `hold`
+    seconds, so a lost job is replaced. `force` queues one even when the flag is up. True
+    when a job was queued. Raises RedisError."""
+    key, seconds = _wake_key(queue_name), max(1, round(hold))
+    if not redis.set(key, "1", nx=not force, ex=seconds) and not force:
+        return False
+    job = Queue.prepare_data(
+        DELIVER_JOB, result_ttl=0, failure_ttl=7 * 24 * 3600, timeout=WAKE_JOB_TIMEOUT
+    )
+    Queue(queue_name, connection=redis).enqueue_many([job])
+    return True
+
+
+def woken(redis: Redis, queue_name: str) -> None:
+    """A worker has taken the wake-up: a publish from now on queues the next one."""
+    redis.delete(_wake_key(queue_name))
 
 
 # Webhooks whose target recently let an attempt run into the timeout, scored by when that
@@ -41,6 +59,10 @@ SLOW_SECONDS = 600
 def slow_queue(queue_name: str) -> str:
     """The slow lane's queue, served by the `worker_slow` process."""
     return f"{queue_name}-slow"
+
+
+def is_slow_queue(queue_name: str) -> bool:
+    return queue_name.endswith("-slow")
 
 
 def mark_slow(redis: Redis, webhook_id: str, *, seconds: float = SLOW_SECONDS) -> None:
@@ -57,60 +79,14 @@ def slow_webhooks(redis: Redis) -> set[str]:
     return {m.decode() for m in members}
 
 
-def enqueue(
-    redis: Redis,
-    queue_name: str,
-    items: Sequence[tuple[str, int] | tuple[str, int, str]],
-    *,
-    timeout: float,
-    slow: set[str] | frozenset[str] = frozenset(),
-    batch_size: int = 1,
-) -> None:
-    """Queue each (delivery id, attempt count[, webhook id]), in jobs of up to `batch_size`
-    deliveries; a delivery of a slow webhook goes to the slow lane. Which job carries each
-    delivery is written to `QUEUED_KEY`, so the reconciler can tell a queued delivery from a
-    lost one. Raises RedisError when Redis is down."""
-    if not items:
-        return
-    lanes: dict[str, list[tuple[str, int]]] = {}
-    for item in items:
-        lane = slow_queue(queue_name) if len(item) > 2 and item[2] in slow else queue_name
-        lanes.setdefault(lane, []).append((item[0], item[1]))
-    size = max(1, batch_size)
-    with redis.pipeline() as pipe:
-        for lane, pairs in lanes.items():
-            jobs, carriers = [], {}
-            for start in range(0, len(pairs), size):
-                chunk = pairs[start : start + size]
-                # Never the id of the job that may be passing these on right now: RQ would
-                # delete the new job when it cleans up the running one.
-                jid = ("s-" if lane != queue_name else "") + (
-                    job_id(*chunk[0]) if len(chunk) == 1 else "b-" + job_id(*chunk[0])
-                )
-                carriers.update({delivery_id: jid for delivery_id, _ in chunk})
-                jobs.append(
-                    Queue.prepare_data(
-                        DELIVER_JOB,
-                        args=tuple(delivery_id for delivery_id, _ in chunk),
-                        job_id=jid,
-                        result_ttl=0,
-                        failure_ttl=7 * 24 * 3600,
-                        timeout=int(timeout) * 2 + 60,
-                    )
-                )
-            pipe.hset(QUEUED_KEY, mapping=carriers)
-            Queue(lane, connection=redis).enqueue_many(jobs, pipeline=pipe)
-        pipe.execute()
-
-
-def taken(redis: Redis, delivery_ids: Sequence[str]) -> None:
-    """A job has started on these deliveries: from now on their claims (leases) protect them."""
-    if delivery_ids:
-        redis.hdel(QUEUED_KEY, *delivery_ids)
+_LIVE_STATUSES = {
+    s.value for s in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
+}
 
 
 def live_jobs(redis: Redis, ids: Iterable[str]) -> set[str]:
-    """The job ids among `ids` that are still queued or running."""
+    """The job ids among `ids` that are still queued or running (notification and bulk jobs
+    carry ids of their own and are queued again only once their job is gone)."""
     ids = list(ids)
     if not ids:
         return set()
@@ -123,22 +99,6 @@ def live_jobs(redis: Redis, ids: Iterable[str]) -> set[str]:
         for jid, status in zip(ids, statuses, strict=True)
         if status is not None and status.decode() in _LIVE_STATUSES
     }
-
-
-def queued(redis: Redis, pairs: Sequence[tuple[str, int]]) -> set[str]:
-    """The delivery ids among (delivery id, attempt count) whose job is still queued or running."""
-    if not pairs:
-        return set()
-    carriers = redis.hmget(QUEUED_KEY, [d for d, _ in pairs])
-    jobs = {
-        d: (c.decode() if c is not None else job_id(d, n))
-        for (d, n), c in zip(pairs, carriers, strict=True)
-    }
-    live = live_jobs(redis, set(jobs.values()))
-    gone = [d for (d, _), c in zip(pairs, carriers, strict=True) if c and jobs[d] not in live]
-    if gone:  # their job vanished (Redis lost it, or RQ failed it): forget the carrier
-        redis.hdel(QUEUED_KEY, *gone)
-    return {d for d, jid in jobs.items() if jid in live}
 
 
 def sentinel_present(redis: Redis) -> bool:

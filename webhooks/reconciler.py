@@ -4,10 +4,10 @@ slower periodic duties (notification summaries and re-sends, stalled bulk jobs, 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from redis import Redis
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from webhooks import bulk, failures, listeners, notifications, queueing, retention
@@ -23,58 +23,30 @@ BATCH = 1000
 def queue_due(
     session: Session, redis: Redis, settings: Settings, *, lost_data: bool = False
 ) -> int:
-    """Queue every due delivery that is not in flight; returns how many were queued.
-
-    A delivery queued less than `requeue_after` ago is left alone unless Redis lost its data;
-    one queued longer ago is queued again only if its job is no longer in Redis.
-    """
+    """Wake the workers of each lane that has due, unclaimed deliveries: retries that fell
+    due, and whatever a lost wake-up left behind; returns how many such deliveries it saw (at
+    most BATCH). A wake-up already queued is not queued again (`queueing.wake`), so this is
+    cheap when the workers are busy. `lost_data` (Redis lost its data) changes nothing here:
+    the database alone says what is due."""
     now = utcnow()
-    query = select(
-        Delivery.id, Delivery.attempt_count, Delivery.enqueued_at, Delivery.webhook_id
-    ).where(
-        Delivery.status == DeliveryStatus.PENDING,
-        Delivery.next_attempt_at <= now,
-        Delivery.lease_token.is_(None),
-    )
-    if not lost_data:
-        stale = now - timedelta(seconds=settings.requeue_after)
-        query = query.where(or_(Delivery.enqueued_at.is_(None), Delivery.enqueued_at < stale))
-    rows = session.execute(query.order_by(Delivery.next_attempt_at).limit(BATCH)).all()
+    due = session.scalars(
+        select(Delivery.webhook_id)
+        .where(
+            Delivery.status == DeliveryStatus.PENDING,
+            Delivery.next_attempt_at <= now,
+            Delivery.lease_token.is_(None),
+        )
+        .order_by(Delivery.next_attempt_at)
+        .limit(BATCH)
+    ).all()
     session.rollback()
-    if not rows:
+    if not due:
         return 0
-    live = queueing.queued(redis, [(d, n) for d, n, queued_at, _ in rows if queued_at is not None])
-    items = [(d, n, w) for d, n, _, w in rows if d not in live]
-    if not items:
-        return 0
-    ids = [d for d, _, _ in items]
     slow = queueing.slow_webhooks(redis)
-    session.execute(
-        update(Delivery)
-        .where(Delivery.id.in_(ids), Delivery.lease_token.is_(None))
-        .values(enqueued_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    try:
-        queueing.enqueue(
-            redis,
-            settings.queue,
-            items,
-            timeout=settings.timeout,
-            slow=slow,
-            batch_size=settings.batch_size,
-        )
-    except Exception:
-        session.execute(
-            update(Delivery)
-            .where(Delivery.id.in_(ids), Delivery.enqueued_at == now)
-            .values(enqueued_at=None)
-            .execution_options(synchronize_session=False)
-        )
-        session.commit()
-        raise
-    return len(items)
+    lanes = {queueing.slow_queue(settings.queue) if w in slow else settings.queue for w in due}
+    for lane in lanes:
+        queueing.wake(redis, lane, hold=settings.requeue_after)
+    return len(due)
 
 
 def expire_leases(session: Session, settings: Settings, redis: Redis | None = None) -> int:

@@ -1,14 +1,13 @@
 """A worker process's POSTs in flight: a fixed set of threads, a slot per thread, and one
 thread that records their results.
 
-A job claims only as many deliveries as there are free slots (so a claimed delivery never
-waits for a thread while its lease runs), starts their POSTs and returns: the worker takes its
-next job while the POSTs are out. Results are recorded together, as they come in, by the
-recorder thread, and a slot is free again only once its result is recorded: a worker holds at
-most `threads` deliveries between claim and record, so a worker killed at any moment repeats
-at most that many POSTs. A webhook may hold at most a quarter of the threads, so a target that
-hangs until the timeout leaves the others most of them; `hanging` tells which targets keep
-POSTs waiting.
+A wake-up claims only as many deliveries as there are free slots (`take`; so a claimed
+delivery never waits for a thread while its lease runs) and starts their POSTs. Results are
+recorded together, as they come in, by the recorder thread, and a slot is free again only once
+its result is recorded: a worker holds at most `threads` deliveries between claim and record,
+so a worker killed at any moment repeats at most that many POSTs. A webhook may hold at most a
+quarter of the threads, so a target that hangs until the timeout leaves the others most of
+them; `hanging` tells which targets keep POSTs waiting.
 """
 
 from __future__ import annotations
@@ -18,12 +17,12 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from webhooks import transport
 from webhooks.config import Settings
-from webhooks.delivery import Prepared, send
+from webhooks.outgoing import Prepared, send
 
 log = logging.getLogger(__name__)
 
@@ -57,23 +56,21 @@ class Sender:
         self._by_webhook: Counter[str] = Counter()
         self._reported: dict[str, float] = {}
         self._outstanding = 0  # POSTs started whose result is not yet recorded
+        self._recorded = 0
         self._recorder = threading.Thread(target=self._record_loop, name="recorder", daemon=True)
         self._recorder.start()
 
     # -- slots ---------------------------------------------------------------------------------
 
-    def chunks(self, ids: Sequence[str]) -> Iterator[list[str]]:
-        """`ids` in pieces as large as the free slots (at least one: it waits for a slot),
-        each piece with its slots taken; what a piece does not use is given back with
-        `release`."""
-        start = 0
-        while start < len(ids):
-            self._slots.acquire()
-            size = 1
-            while start + size < len(ids) and self._slots.acquire(blocking=False):
-                size += 1
-            yield list(ids[start : start + size])
-            start += size
+    def take(self, most: int, timeout: float | None = None) -> int:
+        """Take up to `most` free slots, waiting (up to `timeout`) for the first; how many were
+        taken. What a claim does not use is given back with `release`."""
+        if most <= 0 or not self._slots.acquire(timeout=timeout):
+            return 0
+        taken = 1
+        while taken < most and self._slots.acquire(blocking=False):
+            taken += 1
+        return taken
 
     def release(self, count: int) -> None:
         for _ in range(count):
@@ -83,6 +80,22 @@ class Sender:
         """How many more POSTs to this webhook may start now."""
         with self._lock:
             return self.per_webhook - self._by_webhook[webhook_id]
+
+    def full(self) -> set[str]:
+        """The webhooks that hold their whole share of the threads now."""
+        with self._lock:
+            return {w for w, n in self._by_webhook.items() if n >= self.per_webhook}
+
+    @property
+    def recorded(self) -> int:
+        """How many results have been recorded so far (see `wait_recorded`)."""
+        return self._recorded
+
+    def wait_recorded(self, seen: int, timeout: float) -> bool:
+        """Wait until more than `seen` results have been recorded (a slot and a webhook's
+        room are free again)."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self._recorded > seen, timeout=timeout)
 
     def hanging(self, after: float) -> set[str]:
         """Webhooks with a POST out for longer than `after` seconds (each reported once a
@@ -98,7 +111,7 @@ class Sender:
     # -- sending -------------------------------------------------------------------------------
 
     def start(self, prepared: Prepared, settings: Settings) -> None:
-        """POST on a thread (its slot was taken by `chunks`); the result goes to the recorder."""
+        """POST on a thread (its slot was taken by `take`); the result goes to the recorder."""
         with self._lock:
             self._outstanding += 1
             self._by_webhook[prepared.webhook_id] += 1
@@ -144,6 +157,7 @@ class Sender:
             finally:
                 with self._lock:
                     self._outstanding -= len(batch)
+                    self._recorded += len(batch)
                     self._lock.notify_all()
                 self.release(len(batch))
 
@@ -176,6 +190,19 @@ def sender(threads: int, record: RecordFn, owner: object) -> Sender:
         if _sender is None:
             _sender = Sender(threads, record, owner)
         return _sender
+
+
+_last_claim = 0.0
+
+
+def pace(gap: float) -> None:
+    """Wait until `gap` seconds have passed since this process's previous claim (called by
+    the one thread that claims)."""
+    global _last_claim
+    wait = _last_claim + gap - time.monotonic()
+    if wait > 0:
+        time.sleep(wait)
+    _last_claim = time.monotonic()
 
 
 def wait_idle(timeout: float | None = None) -> bool:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 import time
 
+from jobs.runtime import Results, Sender
 from tests.receivers import Reply
 from tests.test_recovery import wait_until
 from webhooks.config import Settings
-from webhooks.delivery import Prepared
-from webhooks.sending import Results, Sender
+from webhooks.outgoing import Prepared
 
 
 class Recorded:
@@ -42,10 +42,13 @@ def prepared(n: int, url: str, webhook_id: str = "wh_a") -> Prepared:
 
 
 def send_all(sender: Sender, items: list[Prepared], settings: Settings) -> None:
-    by_id = {p.delivery_id: p for p in items}
-    for piece in sender.chunks([p.delivery_id for p in items]):
-        for delivery_id in piece:
-            sender.start(by_id[delivery_id], settings)
+    """Start them as a wake-up does: as many at a time as there are free slots."""
+    left = list(items)
+    while left:
+        taken = sender.take(len(left))
+        for item in left[:taken]:
+            sender.start(item, settings)
+        left = left[taken:]
 
 
 def test_every_post_is_recorded_and_results_travel_in_batches(app, receiver):

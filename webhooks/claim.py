@@ -1,0 +1,296 @@
+"""The claim: which due deliveries a worker takes now, one transaction per batch.
+
+The database is the queue. A claim walks the due deliveries in the order they fell due
+(`_candidates`), decides which of them may go now (`_choose`: each webhook's share of the
+worker's threads; flow control decides here too), leases those with one conditional update
+(`_lease`: a delivery is leased once, so a second wake-up never sends it twice), then reads
+their webhooks and events, ends those whose webhook is paused, and writes an in-flight attempt
+for each of the others (`_prepare`). Bodies that a transform renders are built after the
+commit (`outgoing.render`), never while this transaction holds its locks.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.orm import Session
+
+from webhooks import delivery, outgoing
+from webhooks.config import Settings
+from webhooks.models import (
+    Attempt,
+    AttemptOutcome,
+    Delivery,
+    DeliveryStatus,
+    Event,
+    Webhook,
+    WebhookSecret,
+    utcnow,
+)
+from webhooks.outgoing import Prepared, RenderLater, Target
+
+# The tables as Core sees them: these statements run once per batch on the hot path, and
+# the ORM's per-object work would cost more than the POSTs.
+_DELIVERIES = Delivery.__table__
+_ATTEMPTS = Attempt.__table__
+_D = _DELIVERIES.c
+_E = Event.__table__.c
+_W = Webhook.__table__.c
+_S = WebhookSecret.__table__.c
+# Candidates read per delivery asked for: room for the rows `_choose` leaves to a webhook that
+# has used its share, without a second walk.
+OVERFETCH = 2
+
+
+@dataclass(frozen=True)
+class Lane:
+    """Which webhooks a claim may take: every one but `skip` (the normal lane), or only those
+    in `only` (the slow lane, for targets that kept POSTs waiting)."""
+
+    skip: Collection[str] = frozenset()
+    only: Collection[str] | None = None
+
+
+@dataclass
+class Claimed:
+    """What a claim took, and how many due deliveries it saw and left for lack of room."""
+
+    prepared: list[Prepared] = field(default_factory=list)
+    left: int = 0
+    seen: int = 0
+
+
+def claim(
+    session: Session,
+    settings: Settings,
+    *,
+    limit: int,
+    lane: Lane = Lane(),
+    room: Callable[[str], int] | None = None,
+) -> Claimed:
+    """Take up to `limit` due deliveries of `lane` and prepare their attempts, committed.
+
+    `room(webhook_id)` says how many more POSTs to that webhook may start now (default: no
+    bound). Deliveries not taken stay due, unleased: nothing holds them, nothing loses them.
+    """
+    if limit <= 0 or (lane.only is not None and not lane.only):
+        return Claimed()
+    now = utcnow()
+    delivery.no_wait_for_disk(session)
+    rows = _candidates(session, now, limit * OVERFETCH, lane)
+    chosen, left = _choose(rows, limit, room)
+    if not chosen:
+        session.rollback()
+        return Claimed(left=left, seen=len(rows))
+    token = secrets.token_hex(8)
+    taken = _lease(session, chosen, token, now, settings)
+    prepared = _prepare(session, taken, token, now)
+    session.commit()
+    return Claimed(prepared=prepared, left=left, seen=len(rows))
+
+
+def _candidates(session: Session, now: datetime, count: int, lane: Lane) -> list[Any]:
+    """Due, unleased deliveries in the order they fell due (the (status, next_attempt_at)
+    index is walked in order; rows leased meanwhile by another worker are skipped on
+    PostgreSQL, and SQLite has one writer at a time)."""
+    query = select(_D.id, _D.webhook_id).where(
+        _D.status == DeliveryStatus.PENDING,
+        _D.next_attempt_at <= now,
+        _D.lease_token.is_(None),
+    )
+    if lane.only is not None:
+        query = query.where(_D.webhook_id.in_(lane.only))
+    if lane.skip:
+        query = query.where(_D.webhook_id.not_in(lane.skip))
+    query = query.order_by(_D.next_attempt_at).limit(count)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return list(session.execute(query))
+
+
+def _choose(
+    rows: list[Any], limit: int, room: Callable[[str], int] | None
+) -> tuple[list[str], int]:
+    """The ids that may go now, in order, and how many were left: a webhook takes no more
+    than its room."""
+    chosen: list[str] = []
+    left = 0
+    rooms: dict[str, int] = {}
+    for row in rows:
+        if len(chosen) == limit:
+            break
+        if room is not None:
+            free = rooms.setdefault(row.webhook_id, room(row.webhook_id))
+            if free <= 0:
+                left += 1
+                continue
+            rooms[row.webhook_id] = free - 1
+        chosen.append(row.id)
+    return chosen, left
+
+
+def _lease(
+    session: Session, ids: list[str], token: str, now: datetime, settings: Settings
+) -> list[Any]:
+    """Lease the chosen rows (still pending and unleased: the compare-and-set that makes a
+    delivery ours alone), in the order they were chosen."""
+    taken = session.execute(
+        update(_DELIVERIES)
+        .where(
+            _D.id.in_(ids),
+            _D.status == DeliveryStatus.PENDING,
+            _D.lease_token.is_(None),
+        )
+        .values(
+            lease_token=token,
+            lease_expires_at=now + timedelta(seconds=settings.timeout + settings.lease_margin),
+            enqueued_at=None,
+            updated_at=now,
+            attempt_count=_D.attempt_count + 1,
+        )
+        .returning(
+            _D.id,
+            _D.event_id,
+            _D.webhook_id,
+            _D.event_type,
+            _D.attempt_count,
+            _D.ignores_pause,
+        )
+    ).all()
+    order = {delivery_id: i for i, delivery_id in enumerate(ids)}
+    taken.sort(key=lambda r: order[r.id])
+    return taken
+
+
+def _prepare(session: Session, taken: list[Any], token: str, now: datetime) -> list[Prepared]:
+    """Read the leased rows' webhooks and events; end those whose webhook is paused; build
+    each other's message and write its in-flight attempt."""
+    if not taken:
+        return []
+    webhooks = targets(session, {row.webhook_id for row in taken})
+    events = _events(session, {row.event_id for row in taken})
+    bodies: dict[str, bytes] = {}  # the envelope's bytes per event, when nothing transforms it
+    inactive: list[dict[str, Any]] = []
+    ready: list[tuple[Any, Target, bytes, dict[str, str], RenderLater | None]] = []
+    for row in taken:
+        webhook = webhooks[row.webhook_id]
+        if not webhook.active and not row.ignores_pause:
+            inactive.append({"b_id": row.id, "b_error": _paused_text(row, webhook)})
+            continue
+        later = None
+        if outgoing.rendered_later(webhook):
+            later = RenderLater(webhook=webhook, event=events[row.event_id], delivery=row)
+            body, headers = b"", {}
+        else:
+            body = bodies.get(row.event_id) or bodies.setdefault(
+                row.event_id, outgoing.render_body(webhook, events[row.event_id])
+            )
+            headers = outgoing.build_headers(row, webhook, body, now)
+        ready.append((row, webhook, body, headers, later))
+    if inactive:
+        _fail_inactive(session, inactive, now)
+    attempt_ids = _write_attempts(session, ready, now)
+    return [
+        Prepared(
+            delivery_id=row.id,
+            attempt_id=attempt_id,
+            token=token,
+            url=webhook.url,
+            body=body,
+            headers=headers,
+            webhook_id=row.webhook_id,
+            later=later,
+        )
+        for (row, webhook, body, headers, later), attempt_id in zip(ready, attempt_ids, strict=True)
+    ]
+
+
+def _paused_text(row: Any, webhook: Target) -> str:
+    return (
+        f"not sent: attempt {row.attempt_count} fell due while the webhook was inactive "
+        f"({webhook.disabled_reason or 'paused'})"
+    )
+
+
+def _write_attempts(
+    session: Session,
+    ready: list[tuple[Any, Target, bytes, dict[str, str], RenderLater | None]],
+    now: datetime,
+) -> list[int]:
+    """One in-flight attempt per delivery to send, in one statement; their ids in order."""
+    if not ready:
+        return []
+    rows = [
+        {
+            "delivery_id": row.id,
+            "number": row.attempt_count,
+            "outcome": AttemptOutcome.IN_FLIGHT,
+            "started_at": now,
+            "request_url": webhook.url,
+            "request_headers": outgoing.loggable(headers),
+            "request_body": body.decode("utf-8", errors="replace"),
+        }
+        for row, webhook, body, headers, _ in ready
+    ]
+    statement = insert(_ATTEMPTS).returning(_ATTEMPTS.c.id, sort_by_parameter_order=True)
+    return list(session.scalars(statement, rows))
+
+
+def _events(session: Session, event_ids: set[str]) -> dict[str, Any]:
+    return {
+        e.id: e
+        for e in session.execute(
+            select(_E.id, _E.type, _E.occurred_at, _E.workspace_id, _E.data).where(
+                _E.id.in_(event_ids)
+            )
+        )
+    }
+
+
+def targets(session: Session, webhook_ids: set[str]) -> dict[str, Target]:
+    """The webhooks as sending needs them, with their secrets (newest first), in one query."""
+    found: dict[str, Target] = {}
+    for row in session.execute(
+        select(
+            _W.id,
+            _W.url,
+            _W.active,
+            _W.disabled_reason,
+            _W.headers,
+            _W.transform,
+            _W.template,
+            _W.template_params,
+            _S.secret,
+            _S.expires_at,
+        )
+        .outerjoin(WebhookSecret, _S.webhook_id == _W.id)
+        .where(_W.id.in_(webhook_ids))
+        .order_by(_S.id.desc())
+    ):
+        target = found.get(row.id)
+        if target is None:
+            target = found[row.id] = outgoing.target_of(row)
+        if row.secret is not None:
+            target.secrets.append(row)
+    return found
+
+
+def _fail_inactive(session: Session, rows: list[dict[str, Any]], now: datetime) -> None:
+    """Deliveries that fell due while their webhook was paused end `failed`, unattempted."""
+    session.execute(
+        update(_DELIVERIES)
+        .where(_D.id == bindparam("b_id"))
+        .values(
+            **delivery.ENDED,
+            status=DeliveryStatus.FAILED,
+            attempt_count=_D.attempt_count - 1,
+            updated_at=now,
+            last_error=bindparam("b_error"),
+        ),
+        rows,
+    )
