@@ -5,8 +5,8 @@ The database is the queue. A claim walks the due deliveries in the order they fe
 worker's threads; flow control decides here too), leases those with one conditional update
 (`_lease`: a delivery is leased once, so a second wake-up never sends it twice), then reads
 their webhooks and events, ends those whose webhook is paused, and writes an in-flight attempt
-for each of the others (`_prepare`). Bodies that a transform renders are built after the
-commit (`outgoing.render`), never while this transaction holds its locks.
+for each of the others (`_prepare`). Bodies, headers and signatures are built after the commit
+on the POST threads (`outgoing.render`), never while this transaction holds its locks.
 """
 
 from __future__ import annotations
@@ -168,30 +168,20 @@ def _lease(
 
 
 def _prepare(session: Session, taken: list[Any], token: str, now: datetime) -> list[Prepared]:
-    """Read the leased rows' webhooks and events; end those whose webhook is paused; build
-    each other's message and write its in-flight attempt."""
+    """Read the leased rows' webhooks and events; end those whose webhook is paused; write an
+    in-flight attempt for each other, whose message is built after the commit."""
     if not taken:
         return []
     webhooks = targets(session, {row.webhook_id for row in taken})
     events = _events(session, {row.event_id for row in taken})
-    bodies: dict[str, bytes] = {}  # the envelope's bytes per event, when nothing transforms it
     inactive: list[dict[str, Any]] = []
-    ready: list[tuple[Any, Target, bytes, dict[str, str], RenderLater | None]] = []
+    ready: list[tuple[Any, Target]] = []
     for row in taken:
         webhook = webhooks[row.webhook_id]
         if not webhook.active and not row.ignores_pause:
             inactive.append({"b_id": row.id, "b_error": _paused_text(row, webhook)})
-            continue
-        later = None
-        if outgoing.rendered_later(webhook):
-            later = RenderLater(webhook=webhook, event=events[row.event_id], delivery=row)
-            body, headers = b"", {}
         else:
-            body = bodies.get(row.event_id) or bodies.setdefault(
-                row.event_id, outgoing.render_body(webhook, events[row.event_id])
-            )
-            headers = outgoing.build_headers(row, webhook, body, now)
-        ready.append((row, webhook, body, headers, later))
+            ready.append((row, webhook))
     if inactive:
         _fail_inactive(session, inactive, now)
     attempt_ids = _write_attempts(session, ready, now)
@@ -201,12 +191,12 @@ def _prepare(session: Session, taken: list[Any], token: str, now: datetime) -> l
             attempt_id=attempt_id,
             token=token,
             url=webhook.url,
-            body=body,
-            headers=headers,
+            body=b"",
+            headers={},
             webhook_id=row.webhook_id,
-            later=later,
+            later=RenderLater(webhook=webhook, event=events[row.event_id], delivery=row),
         )
-        for (row, webhook, body, headers, later), attempt_id in zip(ready, attempt_ids, strict=True)
+        for (row, webhook), attempt_id in zip(ready, attempt_ids, strict=True)
     ]
 
 
@@ -217,12 +207,9 @@ def _paused_text(row: Any, webhook: Target) -> str:
     )
 
 
-def _write_attempts(
-    session: Session,
-    ready: list[tuple[Any, Target, bytes, dict[str, str], RenderLater | None]],
-    now: datetime,
-) -> list[int]:
-    """One in-flight attempt per delivery to send, in one statement; their ids in order."""
+def _write_attempts(session: Session, ready: list[tuple[Any, Target]], now: datetime) -> list[int]:
+    """One in-flight attempt per delivery to send, in one statement; their ids in order. The
+    request is logged with the result: it is built after the commit, on the POST thread."""
     if not ready:
         return []
     rows = [
@@ -232,10 +219,10 @@ def _write_attempts(
             "outcome": AttemptOutcome.IN_FLIGHT,
             "started_at": now,
             "request_url": webhook.url,
-            "request_headers": outgoing.loggable(headers),
-            "request_body": body.decode("utf-8", errors="replace"),
+            "request_headers": {},
+            "request_body": "",
         }
-        for row, webhook, body, headers, _ in ready
+        for row, webhook in ready
     ]
     statement = insert(_ATTEMPTS).returning(_ATTEMPTS.c.id, sort_by_parameter_order=True)
     return list(session.scalars(statement, rows))

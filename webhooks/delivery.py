@@ -83,6 +83,8 @@ def record(
     if not results:
         return {}
     now = utcnow()
+    # The requests as the log shows them (credentials masked), built before the transaction.
+    sent = {p.attempt_id: _logged_request(p) for p, _ in results}
     no_wait_for_disk(session)
     current = {
         row.id: row
@@ -110,8 +112,7 @@ def record(
     if not written:
         session.commit()
         return statuses
-    _write_attempts(session, written)
-    _write_requests(session, [p for p, _, _ in written if p.later is not None])
+    _write_attempts(session, written, sent)
     succeeded = [(p, r) for p, r, error in written if error is None]
     if succeeded:
         _succeed(session, succeeded, now)
@@ -147,14 +148,23 @@ def record(
     return statuses
 
 
+def _logged_request(prepared: Prepared) -> tuple[dict[str, str], str]:
+    return outgoing.loggable(prepared.headers), prepared.body.decode("utf-8", errors="replace")
+
+
 def _write_attempts(
-    session: Session, written: list[tuple[Prepared, transport.Result, str | None]]
+    session: Session,
+    written: list[tuple[Prepared, transport.Result, str | None]],
+    sent: dict[int, tuple[dict[str, str], str]],
 ) -> None:
+    """Each attempt's request (built after the claim) and result, in one statement."""
     table = _ATTEMPTS
     session.execute(
         update(table)
         .where(table.c.id == bindparam("b_id"), table.c.outcome == AttemptOutcome.IN_FLIGHT)
         .values(
+            request_headers=bindparam("b_request_headers"),
+            request_body=bindparam("b_request_body"),
             outcome=bindparam("b_outcome"),
             duration_ms=bindparam("b_duration"),
             response_status=bindparam("b_status"),
@@ -165,6 +175,8 @@ def _write_attempts(
         [
             {
                 "b_id": prepared.attempt_id,
+                "b_request_headers": sent[prepared.attempt_id][0],
+                "b_request_body": sent[prepared.attempt_id][1],
                 "b_outcome": AttemptOutcome.SUCCESS if error is None else AttemptOutcome.FAILURE,
                 "b_duration": result.duration_ms,
                 "b_status": result.status_code,
@@ -173,26 +185,6 @@ def _write_attempts(
                 "b_error": error,
             }
             for prepared, result, error in written
-        ],
-    )
-
-
-def _write_requests(session: Session, rendered: list[Prepared]) -> None:
-    """The request of attempts whose body was rendered after the claim, logged with the result."""
-    if not rendered:
-        return
-    table = _ATTEMPTS
-    session.execute(
-        update(table)
-        .where(table.c.id == bindparam("b_id"))
-        .values(request_headers=bindparam("b_headers"), request_body=bindparam("b_body")),
-        [
-            {
-                "b_id": p.attempt_id,
-                "b_headers": outgoing.loggable(p.headers),
-                "b_body": p.body.decode("utf-8", errors="replace"),
-            }
-            for p in rendered
         ],
     )
 

@@ -120,8 +120,8 @@ class RenderLater:
 class Prepared:
     """A claimed delivery with its attempt row written: everything needed to send.
 
-    With `later`, the body and headers are built by `render` (outside any transaction) and the
-    attempt's request is written with its result."""
+    With `later`, the body and headers are built by `render` on the POST thread (outside any
+    transaction, signed at send time); the attempt's request is written with its result."""
 
     delivery_id: str
     attempt_id: int
@@ -134,13 +134,8 @@ class Prepared:
     later: RenderLater | None = None
 
 
-def rendered_later(webhook: Target) -> bool:
-    """Whether the webhook's body is rendered from a transform (in a render process)."""
-    return webhook.transform is not None
-
-
 def render(prepared: Prepared) -> None:
-    """Build a claimed delivery's transformed body (in a render process) and sign it.
+    """Build a claimed delivery's body (a transform renders in a render process) and sign it.
 
     Runs after the claim has committed, on the thread that then POSTs it; a render that fails
     or hits a bound leaves `render_error`, and the attempt fails with it."""
