@@ -70,18 +70,92 @@ def _delivery_row(
     }
 
 
-def _existing(session: Session, workspace_id: str, key: str, digest: str) -> Published | None:
-    event = session.scalars(
-        select(Event).where(Event.workspace_id == workspace_id, Event.idempotency_key == key)
-    ).first()
-    if event is None:
-        return None
-    if event.request_hash != digest:
-        raise IdempotencyConflict(key)
-    ids = session.scalars(
-        select(Delivery.id).where(Delivery.event_id == event.id, Delivery.kind == "event")
+def _earlier(session: Session, workspace_id: str, digests: dict[str, str]) -> dict[str, Published]:
+    """What was published before under these idempotency keys (key -> digest), by key.
+
+    One query for the events and one for their deliveries, however many keys; raises
+    IdempotencyConflict naming every key that was used with another body.
+    """
+    if not digests:
+        return {}
+    events = session.scalars(
+        select(Event).where(
+            Event.workspace_id == workspace_id, Event.idempotency_key.in_(list(digests))
+        )
     ).all()
-    return Published(event=event, delivery_ids=list(ids), created=False)
+    conflicts = [e.idempotency_key for e in events if e.request_hash != digests[e.idempotency_key]]
+    if conflicts:
+        raise IdempotencyConflict(*conflicts)
+    for event in events:
+        # Answers, not work: detached, a commit after this does not make them load again.
+        session.expunge(event)
+    found = {e.idempotency_key: Published(event=e, delivery_ids=[], created=False) for e in events}
+    if found:
+        by_event = {p.event.id: p for p in found.values()}
+        rows = session.execute(
+            select(Delivery.event_id, Delivery.id)
+            .where(Delivery.event_id.in_(list(by_event)), Delivery.kind == "event")
+            .order_by(Delivery.id)
+        ).all()
+        for event_id, delivery_id in rows:
+            by_event[event_id].delivery_ids.append(delivery_id)
+    return found
+
+
+def _existing(session: Session, workspace_id: str, key: str, digest: str) -> Published | None:
+    return _earlier(session, workspace_id, {key: digest}).get(key)
+
+
+def _event_values(
+    workspace_id: str,
+    event_type: str,
+    data: dict[str, Any],
+    now: datetime,
+    idempotency_key: str | None,
+    digest: str,
+    event_id: str | None = None,
+) -> dict[str, Any]:
+    """The row of a published event, for a plain INSERT."""
+    return {
+        "id": event_id or new_id("evt"),
+        "workspace_id": workspace_id,
+        "type": event_type,
+        "data": data,
+        "occurred_at": now,
+        "created_at": now,
+        "idempotency_key": idempotency_key or None,
+        "request_hash": digest,
+        "is_test": False,
+    }
+
+
+def _subscribers(session: Session, workspace_id: str) -> list[tuple[str, list[str]]]:
+    """The workspace's active webhooks as (id, patterns): who gets what is published now."""
+    rows = session.execute(
+        select(Webhook.id, Webhook.events).where(
+            Webhook.workspace_id == workspace_id, Webhook.active.is_(True)
+        )
+    ).all()
+    return [(wid, patterns) for wid, patterns in rows]
+
+
+def _subscribed(webhooks: list[tuple[str, list[str]]], event_type: str) -> list[str]:
+    """The ids of `webhooks` whose patterns cover `event_type`."""
+    return [
+        wid for wid, patterns in webhooks if any(catalog.matches(p, event_type) for p in patterns)
+    ]
+
+
+def _event_deliveries(
+    event: Event, webhook_ids: list[str], now: datetime, settings: Settings
+) -> list[dict[str, Any]]:
+    """A delivery row of a freshly published event for each of `webhook_ids`."""
+    return [
+        _delivery_row(
+            event, wid, now, kind="event", max_attempts=settings.max_attempts, ignores_pause=False
+        )
+        for wid in webhook_ids
+    ]
 
 
 def publish(
@@ -100,17 +174,7 @@ def publish(
         if found:
             return found
     now = utcnow()
-    values = {
-        "id": new_id("evt"),
-        "workspace_id": workspace_id,
-        "type": event_type,
-        "data": data,
-        "occurred_at": now,
-        "created_at": now,
-        "idempotency_key": idempotency_key or None,
-        "request_hash": digest,
-        "is_test": False,
-    }
+    values = _event_values(workspace_id, event_type, data, now, idempotency_key, digest)
     # Written with a plain INSERT; the answer is built from `event`, never attached to the
     # session, so nothing is reloaded after the commit (on SQLite that would open a new
     # transaction, holding the write lock until the request ends).
@@ -124,18 +188,8 @@ def publish(
         if found is None:
             raise
         return found
-    webhooks = session.execute(
-        select(Webhook.id, Webhook.events).where(
-            Webhook.workspace_id == workspace_id, Webhook.active.is_(True)
-        )
-    ).all()
-    rows = [
-        _delivery_row(
-            event, wid, now, kind="event", max_attempts=settings.max_attempts, ignores_pause=False
-        )
-        for wid, patterns in webhooks
-        if any(catalog.matches(p, event_type) for p in patterns)
-    ]
+    webhook_ids = _subscribed(_subscribers(session, workspace_id), event_type)
+    rows = _event_deliveries(event, webhook_ids, now, settings)
     if rows:
         session.execute(insert(Delivery), rows)
     session.commit()
