@@ -18,9 +18,20 @@ from webhooks.config import Settings
 from webhooks.ids import new_id
 from webhooks.models import Delivery, DeliveryStatus, Event, Webhook, utcnow
 
+MAX_BATCH = 100  # events per batch: one short transaction, one answer a client can read
+
 
 class IdempotencyConflict(Exception):
     """The idempotency key was used before with another request body."""
+
+
+class BatchConflict(IdempotencyConflict):
+    """Events of a batch whose idempotency key was used before with another body: each index
+    maps to the batch's own earlier event with that key, or to None for a stored event."""
+
+    def __init__(self, indexes: dict[int, int | None]) -> None:
+        super().__init__(indexes)
+        self.indexes = indexes
 
 
 @dataclass
@@ -28,6 +39,15 @@ class Published:
     event: Event
     delivery_ids: list[str] = field(default_factory=list)
     created: bool = True
+
+
+@dataclass
+class Item:
+    """One event of a batch, as asked."""
+
+    type: str
+    data: dict[str, Any]
+    idempotency_key: str | None = None
 
 
 def request_hash(event_type: str, data: Any) -> str:
@@ -194,6 +214,133 @@ def publish(
         session.execute(insert(Delivery), rows)
     session.commit()
     return Published(event=event, delivery_ids=[r["id"] for r in rows])
+
+
+# A batch whose key another request publishes meanwhile is written again, as a replay then.
+_BATCH_WRITES = 3
+
+
+def publish_batch(
+    session: Session, workspace_id: str, items: list[Item], settings: Settings
+) -> list[Published]:
+    """Store a batch's events and their deliveries in one transaction: all of them, or none.
+
+    The answer has one `Published` per item, in order. An item whose idempotency key was used
+    before with the same body, in an earlier call or earlier in this batch, is a replay of
+    that publish (nothing new is stored); with another body the whole batch is refused
+    (BatchConflict). Enqueue the created deliveries with `dispatch`.
+    """
+    digests = [request_hash(item.type, item.data) for item in items]
+    tries = 1
+    while True:
+        try:
+            return _write_batch(session, workspace_id, items, digests, settings)
+        except BatchConflict:
+            session.rollback()  # end the look-up's transaction (on SQLite, the write lock)
+            raise
+        except IntegrityError:
+            session.rollback()  # a key published concurrently: the next look finds it
+            if tries == _BATCH_WRITES:
+                raise
+            tries += 1
+
+
+def _write_batch(
+    session: Session,
+    workspace_id: str,
+    items: list[Item],
+    digests: list[str],
+    settings: Settings,
+) -> list[Published]:
+    """One try of `publish_batch`: look the keys up, then one INSERT of events, one of
+    deliveries, and commit."""
+    first = _first_uses(items)
+    replays = _replays(session, workspace_id, items, digests, first)
+    now = utcnow()
+    # Sorted ids keep the batch's order in every listing ordered by id (ULIDs of one
+    # millisecond would otherwise sort at random).
+    event_ids = iter(sorted(new_id("evt") for _ in items))
+    answers: list[Published] = []
+    fresh: list[dict[str, Any]] = []
+    for index, (item, digest) in enumerate(zip(items, digests, strict=True)):
+        key = item.idempotency_key
+        if key in replays:
+            answers.append(replays[key])
+        elif key and first[key] != index:
+            earlier = answers[first[key]]  # shares its delivery_ids list, filled below
+            answers.append(Published(earlier.event, earlier.delivery_ids, created=False))
+        else:
+            values = _event_values(
+                workspace_id, item.type, item.data, now, key, digest, next(event_ids)
+            )
+            fresh.append(values)
+            answers.append(Published(event=Event(**values)))
+    if fresh:
+        session.execute(insert(Event), fresh)
+        _add_deliveries(session, workspace_id, [a for a in answers if a.created], now, settings)
+    session.commit()
+    return answers
+
+
+def _add_deliveries(
+    session: Session,
+    workspace_id: str,
+    published: list[Published],
+    now: datetime,
+    settings: Settings,
+) -> None:
+    """Insert the deliveries of freshly published events in one statement (the webhooks read
+    once, matched once per event type) and note their ids on each `Published`."""
+    webhooks = _subscribers(session, workspace_id)
+    by_type: dict[str, list[str]] = {}
+    per_event = []
+    for p in published:
+        if p.event.type not in by_type:
+            by_type[p.event.type] = _subscribed(webhooks, p.event.type)
+        per_event.append(_event_deliveries(p.event, by_type[p.event.type], now, settings))
+    rows = [row for rows in per_event for row in rows]
+    for row, delivery_id in zip(rows, sorted(r["id"] for r in rows), strict=True):
+        row["id"] = delivery_id
+    for p, rows_of_event in zip(published, per_event, strict=True):
+        p.delivery_ids.extend(r["id"] for r in rows_of_event)
+    if rows:
+        session.execute(insert(Delivery), rows)
+
+
+def _first_uses(items: list[Item]) -> dict[str, int]:
+    """Each idempotency key of the batch, with the index of the first event that carries it."""
+    first: dict[str, int] = {}
+    for index, item in enumerate(items):
+        if item.idempotency_key:
+            first.setdefault(item.idempotency_key, index)
+    return first
+
+
+def _replays(
+    session: Session,
+    workspace_id: str,
+    items: list[Item],
+    digests: list[str],
+    first: dict[str, int],
+) -> dict[str, Published]:
+    """The earlier publishes under the batch's keys, by key; BatchConflict names every event
+    whose key was used with another body, earlier in the batch or before it."""
+    clashes: dict[int, int | None] = {
+        index: first[item.idempotency_key]
+        for index, item in enumerate(items)
+        if item.idempotency_key and digests[first[item.idempotency_key]] != digests[index]
+    }
+    try:
+        found = _earlier(session, workspace_id, {k: digests[i] for k, i in first.items()})
+    except IdempotencyConflict as exc:
+        stale = set(exc.args)
+        for index, item in enumerate(items):
+            if item.idempotency_key in stale:
+                clashes.setdefault(index, None)
+        found = {}
+    if clashes:
+        raise BatchConflict(dict(sorted(clashes.items())))
+    return found
 
 
 def add_delivery(
