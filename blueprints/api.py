@@ -31,6 +31,7 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 limiter.limit(lambda: current_app.config["WEBHOOK_API_RATE_LIMIT"])(bp)
 
 MAX_PAGE = 100
+MAX_BATCH = publishing.MAX_BATCH
 DEFAULT_PAGE = 50
 
 
@@ -247,9 +248,7 @@ def verify_signature(webhook_id: str):  # type: ignore[no-untyped-def]
 @bp.post("/events")
 def publish_event():  # type: ignore[no-untyped-def]
     """Publish an event to every active webhook subscribed to its type."""
-    limit = current_app.config["WEBHOOK_MAX_PAYLOAD_BYTES"]
-    if (request.content_length or 0) > limit or len(request.get_data(cache=True)) > limit:
-        raise fail("payload_too_large", f"the request body is over {limit} bytes", 413)
+    _body_within(current_app.config["WEBHOOK_MAX_PAYLOAD_BYTES"])
     payload = json_body()
     event_type, data = payload.get("type"), payload.get("data", {})
     if not isinstance(event_type, str) or not event_type:
@@ -273,8 +272,127 @@ def publish_event():  # type: ignore[no-untyped-def]
         ) from None
     if published.created:
         publishing.dispatch(db.session, redis(), settings(), published.delivery_ids)
-    body = {**envelope_json(published.event), "delivery_count": len(published.delivery_ids)}
-    return body, 202 if published.created else 200
+    return _published_json(published), 202 if published.created else 200
+
+
+def _body_within(limit: int, why: str = "") -> None:
+    """Refuse a request body over `limit` bytes (413) before parsing it."""
+    if (request.content_length or 0) > limit or len(request.get_data(cache=True)) > limit:
+        raise fail("payload_too_large", f"the request body is over {limit} bytes{why}", 413)
+
+
+@bp.post("/events/batch")
+def publish_events_batch():  # type: ignore[no-untyped-def]
+    """Publish up to 100 events in one call: all of them stored, or none."""
+    per_event = current_app.config["WEBHOOK_MAX_PAYLOAD_BYTES"]
+    # Room for MAX_BATCH events of the largest size one POST /events takes: more than the
+    # app-wide cap on request bodies, which werkzeug would enforce first.
+    request.max_content_length = MAX_BATCH * per_event
+    _body_within(MAX_BATCH * per_event, f" ({MAX_BATCH} × WEBHOOK_MAX_PAYLOAD_BYTES)")
+    items = _batch_items(json_body(), per_event)
+    try:
+        published = publishing.publish_batch(db.session, g.workspace_id, items, settings())
+    except publishing.BatchConflict as exc:
+        raise _batch_conflict(exc, items) from None
+    if any(p.created for p in published):
+        new_ids = [d for p in published if p.created for d in p.delivery_ids]
+        publishing.dispatch(db.session, redis(), settings(), new_ids)
+    return {"data": [_published_json(p) for p in published]}, 202
+
+
+def _published_json(published: publishing.Published) -> dict[str, Any]:
+    """What POST /events answers for a published event."""
+    return {**envelope_json(published.event), "delivery_count": len(published.delivery_ids)}
+
+
+BATCH_EVENT_FIELDS = ("type", "data", "idempotency_key")
+
+
+def _batch_items(payload: dict[str, Any], per_event: int) -> list[publishing.Item]:
+    """The events of a batch body, or one error naming every bad event by its index."""
+    events = payload.get("events")
+    problems = _unknown_fields(payload, ("events",), "")
+    if not isinstance(events, list) or not events:
+        got = "nothing" if events is None else "an empty list" if events == [] else repr(events)
+        problems["events"] = (f"required: a list of 1 to {MAX_BATCH} events, got {got[:40]}", "")
+    elif len(events) > MAX_BATCH:
+        problems["events"] = (f"at most {MAX_BATCH} events per call, got {len(events)}", "")
+    if problems:
+        raise _batch_invalid(problems)
+    items = [_batch_item(i, event, per_event, problems) for i, event in enumerate(events)]
+    if problems:
+        raise _batch_invalid(problems)
+    return [item for item in items if item is not None]
+
+
+def _batch_item(
+    index: int, event: Any, per_event: int, problems: dict[str, tuple[str, str]]
+) -> publishing.Item | None:
+    """One event of a batch checked as POST /events checks its body; problems go to
+    `problems` (field -> (message, code)) under `events[<index>]…`."""
+    at = f"events[{index}]"
+    if not isinstance(event, dict):
+        problems[at] = ("must be an object with type and data", "")
+        return None
+    found = _unknown_fields(event, BATCH_EVENT_FIELDS, at + ".")
+    event_type, data = event.get("type"), event.get("data", {})
+    key = event.get("idempotency_key")
+    if not isinstance(event_type, str) or not event_type:
+        found[at + ".type"] = ("required: an event type", "")
+    elif event_type not in catalog.BY_TYPE:
+        found[at + ".type"] = (f"unknown event type {event_type!r}", "unknown_event_type")
+    if not isinstance(data, dict):
+        found[at + ".data"] = ("must be an object", "")
+    if key is not None and (not isinstance(key, str) or len(key) > 255):
+        found[at + ".idempotency_key"] = ("must be a string of at most 255 characters", "")
+    if not found and _compact_size(event_type, data) > per_event:
+        found[at + ".data"] = (f"over {per_event} bytes as JSON", "payload_too_large")
+    problems.update(found)
+    return None if found else publishing.Item(event_type, data, key or None)
+
+
+def _unknown_fields(
+    body: dict[str, Any], known: tuple[str, ...], at: str
+) -> dict[str, tuple[str, str]]:
+    """A problem for each field of `body` that is not `known` (a misspelt idempotency key
+    would otherwise publish twice on a retry)."""
+    allowed = ", ".join(known)
+    return {
+        at + name: (f"unknown field (allowed: {allowed})", "") for name in body if name not in known
+    }
+
+
+def _compact_size(event_type: str, data: dict[str, Any]) -> int:
+    """The bytes of `{"type", "data"}` as compact JSON: POST /events' body for this event."""
+    compact = json.dumps(
+        {"type": event_type, "data": data}, separators=(",", ":"), ensure_ascii=False
+    )
+    return len(compact.encode())
+
+
+def _batch_invalid(problems: dict[str, tuple[str, str]]) -> Invalid:
+    """One error for all of a batch's problems: their code when they share one (e.g.
+    `unknown_event_type`, 413 `payload_too_large`), else `validation_error`."""
+    codes = {code or "validation_error" for _, code in problems.values()}
+    code = codes.pop() if len(codes) == 1 else "validation_error"
+    listed = "; ".join(f"{field}: {message}" for field, (message, _) in list(problems.items())[:5])
+    more = f" (and {len(problems) - 5} more in fields)" if len(problems) > 5 else ""
+    message = f"nothing was published: {listed}{more}"
+    fields = {field: text for field, (text, _) in problems.items()}
+    return Invalid(code, message, fields, status=413 if code == "payload_too_large" else 400)
+
+
+def _batch_conflict(exc: publishing.BatchConflict, items: list[publishing.Item]) -> Invalid:
+    """409 naming each event whose idempotency key was used before with another body."""
+    fields = {}
+    for index, earlier in exc.indexes.items():
+        key = items[index].idempotency_key
+        where = "by an earlier call" if earlier is None else f"by events[{earlier}]"
+        fields[f"events[{index}].idempotency_key"] = (
+            f"{key!r} was already used {where} with a different body"
+        )
+    listed = "; ".join(f"{field}: {message}" for field, message in list(fields.items())[:5])
+    return Invalid("idempotency_conflict", f"nothing was published: {listed}", fields, status=409)
 
 
 def listener_or_404(listener_id: str) -> listeners.Listener:

@@ -8,6 +8,7 @@ from flask import Blueprint
 
 from webhooks import catalog
 from webhooks.models import DeliveryStatus
+from webhooks.publishing import MAX_BATCH
 
 bp = Blueprint("openapi", __name__, url_prefix="/api/v1")
 
@@ -511,6 +512,55 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "202": _answer("stored and queued", _ref("Envelope")),
                 "200": _answer("the same key and body again: nothing sent", _ref("Envelope")),
+                **_errors(400, 409, 413),
+            },
+        }
+    },
+    "/events/batch": {
+        "post": {
+            "summary": f"Publish up to {MAX_BATCH} events at once: all stored, or none",
+            "description": "Each event is checked as `POST /events` checks its body "
+            "(`WEBHOOK_MAX_PAYLOAD_BYTES` applies to each event's `{type, data}` as compact "
+            f"JSON); the whole body may be {MAX_BATCH} times that. One bad event refuses the "
+            "batch and `fields` names every bad one by index (`events[3].type`). An "
+            "`idempotency_key` used before with the same body, or earlier in the same batch, "
+            "answers as that publish and sends nothing again; with another body the batch is "
+            "a 409. The batch counts as one request against the API rate limit.",
+            "requestBody": {
+                "required": True,
+                **_json(
+                    {
+                        "type": "object",
+                        "required": ["events"],
+                        "properties": {
+                            "events": {
+                                "type": "array",
+                                "minItems": 1,
+                                "maxItems": MAX_BATCH,
+                                "items": {
+                                    "type": "object",
+                                    "required": ["type"],
+                                    "properties": {
+                                        "type": {"type": "string"},
+                                        "data": {"type": "object"},
+                                        "idempotency_key": {
+                                            "type": ["string", "null"],
+                                            "maxLength": 255,
+                                        },
+                                    },
+                                    "additionalProperties": False,
+                                },
+                            }
+                        },
+                        "additionalProperties": False,
+                    }
+                ),
+            },
+            "responses": {
+                "202": _answer(
+                    "stored and queued: what POST /events answers for each event, in order",
+                    _list_of("Envelope"),
+                ),
                 **_errors(400, 409, 413),
             },
         }

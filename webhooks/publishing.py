@@ -23,10 +23,20 @@ from webhooks.models import Delivery, DeliveryStatus, Event, Webhook, utcnow
 _EVENTS = Event.__table__
 _DELIVERIES = Delivery.__table__
 _W = Webhook.__table__.c
+MAX_BATCH = 100  # events per batch: one short transaction, one answer a client can read
 
 
 class IdempotencyConflict(Exception):
     """The idempotency key was used before with another request body."""
+
+
+class BatchConflict(IdempotencyConflict):
+    """Events of a batch whose idempotency key was used before with another body: each index
+    maps to the batch's own earlier event with that key, or to None for a stored event."""
+
+    def __init__(self, indexes: dict[int, int | None]) -> None:
+        super().__init__(indexes)
+        self.indexes = indexes
 
 
 @dataclass
@@ -34,6 +44,15 @@ class Published:
     event: Event
     delivery_ids: list[str] = field(default_factory=list)
     created: bool = True
+
+
+@dataclass
+class Item:
+    """One event of a batch, as asked."""
+
+    type: str
+    data: dict[str, Any]
+    idempotency_key: str | None = None
 
 
 def request_hash(event_type: str, data: Any) -> str:
@@ -76,18 +95,90 @@ def _delivery_row(
     }
 
 
-def _existing(session: Session, workspace_id: str, key: str, digest: str) -> Published | None:
-    event = session.scalars(
-        select(Event).where(Event.workspace_id == workspace_id, Event.idempotency_key == key)
-    ).first()
-    if event is None:
-        return None
-    if event.request_hash != digest:
-        raise IdempotencyConflict(key)
-    ids = session.scalars(
-        select(Delivery.id).where(Delivery.event_id == event.id, Delivery.kind == "event")
+def _earlier(session: Session, workspace_id: str, digests: dict[str, str]) -> dict[str, Published]:
+    """What was published before under these idempotency keys (key -> digest), by key.
+
+    One query for the events and one for their deliveries, however many keys; raises
+    IdempotencyConflict naming every key that was used with another body.
+    """
+    if not digests:
+        return {}
+    events = session.scalars(
+        select(Event).where(
+            Event.workspace_id == workspace_id, Event.idempotency_key.in_(list(digests))
+        )
     ).all()
-    return Published(event=event, delivery_ids=list(ids), created=False)
+    conflicts = [e.idempotency_key for e in events if e.request_hash != digests[e.idempotency_key]]
+    if conflicts:
+        raise IdempotencyConflict(*conflicts)
+    for event in events:
+        # Answers, not work: detached, a commit after this does not make them load again.
+        session.expunge(event)
+    found = {e.idempotency_key: Published(event=e, delivery_ids=[], created=False) for e in events}
+    if found:
+        by_event = {p.event.id: p for p in found.values()}
+        rows = session.execute(
+            select(Delivery.event_id, Delivery.id)
+            .where(Delivery.event_id.in_(list(by_event)), Delivery.kind == "event")
+            .order_by(Delivery.id)
+        ).all()
+        for event_id, delivery_id in rows:
+            by_event[event_id].delivery_ids.append(delivery_id)
+    return found
+
+
+def _existing(session: Session, workspace_id: str, key: str, digest: str) -> Published | None:
+    return _earlier(session, workspace_id, {key: digest}).get(key)
+
+
+def _event_values(
+    workspace_id: str,
+    event_type: str,
+    data: dict[str, Any],
+    now: datetime,
+    idempotency_key: str | None,
+    digest: str,
+    event_id: str | None = None,
+) -> dict[str, Any]:
+    """The row of a published event, for a plain INSERT."""
+    return {
+        "id": event_id or new_id("evt"),
+        "workspace_id": workspace_id,
+        "type": event_type,
+        "data": data,
+        "occurred_at": now,
+        "created_at": now,
+        "idempotency_key": idempotency_key or None,
+        "request_hash": digest,
+        "is_test": False,
+    }
+
+
+def _subscribers(session: Session, workspace_id: str) -> list[tuple[str, list[str]]]:
+    """The workspace's active webhooks as (id, patterns): who gets what is published now."""
+    rows = session.execute(
+        select(_W.id, _W.events).where(_W.workspace_id == workspace_id, _W.active.is_(True))
+    ).all()
+    return [(wid, patterns) for wid, patterns in rows]
+
+
+def _subscribed(webhooks: list[tuple[str, list[str]]], event_type: str) -> list[str]:
+    """The ids of `webhooks` whose patterns cover `event_type`."""
+    return [
+        wid for wid, patterns in webhooks if any(catalog.matches(p, event_type) for p in patterns)
+    ]
+
+
+def _event_deliveries(
+    event: Event, webhook_ids: list[str], now: datetime, settings: Settings
+) -> list[dict[str, Any]]:
+    """A delivery row of a freshly published event for each of `webhook_ids`."""
+    return [
+        _delivery_row(
+            event, wid, now, kind="event", max_attempts=settings.max_attempts, ignores_pause=False
+        )
+        for wid in webhook_ids
+    ]
 
 
 def publish(
@@ -106,17 +197,7 @@ def publish(
         if found:
             return found
     now = utcnow()
-    values = {
-        "id": new_id("evt"),
-        "workspace_id": workspace_id,
-        "type": event_type,
-        "data": data,
-        "occurred_at": now,
-        "created_at": now,
-        "idempotency_key": idempotency_key or None,
-        "request_hash": digest,
-        "is_test": False,
-    }
+    values = _event_values(workspace_id, event_type, data, now, idempotency_key, digest)
     # Written with a plain INSERT; the answer is built from `event`, never attached to the
     # session, so nothing is reloaded after the commit (on SQLite that would open a new
     # transaction, holding the write lock until the request ends).
@@ -130,20 +211,139 @@ def publish(
         if found is None:
             raise
         return found
-    webhooks = session.execute(
-        select(_W.id, _W.events).where(_W.workspace_id == workspace_id, _W.active.is_(True))
-    ).all()
-    rows = [
-        _delivery_row(
-            event, wid, now, kind="event", max_attempts=settings.max_attempts, ignores_pause=False
-        )
-        for wid, patterns in webhooks
-        if any(catalog.matches(p, event_type) for p in patterns)
-    ]
+    webhook_ids = _subscribed(_subscribers(session, workspace_id), event_type)
+    rows = _event_deliveries(event, webhook_ids, now, settings)
     if rows:
         session.execute(insert(_DELIVERIES), rows)
     session.commit()
     return Published(event=event, delivery_ids=[r["id"] for r in rows])
+
+
+# A batch whose key another request publishes meanwhile is written again, as a replay then.
+_BATCH_WRITES = 3
+
+
+def publish_batch(
+    session: Session, workspace_id: str, items: list[Item], settings: Settings
+) -> list[Published]:
+    """Store a batch's events and their deliveries in one transaction: all of them, or none.
+
+    The answer has one `Published` per item, in order. An item whose idempotency key was used
+    before with the same body, in an earlier call or earlier in this batch, is a replay of
+    that publish (nothing new is stored); with another body the whole batch is refused
+    (BatchConflict). Enqueue the created deliveries with `dispatch`.
+    """
+    digests = [request_hash(item.type, item.data) for item in items]
+    tries = 1
+    while True:
+        try:
+            return _write_batch(session, workspace_id, items, digests, settings)
+        except BatchConflict:
+            session.rollback()  # end the look-up's transaction (on SQLite, the write lock)
+            raise
+        except IntegrityError:
+            session.rollback()  # a key published concurrently: the next look finds it
+            if tries == _BATCH_WRITES:
+                raise
+            tries += 1
+
+
+def _write_batch(
+    session: Session,
+    workspace_id: str,
+    items: list[Item],
+    digests: list[str],
+    settings: Settings,
+) -> list[Published]:
+    """One try of `publish_batch`: look the keys up, then one INSERT of events, one of
+    deliveries, and commit."""
+    first = _first_uses(items)
+    replays = _replays(session, workspace_id, items, digests, first)
+    now = utcnow()
+    # Sorted ids keep the batch's order in every listing ordered by id (ULIDs of one
+    # millisecond would otherwise sort at random).
+    event_ids = iter(sorted(new_id("evt") for _ in items))
+    answers: list[Published] = []
+    fresh: list[dict[str, Any]] = []
+    for index, (item, digest) in enumerate(zip(items, digests, strict=True)):
+        key = item.idempotency_key
+        if key in replays:
+            answers.append(replays[key])
+        elif key and first[key] != index:
+            earlier = answers[first[key]]  # shares its delivery_ids list, filled below
+            answers.append(Published(earlier.event, earlier.delivery_ids, created=False))
+        else:
+            values = _event_values(
+                workspace_id, item.type, item.data, now, key, digest, next(event_ids)
+            )
+            fresh.append(values)
+            answers.append(Published(event=Event(**values)))
+    if fresh:
+        session.execute(insert(_EVENTS), fresh)
+        _add_deliveries(session, workspace_id, [a for a in answers if a.created], now, settings)
+    session.commit()
+    return answers
+
+
+def _add_deliveries(
+    session: Session,
+    workspace_id: str,
+    published: list[Published],
+    now: datetime,
+    settings: Settings,
+) -> None:
+    """Insert the deliveries of freshly published events in one statement (the webhooks read
+    once, matched once per event type) and note their ids on each `Published`."""
+    webhooks = _subscribers(session, workspace_id)
+    by_type: dict[str, list[str]] = {}
+    per_event = []
+    for p in published:
+        if p.event.type not in by_type:
+            by_type[p.event.type] = _subscribed(webhooks, p.event.type)
+        per_event.append(_event_deliveries(p.event, by_type[p.event.type], now, settings))
+    rows = [row for rows in per_event for row in rows]
+    for row, delivery_id in zip(rows, sorted(r["id"] for r in rows), strict=True):
+        row["id"] = delivery_id
+    for p, rows_of_event in zip(published, per_event, strict=True):
+        p.delivery_ids.extend(r["id"] for r in rows_of_event)
+    if rows:
+        session.execute(insert(_DELIVERIES), rows)
+
+
+def _first_uses(items: list[Item]) -> dict[str, int]:
+    """Each idempotency key of the batch, with the index of the first event that carries it."""
+    first: dict[str, int] = {}
+    for index, item in enumerate(items):
+        if item.idempotency_key:
+            first.setdefault(item.idempotency_key, index)
+    return first
+
+
+def _replays(
+    session: Session,
+    workspace_id: str,
+    items: list[Item],
+    digests: list[str],
+    first: dict[str, int],
+) -> dict[str, Published]:
+    """The earlier publishes under the batch's keys, by key; BatchConflict names every event
+    whose key was used with another body, earlier in the batch or before it."""
+    clashes: dict[int, int | None] = {
+        index: first[item.idempotency_key]
+        for index, item in enumerate(items)
+        if item.idempotency_key and digests[first[item.idempotency_key]] != digests[index]
+    }
+    try:
+        found = _earlier(session, workspace_id, {k: digests[i] for k, i in first.items()})
+    except IdempotencyConflict as exc:
+        stale = set(exc.args)
+        for index, item in enumerate(items):
+            if item.idempotency_key in stale:
+                clashes.setdefault(index, None)
+        found = {}
+    if clashes:
+        raise BatchConflict(dict(sorted(clashes.items())))
+    return found
 
 
 def add_delivery(
