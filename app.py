@@ -182,6 +182,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.session_interface = _SessionInterface()
 
     db.init_app(app)
+    if os.environ.get("WEBHOOK_COUNT_STATEMENTS"):  # the benchmark's statement counts
+        from webhooks import stmtcount
+
+        stmtcount.install(os.environ["WEBHOOK_COUNT_STATEMENTS"])
     app.cli.add_command(_MigrationCommands(app))
     # Every Redis client of every process reads this one URL: RQ, the scheduler, the
     # health check, metrics and the rate limiter.

@@ -3,7 +3,10 @@
 Used by the isolation benchmark: a webhook pointing here holds its delivery until the
 service's own timeout cuts it. It idles in an asyncio loop, so it costs no CPU while waiting.
 
-    python bench/hang_server.py HANG_PORT STATS_PORT
+    python bench/hang_server.py HANG_PORT STATS_PORT [CERT KEY]
+
+With CERT and KEY, HANG_PORT speaks HTTPS: the handshake completes and the request is read,
+as from a receiver that hangs inside its handler (the stats port stays plain HTTP).
 
 `GET /` on STATS_PORT answers {"open": …, "max_open": …, "total": …} and resets `max_open`
 to the current number of open connections.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import sys
 
 state = {"open": 0, "max_open": 0, "total": 0}
@@ -49,8 +53,14 @@ async def stats(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     writer.close()
 
 
-async def main(hang_port: int, stats_port: int) -> None:
-    s1 = await asyncio.start_server(hang, "127.0.0.1", hang_port, backlog=4096)
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+async def main(hang_port: int, stats_port: int, tls: ssl.SSLContext | None) -> None:
+    s1 = await asyncio.start_server(hang, "127.0.0.1", hang_port, backlog=4096, ssl=tls)
     s2 = await asyncio.start_server(stats, "127.0.0.1", stats_port)
     print("ready", flush=True)
     async with s1, s2:
@@ -58,4 +68,5 @@ async def main(hang_port: int, stats_port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+    tls = tls_context(sys.argv[3], sys.argv[4]) if len(sys.argv) > 4 else None
+    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), tls))

@@ -1,5 +1,8 @@
 """The receivers: nginx answering 204 on loopback, and a target that never answers.
 
+Both speak HTTPS, with a certificate from the bench's own CA (bench/tls.py), as real receivers
+do; nginx also answers plain HTTP on a port of its own, for the raw ceiling over HTTP only.
+
 nginx (one worker process) answers every `POST /hook/…` with 204 and writes one access-log
 line per request: `$msec $http_webhook_id $http_x_cloudthinker_delivery $uri $status`.
 That log is how arrivals are counted and timed ($msec: the time the request was handled, in
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import procs
+from bench.tls import Certificates
 
 HERE = Path(__file__).resolve().parent
 
@@ -41,8 +45,13 @@ http {{
   client_max_body_size 1m;
   keepalive_requests 10000000;
   keepalive_timeout 120s;
+  ssl_certificate {cert};
+  ssl_certificate_key {key};
+  ssl_protocols TLSv1.2 TLSv1.3;
+  ssl_session_cache shared:bench:1m;
   server {{
     listen 127.0.0.1:{port} backlog=4096;
+    listen 127.0.0.1:{tls_port} ssl backlog=4096;
     location /hook/ {{ access_log {dir}/arrivals.log arrivals; return 204; }}
     location /nolog/ {{ return 204; }}
     location = /status {{ stub_status; }}
@@ -107,10 +116,12 @@ class ArrivalLog:
 
 
 class Receiver:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, certs: Certificates) -> None:
         self.dir = workdir / "nginx"
         (self.dir / "tmp").mkdir(parents=True)
-        self.port = procs.free_port()
+        self.certs = certs
+        self.port = procs.free_port()  # plain HTTP: the third raw ceiling, and wrk
+        self.tls_port = procs.free_port()
         self.hang_port = procs.free_port()
         self.stats_port = procs.free_port()
         self.nginx: subprocess.Popen | None = None
@@ -118,10 +129,14 @@ class Receiver:
         self.log = ArrivalLog(self.dir / "arrivals.log")
 
     def url(self, path: str) -> str:
+        """Where the service's webhooks point: HTTPS, as in a deployment."""
+        return f"https://127.0.0.1:{self.tls_port}/hook/{path}"
+
+    def http_url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}/hook/{path}"
 
     def hang_url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.hang_port}/hang/{path}"
+        return f"https://127.0.0.1:{self.hang_port}/hang/{path}"
 
     def start(self) -> None:
         import os
@@ -129,7 +144,16 @@ class Receiver:
         # As root nginx drops its workers to `nobody`, who must be able to use the temp dirs.
         user = "user root;" if os.geteuid() == 0 else ""
         conf = self.dir / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(dir=self.dir, port=self.port, user=user))
+        conf.write_text(
+            NGINX_CONF.format(
+                dir=self.dir,
+                port=self.port,
+                tls_port=self.tls_port,
+                cert=self.certs.cert,
+                key=self.certs.key,
+                user=user,
+            )
+        )
         self.nginx = procs.start(
             [nginx_binary(), "-p", str(self.dir), "-c", str(conf), "-g", "daemon off;"],
             log=self.dir / "nginx.out",
@@ -140,10 +164,12 @@ class Receiver:
                 str(HERE / "hang_server.py"),
                 str(self.hang_port),
                 str(self.stats_port),
+                str(self.certs.cert),
+                str(self.certs.key),
             ],
             log=self.dir / "hang.out",
         )
-        for port in (self.port, self.hang_port, self.stats_port):
+        for port in (self.port, self.tls_port, self.hang_port, self.stats_port):
             if not procs.wait_port(port):
                 raise SystemExit(f"receiver did not start on port {port}; see {self.dir}")
 
@@ -154,8 +180,10 @@ class Receiver:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.stats_port}/", timeout=2) as r:
             return json.loads(r.read())
 
-    def capacity(self, body: bytes, *, logged: bool, seconds: float, connections: int) -> float:
-        """Requests/s nginx answers with wrk (2 threads) posting `body`."""
+    def capacity(
+        self, body: bytes, *, logged: bool, tls: bool, seconds: float, connections: int
+    ) -> float:
+        """Requests/s nginx answers with wrk (2 threads) posting `body`, kept-alive."""
         wrk = shutil.which("wrk")
         if wrk is None:
             return float("nan")
@@ -166,6 +194,7 @@ class Receiver:
             f"wrk.body = {json.dumps(body.decode())}\n"
         )
         path = "/hook/wrk" if logged else "/nolog/wrk"
+        base = f"https://127.0.0.1:{self.tls_port}" if tls else f"http://127.0.0.1:{self.port}"
         out = subprocess.run(
             [
                 wrk,
@@ -174,7 +203,7 @@ class Receiver:
                 f"-d{seconds:g}s",
                 "-s",
                 str(script),
-                f"http://127.0.0.1:{self.port}{path}",
+                base + path,
             ],
             capture_output=True,
             text=True,

@@ -1,6 +1,6 @@
 """Create the benchmark's workspaces, API keys, webhooks and dashboard user, in the service's DB.
 
-Run with the service's environment (DATABASE_URL, SECRET_KEY, WEBHOOK_ALLOW_HTTP, …):
+Run with the service's environment (DATABASE_URL, SECRET_KEY, WEBHOOK_ALLOWED_PRIVATE_NETWORKS, …):
 
     python bench/seed.py SPEC.json  >  seeded.json
 
