@@ -29,7 +29,7 @@ from rq import Queue, get_current_job
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from webhooks import queueing, transport
+from webhooks import outgoing, queueing, transport
 from webhooks.config import Settings
 from webhooks.ids import new_id
 from webhooks.models import (
@@ -385,17 +385,8 @@ def alert_text(subject: str, body: str) -> str:
 def post_alert(settings: Settings, url: str, subject: str, body: str) -> str | None:
     """POST `{"text": …}` (a Slack incoming webhook's format) through the egress guard."""
     payload = json.dumps({"text": alert_text(subject, body)}, ensure_ascii=False).encode()
-    result = transport.post(
-        url,
-        payload,
-        {"Content-Type": "application/json", "User-Agent": transport.USER_AGENT},
-        timeout=settings.timeout,
-        ca_bundle=settings.ca_bundle,
-        proxy_url=settings.proxy_url,
-        allowed_networks=settings.allowed_private_networks,
-        allow_http=settings.allow_http,
-        allowed_ports=settings.allowed_ports,
-    )
+    headers = {"Content-Type": "application/json", "User-Agent": transport.USER_AGENT}
+    result = outgoing.post(url, payload, headers, settings)
     if result.ok:
         return None
     if result.error:

@@ -209,10 +209,16 @@ def send(prepared: Prepared, settings: Settings) -> transport.Result:
             prepared.body,
             settings,
         )
+    return post(prepared.url, prepared.body, prepared.headers, settings)
+
+
+def post(url: str, body: bytes, headers: dict[str, str], settings: Settings) -> transport.Result:
+    """One POST under the configured egress rules, timeout, CA bundle and proxy: deliveries
+    and alert notifications alike."""
     return transport.post(
-        prepared.url,
-        prepared.body,
-        prepared.headers,
+        url,
+        body,
+        headers,
         timeout=settings.timeout,
         ca_bundle=settings.ca_bundle,
         proxy_url=settings.proxy_url,
