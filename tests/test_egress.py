@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import select
 import socket
@@ -394,6 +395,7 @@ class TunnelProxy:
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.asked: list[str] = []
+        self.heads: list[bytes] = []  # what it was sent before the tunnel or the forwarded body
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -421,6 +423,7 @@ class TunnelProxy:
                 origin = (path.path or "/") + (f"?{path.query}" if path.query else "")
                 first = b" ".join([method, origin.encode(), rest])
             self.asked.append(where)
+            self.heads.append(head)
             host, _, port = where.rpartition(":")
             try:
                 up = socket.create_connection((host.strip("[]"), int(port)), timeout=2)
@@ -507,6 +510,25 @@ def test_through_a_forwarding_proxy_http_goes_to_the_checked_address(dns, ca_bun
     assert proxy.asked == [f"127.0.0.1:{plain.port}"]
     assert plain.requests[0].headers["Host"] == f"hooks.test:{plain.port}"
     assert plain.requests[0].path == "/hook"
+
+
+def test_the_proxy_urls_credentials_go_to_the_proxy(dns, named_receiver, ca_bundle, proxy):
+    dns["hooks.test"] = "127.0.0.1"
+    with_credentials = proxy.url.replace("http://", "http://ops:s%40fe@")
+    plain = Receiver()
+    try:
+        tunnelled = send(
+            named_receiver.url(host="hooks.test"), ca_bundle, proxy_url=with_credentials
+        )
+        forwarded = send(
+            plain.url(host="hooks.test"), ca_bundle, proxy_url=with_credentials, allow_http=True
+        )
+    finally:
+        plain.close()
+
+    assert tunnelled.ok and forwarded.ok, (tunnelled.error, forwarded.error)
+    expected = b"Proxy-Authorization: Basic " + base64.b64encode(b"ops:s@fe")
+    assert len(proxy.heads) == 2 and all(expected in head for head in proxy.heads)
 
 
 @pytest.mark.parametrize("proxy_url", ["socks5://127.0.0.1:1080", "socks5h://u:pw@proxy:1080"])

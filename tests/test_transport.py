@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import shutil
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import trustme
 
-from tests.receivers import Reply
+from tests.receivers import Receiver, Reply
 from webhooks import transport
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
@@ -88,17 +94,18 @@ def post(url: str, ca_bundle: str | None = None, timeout: float = 2) -> transpor
     )
 
 
-def test_trickling_response_is_cut_at_the_deadline(raw_server, ca_bundle):
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_trickling_response_is_cut_at_the_deadline(raw_server, ca_bundle, tls_context, scheme):
     def trickle(conn: socket.socket) -> None:
         read_request(conn)
         for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100:
             conn.sendall(bytes([byte]))
             time.sleep(0.2)
 
-    server = raw_server(trickle)
+    server = raw_server(trickle, tls=tls_context if scheme == "https" else None)
     started = time.monotonic()
 
-    result = post(f"http://127.0.0.1:{server.port}/", timeout=1.5)
+    result = post(f"{scheme}://127.0.0.1:{server.port}/", ca_bundle, timeout=1.5)
 
     assert 1.4 <= time.monotonic() - started < 2.5
     assert not result.ok and result.error == "timed out after 1.5 s (connect and response)"
@@ -164,3 +171,138 @@ def test_the_watchdog_lets_go_of_exchanges_that_ended_in_time():
 
     assert watchdog.pending() <= 1100  # not a timeout's worth of finished exchanges
     assert fired.wait(5)
+
+
+# -- connections: kept alive, shared by threads, dropped when not read whole ------------------
+
+
+def keep_alive(accepted: list[int], together: threading.Barrier | None = None):  # type: ignore[no-untyped-def]
+    """Answer 204 to every request on a connection until the client closes it, counting the
+    connections; with `together`, a request is answered only once that many are waiting."""
+
+    def handle(conn: socket.socket) -> None:
+        accepted.append(conn.fileno())
+        data = b""
+        while True:
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, data = data.partition(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            while len(data) < length:
+                data += conn.recv(65536)
+            data = data[length:]
+            if together is not None:
+                together.wait(10)
+            conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    return handle
+
+
+def test_thirty_two_threads_keep_their_connections_to_one_host(raw_server):
+    accepted: list[int] = []
+    server = raw_server(keep_alive(accepted, together=threading.Barrier(32)))
+    url = f"http://127.0.0.1:{server.port}/hook"
+
+    with ThreadPoolExecutor(32) as threads:
+        first = list(threads.map(lambda _: post(url), range(32)))  # 32 at once: 32 connections
+        second = list(threads.map(lambda _: post(url), range(32)))  # all of them kept alive
+
+    assert [r.status_code for r in first + second] == [204] * 64
+    assert len(accepted) == 32
+
+
+def accepted_by(receiver: Receiver) -> list[object]:
+    """The connections the receiver accepts from now on (http.server checks each one once)."""
+    accepted: list[object] = []
+    check = receiver.server.verify_request
+
+    def count(request, client_address) -> bool:  # type: ignore[no-untyped-def]
+        accepted.append(client_address)
+        return check(request, client_address)
+
+    receiver.server.verify_request = count  # type: ignore[method-assign]
+    return accepted
+
+
+def test_a_connection_is_reused_after_a_whole_answer_but_not_after_a_capped_one(
+    receiver, ca_bundle
+):
+    accepted = accepted_by(receiver)
+    big = Reply(status=200, body=b"a" * 5_000_000)
+    receiver.answer(Reply(body=b"small"), Reply(body=b"small"), big, Reply(body=b"small"))
+
+    results = [post(receiver.url(), ca_bundle) for _ in range(4)]
+
+    assert [len(r.body) for r in results] == [5, 5, transport.RESPONSE_BODY_CAP, 5]
+    assert all(r.ok for r in results)
+    assert len(accepted) == 2  # one for the first three POSTs, one after the capped answer
+
+
+# -- which CAs are trusted ---------------------------------------------------------------------
+
+SEND_ONCE = """
+import ipaddress, sys
+from webhooks import transport
+result = transport.post(
+    sys.argv[1], b"{}", {}, timeout=5, ca_bundle=sys.argv[2] or None,
+    allowed_networks=(ipaddress.ip_network("127.0.0.0/8"),),
+)
+print(result.error or result.status_code)
+"""
+
+
+@pytest.mark.parametrize("configured", [True, False], ids=["configured bundle", "default"])
+def test_the_environment_does_not_change_which_cas_are_trusted(
+    receiver, ca_bundle, tmp_path, configured
+):
+    """The variables through which requests and OpenSSL pick CAs name the test CA when no
+    bundle is configured (it must stay untrusted), and another CA when the test CA's bundle is
+    (it must stay trusted)."""
+    named = tmp_path / "named.pem"
+    if configured:
+        trustme.CA().cert_pem.write_to_path(str(named))
+    else:
+        shutil.copy(ca_bundle, named)
+    variables = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
+    env = {**os.environ, **dict.fromkeys(variables, str(named)), "SSL_CERT_DIR": str(tmp_path)}
+
+    sent = subprocess.run(
+        [sys.executable, "-c", SEND_ONCE, receiver.url(), ca_bundle if configured else ""],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert sent.returncode == 0, sent.stderr
+    outcome = sent.stdout.strip()
+    if configured:
+        assert outcome == "200" and len(receiver.requests) == 1
+    else:
+        assert outcome.startswith("TLS certificate not accepted") and receiver.requests == []
+
+
+def test_a_ca_bundle_replaced_on_disk_decides_from_the_next_post(receiver, ca_bundle, tmp_path):
+    bundle = tmp_path / "bundle.pem"
+    shutil.copy(ca_bundle, bundle)
+    other = tmp_path / "other.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+
+    trusted = post(receiver.url(), str(bundle))
+    os.replace(other, bundle)  # the test CA is no longer trusted
+    refused = post(receiver.url(), str(bundle))  # not over the connection kept from before
+    shutil.copy(ca_bundle, tmp_path / "new.pem")
+    os.replace(tmp_path / "new.pem", bundle)
+    again = post(receiver.url(), str(bundle))
+
+    assert trusted.ok and again.ok, (trusted.error, again.error)
+    assert refused.error.startswith("TLS certificate not accepted")
+    assert len(receiver.requests) == 2

@@ -5,6 +5,10 @@ every address must be allowed, and the connection then goes to one of those chec
 (TLS still uses the host name for SNI and certificate checks, and `Host` stays the name).
 Through WEBHOOK_PROXY_URL the proxy is asked to `CONNECT` to that checked address, never to
 the name, so it cannot resolve the name again.
+
+The POST threads share urllib3's pools (one PoolManager per CA bundle and proxy), so a
+kept-alive connection serves whichever thread posts to its host next. urllib3 is used alone:
+through requests a POST cost about 2.5 times its CPU (bench/transport_cpu.py).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import itertools
+import os
 import socket
 import ssl
 import threading
@@ -19,14 +24,15 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
-import requests
+import certifi
 import urllib3
-from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util import connection as _connection
+from urllib3.util.ssl_ import create_urllib3_context
 
 from webhooks import egress
 
@@ -127,16 +133,23 @@ _local = threading.local()
 
 
 class _Exchange:
-    """One request in flight: its checked target, and its sockets so that the watchdog can cut
-    them."""
+    """One request in flight: its checked target, and the connections it holds, whose sockets
+    the watchdog cuts at the deadline.
+
+    Connections are shared by the threads through the pools, so the exchange lets go of one as
+    it goes back to its pool (and of all of them as it ends): a late cut must never reach a
+    connection that another exchange has taken since.
+    """
 
     def __init__(self, deadline: float) -> None:
-        self.sockets: list[socket.socket] = []
         self.expired = False
         self.deadline = deadline
         self.host: str | None = None  # the host name, as urllib3 spells it
         self.addresses: tuple[egress.IPAddress, ...] = ()  # the checked addresses of `host`
         self.proxied = False  # through WEBHOOK_PROXY_URL: the proxy connects to the target
+        self._connections: set[Any] = set()
+        self._ended = False
+        self._lock = threading.Lock()
 
     def permits(self, conn: Any, sock: socket.socket) -> bool:
         """Whether a kept-alive connection still goes where this exchange may go."""
@@ -159,13 +172,43 @@ class _Exchange:
             return False
         return ip in self.addresses
 
+    def hold(self, conn: Any) -> None:
+        with self._lock:
+            if not self._ended:
+                self._connections.add(conn)
+
+    def let_go(self, conn: Any) -> None:
+        with self._lock:
+            self._connections.discard(conn)
+
     def cut(self) -> None:
-        self.expired = True
-        for sock in self.sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        """Shut the sockets of the connections held (the reading thread then sees the end)."""
+        with self._lock:
+            if self._ended:
+                return
+            self.expired = True
+            for conn in self._connections:
+                _shut(conn.sock)
+
+    def end(self) -> bool:
+        """No cut from now on; whether the exchange ended before its deadline cut it."""
+        with self._lock:
+            self._ended = True
+            self._connections.clear()
+            return not self.expired
+
+
+def _shut(sock: Any) -> None:
+    """Shut a connection's socket down under its TLS layers (an SSLSocket's own shutdown
+    would drop its TLS state under the thread reading it)."""
+    while sock is not None and not isinstance(sock, socket.socket):
+        sock = getattr(sock, "socket", None)  # TLS in TLS: an SSLTransport over the proxy's
+    if sock is None:
+        return
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _normal_host(host: str) -> str:
@@ -173,30 +216,20 @@ def _normal_host(host: str) -> str:
 
 
 class _Tracked:
-    """Mixin for urllib3 connections: connect to the exchange's checked address, and report the
-    socket to the exchange."""
+    """Mixin for urllib3 connections: connect to the exchange's checked address, never to a
+    fresh resolution of the name."""
 
-    _raw_sock: socket.socket | None = None
     host: str
     port: int
     timeout: Any
     source_address: Any
     socket_options: Any
 
-    def _track(self) -> None:
-        exchange = getattr(_local, "exchange", None)
-        if exchange is not None and self._raw_sock is not None:
-            exchange.sockets.append(self._raw_sock)
-
     def _new_conn(self) -> socket.socket:
         exchange: _Exchange | None = getattr(_local, "exchange", None)
         if exchange is not None and exchange.proxied:
-            sock = super()._new_conn()  # type: ignore[misc]  # to the trusted proxy
-        else:
-            sock = self._connect_checked(exchange)
-        self._raw_sock = sock
-        self._track()
-        return sock
+            return super()._new_conn()  # type: ignore[misc,no-any-return]  # the trusted proxy
+        return self._connect_checked(exchange)
 
     def _connect_checked(self, exchange: _Exchange | None) -> socket.socket:
         """A socket to one of the addresses the egress guard checked for this host, never to a
@@ -230,7 +263,6 @@ class _Tracked:
         raise NewConnectionError(self, f"Failed to establish a new connection: {error}") from error
 
     def request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        self._track()  # a kept-alive connection is reused without _new_conn
         name = getattr(self, "tunnel_host_header", None)
         if name is not None and getattr(self, "_tunnel_host", None) is not None:
             # http.client would name the tunnel's address literal in Host; keep the name.
@@ -248,7 +280,8 @@ class _HTTPSConnection(_Tracked, HTTPSConnection):
 
 class _Pinned:
     """Mixin for urllib3 pools: a kept-alive connection is reused only while its peer is one of
-    the addresses checked for this exchange (DNS may have changed since it was opened)."""
+    the addresses checked for this exchange (DNS may have changed since it was opened), and the
+    exchange holds the connections it takes (for the watchdog) until they are put back."""
 
     def _get_conn(self, timeout: float | None = None) -> Any:
         conn = super()._get_conn(timeout)  # type: ignore[misc]
@@ -256,7 +289,15 @@ class _Pinned:
         exchange: _Exchange | None = getattr(_local, "exchange", None)
         if sock is not None and (exchange is None or not exchange.permits(conn, sock)):
             conn.close()  # urllib3 connects it again, through _new_conn (or the proxy's CONNECT)
+        if exchange is not None:
+            exchange.hold(conn)
         return conn
+
+    def _put_conn(self, conn: Any) -> None:
+        exchange: _Exchange | None = getattr(_local, "exchange", None)
+        if exchange is not None and conn is not None:
+            exchange.let_go(conn)
+        super()._put_conn(conn)  # type: ignore[misc]
 
 
 class _HTTPPool(_Pinned, HTTPConnectionPool):
@@ -294,29 +335,82 @@ class _HTTPSPool(_Pinned, HTTPSConnectionPool):
 _POOL_CLASSES = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
-class _Adapter(HTTPAdapter):
-    def init_poolmanager(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = dict(_POOL_CLASSES)
+# Connections kept per host: as many as a worker's POST threads (32), so that a host that many
+# webhooks share (a chat service's incoming hooks) does not make urllib3 discard connections.
+POOL_MAXSIZE = 32
+POOL_HOSTS = 128  # hosts whose kept-alive connections are kept, the least recently used dropped
 
-    def proxy_manager_for(self, proxy, **proxy_kwargs):  # type: ignore[no-untyped-def]
+
+def _tls_context(cafile: str) -> ssl.SSLContext:
+    """Verification against `cafile` alone: nothing read from the environment
+    (REQUESTS_CA_BUNDLE, SSL_CERT_FILE, SSL_CERT_DIR) can widen or replace it."""
+    context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
+    context.load_verify_locations(cafile=cafile)
+    return context
+
+
+def _proxy_headers(proxy_url: str) -> dict[str, str]:
+    """Proxy-Authorization from the proxy URL's user and password (urllib3 leaves them)."""
+    auth = urllib3.util.parse_url(proxy_url).auth
+    if not auth:
+        return {}
+    user, _, password = auth.partition(":")
+    basic = urllib3.util.make_headers(proxy_basic_auth=f"{unquote(user)}:{unquote(password)}")
+    return {"Proxy-Authorization": basic["proxy-authorization"]}
+
+
+def _manager(cafile: str, proxy_url: str | None) -> urllib3.PoolManager:
+    context = _tls_context(cafile)
+    options: dict[str, Any] = {
+        "num_pools": POOL_HOSTS,
+        "maxsize": POOL_MAXSIZE,
+        "block": False,
+        "retries": False,
+        "cert_reqs": ssl.CERT_REQUIRED,
+        "ssl_context": context,
+    }
+    manager: urllib3.PoolManager
+    if proxy_url:
         # Only CONNECT proxies: SOCKS (refused by the configuration) has classes of its own.
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        manager.pool_classes_by_scheme = dict(_POOL_CLASSES)
-        return manager
+        # The proxy's own TLS, if any, is checked against the same CAs.
+        manager = urllib3.ProxyManager(
+            proxy_url, proxy_headers=_proxy_headers(proxy_url), proxy_ssl_context=context, **options
+        )
+    else:
+        manager = urllib3.PoolManager(**options)
+    manager.pool_classes_by_scheme = dict(_POOL_CLASSES)
+    return manager
 
 
-def _session() -> requests.Session:
-    """This thread's keep-alive session (connections are reused per host)."""
-    session = getattr(_local, "session", None)
-    if session is None:
-        session = requests.Session()
-        session.trust_env = False  # the proxy comes from WEBHOOK_PROXY_URL alone
-        adapter = _Adapter(pool_connections=64, pool_maxsize=4, max_retries=0)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        _local.session = session
-    return session
+class _Managers:
+    """One PoolManager per CA file and proxy URL, shared by every thread (urllib3's pools are
+    thread-safe). A CA file replaced on disk gets a new manager, so new connections trust what
+    it says now."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_key: dict[tuple[str, str | None], tuple[tuple[int, ...], urllib3.PoolManager]] = {}
+
+    def get(self, ca_bundle: str | None, proxy_url: str | None) -> urllib3.PoolManager:
+        """Raises OSError or ssl.SSLError if the CA file cannot be read."""
+        cafile = ca_bundle or certifi.where()
+        stat = os.stat(cafile)
+        version = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        key = (cafile, proxy_url)
+        held = self._by_key.get(key)
+        if held is not None and held[0] == version:
+            return held[1]
+        with self._lock:
+            held = self._by_key.get(key)
+            if held is None or held[0] != version:
+                if held is not None:
+                    held[1].clear()  # idle connections close; those in use end with their POST
+                held = (version, _manager(cafile, proxy_url))
+                self._by_key[key] = held
+            return held[1]
+
+
+_managers = _Managers()
 
 
 _TUNNEL_FAILED = "Tunnel connection failed: "  # http.client's words for a CONNECT refused
@@ -324,7 +418,7 @@ _TUNNEL_FAILED = "Tunnel connection failed: "  # http.client's words for a CONNE
 
 def _describe(exc: BaseException, timeout: float, expired: bool) -> str:
     """A sentence a person understands for a failed exchange."""
-    if expired or isinstance(exc, requests.Timeout):
+    if expired or _timed_out(exc):
         return f"timed out after {timeout:g} s (connect and response)"
     chain: list[BaseException] = []
     seen: BaseException | None = exc
@@ -351,11 +445,28 @@ def _describe(exc: BaseException, timeout: float, expired: bool) -> str:
             return f"the proxy could not connect: {str(item)[len(_TUNNEL_FAILED) :]}"
         if isinstance(item, urllib3.exceptions.ProtocolError):
             return f"connection broken: {item.args[0] if item.args else item}"
-    if isinstance(exc, requests.exceptions.SSLError):
+    if isinstance(exc, urllib3.exceptions.SSLError):
         return f"TLS error: {exc}"
-    if isinstance(exc, requests.ConnectionError):
+    if isinstance(exc, _CONNECTING_ERRORS):
         return "could not connect to the target"
     return f"{type(exc).__name__}: {exc}"
+
+
+_CONNECTING_ERRORS = (
+    OSError,
+    urllib3.exceptions.NewConnectionError,
+    urllib3.exceptions.ProxyError,
+    urllib3.exceptions.PoolError,
+    urllib3.exceptions.ProtocolError,
+)
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """A connect or read timeout (urllib3 still files a refused connection under its connect
+    timeouts, for compatibility)."""
+    return isinstance(exc, urllib3.exceptions.TimeoutError) and not isinstance(
+        exc, NewConnectionError
+    )
 
 
 def kept_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -419,71 +530,129 @@ def post(
     """
     started = time.monotonic()
     exchange = _Exchange(started + timeout)
-    try:
-        target = egress.check_target(
-            url,
-            allowed_networks,
-            allow_http=allow_http,
-            allowed_ports=allowed_ports,
-            deadline=exchange.deadline,
-        )
-    except egress.TargetNotAllowed as exc:
-        return Result(duration_ms=_elapsed_ms(started), error=f"target not allowed: {exc}")
-    except egress.LookupTimeout as exc:
-        error = f"timed out after {timeout:g} s ({exc.host} did not resolve)"
-        return Result(duration_ms=_elapsed_ms(started), error=error)
-    except (OSError, UnicodeError):
-        return Result(duration_ms=_elapsed_ms(started), error="the host name does not resolve")
-    except ValueError as exc:
-        return Result(duration_ms=_elapsed_ms(started), error=f"invalid URL: {exc}")
+    checked = _check(url, timeout, exchange.deadline, allowed_networks, allow_http, allowed_ports)
+    if isinstance(checked, str):
+        return Result(duration_ms=_elapsed_ms(started), error=checked)
+    url, target = checked
     exchange.host = _normal_host(target.host)
     exchange.addresses = target.addresses
     exchange.proxied = bool(proxy_url)
+    headers = _request_headers(headers)
     if proxy_url and target.scheme == "http":
         url, host_header = _forwarded(url, target)
-        headers = {**headers, "Host": host_header}
+        headers["Host"] = host_header
+    try:
+        manager = _managers.get(ca_bundle, proxy_url)
+    except (OSError, ssl.SSLError) as exc:
+        error = f"the CA bundle {ca_bundle or certifi.where()} cannot be loaded: {exc}"
+        return Result(duration_ms=_elapsed_ms(started), error=error)
+    return _exchange(manager, url, body, headers, timeout, exchange, started)
+
+
+def _check(
+    url: str,
+    timeout: float,
+    deadline: float,
+    allowed_networks: Iterable[egress.Network],
+    allow_http: bool,
+    allowed_ports: Iterable[tuple[int, int]],
+) -> tuple[str, egress.Target] | str:
+    """The URL as it is sent (IDNA host, quoted path) and its checked target, or the error."""
+    try:
+        canonical = egress.canonical_url(url)
+        target = egress.check_target(
+            canonical,
+            allowed_networks,
+            allow_http=allow_http,
+            allowed_ports=allowed_ports,
+            deadline=deadline,
+        )
+    except egress.TargetNotAllowed as exc:
+        return f"target not allowed: {exc}"
+    except egress.LookupTimeout as exc:
+        return f"timed out after {timeout:g} s ({exc.host} did not resolve)"
+    except (OSError, UnicodeError):
+        return "the host name does not resolve"
+    except ValueError as exc:
+        return f"invalid URL: {exc}"
+    return canonical, target
+
+
+def _request_headers(headers: dict[str, str]) -> dict[str, str]:
+    """The caller's headers over the ones every POST has always sent (those of requests,
+    with our User-Agent); a name in any case replaces the default."""
+    given = {name.lower() for name in headers}
+    merged = {name: value for name, value in _DEFAULT_HEADERS.items() if name.lower() not in given}
+    merged.update(headers)
+    return merged
+
+
+_DEFAULT_HEADERS = {
+    "User-Agent": USER_AGENT,
+    "Accept-Encoding": "gzip, deflate",
+    "Accept": "*/*",
+    "Connection": "keep-alive",
+}
+
+
+def _exchange(
+    manager: urllib3.PoolManager,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    timeout: float,
+    exchange: _Exchange,
+    started: float,
+) -> Result:
+    """The POST itself, watched by the deadline; its connection goes back to the pool only if
+    the answer was read whole and in time."""
     _local.exchange = exchange
     token = _watchdog.watch(exchange.deadline, exchange.cut)
-    response = None
+    response: urllib3.BaseHTTPResponse | None = None
+    whole = False
     try:
-        response = _session().post(
+        response = manager.urlopen(
+            "POST",
             url,
-            data=body,
+            body=body,
             headers=headers,
-            timeout=(timeout, timeout),
-            allow_redirects=False,
-            stream=True,
-            verify=ca_bundle or True,
-            proxies={"http": proxy_url, "https": proxy_url} if proxy_url else None,
+            timeout=urllib3.Timeout(connect=timeout, read=timeout),
+            retries=False,
+            redirect=False,
+            preload_content=False,
         )
-        chunks, size = [], 0
-        for chunk in response.iter_content(8192):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > RESPONSE_BODY_CAP:
-                break
-        raw = b"".join(chunks)[:RESPONSE_BODY_CAP]
-        if exchange.expired:
+        raw = response.read(RESPONSE_BODY_CAP + 1)
+        whole = len(raw) <= RESPONSE_BODY_CAP
+        if not exchange.end():
             # The deadline cut the socket: whatever was parsed is a fragment, never a success
             # (a status line with the headers cut off reads like a complete empty answer).
             raise TimeoutError("deadline reached")
         return Result(
-            status_code=response.status_code,
+            status_code=response.status,
             headers=kept_headers(response.headers.items()),
-            body=raw.decode("utf-8", errors="replace"),
+            body=raw[:RESPONSE_BODY_CAP].decode("utf-8", errors="replace"),
             duration_ms=_elapsed_ms(started),
         )
-    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+    except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        # What arrived before a failure is kept, unless the deadline cut it (then a fragment).
+        answer = response if exchange.end() else None
         return Result(
-            status_code=response.status_code if response and not exchange.expired else None,
-            headers=kept_headers(response.headers.items())
-            if response and not exchange.expired
-            else {},
+            status_code=answer.status if answer is not None else None,
+            headers=kept_headers(answer.headers.items()) if answer is not None else {},
             duration_ms=_elapsed_ms(started),
             error=_describe(exc, timeout, exchange.expired),
         )
     finally:
+        exchange.end()
         _watchdog.cancel(token)
-        _local.exchange = None
         if response is not None:
-            response.close()
+            _release(response, whole and not exchange.expired)
+        _local.exchange = None
+
+
+def _release(response: urllib3.BaseHTTPResponse, whole: bool) -> None:
+    """Back to the pool if the answer was read whole; otherwise the connection is closed (its
+    slot returns to the pool, and it connects afresh when next taken)."""
+    if not whole:
+        response.close()
+    response.release_conn()
