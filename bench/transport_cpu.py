@@ -5,11 +5,11 @@
 A local HTTPS receiver (http.server, threaded, HTTP/1.1 keep-alive, answering 204, with a
 certificate from a throwaway trustme CA) runs in a child process, so that the CPU counted here
 (time.process_time of this process) is the sender's alone. Each client posts N times from
-`--threads` threads after a warm-up that opens its kept-alive connections; the best round is
-shown, as ms of CPU per POST. The last line is the egress guard's check alone (URL parsing and
-the address check, no network), which transport.post does before every POST. The delivery
-worker's senders are threads in one process, so this is the cost each attempt adds to a
-worker's CPU.
+`--threads` threads after a warm-up that opens its kept-alive connections; the clients take
+turns round by round, and each one's best round is shown, as ms of CPU per POST. The last line
+is the egress guard's check alone (URL parsing and the address check, no network), which
+transport.post does before every POST. The delivery worker's senders are threads in one
+process, so this is the cost each attempt adds to a worker's CPU.
 """
 
 from __future__ import annotations
@@ -157,11 +157,14 @@ def main() -> None:
         try:
             print(f"{args.n} POSTs on {args.threads} threads, best of {args.rounds} rounds")
             print(f"{'client':<22} {'CPU ms/POST':>12} {'wall ms/POST':>13}")
-            for name, make in clients.items():
-                post = make(url, ca_bundle)
-                rounds = [cpu_per_post(post, args.n, args.threads) for _ in range(args.rounds)]
-                cpu, wall = min(rounds)
-                print(f"{name:<22} {cpu:>12.3f} {wall:>13.3f}", flush=True)
+            posts = {name: make(url, ca_bundle) for name, make in clients.items()}
+            rounds: dict[str, list[tuple[float, float]]] = {name: [] for name in posts}
+            for _ in range(args.rounds):  # in turn, so that a slow spell of the machine is shared
+                for name, post in posts.items():
+                    rounds[name].append(cpu_per_post(post, args.n, args.threads))
+            for name, measured in rounds.items():
+                cpu, wall = min(measured)
+                print(f"{name:<22} {cpu:>12.3f} {wall:>13.3f}")
         finally:
             child.terminate()
             child.wait()

@@ -5,6 +5,10 @@ every address must be allowed, and the connection then goes to one of those chec
 (TLS still uses the host name for SNI and certificate checks, and `Host` stays the name).
 Through WEBHOOK_PROXY_URL the proxy is asked to `CONNECT` to that checked address, never to
 the name, so it cannot resolve the name again.
+
+The POST threads share urllib3's pools (one PoolManager per CA bundle and proxy), so a
+kept-alive connection serves whichever thread posts to its host next. urllib3 is used alone:
+through requests a POST cost about 2.5 times its CPU (bench/transport_cpu.py).
 """
 
 from __future__ import annotations
@@ -151,10 +155,11 @@ class _Exchange:
         self._ended = False
         self._lock = threading.Lock()
 
-    def permits(self, conn: Any, sock: socket.socket) -> bool:
+    def permits(self, conn: Any) -> bool:
         """Whether a kept-alive connection still goes where this exchange may go."""
         if not self.proxied:
-            return self.permits_peer(sock)
+            # The address it was connected to (a TCP peer never changes): no syscall per POST.
+            return getattr(conn, "checked_peer", None) in self.addresses
         tunnel = getattr(conn, "_tunnel_host", None)
         if tunnel is None:
             return True  # a plain connection to the proxy itself (http:// forwarding)
@@ -162,15 +167,6 @@ class _Exchange:
             return ipaddress.ip_address(tunnel) in self.addresses
         except ValueError:
             return False
-
-    def permits_peer(self, sock: socket.socket) -> bool:
-        """Whether a kept-alive socket is connected to one of this exchange's checked addresses."""
-        try:
-            peer = sock.getpeername()[0]
-            ip = ipaddress.ip_address(str(peer).partition("%")[0])
-        except (OSError, ValueError, IndexError, TypeError):
-            return False
-        return ip in self.addresses
 
     def hold(self, conn: Any) -> None:
         with self._lock:
@@ -224,6 +220,7 @@ class _Tracked:
     timeout: Any
     source_address: Any
     socket_options: Any
+    checked_peer: egress.IPAddress | None = None
 
     def _new_conn(self) -> socket.socket:
         exchange: _Exchange | None = getattr(_local, "exchange", None)
@@ -233,7 +230,7 @@ class _Tracked:
 
     def _connect_checked(self, exchange: _Exchange | None) -> socket.socket:
         """A socket to one of the addresses the egress guard checked for this host, never to a
-        fresh resolution of the name."""
+        fresh resolution of the name; `checked_peer` says which."""
         if (
             exchange is None
             or exchange.host is None
@@ -248,7 +245,7 @@ class _Tracked:
                 break
             wait = left if not isinstance(self.timeout, int | float) else min(self.timeout, left)
             try:
-                return _connection.create_connection(
+                sock = _connection.create_connection(
                     (str(ip), self.port),
                     wait,
                     source_address=self.source_address,
@@ -256,6 +253,9 @@ class _Tracked:
                 )
             except OSError as exc:  # socket.timeout included
                 error = exc
+            else:
+                self.checked_peer = ip
+                return sock
         if error is None or isinstance(error, TimeoutError):
             raise ConnectTimeoutError(
                 self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
@@ -287,7 +287,7 @@ class _Pinned:
         conn = super()._get_conn(timeout)  # type: ignore[misc]
         sock = getattr(conn, "sock", None)
         exchange: _Exchange | None = getattr(_local, "exchange", None)
-        if sock is not None and (exchange is None or not exchange.permits(conn, sock)):
+        if sock is not None and (exchange is None or not exchange.permits(conn)):
             conn.close()  # urllib3 connects it again, through _new_conn (or the proxy's CONNECT)
         if exchange is not None:
             exchange.hold(conn)
