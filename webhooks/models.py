@@ -139,6 +139,16 @@ class Webhook(db.Model):
     failing_since: Mapped[datetime | None]
     # The last "deliveries exhausted" notification, for at most one an hour.
     exhausted_notified_at: Mapped[datetime | None]
+    # Flow control (API.md section 8; webhooks.flow). At most `rate_limit` attempts start per
+    # second, with bursts of at most max(1, ceil(rate_limit)); None: no limit.
+    rate_limit: Mapped[float | None] = mapped_column(Float)
+    # A template rendered against each event's envelope at publish time: deliveries whose keys
+    # are equal go one at a time, in publish order. None: no ordering.
+    ordering_key: Mapped[str | None] = mapped_column(Text)
+    # The rate limit's state, shared by every worker: when the bucket is next full again
+    # (GCRA's theoretical arrival time), and the last start time promised to a waiting delivery.
+    rate_tat: Mapped[datetime | None]
+    rate_horizon: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -232,6 +242,28 @@ class Delivery(db.Model):
         # The scheduler and the reconciler.
         Index(None, "status", "next_attempt_at"),
         Index(None, "lease_expires_at"),
+        # Flow control: the tail of a key's line, the delivery a line's next one waits for,
+        # and how many wait (only the rows that take part are in these indexes).
+        Index(
+            None,
+            "webhook_id",
+            "order_key",
+            postgresql_where=text("order_key IS NOT NULL"),
+            sqlite_where=text("order_key IS NOT NULL"),
+        ),
+        Index(
+            None,
+            "waiting_for",
+            postgresql_where=text("waiting_for IS NOT NULL"),
+            sqlite_where=text("waiting_for IS NOT NULL"),
+        ),
+        Index(
+            None,
+            "waiting",
+            "webhook_id",
+            postgresql_where=text("waiting IS NOT NULL"),
+            sqlite_where=text("waiting IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = _id("dlv")
@@ -253,6 +285,12 @@ class Delivery(db.Model):
     enqueued_at: Mapped[datetime | None]
     last_status_code: Mapped[int | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Flow control (webhooks.flow): the webhook's ordering key as rendered for this event (None:
+    # outside any order), why the delivery waits ("rate_limit" or "order", None: it does not),
+    # and the earlier delivery of its key that it waits for.
+    order_key: Mapped[str | None] = mapped_column(String(200))
+    waiting: Mapped[str | None] = mapped_column(String(16))
+    waiting_for: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -656,7 +656,7 @@ class _Compiled:
     line: int = 0  # for an expression: the line it is on
 
 
-def _has_markup(source: str) -> bool:
+def has_markup(source: str) -> bool:
     return "{{" in source or "{%" in source or "{#" in source
 
 
@@ -677,7 +677,7 @@ def _single_expression(tree: nodes.Template) -> nodes.Expr | None:
 @functools.lru_cache(maxsize=CACHE_SIZE)
 def _compile(source: str) -> _Compiled:
     """Compile one template string (cached by source). Raises TemplateSyntaxError."""
-    if not _has_markup(source):
+    if not has_markup(source):
         return _Compiled(_TEXT)
     tree = _ENV.parse(source)
     expression = _single_expression(tree)
