@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from rq import get_current_job
 
 from jobs import runtime
-from webhooks import claim, delivery, outgoing, queueing
+from webhooks import claim, delivery, flow, outgoing, queueing
 from webhooks.config import Settings
 from webhooks.models import db
 
@@ -25,6 +25,8 @@ WAKE_SECONDS = 10.0
 # batches instead of one claim per publish (claims of a few rows cost the database as much
 # as full ones). A worker that was idle claims at once.
 CLAIM_GAP = 0.005
+# Which webhooks have a rate limit, as this worker process last read it (webhooks.flow).
+_RATES = flow.Rates()
 
 
 def deliver(*_legacy_ids: str) -> None:
@@ -66,7 +68,12 @@ class _Pump:
             claimed = claim.Claimed()
             try:
                 claimed = claim.claim(
-                    db.session, self.settings, limit=slots, lane=lane, room=self.sender.room
+                    db.session,
+                    self.settings,
+                    limit=slots,
+                    lane=lane,
+                    room=self.sender.room,
+                    rates=_RATES,
                 )
             finally:  # the slots of what is not sent
                 self.sender.release(slots - len(claimed.prepared))
@@ -75,8 +82,10 @@ class _Pump:
             if time.monotonic() > until:
                 queueing.safe("queue the next wake-up", self._again)
                 return
-            if len(claimed.prepared) == slots:
-                continue  # a full batch: more may be due
+            if len(claimed.prepared) == slots or claimed.deferred:
+                # A full batch, or deliveries over a rate limit moved out of the way: more
+                # may be due.
+                continue
             if not (claimed.left or waiting):
                 return
             # Due deliveries wait for a webhook's share of the threads: claim again once a

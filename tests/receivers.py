@@ -38,6 +38,8 @@ class Receiver:
     def __init__(self, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> None:
         self.requests: list[Received] = []
         self.script: list[Reply] = [Reply()]
+        # When set, decides each reply from the request instead of `script`.
+        self.router: Callable[[Received], Reply] | None = None
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         receiver = self
@@ -84,7 +86,10 @@ class Receiver:
     def _record(self, received: Received) -> Reply:
         with self._arrived:
             self.requests.append(received)
-            reply = self.script[0] if len(self.script) == 1 else self.script.pop(0)
+            if self.router is not None:
+                reply = self.router(received)
+            else:
+                reply = self.script[0] if len(self.script) == 1 else self.script.pop(0)
             self._arrived.notify_all()
             return reply
 

@@ -2,7 +2,8 @@
 
 The database is the queue. A claim walks the due deliveries in the order they fell due
 (`_candidates`), decides which of them may go now (`_choose`: each webhook's share of the
-worker's threads; flow control decides here too), leases those with one conditional update
+worker's threads, and its rate limit: `flow.ration`; a delivery over the limit is given a start
+time of its own instead, `flow.settle`), leases those with one conditional update
 (`_lease`: a delivery is leased once, so a second wake-up never sends it twice), then reads
 their webhooks and events, ends those whose webhook is paused, and writes an in-flight attempt
 for each of the others (`_prepare`). Bodies, headers and signatures are built after the commit
@@ -20,7 +21,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from webhooks import delivery, outgoing
+from webhooks import delivery, flow, outgoing
 from webhooks.config import Settings
 from webhooks.models import (
     Attempt,
@@ -58,11 +59,13 @@ class Lane:
 
 @dataclass
 class Claimed:
-    """What a claim took, and how many due deliveries it saw and left for lack of room."""
+    """What a claim took, how many due deliveries it saw and left for lack of room, and how
+    many it made wait for their webhook's rate limit (they are no longer due)."""
 
     prepared: list[Prepared] = field(default_factory=list)
     left: int = 0
     seen: int = 0
+    deferred: int = 0
 
 
 def claim(
@@ -72,33 +75,37 @@ def claim(
     limit: int,
     lane: Lane = Lane(),
     room: Callable[[str], int] | None = None,
+    rates: flow.Rates | None = None,
 ) -> Claimed:
     """Take up to `limit` due deliveries of `lane` and prepare their attempts, committed.
 
     `room(webhook_id)` says how many more POSTs to that webhook may start now (default: no
     bound). Deliveries not taken stay due, unleased: nothing holds them, nothing loses them.
+    `rates` is what the worker knows of which webhooks have a rate limit (default: read now).
     """
     if limit <= 0 or (lane.only is not None and not lane.only):
         return Claimed()
     now = utcnow()
     delivery.no_wait_for_disk(session)
     rows = _candidates(session, now, limit * OVERFETCH, lane)
-    chosen, left = _choose(rows, limit, room)
+    ration = flow.ration(session, rates, {row.webhook_id for row in rows}, now)
+    chosen, left = _choose(rows, limit, room, ration)
+    deferred = flow.settle(session, ration, chosen, now)
     if not chosen:
-        session.rollback()
-        return Claimed(left=left, seen=len(rows))
+        session.commit() if deferred else session.rollback()
+        return Claimed(left=left, seen=len(rows), deferred=deferred)
     token = secrets.token_hex(8)
     taken = _lease(session, chosen, token, now, settings)
     prepared = _prepare(session, taken, token, now)
     session.commit()
-    return Claimed(prepared=prepared, left=left, seen=len(rows))
+    return Claimed(prepared=prepared, left=left, seen=len(rows), deferred=deferred)
 
 
 def _candidates(session: Session, now: datetime, count: int, lane: Lane) -> list[Any]:
     """Due, unleased deliveries in the order they fell due (the (status, next_attempt_at)
     index is walked in order; rows leased meanwhile by another worker are skipped on
     PostgreSQL, and SQLite has one writer at a time)."""
-    query = select(_D.id, _D.webhook_id).where(
+    query = select(_D.id, _D.webhook_id, _D.waiting).where(
         _D.status == DeliveryStatus.PENDING,
         _D.next_attempt_at <= now,
         _D.lease_token.is_(None),
@@ -114,10 +121,11 @@ def _candidates(session: Session, now: datetime, count: int, lane: Lane) -> list
 
 
 def _choose(
-    rows: list[Any], limit: int, room: Callable[[str], int] | None
+    rows: list[Any], limit: int, room: Callable[[str], int] | None, ration: flow.Ration
 ) -> tuple[list[str], int]:
     """The ids that may go now, in order, and how many were left: a webhook takes no more
-    than its room."""
+    than its room (the rest stay due) nor than its rate limit's starts (`ration` notes that
+    the rest must wait)."""
     chosen: list[str] = []
     left = 0
     rooms: dict[str, int] = {}
@@ -129,7 +137,13 @@ def _choose(
             if free <= 0:
                 left += 1
                 continue
-            rooms[row.webhook_id] = free - 1
+        starts = ration.room(row.webhook_id, row.waiting)
+        if starts is not None and starts <= 0:
+            ration.refuse(row.webhook_id)
+            continue
+        if room is not None:
+            rooms[row.webhook_id] -= 1
+        ration.take(row.webhook_id)
         chosen.append(row.id)
     return chosen, left
 
@@ -152,6 +166,7 @@ def _lease(
             enqueued_at=None,
             updated_at=now,
             attempt_count=_D.attempt_count + 1,
+            waiting=None,
         )
         .returning(
             _D.id,
@@ -160,6 +175,7 @@ def _lease(
             _D.event_type,
             _D.attempt_count,
             _D.ignores_pause,
+            _D.order_key,
         )
     ).all()
     order = {delivery_id: i for i, delivery_id in enumerate(ids)}
@@ -184,6 +200,8 @@ def _prepare(session: Session, taken: list[Any], token: str, now: datetime) -> l
             ready.append((row, webhook))
     if inactive:
         _fail_inactive(session, inactive, now)
+        ended = {row.id for row in taken if row.order_key is not None}
+        flow.release(session, [r["b_id"] for r in inactive if r["b_id"] in ended], now)
     attempt_ids = _write_attempts(session, ready, now)
     return [
         Prepared(
@@ -195,6 +213,7 @@ def _prepare(session: Session, taken: list[Any], token: str, now: datetime) -> l
             headers={},
             webhook_id=row.webhook_id,
             later=RenderLater(webhook=webhook, event=events[row.event_id], delivery=row),
+            ordered=row.order_key is not None,
         )
         for (row, webhook), attempt_id in zip(ready, attempt_ids, strict=True)
     ]

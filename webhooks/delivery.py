@@ -13,7 +13,7 @@ from redis import Redis
 from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.orm import Session
 
-from webhooks import failures, notifications, outgoing, retry, transport
+from webhooks import failures, flow, notifications, outgoing, queueing, retry, transport
 from webhooks.config import Settings
 from webhooks.models import (
     Attempt,
@@ -113,11 +113,13 @@ def record(
         session.commit()
         return statuses
     _write_attempts(session, written, sent)
+    ended: list[str] = []  # of deliveries in an ordering key's line
     succeeded = [(p, r) for p, r, error in written if error is None]
     if succeeded:
         _succeed(session, succeeded, now)
         failures.succeeded(session, [current[p.delivery_id] for p, _ in succeeded])
         statuses.update({p.delivery_id: DeliveryStatus.SUCCEEDED for p, _ in succeeded})
+        ended += [p.delivery_id for p, _ in succeeded if p.ordered]
     notify: list[str] = []
     failed = [(p, r, error) for p, r, error in written if error is not None]
     if failed:
@@ -141,7 +143,16 @@ def record(
             elif delivery.status == DeliveryStatus.FAILED:
                 notify += failures.exhausted(session, delivery, now, settings)
             statuses[prepared.delivery_id] = delivery.status
+            if delivery.status != DeliveryStatus.PENDING and prepared.ordered:
+                ended.append(prepared.delivery_id)
+    # The next deliveries of the ended ones' lines go now.
+    released = flow.release(session, ended, now) if ended else 0
     session.commit()
+    waker = redis or notifications.job_redis()
+    if released and waker is not None:  # else the scheduler's next scan wakes them
+        queueing.safe(
+            "wake the workers", queueing.wake, waker, settings.queue, hold=settings.requeue_after
+        )
     # Messages are only written above; they are sent by their own jobs, never from here.
     if notify:
         notifications.hand_off(redis or notifications.job_redis(), settings, notify)

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, select, text, update
+from sqlalchemy import and_, bindparam, exists, func, select, text, update
 from sqlalchemy.orm import Session, aliased
 
+from webhooks import renderpool, transforms
 from webhooks.models import Delivery, DeliveryStatus, Webhook
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class FlowError(ValueError):
 
 # --------------------------------------------------------------------------- the settings
 
+_NOT_A_RATE = "rate_limit must be a number of deliveries per second, or null for no limit"
+
 
 def check_rate_limit(value: Any) -> float | None:
     """A webhook's `rate_limit` as stored: None, or deliveries per second in [0.01, 10,000].
@@ -71,16 +74,14 @@ def check_rate_limit(value: Any) -> float | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, bool):
-        raise FlowError("invalid_rate_limit", "rate_limit must be a number of deliveries per second")
+        raise FlowError("invalid_rate_limit", _NOT_A_RATE)
     if isinstance(value, str):
         try:
             value = float(value.strip())
         except ValueError:
-            raise FlowError(
-                "invalid_rate_limit", "rate_limit must be a number of deliveries per second"
-            ) from None
+            raise FlowError("invalid_rate_limit", _NOT_A_RATE) from None
     if not isinstance(value, int | float) or not math.isfinite(value):
-        raise FlowError("invalid_rate_limit", "rate_limit must be a number of deliveries per second")
+        raise FlowError("invalid_rate_limit", _NOT_A_RATE)
     if not MIN_RATE <= value <= MAX_RATE:
         raise FlowError(
             "invalid_rate_limit",
@@ -101,8 +102,6 @@ def check_ordering_key(value: Any) -> str | None:
         raise FlowError(
             "invalid_ordering_key", f"ordering_key must be at most {MAX_ORDERING_KEY} characters"
         )
-    from webhooks import renderpool, transforms
-
     try:
         renderpool.check({"ordering_key": value})
     except transforms.TransformError as exc:
@@ -125,7 +124,8 @@ def settings_changed(
 ) -> None:
     """After a webhook's limit or ordering changed (call before the webhook row is written, so
     that locks are taken in the claim's order: deliveries, then the webhook). Deliveries that
-    wait for the old limit become due at once and are given start times under the new one;
+    wait for the old limit become due at once and are given start times under the new one,
+    whose bucket starts full;
     with the ordering key removed, every delivery waiting for its turn goes now."""
     if rate_changed:
         session.execute(
@@ -137,8 +137,12 @@ def settings_changed(
             )
             .values(waiting=None, next_attempt_at=now)
         )
+        # The bucket starts full under the new limit (what was spent under the old one, in
+        # its own units, would hold the new one back for as long as the old one would have).
         session.execute(
-            update(Webhook.__table__).where(_W.id == webhook_id).values(rate_horizon=None)
+            update(Webhook.__table__)
+            .where(_W.id == webhook_id)
+            .values(rate_tat=None, rate_horizon=None)
         )
     if ordering_removed:
         session.execute(
@@ -289,6 +293,8 @@ def settle(session: Session, ration_: Ration, chosen: Sequence[str], now: dateti
     is_pg = session.get_bind().dialect.name == "postgresql"
     chosen_ids = set(chosen)
     for webhook_id, bucket in ration_.buckets.items():
+        if not bucket.taken and webhook_id not in ration_.over:
+            continue  # nothing spent, nothing waits: the state stays as it was
         tat = bucket.tat + bucket.interval * bucket.taken
         horizon = bucket.horizon
         if webhook_id in ration_.over:
@@ -345,8 +351,6 @@ def _due_of(
 
 
 def _give_start_times(session: Session, slots: list[dict[str, Any]]) -> None:
-    from sqlalchemy import bindparam
-
     session.execute(
         update(Delivery.__table__)
         .where(_D.id == bindparam("b_id"))
@@ -371,8 +375,6 @@ def render_keys(jobs: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
     """Each (ordering key template, envelope) rendered to its stored key. A constant needs no
     render; a template renders in a render process, like a transform. One that fails renders
     as the empty key (logged): its deliveries are still ordered, together."""
-    from webhooks import renderpool, transforms
-
     keys: list[str | None] = [None] * len(jobs)
     to_render: list[int] = []
     for index, (template, _envelope) in enumerate(jobs):
@@ -381,9 +383,7 @@ def render_keys(jobs: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
         else:
             keys[index] = stored_key(template)
     if to_render:
-        results = renderpool.render_many(
-            [({"k": jobs[i][0]}, jobs[i][1]) for i in to_render]
-        )
+        results = renderpool.render_many([({"k": jobs[i][0]}, jobs[i][1]) for i in to_render])
         for index, result in zip(to_render, results, strict=True):
             if isinstance(result, transforms.TransformError):
                 log.warning("ordering key did not render (%s): ordered under the empty key", result)
@@ -480,13 +480,17 @@ def release_stale(session: Session, now: datetime) -> int:
     """The scheduler's backstop: deliveries waiting for one that has ended (or is gone) without
     releasing them become due; committed. How many."""
     earlier = aliased(Delivery)
-    stale = select(Delivery.id).where(
-        Delivery.waiting == ORDER,
-        Delivery.status == DeliveryStatus.PENDING,
-        ~exists().where(
-            and_(earlier.id == Delivery.waiting_for, earlier.status == DeliveryStatus.PENDING)
-        ),
-    ).limit(1000)
+    stale = (
+        select(Delivery.id)
+        .where(
+            Delivery.waiting == ORDER,
+            Delivery.status == DeliveryStatus.PENDING,
+            ~exists().where(
+                and_(earlier.id == Delivery.waiting_for, earlier.status == DeliveryStatus.PENDING)
+            ),
+        )
+        .limit(1000)
+    )
     ids = list(session.scalars(stale))
     if not ids:
         session.rollback()

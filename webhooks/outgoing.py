@@ -132,6 +132,8 @@ class Prepared:
     render_error: str | None = None
     webhook_id: str = ""
     later: RenderLater | None = None
+    # In an ordering key's line: its end lets the next delivery of the line go (webhooks.flow).
+    ordered: bool = False
 
 
 def render(prepared: Prepared) -> None:

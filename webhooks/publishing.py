@@ -13,7 +13,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from webhooks import catalog, queueing
+from webhooks import catalog, flow, outgoing, queueing
 from webhooks.config import Settings
 from webhooks.ids import new_id
 from webhooks.models import Delivery, DeliveryStatus, Event, Webhook, utcnow
@@ -90,6 +90,9 @@ def _delivery_row(
         "ignores_pause": ignores_pause,
         "next_attempt_at": now,
         "enqueued_at": now,  # queued right after commit; the scheduler repairs a failed hand-off
+        "order_key": None,
+        "waiting": None,
+        "waiting_for": None,
         "created_at": now,
         "updated_at": now,
     }
@@ -154,19 +157,45 @@ def _event_values(
     }
 
 
-def _subscribers(session: Session, workspace_id: str) -> list[tuple[str, list[str]]]:
-    """The workspace's active webhooks as (id, patterns): who gets what is published now."""
+def _subscribers(session: Session, workspace_id: str) -> list[tuple[str, list[str], str | None]]:
+    """The workspace's active webhooks as (id, patterns, ordering key): who gets what is
+    published now, and in which lines."""
     rows = session.execute(
-        select(_W.id, _W.events).where(_W.workspace_id == workspace_id, _W.active.is_(True))
+        select(_W.id, _W.events, _W.ordering_key).where(
+            _W.workspace_id == workspace_id, _W.active.is_(True)
+        )
     ).all()
-    return [(wid, patterns) for wid, patterns in rows]
+    return [(wid, patterns, ordering) for wid, patterns, ordering in rows]
 
 
-def _subscribed(webhooks: list[tuple[str, list[str]]], event_type: str) -> list[str]:
+def _subscribed(webhooks: list[tuple[str, list[str], str | None]], event_type: str) -> list[str]:
     """The ids of `webhooks` whose patterns cover `event_type`."""
     return [
-        wid for wid, patterns in webhooks if any(catalog.matches(p, event_type) for p in patterns)
+        wid
+        for wid, patterns, _ in webhooks
+        if any(catalog.matches(p, event_type) for p in patterns)
     ]
+
+
+def _line_up(
+    session: Session,
+    webhooks: list[tuple[str, list[str], str | None]],
+    events: dict[str, Event],
+    rows: list[dict[str, Any]],
+) -> None:
+    """Render the ordering keys of the rows whose webhook has one, and put those rows in
+    their keys' lines (`flow.line_up`); rows are in publish order."""
+    ordering = {wid: key for wid, _, key in webhooks if key}
+    ordered = [row for row in rows if row["webhook_id"] in ordering]
+    if not ordered:
+        return
+    envelopes = {event_id: outgoing.envelope(event) for event_id, event in events.items()}
+    keys = flow.render_keys(
+        [(ordering[row["webhook_id"]], envelopes[row["event_id"]]) for row in ordered]
+    )
+    for row, key in zip(ordered, keys, strict=True):
+        row["order_key"] = key
+    flow.line_up(session, rows)
 
 
 def _event_deliveries(
@@ -211,9 +240,10 @@ def publish(
         if found is None:
             raise
         return found
-    webhook_ids = _subscribed(_subscribers(session, workspace_id), event_type)
-    rows = _event_deliveries(event, webhook_ids, now, settings)
+    webhooks = _subscribers(session, workspace_id)
+    rows = _event_deliveries(event, _subscribed(webhooks, event_type), now, settings)
     if rows:
+        _line_up(session, webhooks, {event.id: event}, rows)
         session.execute(insert(_DELIVERIES), rows)
     session.commit()
     return Published(event=event, delivery_ids=[r["id"] for r in rows])
@@ -307,6 +337,7 @@ def _add_deliveries(
     for p, rows_of_event in zip(published, per_event, strict=True):
         p.delivery_ids.extend(r["id"] for r in rows_of_event)
     if rows:
+        _line_up(session, webhooks, {p.event.id: p.event for p in published}, rows)
         session.execute(insert(_DELIVERIES), rows)
 
 

@@ -10,7 +10,7 @@ from redis import Redis
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from webhooks import bulk, failures, listeners, notifications, queueing, retention
+from webhooks import bulk, failures, flow, listeners, notifications, queueing, retention
 from webhooks.config import Settings
 from webhooks.delivery import MAX_LOST_ATTEMPTS
 from webhooks.models import Attempt, AttemptOutcome, Delivery, DeliveryStatus, utcnow
@@ -75,6 +75,7 @@ def expire_leases(session: Session, settings: Settings, redis: Redis | None = No
 
 def _gave_up(session: Session, delivery_id: str, now: datetime, settings: Settings) -> list[str]:
     """A delivery failed for good because its workers kept dying: it counts as exhausted."""
+    flow.release(session, [delivery_id], now)  # the next of its ordering key's line goes
     delivery = session.get(Delivery, delivery_id, populate_existing=True)
     return failures.exhausted(session, delivery, now, settings) if delivery else []
 
@@ -118,6 +119,8 @@ def tick(session: Session, redis: Redis, settings: Settings, *, full: bool) -> i
     lost_data = False
     if full:
         expire_leases(session, settings, redis)
+        # Deliveries waiting for an earlier one of their line that ended without letting them go.
+        flow.release_stale(session, utcnow())
         lost_data = not queueing.sentinel_present(redis)
         if lost_data:
             log.warning(
