@@ -392,3 +392,17 @@ def test_a_killed_worker_mid_attempt_keeps_the_line(app, config, api, receiver, 
     assert sequence == [head_id, head_id, second_id]
     attempts = api.get(f"/deliveries/{head_id}").json["attempts"]
     assert [a["number"] for a in attempts] == [1, 2] and "lost" in (attempts[0]["error"] or "")
+
+
+def test_test_events_obey_the_limit_too(app, api, receiver, service):
+    limited = hook(api, receiver, rate_limit=0.5)
+    publish(api, "x", 0)
+    service.run_until(lambda: arrivals(receiver, limited["path"]), timeout=10)
+    sent = api.post(f"/webhooks/{limited['id']}/test", {"type": "incident.created"})
+    test_id = sent.json["delivery_id"]
+    service.run_until(lambda: row(app, test_id).waiting == flow.RATE_LIMIT, timeout=10)
+    assert row(app, test_id).attempt_count == 0
+    service.run_until(lambda: len(arrivals(receiver, limited["path"])) == 2, timeout=10)
+    first, second = (r.at for r in arrivals(receiver, limited["path"]))
+    assert second - first >= 1.5  # one start per 2 s
+    assert row(app, test_id).waiting is None
