@@ -145,15 +145,7 @@ def settings_changed(
             .values(rate_tat=None, rate_horizon=None)
         )
     if ordering_removed:
-        session.execute(
-            update(Delivery.__table__)
-            .where(
-                _D.webhook_id == webhook_id,
-                _D.waiting == ORDER,
-                _D.status == DeliveryStatus.PENDING,
-            )
-            .values(waiting=None, waiting_for=None, next_attempt_at=now)
-        )
+        _let_go(session, now, _D.webhook_id == webhook_id)
 
 
 def waiting_counts(session: Session, webhook_id: str | None = None) -> dict[str, int]:
@@ -324,7 +316,8 @@ def settle(session: Session, ration_: Ration, chosen: Sequence[str], now: dateti
         session.execute(
             update(Webhook.__table__)
             .where(_W.id == webhook_id)
-            .values(rate_tat=tat, rate_horizon=horizon)
+            # Bookkeeping, not an edit: updated_at keeps what the user last changed.
+            .values(rate_tat=tat, rate_horizon=horizon, updated_at=_W.updated_at)
         )
     return deferred
 
@@ -464,13 +457,14 @@ def release(session: Session, ended: Collection[str], now: datetime) -> int:
     many. Call in the transaction that ends them."""
     if not ended:
         return 0
+    return _let_go(session, now, _D.waiting_for.in_(list(ended)))
+
+
+def _let_go(session: Session, now: datetime, *where: Any) -> int:
+    """Deliveries waiting for their turn (and matching `where`) become due now; how many."""
     result = session.execute(
         update(Delivery.__table__)
-        .where(
-            _D.waiting_for.in_(list(ended)),
-            _D.waiting == ORDER,
-            _D.status == DeliveryStatus.PENDING,
-        )
+        .where(_D.waiting == ORDER, _D.status == DeliveryStatus.PENDING, *where)
         .values(waiting=None, waiting_for=None, next_attempt_at=now, updated_at=now)
     )
     return result.rowcount or 0
@@ -495,12 +489,8 @@ def release_stale(session: Session, now: datetime) -> int:
     if not ids:
         session.rollback()
         return 0
-    result = session.execute(
-        update(Delivery.__table__)
-        .where(_D.id.in_(ids), _D.waiting == ORDER, _D.status == DeliveryStatus.PENDING)
-        .values(waiting=None, waiting_for=None, next_attempt_at=now, updated_at=now)
-    )
+    freed = _let_go(session, now, _D.id.in_(ids))
     session.commit()
-    if result.rowcount:
-        log.warning("released %d deliveries whose earlier delivery had ended", result.rowcount)
-    return result.rowcount or 0
+    if freed:
+        log.warning("released %d deliveries whose earlier delivery had ended", freed)
+    return freed
