@@ -27,6 +27,10 @@ WAKE_SECONDS = 10.0
 CLAIM_GAP = 0.005
 # Which webhooks have a rate limit, as this worker process last read it (webhooks.flow).
 _RATES = flow.Rates()
+# Under a backlog (the last claim was full, or deliveries wait for a webhook's share), a claim
+# waits up to this long for half of the threads to be free, rather than claiming a row or two
+# each time one POST ends.
+BACKLOG_LINGER = 0.02
 
 
 def deliver(*_legacy_ids: str) -> None:
@@ -60,10 +64,16 @@ class _Pump:
 
     def run(self) -> None:
         until = time.monotonic() + WAKE_SECONDS
+        backlog = False
+        most = max(1, min(self.settings.batch_size, self.settings.worker_threads))
         while True:
             lane, waiting = self._lane()
             runtime.pace(CLAIM_GAP)
-            slots = self.sender.take(self.settings.batch_size)
+            slots = self.sender.take(
+                most,
+                least=max(1, most // 2) if backlog else 1,
+                linger=BACKLOG_LINGER if backlog else 0.0,
+            )
             recorded = self.sender.recorded
             claimed = claim.Claimed()
             try:
@@ -85,9 +95,11 @@ class _Pump:
             if len(claimed.prepared) == slots or claimed.deferred:
                 # A full batch, or deliveries over a rate limit moved out of the way: more
                 # may be due.
+                backlog = True
                 continue
             if not (claimed.left or waiting):
                 return
+            backlog = True
             # Due deliveries wait for a webhook's share of the threads: claim again once a
             # POST has ended (or once more targets may have turned out slow).
             self.sender.wait_recorded(recorded, timeout=self.settings.slow_after)

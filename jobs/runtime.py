@@ -62,13 +62,24 @@ class Sender:
 
     # -- slots ---------------------------------------------------------------------------------
 
-    def take(self, most: int, timeout: float | None = None) -> int:
-        """Take up to `most` free slots, waiting (up to `timeout`) for the first; how many were
-        taken. What a claim does not use is given back with `release`."""
+    def take(
+        self, most: int, timeout: float | None = None, *, least: int = 1, linger: float = 0.0
+    ) -> int:
+        """Take up to `most` free slots, waiting (up to `timeout`) for the first, then up to
+        `linger` seconds more until at least `least` are taken (under a backlog a claim of
+        one or two rows costs the database nearly what a full one does); how many were taken.
+        What a claim does not use is given back with `release`."""
         if most <= 0 or not self._slots.acquire(timeout=timeout):
             return 0
         taken = 1
-        while taken < most and self._slots.acquire(blocking=False):
+        until = time.monotonic() + linger
+        while taken < most:
+            if self._slots.acquire(blocking=False):
+                taken += 1
+                continue
+            left = until - time.monotonic()
+            if taken >= least or left <= 0 or not self._slots.acquire(timeout=left):
+                break
             taken += 1
         return taken
 
