@@ -54,7 +54,9 @@ from bench import profile as prof  # noqa: E402
 from bench.receiver import Receiver  # noqa: E402
 
 VENV_BIN = ROOT / ".venv" / "bin"
-PHASES = ("receiver", "raw", "latency", "throughput", "fanout", "logs", "isolation", "profile")
+PHASES = (
+    "receiver", "raw", "latency", "throughput", "flow", "fanout", "logs", "isolation", "profile",
+)  # fmt: skip
 EVENT_TYPE = "incident.created"
 BATCH = 100  # events per POST /events/batch call: the most the API takes
 # The raw ceilings: (client library, scheme), each kept-alive. The throughput target is set
@@ -251,6 +253,11 @@ class Database:
         if self.kind == "sqlite":
             sql = sql.replace("%s", "?")
         return self.connect().execute(sql, params).fetchone()[0]
+
+    def execute(self, sql: str, *params) -> None:  # type: ignore[no-untyped-def]
+        if self.kind == "sqlite":
+            sql = sql.replace("%s", "?")
+        self.connect().execute(sql, params)
 
     def row(self, sql: str, *params):  # type: ignore[no-untyped-def]
         if self.kind == "sqlite":
@@ -854,6 +861,86 @@ class Bench:
                 f"{'' if r['complete'] else ' INCOMPLETE at the deadline'}")  # fmt: skip
         res["batch"] = {"available": True, "runs": runs}
 
+    def flow(self, svc: Service, wss: dict, res: dict) -> None:
+        """A webhook limited to 1 delivery/s with a backlog waiting, while the throughput test
+        runs on the others: their rate with it against runs just before it existed, and how
+        many of its deliveries were leased (held a thread) at once."""
+        db, limited, ws = svc.db, wss["limited"], wss["throughput"]
+        hook = limited["webhooks"][0]
+        k = len(ws["webhooks"])
+
+        def runs(label: str, on_tick=None) -> list[dict]:  # noqa: ANN001
+            out = []
+            for i in range(self.args.reps):
+                r = self.load(svc, ws, k, events=self.args.events, deadline=self.args.deadline,
+                              on_tick=on_tick)  # fmt: skip
+                out.append(r)
+                log(f"flow: {label} run {i + 1}: {r['rate']:.0f}/s")
+            return out
+
+        without = runs("without the backlog")
+        db.execute("UPDATE webhooks SET rate_limit = 1 WHERE id = %s", hook)
+        backlog = self.args.flow_backlog
+        for start in range(0, backlog, BATCH):
+            self.publish_batch(svc, limited["key"], min(BATCH, backlog - start))
+        waiting_sql = (
+            "SELECT count(*) FROM deliveries WHERE webhook_id = %s AND status = 'pending' "
+            "AND waiting = 'rate_limit'"
+        )
+        end = time.monotonic() + 60
+        while db.scalar(waiting_sql, hook) < backlog - 5 and time.monotonic() < end:
+            time.sleep(0.1)
+        waiting_before = db.scalar(waiting_sql, hook)
+        leased: list[int] = []
+
+        def sample() -> None:
+            leased.append(
+                db.scalar(
+                    "SELECT count(*) FROM deliveries WHERE webhook_id = %s "
+                    "AND lease_token IS NOT NULL",
+                    hook,
+                )
+            )
+
+        started = time.time()
+        attempts_before = db.scalar(
+            "SELECT count(*) FROM attempts a JOIN deliveries d ON d.id = a.delivery_id "
+            "WHERE d.webhook_id = %s",
+            hook,
+        )
+        with_backlog = runs("with 1,000 waiting", on_tick=sample)
+        seconds = time.time() - started
+        attempts = (
+            db.scalar(
+                "SELECT count(*) FROM attempts a JOIN deliveries d ON d.id = a.delivery_id "
+                "WHERE d.webhook_id = %s",
+                hook,
+            )
+            - attempts_before
+        )
+        # Let the backlog go: its webhook is deleted with its deliveries.
+        self.session().delete(
+            svc.base + f"/api/v1/webhooks/{hook}",
+            headers={"Authorization": f"Bearer {limited['key']}"},
+            timeout=60,
+        ).raise_for_status()
+        base_rate = med([r["rate"] for r in without])
+        with_rate = med([r["rate"] for r in with_backlog])
+        res["flow"] = {
+            "without": [r["rate"] for r in without],
+            "with": [r["rate"] for r in with_backlog],
+            "ratio": with_rate / base_rate if base_rate else float("nan"),
+            "waiting": waiting_before,
+            "max_leased": max(leased, default=0),
+            "limited_attempts": attempts,
+            "limited_rate": attempts / seconds if seconds else float("nan"),
+        }
+        f = res["flow"]
+        log(f"flow: {f['waiting']} deliveries waiting for a 1/s limit; the others "
+            f"{with_rate:.0f}/s against {base_rate:.0f}/s without ({100 * f['ratio']:.0f} %); "
+            f"the limited webhook held at most {f['max_leased']} lease(s) at once and started "
+            f"{attempts} attempts in {seconds:.0f} s")  # fmt: skip
+
     def fanout(self, svc: Service, ws: dict, res: dict) -> None:
         n = len(ws["webhooks"])
         runs = []
@@ -1148,6 +1235,7 @@ class Bench:
                 "workspaces": {
                     "latency": {"urls": [self.receiver.url("latency")]},
                     "throughput": {"urls": [self.receiver.url(f"tp/{i}") for i in range(k)]},
+                    "limited": {"urls": [self.receiver.url("limited")]},
                     "isolation": {
                         "urls": [self.receiver.hang_url(f"{i}") for i in range(n_hang)]
                         + [self.receiver.url(f"iso/{i}") for i in range(k - n_hang)]
@@ -1182,6 +1270,8 @@ class Bench:
                 self.timed(f"{kind}: latency", self.latency, svc, wss["latency"], res)
             if self.wants("throughput"):
                 self.timed(f"{kind}: throughput", self.throughput, svc, wss["throughput"], res)
+            if self.wants("flow"):
+                self.timed(f"{kind}: flow control", self.flow, svc, wss, res)
             if self.wants("profile") and self.args.profile_seconds > 0:
                 self.timed(f"{kind}: profile", self.profile, svc, wss["throughput"], res)
             if self.wants("fanout"):
@@ -1220,7 +1310,7 @@ class Bench:
             self.timed("receiver capacity", self.receiver_capacity)
         if self.wants("raw"):
             self.timed("raw ceiling", self.raw_ceiling)
-        service_phases = {"latency", "throughput", "fanout", "logs", "isolation", "profile"}
+        service_phases = {"latency", "throughput", "flow", "fanout", "logs", "isolation", "profile"}
         if a.only & service_phases or a.memory_deliveries:
             for kind in a.db:
                 try:
@@ -1446,6 +1536,15 @@ def report(results: dict, phase_times: list[tuple[str, float]]) -> str:
         [cell(k, lambda d: f"{med([r['p50'] for r in d['throughput']['runs']]):.0f} / "
               f"{med([r['p99'] for r in d['throughput']['runs']]):.0f} ms") for k in kinds],
         "")  # fmt: skip
+    row("1", "flow control", "the others' rate with 1,000 waiting for a 1/s limit (÷ without)",
+        [cell(k, lambda d: f"{spread(d['flow']['with'])}/s ÷ {spread(d['flow']['without'])}/s "
+              f"= {100 * d['flow']['ratio']:.0f} % {verdict(d['flow']['ratio'] >= 0.95)}")
+         for k in kinds], "≥ 95 %")  # fmt: skip
+    row("1", "flow control", "threads held by the waiting deliveries (most leased at once)",
+        [cell(k, lambda d: f"{d['flow']['max_leased']} of {d['flow']['waiting']} waiting; "
+              f"{d['flow']['limited_rate']:.2f} starts/s "
+              f"{verdict(d['flow']['max_leased'] <= 1)}") for k in kinds],
+        "≤ 1 (its burst)")  # fmt: skip
     row("2", "latency at idle", "publish→arrival p50",
         [cell(k, lambda d: f"{spread(d['latency']['p50_chunks'], '{:.1f}')} ms "
               f"{verdict(d['latency']['p50'] <= 15)}") for k in kinds], "≤ 15 ms")  # fmt: skip
@@ -1594,6 +1693,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--latency-samples", type=int, default=200)
     p.add_argument("--fanout", type=int, default=1000, help="webhooks of the fan-out event")
     p.add_argument("--fanout-reps", type=int, default=2)
+    p.add_argument(
+        "--flow-backlog", type=int, default=1000, help="deliveries waiting for a 1/s limit (flow)"
+    )
     p.add_argument(
         "--isolation-max",
         type=float,
