@@ -12,7 +12,17 @@ from sqlalchemy.orm import selectinload
 from blueprints import localtime, serialize, webhook_form
 from blueprints.security import dashboard_limit, too_many
 from blueprints.ui import delivery_or_404, guarded, owned_or_404, settings, webhook_or_404
-from webhooks import bulk, catalog, charts, credentials, logs, management, publishing, templates
+from webhooks import (
+    bulk,
+    catalog,
+    charts,
+    credentials,
+    flow,
+    logs,
+    management,
+    publishing,
+    templates,
+)
 from webhooks.management import Invalid
 from webhooks.models import BulkJob, Delivery, Webhook, db, utcnow
 
@@ -112,6 +122,7 @@ def show(webhook_id: str):  # type: ignore[no-untyped-def]
         recent=_recent(webhook),
         default_type=_default_type(webhook),
         activity=charts.for_webhook(db.session, webhook.id, utcnow(), settings()),
+        waiting=flow.waiting_counts(db.session, webhook.id),
     )
 
 

@@ -20,6 +20,8 @@ ERROR_CODES = [
     "invalid_headers",
     "invalid_secret",
     "invalid_transform",
+    "invalid_rate_limit",
+    "invalid_ordering_key",
     "unknown_event_type",
     "idempotency_conflict",
     "payload_too_large",
@@ -72,6 +74,22 @@ def _id(name: str, prefix: str) -> dict[str, Any]:
 
 TIME = {"type": "string", "format": "date-time"}
 NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+# Flow control (API.md section 8).
+RATE_LIMIT = {
+    "type": ["number", "null"],
+    "minimum": 0.01,
+    "maximum": 10000,
+    "description": "at most this many attempts start per second, in bursts of at most "
+    "max(1, ceil(rate_limit)); null: no limit (the slack template sets 1)",
+}
+ORDERING_KEY = {
+    "type": ["string", "null"],
+    "maxLength": 1000,
+    "description": "a template rendered against the envelope: deliveries whose keys are equal "
+    "go one at a time, in publish order; null: no ordering (the pagerduty template sets its "
+    "dedup_key)",
+}
+
 WEBHOOK_INPUT = {
     "type": "object",
     "properties": {
@@ -88,6 +106,8 @@ WEBHOOK_INPUT = {
         "template": {"type": ["string", "null"]},
         "template_params": {"type": ["object", "null"]},
         "transform": {"type": ["object", "null"]},
+        "rate_limit": RATE_LIMIT,
+        "ordering_key": ORDERING_KEY,
     },
     "additionalProperties": False,
 }
@@ -167,6 +187,8 @@ SCHEMAS: dict[str, Any] = {
                 "description": "template: follows its template's settings; custom: its own "
                 "(sending a transform other than the template's detaches; null follows again)",
             },
+            "rate_limit": RATE_LIMIT,
+            "ordering_key": ORDERING_KEY,
             "created_at": TIME,
             "updated_at": TIME,
             "secret": {"type": ["string", "null"], "description": "only when created"},
@@ -216,6 +238,17 @@ SCHEMAS: dict[str, Any] = {
             "next_attempt_at": NULLABLE_TIME,
             "last_status_code": {"type": ["integer", "null"]},
             "last_error": {"type": ["string", "null"]},
+            "waiting": {
+                "type": ["string", "null"],
+                "enum": ["rate_limit", "order", None],
+                "description": "why a pending delivery is not sent yet: its webhook's rate "
+                "limit (it goes at next_attempt_at), or an earlier delivery with the same "
+                "ordering key (waiting_for)",
+            },
+            "waiting_for": {
+                "type": ["string", "null"],
+                "description": "the earlier delivery with the same ordering key it waits for",
+            },
             "created_at": TIME,
             "updated_at": TIME,
         },

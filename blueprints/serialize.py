@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from webhooks import credentials, templates
+from webhooks import credentials, flow, templates
 from webhooks.models import Attempt, Delivery, Event, Webhook
 from webhooks.outgoing import envelope, iso
 
@@ -24,6 +24,8 @@ def webhook_json(webhook: Webhook) -> dict[str, Any]:
         "template_params": credentials.mask_params(webhook.template_params),
         "transform": shown_transform(webhook),
         "transform_source": transform_source(webhook),
+        "rate_limit": webhook.rate_limit,
+        "ordering_key": webhook.ordering_key,
         "created_at": iso(webhook.created_at),
         "updated_at": iso(webhook.updated_at),
     }
@@ -72,9 +74,14 @@ def delivery_json(delivery: Delivery) -> dict[str, Any]:
         "status": delivery.status,
         "attempt_count": delivery.attempt_count,
         "max_attempts": delivery.max_attempts,
-        "next_attempt_at": iso(delivery.next_attempt_at),
+        # A delivery waiting for its turn has no time yet: it goes once the earlier one ends.
+        "next_attempt_at": None
+        if delivery.waiting == flow.ORDER
+        else iso(delivery.next_attempt_at),
         "last_status_code": delivery.last_status_code,
         "last_error": delivery.last_error,
+        "waiting": delivery.waiting,
+        "waiting_for": delivery.waiting_for,
         "created_at": iso(delivery.created_at),
         "updated_at": iso(delivery.updated_at),
     }

@@ -60,7 +60,15 @@ def payload(form: Any, *, creating: bool) -> dict[str, Any]:
     transform = parse_transform(form.get("transform", ""))
     if transform is not None or not creating:
         result["transform"] = transform
+    # Flow control: the domain reads the text (empty: no limit, no ordering).
+    result["rate_limit"] = form.get("rate_limit", "")
+    result["ordering_key"] = form.get("ordering_key", "")
     return result
+
+
+def _rate(value: float | None) -> str:
+    """A rate limit as the field shows it: 1, 0.5, 2.25; empty for none."""
+    return "" if value is None else f"{value:g}"
 
 
 def values(webhook: Webhook | None, template_name: str | None = None) -> dict[str, Any]:
@@ -84,6 +92,8 @@ def values(webhook: Webhook | None, template_name: str | None = None) -> dict[st
             if template
             else {},
             "transform": json.dumps(webhook.transform, indent=2) if webhook.transform else "",
+            "rate_limit": _rate(webhook.rate_limit),
+            "ordering_key": webhook.ordering_key or "",
         }
     template = templates.get(template_name or "")
     return {
@@ -97,6 +107,8 @@ def values(webhook: Webhook | None, template_name: str | None = None) -> dict[st
         "template": template.name if template else None,
         "params": {p.name: p.default or "" for p in template.params} if template else {},
         "transform": "",
+        "rate_limit": _rate(template.rate_limit if template else None),
+        "ordering_key": (template.ordering_key if template else None) or "",
     }
 
 
@@ -114,6 +126,8 @@ def redisplay(form: Any, webhook: Webhook | None) -> dict[str, Any]:
         "template": form.get("template") or (webhook.template if webhook else None),
         "params": {k[len("param_") :]: v for k, v in form.items() if k.startswith("param_")},
         "transform": form.get("transform", ""),
+        "rate_limit": form.get("rate_limit", ""),
+        "ordering_key": form.get("ordering_key", ""),
     }
 
 

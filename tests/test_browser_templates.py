@@ -100,3 +100,22 @@ def test_customise_the_body_copies_it_and_says_so(  # type: ignore[no-untyped-de
     saved = site.api.get(f"/webhooks/{hook['id']}").json
     assert saved["transform_source"] == "custom"
     assert saved["transform"]["fields"]["summary"] == "{{ data.title }}"
+
+
+def test_the_slack_template_fills_in_its_rate_limit(  # type: ignore[no-untyped-def]
+    page: Page,  # noqa: F811
+    site: Site,  # noqa: F811
+    receiver: Receiver,
+) -> None:
+    sign_in(page)
+    page.goto("/settings/webhooks/new")
+    page.get_by_role("link", name="Slack", exact=True).click()
+    expect(page.get_by_label("Rate limit")).to_have_value("1", timeout=UI)
+    expect(page.get_by_label("Ordering key")).to_have_value("")
+    page.get_by_label("Name", exact=True).fill("Team channel")
+    page.get_by_label("URL", exact=True).fill(receiver.url("/slack"))
+    page.get_by_label("Rate limit").fill("0.5")
+    page.get_by_role("button", name="Save").click()
+
+    expect(page.get_by_role("status").first).to_contain_text("created", timeout=UI)
+    expect(page.locator("dl.props")).to_contain_text("at most 0.5 per second")

@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from tests.receivers import Received, Reply
 from tests.test_recovery import Processes, wait_until
 from webhooks import flow
-from webhooks.models import Delivery, Webhook, db, utcnow
+from webhooks.models import Delivery, db
 
 _paths = itertools.count()
 
@@ -27,31 +27,13 @@ def config(config):  # type: ignore[no-untyped-def]
     return config
 
 
-def hook(api, receiver, *, rate_limit=None, ordering_key=None, name="Flow") -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """A webhook on a path of its own, with its flow settings as the API stores them."""
+def hook(api, receiver, *, name="Flow", **flow_fields: Any) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """A webhook on a path of its own, with flow settings as the API takes them."""
     path = f"/flow{next(_paths)}"
-    created = api.post("/webhooks", {"name": name, "url": receiver.url(path), "events": ["*"]}).json
-    set_flow(
-        api.client.application, created["id"], rate_limit=rate_limit, ordering_key=ordering_key
-    )
-    created["path"] = path
-    return created
-
-
-def set_flow(app, webhook_id: str, **values: Any) -> None:  # type: ignore[no-untyped-def]
-    with app.app_context():
-        current = db.session.get(Webhook, webhook_id)
-        assert current is not None
-        flow.settings_changed(
-            db.session,
-            webhook_id,
-            rate_changed=current.rate_limit != values.get("rate_limit", current.rate_limit),
-            ordering_removed=bool(current.ordering_key) and not values.get("ordering_key"),
-            now=utcnow(),
-        )
-        db.session.execute(update(Webhook).where(Webhook.id == webhook_id).values(**values))
-        db.session.commit()
-        db.session.remove()
+    payload = {"name": name, "url": receiver.url(path), "events": ["*"], **flow_fields}
+    created = api.post("/webhooks", payload)
+    assert created.status_code == 201, created.json
+    return {**created.json, "path": path}
 
 
 def publish(api, key: str, n: int = 0, event_type: str = "incident.created") -> str:  # type: ignore[no-untyped-def]
@@ -287,7 +269,8 @@ def test_a_changed_limit_applies_within_five_seconds(app, api, receiver, service
     service.run_until(lambda: arrivals(receiver, limited["path"]), timeout=10)
     service.run_until(lambda: waiting_of(app, limited["id"])[flow.RATE_LIMIT] == 7, timeout=10)
     changed = time.time()
-    set_flow(app, limited["id"], rate_limit=100)
+    patched = api.patch(f"/webhooks/{limited['id']}", {"rate_limit": 100})
+    assert patched.status_code == 200 and patched.json["rate_limit"] == 100
     service.run_until(lambda: len(arrivals(receiver, limited["path"])) == 8, timeout=10)
     assert max(r.at for r in arrivals(receiver, limited["path"])) - changed < 5
 
@@ -406,3 +389,88 @@ def test_test_events_obey_the_limit_too(app, api, receiver, service):
     first, second = (r.at for r in arrivals(receiver, limited["path"]))
     assert second - first >= 1.5  # one start per 2 s
     assert row(app, test_id).waiting is None
+
+
+# --------------------------------------------------------------------------- the API
+
+
+@pytest.mark.parametrize("value", [0.01, 1, 2.5, 10_000, None])
+def test_the_api_takes_rate_limits_in_bounds(api, receiver, value):
+    created = hook(api, receiver, rate_limit=value)
+    assert created["rate_limit"] == value
+    assert api.get(f"/webhooks/{created['id']}").json["rate_limit"] == value
+
+
+@pytest.mark.parametrize("value", [0, 0.001, 10_001, -1, "abc", True, "1e999", [1], {"n": 1}])
+def test_the_api_refuses_rate_limits_out_of_bounds(api, receiver, value):
+    answer = api.post(
+        "/webhooks", {"name": "x", "url": receiver.url(), "events": ["*"], "rate_limit": value}
+    )
+    assert answer.status_code == 400
+    error = answer.json["error"]
+    assert error["code"] == "invalid_rate_limit" and "rate_limit" in error["fields"]
+    assert "per second" in error["message"]
+
+
+def test_the_api_refuses_an_ordering_key_that_does_not_compile(api, receiver):
+    answer = api.post(
+        "/webhooks",
+        {"name": "x", "url": receiver.url(), "events": ["*"], "ordering_key": "{{ data.id "},
+    )
+    assert answer.status_code == 400
+    assert answer.json["error"]["code"] == "invalid_ordering_key"
+    assert "does not compile" in answer.json["error"]["fields"]["ordering_key"]
+    long = api.post(
+        "/webhooks",
+        {"name": "x", "url": receiver.url(), "events": ["*"], "ordering_key": "k" * 1001},
+    )
+    assert long.json["error"]["code"] == "invalid_ordering_key"
+
+
+def test_patch_sets_and_clears_both_fields(api, receiver):
+    created = hook(api, receiver)
+    assert created["rate_limit"] is None and created["ordering_key"] is None
+    patched = api.patch(
+        f"/webhooks/{created['id']}", {"rate_limit": 5, "ordering_key": "{{ data.id }}"}
+    ).json
+    assert patched["rate_limit"] == 5 and patched["ordering_key"] == "{{ data.id }}"
+    kept = api.patch(f"/webhooks/{created['id']}", {"name": "Renamed"}).json
+    assert kept["rate_limit"] == 5 and kept["ordering_key"] == "{{ data.id }}"
+    cleared = api.patch(f"/webhooks/{created['id']}", {"rate_limit": None, "ordering_key": ""}).json
+    assert cleared["rate_limit"] is None and cleared["ordering_key"] is None
+
+
+def test_the_slack_and_pagerduty_templates_fill_them(api, receiver):
+    slack = api.post(
+        "/webhooks", {"name": "s", "url": receiver.url("/s"), "template": "slack"}
+    ).json
+    assert slack["rate_limit"] == 1 and slack["ordering_key"] is None
+    pagerduty = api.post(
+        "/webhooks",
+        {
+            "name": "p",
+            "url": receiver.url("/p"),
+            "template": "pagerduty",
+            "template_params": {"routing_key": "R0UT1NGKEY0123456789012345678901"},
+        },
+    ).json
+    assert pagerduty["rate_limit"] is None
+    assert pagerduty["ordering_key"] == pagerduty["transform"]["dedup_key"]
+    own = api.post(
+        "/webhooks",
+        {"name": "o", "url": receiver.url("/o"), "template": "slack", "rate_limit": 0.5},
+    ).json
+    assert own["rate_limit"] == 0.5
+
+
+def test_a_waiting_delivery_shows_what_it_waits_for(app, api, receiver):
+    target = hook(api, receiver, ordering_key="all")
+    first, second = (publish(api, "x", n) for n in range(2))
+    first_id, second_id = delivery_ids(app, [first, second], target["id"])
+    shown = api.get(f"/deliveries/{second_id}").json
+    assert shown["waiting"] == "order" and shown["waiting_for"] == first_id
+    assert shown["next_attempt_at"] is None and shown["status"] == "pending"
+    head = api.get(f"/deliveries/{first_id}").json
+    assert head["waiting"] is None and head["waiting_for"] is None
+    listed = {d["id"]: d for d in api.get(f"/deliveries?webhook_id={target['id']}").json["data"]}
+    assert listed[second_id]["waiting_for"] == first_id

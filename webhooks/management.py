@@ -15,6 +15,7 @@ from webhooks import (
     catalog,
     credentials,
     egress,
+    flow,
     quotas,
     renderpool,
     signing,
@@ -260,6 +261,28 @@ def _template_fields(payload: dict[str, Any], webhook: Webhook | None) -> dict[s
     return changes
 
 
+def _flow_fields(
+    payload: dict[str, Any], webhook: Webhook | None, template: str | None
+) -> dict[str, Any]:
+    """What `rate_limit` and `ordering_key` in the payload change (API.md section 8). A new
+    webhook, or one that changes template, starts with its template's unless it gives its own."""
+    changes: dict[str, Any] = {}
+    chosen = templates.get(template) if template else None
+    new_template = webhook is None or ("template" in payload and template != webhook.template)
+    for name, check in (
+        ("rate_limit", flow.check_rate_limit),
+        ("ordering_key", flow.check_ordering_key),
+    ):
+        if name in payload:
+            try:
+                changes[name] = check(payload[name])
+            except flow.FlowError as exc:
+                raise Invalid(exc.code, exc.message, {name: exc.message}) from None
+        elif new_template and (chosen is not None or webhook is not None):
+            changes[name] = getattr(chosen, name) if chosen is not None else None
+    return changes
+
+
 KNOWN_FIELDS = {
     "name",
     "url",
@@ -270,6 +293,8 @@ KNOWN_FIELDS = {
     "template",
     "template_params",
     "transform",
+    "rate_limit",
+    "ordering_key",
 }
 
 
@@ -295,6 +320,7 @@ def create(
     name = _check_name(payload.get("name"))
     url = check_url(payload.get("url"), settings, warnings)
     fields = _template_fields(payload, None)
+    fields.update(_flow_fields(payload, None, fields.get("template")))
     events = check_events(payload["events"] if "events" in payload else fields.get("events"))
     active = _check_bool("active", payload.get("active", True))
     secret = check_secret(payload["secret"]) if "secret" in payload else signing.generate_secret()
@@ -308,6 +334,8 @@ def create(
         template=fields.get("template"),
         template_params=fields.get("template_params"),
         transform=fields.get("transform"),
+        rate_limit=fields.get("rate_limit"),
+        ordering_key=fields.get("ordering_key"),
     )
     if secret is not None:
         webhook.secrets.append(WebhookSecret(secret=secret))
@@ -339,8 +367,23 @@ def update(
     if "active" in payload:
         changes["active"] = _check_bool("active", payload["active"])
     changes.update(_template_fields(payload, webhook))
+    changes.update(_flow_fields(payload, webhook, changes.get("template", webhook.template)))
     was_active = webhook.active
     secret = check_secret(payload["secret"]) if "secret" in payload else _UNSET
+    rate_changed = "rate_limit" in changes and changes["rate_limit"] != webhook.rate_limit
+    ordering_removed = (
+        "ordering_key" in changes and webhook.ordering_key and not changes["ordering_key"]
+    )
+    if rate_changed or ordering_removed:
+        # Before the webhook row is written: deliveries first, as the claim locks them.
+        with session.no_autoflush:
+            flow.settings_changed(
+                session,
+                webhook.id,
+                rate_changed=rate_changed,
+                ordering_removed=bool(ordering_removed),
+                now=utcnow(),
+            )
     for key, value in changes.items():
         setattr(webhook, key, value)
     if "active" in changes and changes["active"] != was_active:

@@ -30,6 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from webhooks import flow
 from webhooks.models import (
     Attempt,
     AttemptOutcome,
@@ -149,11 +150,25 @@ def gauges(executor: Executor, now: datetime) -> dict[str, float]:
     due, scheduled, in_flight = executor.execute(
         select(
             _count(and_(Delivery.next_attempt_at <= now, ~leased)),
-            _count(and_(Delivery.next_attempt_at > now, ~leased)),
+            _count(and_(Delivery.next_attempt_at > now, ~leased, Delivery.waiting.is_(None))),
             _count(leased),
         ).where(Delivery.status == DeliveryStatus.PENDING)
     ).one()
-    return {"due": float(due), "scheduled": float(scheduled), "in_flight": float(in_flight)}
+    values = {"due": float(due), "scheduled": float(scheduled), "in_flight": float(in_flight)}
+    # Flow control (webhooks.flow): deliveries not due because of a rate limit (until their
+    # start time) or an earlier delivery of their ordering key, by reason.
+    values.update({f"waiting:{reason}": 0.0 for reason in flow.REASONS})
+    for reason, n in executor.execute(
+        select(Delivery.waiting, func.count())
+        .where(
+            Delivery.status == DeliveryStatus.PENDING,
+            Delivery.waiting.is_not(None),
+            Delivery.next_attempt_at > now,
+        )
+        .group_by(Delivery.waiting)
+    ):
+        values[f"waiting:{reason}"] = float(n)
+    return values
 
 
 class Collector:
@@ -185,6 +200,15 @@ class Collector:
             "Pending deliveries a worker has claimed and is attempting.",
             pending["in_flight"],
         )
+        waiting = GaugeMetricFamily(
+            "webhook_deliveries_waiting",
+            "Pending deliveries held back by flow control, by reason: rate_limit (until their "
+            "start time) or order (until an earlier delivery with their ordering key ends).",
+            labels=["reason"],
+        )
+        for reason in flow.REASONS:
+            waiting.add_metric([reason], pending[f"waiting:{reason}"])
+        yield waiting
         yield from self._queue_gauges()
 
     def _read_database(self) -> tuple[dict[str, float], dict[str, float]]:

@@ -58,6 +58,9 @@ class Template:
     params: tuple[Param, ...] = ()
     secret_params: tuple[str, ...] = ()
     hints: Mapping[str, str] = field(default_factory=dict)  # a line under a param's field
+    # Flow control a webhook made from it starts with (API.md section 8); None: none.
+    rate_limit: float | None = None
+    ordering_key: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The template as the API and dashboard list it (no transform, no secrets)."""
@@ -67,6 +70,8 @@ class Template:
             "description": self.description,
             "url_hint": self.url_hint,
             "default_events": list(self.default_events),
+            "rate_limit": self.rate_limit,
+            "ordering_key": self.ordering_key,
             "params": [
                 {
                     "name": param.name,
@@ -209,12 +214,16 @@ _PAGERDUTY_SEVERITY = {
 }
 
 
+# The same for every event of one incident or finding, so resolved resolves created; also the
+# webhook's ordering key, so that a resolve is never sent before its trigger.
+_PAGERDUTY_DEDUP_KEY = "{{ ('cloudthinker-' ~ (data.id or id))|truncate(255, true, '', 0) }}"
+
+
 def _pagerduty(params: dict[str, str | None]) -> tuple[dict[str, Any], dict[str, str]]:
     transform = {
         "routing_key": params["routing_key"],
         "event_action": "{{ 'resolve' if (type|string).endswith('.resolved') else 'trigger' }}",
-        # The same for every event of one incident or finding, so resolved resolves created.
-        "dedup_key": "{{ ('cloudthinker-' ~ (data.id or id))|truncate(255, true, '', 0) }}",
+        "dedup_key": _PAGERDUTY_DEDUP_KEY,
         "payload": {
             "summary": _limit(
                 1024,
@@ -280,6 +289,7 @@ TEMPLATES: dict[str, Template] = {
         ),
         url_hint="https://hooks.slack.com/services/…",
         default_events=("recommendation.created", "incident.created", "finding.created"),
+        rate_limit=1.0,  # Slack's documented limit for an incoming webhook
     ),
     "jira": Template(
         name="jira",
@@ -319,6 +329,7 @@ TEMPLATES: dict[str, Template] = {
         params=(Param("routing_key", "Routing key", True),),
         secret_params=("routing_key",),
         hints={"routing_key": "The integration key of a PagerDuty service (Events API v2)."},
+        ordering_key=_PAGERDUTY_DEDUP_KEY,
     ),
     "github": Template(
         name="github",
