@@ -416,7 +416,8 @@ def create_listener():  # type: ignore[no-untyped-def]
 
 @bp.get("/listeners/<listener_id>/stream")
 def listener_stream(listener_id: str):  # type: ignore[no-untyped-def]
-    """Server-Sent Events: one `delivery` event per attempt, a comment every 10 s."""
+    """Server-Sent Events: one `delivery` event per attempt, and a comment line every
+    WEBHOOK_LISTENER_HEARTBEAT_SECONDS (10 s) while there is none."""
     listener_or_404(listener_id)
     streams = current_app.extensions.setdefault(
         "listener_streams", listeners.Streams(current_app.config["WEBHOOK_LISTENER_STREAMS"])
@@ -438,14 +439,13 @@ def listener_stream(listener_id: str):  # type: ignore[no-untyped-def]
 
 
 def _listener_events(listener_id: str, streams: listeners.Streams):  # type: ignore[no-untyped-def]
-    conn = listeners.stream_redis(current_app.config["REDIS_URL"])
+    heartbeat = current_app.config["WEBHOOK_LISTENER_HEARTBEAT_SECONDS"]
+    conn = listeners.stream_redis(current_app.config["REDIS_URL"], heartbeat)
     try:
         yield "retry: 1000\n" + listeners.sse(None, comment="connected")
         while listeners.touch(db.session, listener_id, utcnow()):
-            listeners.mark_live(conn, listener_id)
-            attempt = listeners.next_attempt(
-                db.session, conn, listener_id, listeners.HEARTBEAT_SECONDS
-            )
+            listeners.mark_live(conn, listener_id, heartbeat)
+            attempt = listeners.next_attempt(db.session, conn, listener_id, heartbeat)
             if attempt is None:
                 yield listeners.sse(None, comment="waiting for deliveries")
             else:

@@ -17,7 +17,8 @@ from webhooks import verification
 from webhooks.models import utcnow
 
 RECONNECT_SECONDS = 1.0
-# The stream sends a comment every 10 s; this long without a byte means the server is gone.
+# The stream sends a comment at least every 15 s; this long without a byte means the server
+# is gone.
 READ_TIMEOUT = 45.0
 
 

@@ -27,6 +27,14 @@ def _decimal(name: str, raw: str, *, minimum: float = 0.0) -> float:
     return value
 
 
+def _heartbeat(name: str, raw: str) -> float:
+    """API.md: a listener's stream sends a comment line at least every 15 s."""
+    value = _decimal(name, raw, minimum=0.1)
+    if value > 15:
+        raise ConfigError(f"{name} must be at most 15 (seconds), got {raw!r}")
+    return value
+
+
 def _integer(name: str, raw: str, *, minimum: int = 0) -> int:
     try:
         value = int(raw)
@@ -415,6 +423,12 @@ VARIABLES: tuple[Var, ...] = (
         "2",
         lambda n, r: _integer(n, r, minimum=0),
         "`listen` streams one web process serves at once (each holds one of its threads)",
+    ),
+    Var(
+        "WEBHOOK_LISTENER_HEARTBEAT_SECONDS",
+        "10",
+        lambda n, r: _heartbeat(n, r),
+        "seconds between the comment lines of an idle `listen` stream (at most 15)",
     ),
 )
 

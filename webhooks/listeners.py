@@ -35,11 +35,11 @@ from webhooks.models import (
 
 NAME = "CLI listener"
 URL_SCHEME = "listener://"
-# A comment line at least this often keeps proxies from closing an idle stream, and shows
-# within as long when the command is gone (the write fails), freeing the web thread.
-HEARTBEAT_SECONDS = 10
-# A stream marks its listener live for this long, renewed at every heartbeat.
-LIVE_SECONDS = HEARTBEAT_SECONDS * 2 + 5
+# A comment line at least this often (WEBHOOK_LISTENER_HEARTBEAT_SECONDS) keeps proxies from
+# closing an idle stream, and shows within as long when the command is gone (the write fails),
+# freeing the web thread. A stream marks its listener live for two of these and 5 s more,
+# renewed at every one.
+HEARTBEAT_SECONDS = 10.0
 # A listener whose stream has been gone this long closes by itself.
 CLOSE_AFTER = timedelta(seconds=60)
 
@@ -177,13 +177,13 @@ class Streams:
             self._slots.release()
 
 
-def stream_redis(url: str) -> Redis:
+def stream_redis(url: str, heartbeat: float = HEARTBEAT_SECONDS) -> Redis:
     """A connection of the stream's own: it blocks on the inbox between heartbeats."""
-    return Redis.from_url(url, socket_timeout=HEARTBEAT_SECONDS + 10, socket_connect_timeout=2)
+    return Redis.from_url(url, socket_timeout=heartbeat + 10, socket_connect_timeout=2)
 
 
-def mark_live(redis: Redis, listener_id: str) -> None:
-    redis.set(_live(listener_id), "1", ex=LIVE_SECONDS)
+def mark_live(redis: Redis, listener_id: str, heartbeat: float = HEARTBEAT_SECONDS) -> None:
+    redis.set(_live(listener_id), "1", px=int((heartbeat * 2 + 5) * 1000))
 
 
 def mark_gone(redis: Redis, listener_id: str) -> None:
