@@ -31,6 +31,7 @@ run: $(VENV)/.run-deps
 test: $(VENV)/.dev-deps
 	scripts/ensure-redis.sh $(BIN)/python
 	scripts/ensure-chromium.sh
+	scripts/ensure-go.sh
 	$(MAKE) --no-print-directory test-sqlite
 	$(MAKE) --no-print-directory test-postgres
 
