@@ -863,22 +863,24 @@ class Bench:
 
     def flow(self, svc: Service, wss: dict, res: dict) -> None:
         """A webhook limited to 1 delivery/s with a backlog waiting, while the throughput test
-        runs on the others: their rate with it against runs just before it existed, and how
-        many of its deliveries were leased (held a thread) at once."""
+        runs on the others: their rate with it against runs before it existed and after it is
+        gone (the service slows as its tables grow: before and after cancel that drift out),
+        and how many of its deliveries were leased (held a thread) at once."""
         db, limited, ws = svc.db, wss["limited"], wss["throughput"]
         hook = limited["webhooks"][0]
         k = len(ws["webhooks"])
 
-        def runs(label: str, on_tick=None) -> list[dict]:  # noqa: ANN001
+        def runs(label: str, on_tick=None, reps: int = self.args.reps) -> list[dict]:  # noqa: ANN001
             out = []
-            for i in range(self.args.reps):
+            for i in range(reps):
                 r = self.load(svc, ws, k, events=self.args.events, deadline=self.args.deadline,
                               on_tick=on_tick)  # fmt: skip
                 out.append(r)
                 log(f"flow: {label} run {i + 1}: {r['rate']:.0f}/s")
             return out
 
-        without = runs("without the backlog")
+        before = (self.args.reps + 1) // 2
+        without = runs("without the backlog", reps=before)
         db.execute("UPDATE webhooks SET rate_limit = 1 WHERE id = %s", hook)
         backlog = self.args.flow_backlog
         for start in range(0, backlog, BATCH):
@@ -924,6 +926,7 @@ class Bench:
             headers={"Authorization": f"Bearer {limited['key']}"},
             timeout=60,
         ).raise_for_status()
+        without += runs("without the backlog, after it", reps=max(1, self.args.reps - before))
         base_rate = med([r["rate"] for r in without])
         with_rate = med([r["rate"] for r in with_backlog])
         res["flow"] = {
