@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 import trustme
 from redis import Redis
+from werkzeug.serving import make_server
 
 from app import create_app
 from jobs.worker import drain
@@ -230,6 +232,17 @@ class Service:
             if time.monotonic() > deadline:
                 raise AssertionError(f"condition not met within {timeout}s")
             time.sleep(0.05)
+
+
+@pytest.fixture
+def web(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """The app served by a real threaded HTTP server (listener streams need one)."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture

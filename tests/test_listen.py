@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 from standardwebhooks.webhooks import Webhook as StandardWebhook
-from werkzeug.serving import make_server
 
 from tests.receivers import Receiver
 from tests.test_recovery import ROOT, Processes, wait_until
@@ -29,17 +28,6 @@ def config(config):  # type: ignore[no-untyped-def]
     # A loaded machine may take a while between the worker, the stream and the command.
     config["WEBHOOK_TIMEOUT_SECONDS"] = "10"
     return config
-
-
-@pytest.fixture
-def web(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """The app served by a real threaded HTTP server (streams need one)."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 import requests
-from werkzeug.serving import make_server
 
 from tests.test_recovery import wait_until
 
@@ -20,17 +17,6 @@ def config(config):  # type: ignore[no-untyped-def]
     config["WEBHOOK_LISTENER_HEARTBEAT_SECONDS"] = str(HEARTBEAT)
     config["WEBHOOK_LISTENER_STREAMS"] = "1"
     return config
-
-
-@pytest.fixture
-def web(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """The app served by a real threaded HTTP server (streams need one)."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
 
 
 def open_stream(web: str, api, listener: dict) -> requests.Response:  # type: ignore[no-untyped-def]
