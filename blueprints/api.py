@@ -424,12 +424,19 @@ def listener_stream(listener_id: str):  # type: ignore[no-untyped-def]
     )
     if not streams.take():
         limit = current_app.config["WEBHOOK_LISTENER_STREAMS"]
-        raise fail(
-            "unavailable",
-            f"this web process already serves {limit} listener streams "
-            "(WEBHOOK_LISTENER_STREAMS); retry shortly",
-            503,
+        refused = _invalid(
+            fail(
+                "unavailable",
+                f"this web process already serves {limit} listener streams "
+                "(WEBHOOK_LISTENER_STREAMS); retry shortly",
+                503,
+            )
         )
+        # A place frees within a heartbeat of a command leaving. `listen` retries every second;
+        # Retry-After asks other clients for the same (Flask-Limiter raises it to its window's
+        # reset when that is later, as on every API answer).
+        refused.headers["Retry-After"] = "1"
+        return refused
     db.session.rollback()
     return Response(
         stream_with_context(_listener_events(listener_id, streams)),

@@ -56,6 +56,7 @@ def test_a_web_process_serves_at_most_its_streams_and_frees_a_closed_ones_place(
     next(held.iter_lines())  # the stream is being served
     refused = open_stream(web, api, second)
     assert refused.status_code == 503
+    assert int(refused.headers["Retry-After"]) >= 1
     error = refused.json()["error"]
     assert error["code"] == "unavailable" and "WEBHOOK_LISTENER_STREAMS" in error["message"]
     held.close()
