@@ -80,7 +80,11 @@ def check_rate_limit(value: Any) -> float | None:
             value = float(value.strip())
         except ValueError:
             raise FlowError("invalid_rate_limit", _NOT_A_RATE) from None
-    if not isinstance(value, int | float) or not math.isfinite(value):
+    try:
+        finite = isinstance(value, int | float) and math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite:
         raise FlowError("invalid_rate_limit", _NOT_A_RATE)
     if not MIN_RATE <= value <= MAX_RATE:
         raise FlowError(
@@ -110,8 +114,18 @@ def check_ordering_key(value: Any) -> str | None:
 
 
 def burst(rate: float) -> int:
-    """The most starts a rate limit lets go at once."""
+    """The most starts a rate limit lets go at once (API.md section 8)."""
     return max(1, math.ceil(rate))
+
+
+def bucket_size(rate: float) -> int:
+    """The starts the claim lets go at once: one fewer than the burst (when that leaves one).
+
+    The bound of API.md holds for the times attempts start at the receiver, which come after
+    the claim by a delay that varies (a new TLS connection, a busy machine). Keeping one start
+    of the burst in reserve keeps the bound whenever those delays differ by less than one
+    interval (1 / rate); with a burst of one, the interval itself is at least a second."""
+    return max(1, burst(rate) - 1)
 
 
 def settings_changed(
@@ -260,7 +274,7 @@ def ration(
         if row.rate_limit is None:
             continue
         interval = timedelta(seconds=1.0 / row.rate_limit)
-        size = burst(row.rate_limit)
+        size = bucket_size(row.rate_limit)
         tat = max(row.rate_tat or now, now)
         # Starts free now: the bucket's size less those still "owed" until tat.
         owed = (tat - now) / interval
@@ -290,7 +304,7 @@ def settle(session: Session, ration_: Ration, chosen: Sequence[str], now: dateti
         tat = bucket.tat + bucket.interval * bucket.taken
         horizon = bucket.horizon
         if webhook_id in ration_.over:
-            size = burst(bucket.rate)
+            size = bucket_size(bucket.rate)
             # The next start comes when the bucket has room for one again.
             first = tat - bucket.interval * (size - 1)
             if first < now:
