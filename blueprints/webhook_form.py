@@ -5,7 +5,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from webhooks import catalog, credentials, management, renderpool, signing, templates, transforms
+from webhooks import (
+    catalog,
+    credentials,
+    flow,
+    management,
+    renderpool,
+    signing,
+    templates,
+    transforms,
+)
 from webhooks.management import Invalid
 from webhooks.models import Event, Webhook, utcnow
 from webhooks.outgoing import envelope
@@ -60,8 +69,8 @@ def payload(form: Any, *, creating: bool) -> dict[str, Any]:
     transform = parse_transform(form.get("transform", ""))
     if transform is not None or not creating:
         result["transform"] = transform
-    # Flow control: the domain reads the text (empty: no limit, no ordering).
-    result["rate_limit"] = form.get("rate_limit", "")
+    # Flow control: empty is no limit, no ordering.
+    result["rate_limit"] = flow.read_rate_limit(form.get("rate_limit", ""))
     result["ordering_key"] = form.get("ordering_key", "")
     return result
 

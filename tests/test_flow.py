@@ -402,7 +402,7 @@ def test_the_api_takes_rate_limits_in_bounds(api, receiver, value):
 
 
 @pytest.mark.parametrize(
-    "value", [0, 0.001, 10_001, -1, "abc", True, "1e999", 10**400, [1], {"n": 1}]
+    "value", [0, 0.001, 10_001, -1, "abc", "5", True, "1e999", 10**400, [1], {"n": 1}]
 )
 def test_the_api_refuses_rate_limits_out_of_bounds(api, receiver, value):
     answer = api.post(

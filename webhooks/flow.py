@@ -69,17 +69,12 @@ _NOT_A_RATE = "rate_limit must be a number of deliveries per second, or null for
 
 
 def check_rate_limit(value: Any) -> float | None:
-    """A webhook's `rate_limit` as stored: None, or deliveries per second in [0.01, 10,000].
-    Strings (a form's field) are read as decimal numbers. Raises FlowError."""
-    if value is None or (isinstance(value, str) and not value.strip()):
+    """A webhook's `rate_limit` as stored: None, or a JSON number of deliveries per second in
+    [0.01, 10,000] (a form reads its field with `read_rate_limit` first). Raises FlowError."""
+    if value is None:
         return None
-    if isinstance(value, bool):
+    if isinstance(value, bool | str):
         raise FlowError("invalid_rate_limit", _NOT_A_RATE)
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise FlowError("invalid_rate_limit", _NOT_A_RATE) from None
     try:
         finite = isinstance(value, int | float) and math.isfinite(value)
     except OverflowError:  # an integer too large for a float
@@ -93,6 +88,18 @@ def check_rate_limit(value: Any) -> float | None:
             "(or null for no limit)",
         )
     return float(value)
+
+
+def read_rate_limit(text: str) -> Any:
+    """A form's Rate limit field as the API would get it: empty is null, a decimal number is a
+    number, anything else stays text (and is refused by `check_rate_limit`)."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def check_ordering_key(value: Any) -> str | None:
