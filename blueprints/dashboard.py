@@ -24,7 +24,7 @@ from webhooks import (
     templates,
 )
 from webhooks.management import Invalid
-from webhooks.models import BulkJob, Delivery, Webhook, db, utcnow
+from webhooks.models import BulkJob, Delivery, DeliveryStatus, Webhook, db, utcnow
 
 bp = guarded(Blueprint("dashboard", __name__, url_prefix="/settings/webhooks"))
 
@@ -153,15 +153,23 @@ def recent(webhook_id: str):  # type: ignore[no-untyped-def]
 
 @bp.post("/<webhook_id>/active")
 def toggle_active(webhook_id: str):  # type: ignore[no-untyped-def]
-    """Pause or resume at once; turning it on offers to recover what failed meanwhile."""
+    """Pause or resume at once; turning it on offers to recover what failed meanwhile and to
+    replay what it missed while it was off."""
     webhook = webhook_or_404(webhook_id)
     turning_on = request.form.get("active") == "on"
     # Turning it on clears these, so the offer's window is taken first.
     marks = [t for t in (webhook.failing_since, webhook.disabled_at) if t is not None]
     anchor = min(marks) if turning_on and not webhook.active and marks else None
+    paused_at = webhook.disabled_at if turning_on and not webhook.active else None
     management.update(db.session, webhook, {"active": turning_on}, settings())
     offer = bulk.recover_offer(db.session, webhook, anchor, settings()) if anchor else None
-    return render_template("dashboard/_active.html", webhook=webhook, offer=offer)
+    missed = bulk.replay_offer(db.session, webhook, paused_at) if paused_at else 0
+    return render_template(
+        "dashboard/_active.html",
+        webhook=webhook,
+        offer=offer,
+        missed=(paused_at, missed) if missed else None,
+    )
 
 
 def _form_time(name: str, required: bool = False):  # type: ignore[no-untyped-def]
@@ -250,8 +258,24 @@ def send_test(webhook_id: str):  # type: ignore[no-untyped-def]
 
 @bp.get("/test-results/<delivery_id>")
 def test_result(delivery_id: str):  # type: ignore[no-untyped-def]
-    """The test delivery's status fragment; it stops polling once the attempt is done."""
-    return render_template("dashboard/_test_result.html", delivery=delivery_or_404(delivery_id))
+    """The test delivery's status fragment; it stops polling once the attempt is done, and
+    then tells the page's activity charts to refresh."""
+    delivery = delivery_or_404(delivery_id)
+    page = render_template("dashboard/_test_result.html", delivery=delivery)
+    if delivery.status == DeliveryStatus.PENDING:
+        return page
+    return make_response(page, trigger={"activity-changed": True})
+
+
+@bp.get("/<webhook_id>/activity")
+def activity(webhook_id: str):  # type: ignore[no-untyped-def]
+    """The activity charts fragment, fetched again when a test delivery ends."""
+    webhook = webhook_or_404(webhook_id)
+    return render_template(
+        "dashboard/_charts.html",
+        webhook=webhook,
+        activity=charts.for_webhook(db.session, webhook.id, utcnow(), settings()),
+    )
 
 
 @bp.post("/<webhook_id>/delete")

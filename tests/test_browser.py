@@ -276,6 +276,8 @@ def test_send_test_event_shows_the_result_in_place(
     page.get_by_role("link", name="Ops", exact=True).click()
     expect(page).to_have_url(f"{site.url}/settings/webhooks/{webhook['id']}", timeout=UI)
     mark_document(page)
+    activity = page.locator("#activity")
+    expect(activity).to_contain_text("No attempts in the last 24 hours")
 
     page.get_by_label("Event type", exact=True).select_option("incident.resolved")
     page.get_by_role("button", name="Send Test Event").click()
@@ -288,6 +290,9 @@ def test_send_test_event_shows_the_result_in_place(
     expect(result.locator("pre").first).to_contain_text("X-CloudThinker-Event: incident.resolved")
     # The recent deliveries below update live too.
     expect(page.locator("#recent")).to_contain_text("incident.resolved", timeout=DELIVERY)
+    # So do the activity charts, once the attempt has ended.
+    expect(activity).to_contain_text("1 of 1 deliveries", timeout=UI)
+    expect(activity).not_to_contain_text("No attempts in the last 24 hours")
     assert_not_reloaded(page)
 
     assert len(receiver.requests) == 1

@@ -169,6 +169,32 @@ def test_resuming_a_paused_webhook_with_nothing_failed_offers_nothing(user, api,
     assert "Active" in resumed.text and "Recover failed since then" not in resumed.text
 
 
+def test_turning_a_paused_webhook_on_offers_to_replay_what_it_missed(user, api, receiver, service):  # type: ignore[no-untyped-def]
+    hook = api.post(
+        "/webhooks", {"name": "Ops", "url": receiver.url(), "events": ["incident.*"]}
+    ).json
+    user.post(f"/settings/webhooks/{hook['id']}/active", data={}, htmx=True)  # pause
+    missed = [
+        api.post("/events", {"type": "incident.created", "data": {"id": f"inc_{n}"}}).json["id"]
+        for n in range(2)
+    ]
+    api.post("/events", {"type": "task.created", "data": {"id": "t_1"}})  # not its type
+
+    resumed = user.post(f"/settings/webhooks/{hook['id']}/active", data={"active": "on"}, htmx=True)
+    assert "2 events published while it was off" in text(resumed.text)
+    assert "Replay missed since then" in resumed.text
+    assert "Recover failed since then" not in resumed.text  # nothing failed
+    form = re.search(r'hx-post="([^"]+/replay)".*?name="since" value="([^"]+)"', resumed.text, re.S)
+    started = user.post(form.group(1), data={"since": form.group(2)}, htmx=True)
+    assert "<progress" in started.text
+    service.run_until(lambda: len(receiver.requests) >= 2)
+    assert sorted(r.headers["webhook-id"] for r in receiver.requests) == sorted(missed)
+
+    user.post(f"/settings/webhooks/{hook['id']}/active", data={}, htmx=True)
+    again = user.post(f"/settings/webhooks/{hook['id']}/active", data={"active": "on"}, htmx=True)
+    assert "published while it was off" not in text(again.text)  # nothing missed this time
+
+
 def test_another_workspaces_job_is_404(app, user, api, receiver, service):
     hook, _ = failed_event(api, receiver, service)
     job_id = api.post(f"/webhooks/{hook['id']}/recover", {"since": "2000-01-01T00:00:00Z"}).json[

@@ -285,3 +285,11 @@ def recover_offer(
     query = candidates(webhook, RECOVER, params).limit(MAX_PER_CALL).subquery()
     count = session.execute(select(func.count()).select_from(query)).scalar_one()
     return (since, count) if count else None
+
+
+def replay_offer(session: Session, webhook: Webhook, paused_at: datetime) -> int:
+    """For "replay missed" when a paused webhook is turned on again: how many events of its
+    types were published since it was paused (at most MAX_PER_CALL), none of which it got."""
+    params = {"since": paused_at.isoformat(), "until": utcnow().isoformat()}
+    query = candidates(webhook, REPLAY, params).limit(MAX_PER_CALL).subquery()
+    return session.execute(select(func.count()).select_from(query)).scalar_one()
