@@ -117,6 +117,17 @@ def test_catalog_page_shows_every_type_with_its_example(user):
     page = user.get("/settings/event-types").text
     assert page.count("<details>") == 20
     assert "recommendation.created" in page and "potential_savings" in page
+    # Each group says which patterns subscribe to it, in the names its types carry.
+    said = re.sub(r" ([.,])", r"\1", text(page))
+    assert (
+        "Subscribe to all of them with security.*, or to one family with finding.* or compliance.*."
+        in said
+    )
+    assert (
+        "Subscribe to all of them with agent.*, or to one family with conversation.* or approval.*."
+        in said
+    )
+    assert "Subscribe to all of them with incident.*." in said
 
 
 def test_logs_filters_are_kept_in_the_url_and_validated(user):

@@ -487,3 +487,10 @@ def is_valid_pattern(pattern: str) -> bool:
 def types_in_category(category: str) -> list[EventType]:
     """The catalog entries of one category key, in catalog order."""
     return [event for event in CATALOG if event.category == category]
+
+
+def families(category: str) -> list[str]:
+    """The name prefixes of a category's types that are not the category's own key, in
+    catalog order: `security` holds `finding.*` and `compliance.*`, `incident` none."""
+    prefixes = dict.fromkeys(event.type.split(".", 1)[0] for event in types_in_category(category))
+    return [prefix for prefix in prefixes if prefix != category]
