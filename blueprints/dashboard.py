@@ -295,8 +295,9 @@ def delete(webhook_id: str):  # type: ignore[no-untyped-def]
 @dashboard_limit("WEBHOOK_DASHBOARD_RATE_LIMIT")
 def preview():  # type: ignore[no-untyped-def]
     """The body the form's settings would send for an event type's example."""
-    body, error = webhook_form.preview(request.form, g.workspace_id)
-    return render_template("dashboard/_preview.html", body=body, error=error)
+    return render_template(
+        "dashboard/_preview.html", preview=webhook_form.preview(request.form, g.workspace_id)
+    )
 
 
 @bp.errorhandler(429)
@@ -305,7 +306,9 @@ def _too_many(exc):  # type: ignore[no-untyped-def]
     # 200, so that htmx swaps the message in where the answer would have been.
     if request.endpoint == "dashboard.send_test":
         return render_template("dashboard/_test_result.html", error=too_many("test events"))
-    return render_template("dashboard/_preview.html", body=None, error=too_many("previews"))
+    return render_template(
+        "dashboard/_preview.html", preview=webhook_form.Preview(error=too_many("previews"))
+    )
 
 
 @bp.post("/customise")

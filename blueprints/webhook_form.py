@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from webhooks import (
@@ -140,8 +141,18 @@ def redisplay(form: Any, webhook: Webhook | None) -> dict[str, Any]:
     }
 
 
-def preview(form: Any, workspace_id: str) -> tuple[str | None, str | None]:
-    """(rendered body, error) for the chosen event type's example, as the form stands."""
+@dataclass(frozen=True)
+class Preview:
+    """The body the form would send for an example event, or why not; and where an undefined
+    value reached it (sent as null or empty text, which a person should know)."""
+
+    body: str | None = None
+    error: str | None = None
+    undefined: tuple[str, ...] = ()
+
+
+def preview(form: Any, workspace_id: str) -> Preview:
+    """The chosen event type's example, rendered as the form stands."""
     event_type = form.get("preview_type") or catalog.CATALOG[0].type
     example = catalog.BY_TYPE.get(event_type, catalog.CATALOG[0])
     event = Event(
@@ -160,16 +171,18 @@ def preview(form: Any, workspace_id: str) -> tuple[str | None, str | None]:
             params = {k: (v or f"<{k}>") for k, v in (_params(form, template) or {}).items()}
             out = templates.outgoing(template.name, params, transform, {})
             if out.error:
-                return None, out.error
+                return Preview(error=out.error)
             transform, fields = out.transform, out.body_fields
+        notes: list[str] = []
         if transform is not None:
-            body = renderpool.render(transform, body)
+            body, notes = renderpool.render_noting_undefined(transform, body)
             if fields and isinstance(body, dict):
                 body = {**body, **fields}
     except (Invalid, transforms.TransformError, ValueError) as exc:
-        return None, getattr(exc, "message", None) or str(exc)
+        return Preview(error=getattr(exc, "message", None) or str(exc))
     # The preview is a page: a routing key in the body is shown masked, as in the logs.
-    return credentials.mask_body(json.dumps(body, indent=2, ensure_ascii=False)), None
+    shown = credentials.mask_body(json.dumps(body, indent=2, ensure_ascii=False))
+    return Preview(body=shown, undefined=tuple(notes))
 
 
 def customise(form: Any) -> tuple[str, str | None]:

@@ -215,6 +215,23 @@ def test_preview_shows_the_rendered_body_and_errors_in_place(user):
     assert "&#34;blocks&#34;" in slack.text and "Elevated 5xx" in slack.text
     assert "line 1" in broken.text and "field-error" in broken.text
     assert "&#34;workspace_id&#34;" in plain.text and "task.failed" in plain.text
+    assert "Undefined in this example" not in slack.text + plain.text
+
+
+def test_preview_says_where_an_undefined_value_is_sent_empty(user):
+    user.get("/settings/webhooks/new")
+    transform = '{"text": "New: {{ data.titel }}", "id": "{{ data.id }}", "n": "{{ dat }}"}'
+    answer = user.post(
+        "/settings/webhooks/preview",
+        data={"transform": transform, "preview_type": "incident.created"},
+        htmx=True,
+    )
+    said = text(answer.text)
+    assert "Undefined in this example, sent as shown" in said
+    assert "text: titel is undefined for this event, so it renders as empty text" in said
+    assert "n: dat is undefined for this event, so it renders as null" in said
+    assert "id:" not in said.split("sent as shown")[1].split("Check the spelling")[0]
+    assert "&#34;text&#34;: &#34;New: &#34;" in answer.text  # sent as shown
 
 
 def test_saving_a_template_applies_its_transform_and_headers(user, api):

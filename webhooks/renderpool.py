@@ -343,6 +343,14 @@ def render(transform: dict, envelope: Any) -> Any:
     return result
 
 
+def render_noting_undefined(transform: dict, envelope: Any) -> tuple[Any, list[str]]:
+    """`transforms.render_noting_undefined`, in a child under the limits (for a preview)."""
+    (result,) = pool().call([(transforms.render_noting_undefined, (transform, envelope))])
+    if isinstance(result, TransformError):
+        raise result
+    return result
+
+
 def check(transform: Any) -> None:
     """`transforms.compile_transform`, in a child under the limits; raises TransformError."""
     (result,) = pool().call([(transforms.compile_transform, (transform,))])

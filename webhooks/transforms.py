@@ -46,6 +46,7 @@ __all__ = [
     "TransformError",
     "compile_transform",
     "render",
+    "render_noting_undefined",
 ]
 
 MAX_TRANSFORM_BYTES = 64 * 1024  # the transform itself, as compact UTF-8 JSON
@@ -97,6 +98,27 @@ class _Limits:
 _LIMITS: contextvars.ContextVar[_Limits | None] = contextvars.ContextVar(
     "webhooks_transform_limits", default=None
 )
+
+
+@dataclass
+class _Undefined:
+    """While a preview asks: the names of undefined values printed, and a note per string."""
+
+    names: list[str]
+    notes: list[str]
+
+
+_UNDEFINED: contextvars.ContextVar[_Undefined | None] = contextvars.ContextVar(
+    "webhooks_transform_undefined", default=None
+)
+
+
+def _note_undefined(value: Undefined) -> None:
+    """Remember that an undefined value was printed (a preview says so; sending does not)."""
+    seen = _UNDEFINED.get()
+    if seen is not None:
+        name = getattr(value, "_undefined_name", None)
+        seen.names.append(name if isinstance(name, str) else "a value")
 
 
 def _tick() -> None:
@@ -288,6 +310,7 @@ class _LenientUndefined(ChainableUndefined):
 
     def __str__(self) -> str:
         self._refuse_if_unsafe()
+        _note_undefined(self)
         return ""
 
     def __bool__(self) -> bool:
@@ -787,6 +810,18 @@ def render(transform: dict, envelope: Mapping[str, Any], *, timeout: float = REN
     return result
 
 
+def render_noting_undefined(transform: dict, envelope: Mapping[str, Any]) -> tuple[Any, list[str]]:
+    """`render`, and a note for each string where an undefined value reached the body (such as
+    `text: titel is undefined for this event, so it renders as empty text`), for a preview."""
+    seen = _Undefined(names=[], notes=[])
+    token = _UNDEFINED.set(seen)
+    try:
+        result = render(transform, envelope)
+    finally:
+        _UNDEFINED.reset(token)
+    return result, seen.notes
+
+
 def _render_value(value: Any, variables: dict[str, Any], path: str, depth: int) -> Any:
     if depth > MAX_DEPTH:
         raise TransformError(f"transform is nested deeper than {MAX_DEPTH} levels", path)
@@ -812,6 +847,24 @@ def _render_value(value: Any, variables: dict[str, Any], path: str, depth: int) 
 
 
 def _render_string(source: str, variables: dict[str, Any], path: str) -> Any:
+    seen = _UNDEFINED.get()
+    if seen is None:
+        return _render_source(source, variables, path)
+    before = len(seen.names)
+    value = _render_source(source, variables, path)
+    names = ", ".join(dict.fromkeys(seen.names[before:]))
+    if names:
+        shown = "null" if value is None else "empty text"
+        are = (
+            "is undefined for this event, so it renders"
+            if "," not in names
+            else ("are undefined for this event, so they render")
+        )
+        seen.notes.append(f"{path or 'body'}: {names} {are} as {shown}")
+    return value
+
+
+def _render_source(source: str, variables: dict[str, Any], path: str) -> Any:
     try:
         compiled = _compile(source)
     except TemplateSyntaxError as exc:
