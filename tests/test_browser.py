@@ -399,6 +399,18 @@ def test_logs_live_filters_attempts_and_redeliver(
         response = attempts.locator("h3", has_text="Response").locator("xpath=..")
         expect(response.locator("pre").first).to_contain_text("500")
 
+        # Ids and the body as it was sent are one click from the clipboard.
+        page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+        page.get_by_role("button", name="Copy delivery ID").click()
+        expect(page.get_by_role("button", name="Copy delivery ID")).to_have_text("Copied")
+        assert page.evaluate("navigator.clipboard.readText()") == original
+        page.get_by_role("button", name="Copy body of attempt 1").click()
+        sent = page.evaluate("navigator.clipboard.readText()")
+        (received,) = [
+            r for r in failing.requests if header(r, "webhook-id") == events["task.failed"]["id"]
+        ]
+        assert sent.encode() == received.body
+
         failing.answer(200)  # the receiver is fixed; send it again
         sent_before = len(failing.requests)
         page.get_by_role("button", name="Redeliver").click()
