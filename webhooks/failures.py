@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from webhooks import notifications
@@ -111,19 +111,7 @@ def _tell_exhausted(
     if not notifications.channels(session, webhook.workspace_id):
         return []
     quiet_since = now - timedelta(seconds=settings.notify_interval)
-    won = session.execute(
-        update(Webhook)
-        .where(
-            Webhook.id == webhook.id,
-            or_(
-                Webhook.exhausted_notified_at.is_(None),
-                Webhook.exhausted_notified_at <= quiet_since,
-            ),
-        )
-        .values(exhausted_notified_at=now, **_UNCHANGED)
-        .execution_options(synchronize_session=False)
-    )
-    if won.rowcount != 1:
+    if not notifications.open_quiet_window(session, webhook.id, quiet_since, now):
         notifications.hold(session, delivery, now)
         return []
     earlier = notifications.take_held(session, webhook.id, now)

@@ -436,6 +436,27 @@ def summarize(session: Session, settings: Settings, now: datetime) -> list[str]:
     return ids
 
 
+def open_quiet_window(
+    session: Session, webhook_id: str, quiet_since: datetime, now: datetime
+) -> bool:
+    """Whether this caller may tell about the webhook's exhausted deliveries now: true for
+    exactly one caller once its last message is older than `quiet_since`, which then starts a
+    new quiet window at `now` (the webhook's `updated_at` is left as it is)."""
+    won = session.execute(
+        update(Webhook)
+        .where(
+            Webhook.id == webhook_id,
+            or_(
+                Webhook.exhausted_notified_at.is_(None),
+                Webhook.exhausted_notified_at <= quiet_since,
+            ),
+        )
+        .values(exhausted_notified_at=now, updated_at=Webhook.updated_at)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(won.rowcount == 1)
+
+
 def _summarize_one(
     session: Session, webhook_id: str | None, quiet_since: datetime, now: datetime, s: Settings
 ) -> list[str]:
@@ -445,19 +466,7 @@ def _summarize_one(
         session.commit()
         return []
     last = webhook.exhausted_notified_at
-    won = session.execute(
-        update(Webhook)
-        .where(
-            Webhook.id == webhook.id,
-            or_(
-                Webhook.exhausted_notified_at.is_(None),
-                Webhook.exhausted_notified_at <= quiet_since,
-            ),
-        )
-        .values(exhausted_notified_at=now, updated_at=Webhook.updated_at)
-        .execution_options(synchronize_session=False)
-    )
-    if won.rowcount != 1:
+    if not open_quiet_window(session, webhook.id, quiet_since, now):
         session.rollback()
         return []
     count = take_held(session, webhook.id, now)
