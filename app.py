@@ -182,6 +182,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.session_interface = _SessionInterface()
 
     db.init_app(app)
+    with app.app_context():
+        sqlite.install(db.engine)  # WAL, foreign keys, and write transactions that queue
     if os.environ.get("WEBHOOK_COUNT_STATEMENTS"):  # the benchmark's statement counts
         from webhooks import stmtcount
 

@@ -182,3 +182,18 @@ def test_a_hanging_target_holds_at_most_a_quarter_of_a_workers_threads(
     assert waited < 1.5, f"a healthy delivery waited {waited:.1f} s behind a hanging target"
     assert len(hanging.requests) == 2
     assert len(waiting) == 4 and all(token is None for (token,) in waiting)
+
+
+def test_the_apps_sqlite_connections_use_wal_foreign_keys_and_immediate_writes(app):
+    with app.app_context():
+        engine = db.engine
+    if engine.dialect.name != "sqlite":
+        return  # PostgreSQL needs none of this
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        # The transaction began with BEGIN IMMEDIATE behind the lock file: this connection
+        # holds the write lock until it ends.
+        raw = conn.connection.dbapi_connection
+        assert raw.in_transaction and raw._held
+    assert not raw._held

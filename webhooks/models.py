@@ -28,7 +28,6 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, registry, relationship
 
-import webhooks.sqlite  # noqa: F401  (installs the SQLite connection settings)
 from webhooks.credentials import LoggedBody, LoggedHeaders, SealedHeaders, SealedParams
 from webhooks.crypto import EncryptedText
 from webhooks.ids import new_id

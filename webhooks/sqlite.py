@@ -15,6 +15,7 @@ import sqlite3
 import time
 
 from sqlalchemy import event
+from sqlalchemy.engine import Connection as SAConnection
 from sqlalchemy.engine import Engine
 
 # Short holds are the rule: look again a few times before queueing in the kernel.
@@ -75,10 +76,15 @@ class Connection(sqlite3.Connection):
                 self._lock_fd = None
 
 
-@event.listens_for(Engine, "connect")
-def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
-    if not isinstance(dbapi_connection, sqlite3.Connection):
-        return
+def install(engine: Engine) -> None:
+    """Give a SQLite engine's connections these settings and its transactions the lock queue
+    (the app factory calls it for the app's engine; other databases are left as they are)."""
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _on_connect)
+        event.listen(engine, "begin", _on_begin)
+
+
+def _on_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
     # We issue BEGIN ourselves (below); pysqlite's own transaction handling is turned off.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
@@ -88,17 +94,15 @@ def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-d
     cursor.close()
 
 
-@event.listens_for(Engine, "begin")
-def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
+def _on_begin(conn: SAConnection) -> None:
     # BEGIN IMMEDIATE takes the write lock up front (waiting up to the busy timeout), so a
     # transaction that reads and then writes can never fail with SQLITE_BUSY half-way.
-    if conn.dialect.name == "sqlite":
-        dbapi_connection = conn.connection.dbapi_connection
+    dbapi_connection = conn.connection.dbapi_connection
+    if isinstance(dbapi_connection, Connection):
+        dbapi_connection.take_lock()
+    try:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    except BaseException:
         if isinstance(dbapi_connection, Connection):
-            dbapi_connection.take_lock()
-        try:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        except BaseException:
-            if isinstance(dbapi_connection, Connection):
-                dbapi_connection.give_lock()
-            raise
+            dbapi_connection.give_lock()
+        raise
