@@ -16,7 +16,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from webhooks import config as settings_module
-from webhooks import crypto, renderpool, sqlite
+from webhooks import crypto, renderpool, services, sqlite
 from webhooks.models import db
 
 MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
@@ -128,7 +128,7 @@ def check_redis(app: Flask) -> None:
     every process waits for Redis to come back."""
     url = app.config["REDIS_URL"]
     try:
-        app.extensions["redis"].ping()
+        services.of(app).redis.ping()
     except RedisError as exc:
         problem = _redis_tls_problem(exc, url)
         if problem is not None:
@@ -192,11 +192,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     # Every Redis client of every process reads this one URL: RQ, the scheduler, the
     # health check, metrics and the rate limiter.
     app.config["REDIS_URL"] = redis_url(app.config["REDIS_URL"], app.config["REDIS_URL_PARAMS"])
-    app.extensions["redis"] = Redis.from_url(
-        app.config["REDIS_URL"],
-        socket_timeout=5,
-        socket_connect_timeout=2,
-        health_check_interval=30,
+    services.install(
+        app,
+        Redis.from_url(
+            app.config["REDIS_URL"],
+            socket_timeout=5,
+            socket_connect_timeout=2,
+            health_check_interval=30,
+        ),
     )
     if not app.testing:
         check_redis(app)

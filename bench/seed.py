@@ -18,8 +18,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from app import create_app  # noqa: E402
-from webhooks import accounts, management  # noqa: E402
-from webhooks.config import Settings  # noqa: E402
+from webhooks import accounts, management, services  # noqa: E402
 from webhooks.models import db  # noqa: E402
 
 
@@ -29,7 +28,7 @@ def main() -> None:
     app = create_app()
     out: dict = {"workspaces": {}}
     with app.app_context():
-        settings = Settings.from_config(app.config)
+        settings = services.settings()
         for name, ws_spec in spec["workspaces"].items():
             ws, key = accounts.create_workspace(db.session, f"bench-{name}")
             ids = []

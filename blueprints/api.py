@@ -21,9 +21,9 @@ from webhooks import (
     management,
     notification_settings,
     publishing,
+    services,
     verification,
 )
-from webhooks.config import Settings
 from webhooks.management import Invalid
 from webhooks.models import BulkJob, Delivery, Event, Webhook, db, utcnow
 
@@ -35,12 +35,8 @@ MAX_BATCH = publishing.MAX_BATCH
 DEFAULT_PAGE = 50
 
 
-def settings() -> Settings:
-    return Settings.from_config(current_app.config)
-
-
-def redis():  # type: ignore[no-untyped-def]
-    return current_app.extensions["redis"]
+settings = services.settings
+redis = services.redis
 
 
 @bp.errorhandler(Invalid)

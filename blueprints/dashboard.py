@@ -21,6 +21,7 @@ from webhooks import (
     logs,
     management,
     publishing,
+    services,
     templates,
 )
 from webhooks.management import Invalid
@@ -329,7 +330,4 @@ def header_row():  # type: ignore[no-untyped-def]
     return render_template("dashboard/_header_row.html", name="", value="")
 
 
-def _redis():  # type: ignore[no-untyped-def]
-    from flask import current_app
-
-    return current_app.extensions["redis"]
+_redis = services.redis

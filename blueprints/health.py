@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from webhooks import services
 from webhooks.metrics import Collector
 from webhooks.models import db
 
@@ -26,7 +27,7 @@ def healthz():  # type: ignore[no-untyped-def]
     except SQLAlchemyError as exc:
         status["database"] = str(exc.__cause__ or exc).splitlines()[0]
     try:
-        current_app.extensions["redis"].ping()
+        services.redis().ping()
     except RedisError as exc:
         status["redis"] = str(exc)
     healthy = all(v == "ok" for v in status.values())
@@ -41,9 +42,7 @@ def metrics():  # type: ignore[no-untyped-def]
     token = current_app.config["METRICS_TOKEN"]
     if token and not _bearer_matches(token):
         return "a bearer token is required\n", 401, {"WWW-Authenticate": 'Bearer realm="metrics"'}
-    collector = Collector(
-        db.session, current_app.extensions["redis"], current_app.config["WEBHOOK_QUEUE"]
-    )
+    collector = Collector(db.session, services.redis(), current_app.config["WEBHOOK_QUEUE"])
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
     return encode(collector), 200, {"Content-Type": content_type, "Cache-Control": "no-store"}
 

@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from blueprints import localtime
 from blueprints.ui import delivery_or_404, guarded, settings
-from webhooks import catalog, logs, publishing, verification
+from webhooks import catalog, logs, publishing, services, verification
 from webhooks.models import Webhook, db, utcnow
 
 bp = guarded(Blueprint("logs", __name__, url_prefix="/settings/webhooks/logs"))
@@ -145,7 +145,4 @@ def _replay_context(delivery, args) -> dict:  # type: ignore[no-untyped-def]
     return {"attempt": attempt, "replay_url": url, "command": command}
 
 
-def _redis():  # type: ignore[no-untyped-def]
-    from flask import current_app
-
-    return current_app.extensions["redis"]
+_redis = services.redis

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from blueprints.security import dashboard_limit, too_many
 from blueprints.ui import guarded, owned_or_404, settings
-from webhooks import accounts, catalog, notification_settings, notifications, quotas
+from webhooks import accounts, catalog, notification_settings, notifications, quotas, services
 from webhooks.management import Invalid
 from webhooks.models import ApiKey, db, utcnow
 
@@ -137,7 +137,7 @@ def test_notification():  # type: ignore[no-untyped-def]
     saved = notification_settings.load(db.session, g.workspace_id)
     unsaved = "emails" in request.form and _form_notification_settings() != saved
     ids = notifications.send_test(db.session, g.workspace_id, settings())
-    notifications.hand_off(current_app.extensions["redis"], settings(), ids)
+    notifications.hand_off(services.redis(), settings(), ids)
     if not ids:
         message = "Add an e-mail address or an alert URL and save them first."
     elif unsaved:

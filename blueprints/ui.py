@@ -23,13 +23,13 @@ from werkzeug.exceptions import HTTPException
 
 from blueprints import localtime
 from blueprints.auth import current_workspace
-from webhooks import catalog, listeners, management
+from webhooks import catalog, listeners, management, services
 from webhooks.config import Settings
 from webhooks.models import Delivery, Webhook, db, utcnow
 
 
 def settings() -> Settings:
-    return Settings.from_config(current_app.config)
+    return services.settings()
 
 
 def require_workspace() -> None:
@@ -161,7 +161,7 @@ def install(app: Flask) -> None:
     app.jinja_env.globals.update(
         summarize_events=summarize_events,
         webhook_state=webhook_state,
-        listener_state=lambda webhook: listeners.connected(app.extensions["redis"], webhook),
+        listener_state=lambda webhook: listeners.connected(services.of(app).redis, webhook),
         categories=catalog.CATEGORIES,
         catalog=catalog,
     )

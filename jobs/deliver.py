@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from rq import get_current_job
 
 from jobs import runtime
-from webhooks import claim, delivery, flow, outgoing, queueing
+from webhooks import claim, delivery, flow, outgoing, queueing, services
 from webhooks.config import Settings
 from webhooks.models import db
 
@@ -40,9 +40,9 @@ def deliver(*_legacy_ids: str) -> None:
     database, which is all a wake-up needs, so the ids are not used.
     """
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    settings = Settings.from_config(app.config)
+    settings = services.of(app).settings
     job = get_current_job()
-    redis: Redis = job.connection if job else app.extensions["redis"]
+    redis: Redis = job.connection if job else services.of(app).redis
     queue_name = job.origin if job else settings.queue
     queueing.safe("take the wake-up", queueing.woken, redis, queue_name)
     pump = _Pump(app, settings, redis, queue_name)
@@ -137,7 +137,7 @@ def _recorder(app: Flask, settings: Settings) -> runtime.RecordFn:
 
     def record(results: runtime.Results) -> None:
         with app.app_context():
-            redis = app.extensions["redis"]
+            redis = services.of(app).redis
             try:
                 delivery.record(db.session, results, settings, redis)
             finally:

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from flask import current_app
-
-from webhooks import notifications
-from webhooks.config import Settings
+from webhooks import notifications, services
 from webhooks.models import db
 
 
 def send(notification_id: str, tries: int) -> str | None:
     """Try once to send a notification, if that try is still ours to make."""
     try:
-        return notifications.send(
-            db.session, notification_id, tries, Settings.from_config(current_app.config)
-        )
+        return notifications.send(db.session, notification_id, tries, services.settings())
     finally:
         db.session.remove()

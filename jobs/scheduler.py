@@ -13,8 +13,7 @@ from flask import Flask
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from webhooks import reconciler
-from webhooks.config import Settings
+from webhooks import reconciler, services
 from webhooks.models import db
 
 log = logging.getLogger(__name__)
@@ -44,10 +43,10 @@ def run(app: Flask, *, stop_after: float | None = None) -> None:
     if stop_after is None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stopping.append(True))
-    settings = Settings.from_config(app.config)
+    settings = services.of(app).settings
     interval = app.config["WEBHOOK_SCHEDULER_INTERVAL"]
     full_every = min(app.config["WEBHOOK_RECONCILE_INTERVAL"], 30.0)
-    redis = app.extensions["redis"]
+    redis = services.of(app).redis
     outages = {"redis": _Outage("Redis"), "db": _Outage("database")}
     started = time.monotonic()
     last_full = 0.0

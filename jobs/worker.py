@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 
 from jobs import runtime
-from webhooks import logthrottle, queueing
+from webhooks import logthrottle, queueing, services
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ LANES = ("normal", "slow", "all")
 def make_worker(app: Flask, lane: str = "all") -> SimpleWorker:
     """A worker for the normal lane, the slow lane (targets that ran into the timeout), or
     both (normal first)."""
-    redis = app.extensions["redis"]
+    redis = services.of(app).redis
     name = app.config["WEBHOOK_QUEUE"]
     names = {"normal": [name], "slow": [queueing.slow_queue(name)]}.get(
         lane, [name, queueing.slow_queue(name)]

@@ -20,7 +20,7 @@ from werkzeug.serving import make_server
 from app import create_app
 from jobs.worker import drain
 from tests.receivers import Receiver
-from webhooks import reconciler
+from webhooks import reconciler, services
 from webhooks.config import Settings
 from webhooks.models import db
 
@@ -114,7 +114,7 @@ def app(config, postgres_url, monkeypatch, tmp_path):  # type: ignore[no-untyped
             db.session.commit()
         else:
             db.create_all()
-    redis: Redis = application.extensions["redis"]
+    redis: Redis = services.of(application).redis
     redis.flushdb()
     yield application
     redis.flushdb()
@@ -217,7 +217,7 @@ class Service:
     def tick(self) -> None:
         with self.app.app_context():
             try:
-                reconciler.tick(db.session, self.app.extensions["redis"], self.settings, full=True)
+                reconciler.tick(db.session, services.of(self.app).redis, self.settings, full=True)
             finally:
                 db.session.remove()
             drain(self.app)

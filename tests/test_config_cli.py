@@ -12,8 +12,9 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from redis import Redis
 
-from webhooks import retry
+from webhooks import retry, services
 from webhooks.config import ConfigError, load
 from webhooks.models import db
 
@@ -171,7 +172,7 @@ def test_healthz_reports_database_and_redis(client, app):
     ok = client.get("/healthz")
     assert ok.status_code == 200 and ok.json == {"database": "ok", "redis": "ok"}
 
-    app.extensions["redis"] = type(app.extensions["redis"]).from_url("redis://127.0.0.1:1/0")
+    services.install(app, Redis.from_url("redis://127.0.0.1:1/0"))
     down = client.get("/healthz")
     assert down.status_code == 503
     assert down.json["database"] == "ok" and down.json["redis"] != "ok"

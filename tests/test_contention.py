@@ -9,7 +9,7 @@ from rq import Queue
 from sqlalchemy import select
 
 from tests.test_recovery import Processes, wait_until
-from webhooks import queueing, reconciler
+from webhooks import queueing, reconciler, services
 from webhooks.config import Settings
 from webhooks.models import Delivery, db
 
@@ -86,7 +86,7 @@ def test_a_target_that_hangs_moves_to_the_slow_lane_and_starves_no_one(
         hanging.wait_for(1, timeout=30)
         receiver.wait_for(1, timeout=30)
         wait_until(
-            lambda: app.extensions["redis"].zscore("webhooks:slow", _hook_id(api, "Dead")), 10
+            lambda: services.of(app).redis.zscore("webhooks:slow", _hook_id(api, "Dead")), 10
         )
 
         # The dead target is now in the slow lane: healthy deliveries keep flowing at once
@@ -111,7 +111,7 @@ def test_a_burst_of_publishes_wakes_the_workers_with_one_job(app, api, receiver,
         for i in range(5)
     ]
     assert all(h.status_code == 201 for h in hooks)
-    redis = app.extensions["redis"]
+    redis = services.of(app).redis
     queue = Queue(app.config["WEBHOOK_QUEUE"], connection=redis)
 
     events = [api.post("/events", {"type": "task.completed", "data": {"n": n}}) for n in range(20)]
@@ -130,7 +130,7 @@ def test_a_burst_of_publishes_wakes_the_workers_with_one_job(app, api, receiver,
 def test_the_scheduler_replaces_a_lost_wake_up_and_only_then(app, api, receiver, service):
     for i in range(3):
         api.post("/webhooks", {"name": f"H{i}", "url": receiver.url(f"/h{i}"), "events": ["*"]})
-    redis = app.extensions["redis"]
+    redis = services.of(app).redis
     queue = Queue(app.config["WEBHOOK_QUEUE"], connection=redis)
     api.post("/events", {"type": "task.completed", "data": {"n": 1}})
     with app.app_context():
@@ -153,7 +153,7 @@ def test_a_hanging_target_holds_at_most_a_quarter_of_a_workers_threads(
     hanging.answer(Reply(status=200, delay=5))  # longer than the 2 s timeout, every time
     api.post("/webhooks", {"name": "Dead", "url": hanging.url("/dead"), "events": ["task.*"]})
     api.post("/webhooks", {"name": "Fine", "url": receiver.url("/fine"), "events": ["incident.*"]})
-    redis = app.extensions["redis"]
+    redis = services.of(app).redis
     dead = _hook_id(api, "Dead")
     processes = Processes(config, tmp_path / "instance")
     try:

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 import trustme
 
 from tests.conftest import TEST_DATABASE_URL, Api
+from webhooks import services
 from webhooks.config import VARIABLES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,7 +178,7 @@ def test_rate_limits_hold_over_tls_redis(config, tls_redis, how, request) -> Non
     assert [a.status_code for a in answers] == [200, 200, 200, 429]
     assert answers[3].json["error"]["code"] == "rate_limited"
     assert answers[3].headers["Retry-After"]
-    redis = app.extensions["redis"]
+    redis = services.of(app).redis
     assert any(b"webhooks-limiter" in key for key in redis.keys("*"))
     health = app.test_client().get("/healthz")
     assert health.status_code == 200 and health.json["redis"] == "ok"

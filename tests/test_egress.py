@@ -18,7 +18,7 @@ import trustme
 from urllib3.util import connection as urllib3_connection
 
 from tests.receivers import Receiver, Reply
-from webhooks import egress, transport
+from webhooks import egress, services, transport
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 ONLY_127_0_0_1 = (ipaddress.ip_network("127.0.0.1/32"),)
@@ -739,7 +739,7 @@ def test_a_port_no_longer_allowed_fails_the_attempt_at_send_time(
 ):  # type: ignore[no-untyped-def]
     from tests.conftest import Service
 
-    app.config["WEBHOOK_ALLOWED_PORTS"] = ((443, 443),)  # narrowed after the webhook was saved
+    services.reconfigure(app, WEBHOOK_ALLOWED_PORTS=((443, 443),))  # narrowed after saving
     event = publish(api)
 
     attempt = Service(app).run_until(first_attempt(api, event["id"]))

@@ -19,7 +19,7 @@ from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 from tests.receivers import Receiver
 from tests.test_recovery import ROOT, Processes, wait_until
-from webhooks import reconciler
+from webhooks import reconciler, services
 from webhooks.models import Listener, db, utcnow
 
 
@@ -161,7 +161,7 @@ def test_a_listener_without_its_stream_closes_after_a_minute(app, api, service):
     with app.app_context():  # its stream was last seen a minute ago
         db.session.execute(update(Listener).values(last_seen_at=utcnow() - timedelta(seconds=61)))
         db.session.commit()
-        reconciler.periodic(db.session, app.extensions["redis"], service.settings)
+        reconciler.periodic(db.session, services.of(app).redis, service.settings)
         db.session.remove()
 
     ended = api.get(f"/deliveries/{delivery['id']}").json

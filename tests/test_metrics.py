@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from sqlalchemy import delete, select
 
-from webhooks import metrics
+from webhooks import metrics, services
 from webhooks.models import Attempt, Delivery, Event, Webhook, db, utcnow
 
 
@@ -243,12 +243,12 @@ def test_metrics_can_require_a_bearer_token(metrics_token, client):
 
 
 def test_redis_down_leaves_out_queue_depth_but_still_answers(app, client):
-    working = app.extensions["redis"]
-    app.extensions["redis"] = Redis(port=1, socket_connect_timeout=0.2)
+    working = services.of(app).redis
+    services.install(app, Redis(port=1, socket_connect_timeout=0.2))
     try:
         samples = scrape(client)
     finally:
-        app.extensions["redis"] = working
+        services.install(app, working)
 
     assert value(samples, "webhook_redis_up") == 0
     assert not any(name == "webhook_queue_depth" for name, _ in samples)

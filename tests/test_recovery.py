@@ -15,6 +15,7 @@ import pytest
 
 from app import create_app
 from tests.receivers import Reply
+from webhooks import services
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,7 +129,7 @@ def test_flushed_redis_loses_no_delivery_and_sends_none_twice(
         for i in range(5)
     ]
 
-    app.extensions["redis"].flushdb()  # Redis loses everything
+    services.of(app).redis.flushdb()  # Redis loses everything
     flushed_at = time.monotonic()
     processes.start("scheduler")
     processes.start("worker")

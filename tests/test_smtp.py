@@ -15,7 +15,7 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
-from webhooks import notifications
+from webhooks import notifications, services
 from webhooks.config import Settings, load
 
 
@@ -159,7 +159,7 @@ def test_without_credentials_a_server_without_starttls_still_gets_the_mail(plain
 def test_the_refusal_shows_on_the_notification(app, api, workspace, plain_server):  # type: ignore[no-untyped-def]
     from webhooks.models import Notification, db
 
-    app.config["SMTP_URL"] = plain_server.url()
+    services.reconfigure(app, SMTP_URL=plain_server.url())
     response = api._call("put", "/notifications", {"emails": ["ops@acme.test"], "alert_url": None})
     assert response.status_code == 200, response.json
     settings = Settings.from_config(app.config)

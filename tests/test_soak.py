@@ -15,6 +15,7 @@ from collections import Counter
 import pytest
 
 from tests.test_recovery import Processes, wait_until
+from webhooks import services
 
 EVENTS = 600
 SCHEDULE = "0,0.5,0.5"
@@ -69,7 +70,7 @@ def test_soak_with_killed_workers_and_flushed_redis(
                 processes.start(f"worker:{generation}")
                 generation += 1
             else:
-                app.extensions["redis"].flushdb()
+                services.of(app).redis.flushdb()
 
     try:
         processes.start("worker:0")

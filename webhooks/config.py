@@ -435,7 +435,8 @@ VARIABLES: tuple[Var, ...] = (
 
 @dataclass(frozen=True)
 class Settings:
-    """The delivery settings the domain needs, read from the Flask config."""
+    """The settings the domain needs, built once per app from the Flask config, whose
+    defaults are in `VARIABLES` (see `webhooks.services`)."""
 
     retry_schedule: tuple[float, ...]
     timeout: float
@@ -447,23 +448,23 @@ class Settings:
     requeue_after: float
     queue: str
     # Failure handling: notifications, auto-disable, retention.
-    disable_after_hours: float = 120.0
-    notify_interval: float = 3600.0
-    notify_resend: float = 60.0
-    public_url: str = "http://127.0.0.1:8000"
-    smtp_url: str | None = None
-    notify_from: str = "webhooks@localhost"
-    retention_days: float = 30.0
-    retention_interval: float = 300.0
+    disable_after_hours: float
+    notify_interval: float
+    notify_resend: float
+    public_url: str
+    smtp_url: str | None
+    notify_from: str
+    retention_days: float
+    retention_interval: float
     # Worker tuning (defaults chosen by bench/).
-    batch_size: int = 50
-    worker_threads: int = 32
-    slow_after: float = 2.0
+    batch_size: int
+    worker_threads: int
+    slow_after: float
     # Quotas per workspace (0: no limit).
-    max_webhooks: int = 100
+    max_webhooks: int
     # Egress: target ports allowed, as (first, last) ranges.
-    allowed_ports: tuple[tuple[int, int], ...] = ((443, 443), (1024, 65535))
-    redis_url: str = ""
+    allowed_ports: tuple[tuple[int, int], ...]
+    redis_url: str
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
