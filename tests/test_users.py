@@ -118,6 +118,7 @@ def test_an_expired_link_is_refused(app, user):
 
     assert opened.status_code == 404 and response.status_code == 404
     assert "This link no longer works" in response.text
+    assert "dev@acme.test Invitation expired" in text(user.get(USERS).text)
     with app.app_context():
         assert accounts.check_login(db.session, "dev@acme.test", "a long new secret") is None
 

@@ -158,24 +158,23 @@ def email_problem(email: str) -> str | None:
     return None
 
 
-def workspace_users(session: Session, workspace_id: str) -> list[tuple[User, bool]]:
-    """The workspace's users, oldest first, each with whether an invitation is still unused."""
-    pending = (
-        select(Invitation.id)
-        .where(
-            Invitation.user_id == User.id,
-            Invitation.workspace_id == workspace_id,
-            Invitation.used_at.is_(None),
-        )
-        .exists()
-    )
+def workspace_users(session: Session, workspace_id: str) -> list[tuple[User, str | None]]:
+    """The workspace's users, oldest first, each with "Invited" while their invitation link
+    is unused, "Invitation expired" once it can no longer be, else None."""
+    unused = (Invitation.user_id == User.id, Invitation.workspace_id == workspace_id)
+    unused += (Invitation.used_at.is_(None),)
+    invited = select(Invitation.id).where(*unused).exists()
+    live = select(Invitation.id).where(*unused, Invitation.expires_at > utcnow()).exists()
     rows = session.execute(
-        select(User, pending)
+        select(User, invited, live)
         .join(memberships, memberships.c.user_id == User.id)
         .where(memberships.c.workspace_id == workspace_id)
         .order_by(User.created_at, User.email)
     )
-    return [(user, bool(invited)) for user, invited in rows]
+    return [
+        (user, None if not pending else "Invited" if usable else "Invitation expired")
+        for user, pending, usable in rows
+    ]
 
 
 def member(session: Session, workspace_id: str, user_id: str) -> User | None:
