@@ -114,12 +114,16 @@ def login():  # type: ignore[no-untyped-def]
     return render_template("auth/login.html", form=form, error=error), status
 
 
+# The invitation's page carries its one-time token in the address: no cache keeps it.
+NO_STORE = {"Cache-Control": "no-store"}
+
+
 @bp.route("/invite/<token>", methods=["GET", "POST"])
 def accept_invite(token: str):  # type: ignore[no-untyped-def]
     """An invited user chooses a password through the one-time link, and is signed in."""
     invitation = accounts.invitation(db.session, token)
     if invitation is None:
-        return render_template("auth/accept_invite.html", email=None, errors={}), 404
+        return render_template("auth/accept_invite.html", email=None, errors={}), 404, NO_STORE
     email = db.session.get(User, invitation.user_id).email  # type: ignore[union-attr]
     errors: dict[str, str] = {}
     if request.method == "POST":
@@ -140,7 +144,7 @@ def accept_invite(token: str):  # type: ignore[no-untyped-def]
             flash("Your password is set. Welcome!", "success")
             return redirect(url_for("dashboard.webhooks"))
     page = render_template("auth/accept_invite.html", email=email, errors=errors)
-    return page, 422 if errors else 200
+    return page, 422 if errors else 200, NO_STORE
 
 
 @bp.app_errorhandler(429)

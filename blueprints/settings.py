@@ -26,6 +26,8 @@ from webhooks.management import Invalid
 from webhooks.models import ApiKey, db, utcnow
 
 bp = guarded(Blueprint("settings", __name__, url_prefix="/settings"))
+# A page with a one-time link on it stays out of every cache.
+NO_STORE = {"Cache-Control": "no-store"}
 
 
 def _keys() -> list[ApiKey]:
@@ -110,7 +112,8 @@ def invite_user():  # type: ignore[no-untyped-def]
     scheme = "https" if current_app.config["WEBHOOK_FORCE_HTTPS"] else request.scheme
     link = url_for("auth.accept_invite", token=token, _external=True, _scheme=scheme)
     mailed = _mail_invitation(user.email, link, days) if current_app.config["SMTP_URL"] else None
-    return _users_page(invited={"email": user.email, "link": link, "mailed": mailed})
+    page, status = _users_page(invited={"email": user.email, "link": link, "mailed": mailed})
+    return page, status, NO_STORE
 
 
 def _mail_invitation(email: str, link: str, days: float) -> tuple[bool, str]:

@@ -77,6 +77,7 @@ def test_an_invited_user_follows_the_link_chooses_a_password_and_is_signed_in(ap
     newcomer, opened, response = accept(app, path, "a long new secret")
 
     assert opened.status_code == 200 and "new.person@acme.test" in opened.text
+    assert opened.headers["Cache-Control"] == "no-store"
     assert response.status_code == 302 and response.headers["Location"].endswith(DASHBOARD)
     page = newcomer.get(DASHBOARD)
     assert page.status_code == 200 and "new.person@acme.test" in page.text
@@ -84,6 +85,11 @@ def test_an_invited_user_follows_the_link_chooses_a_password_and_is_signed_in(ap
     # The password works for a sign-in of its own, and the invitation is no longer pending.
     second_browser(app, "new.person@acme.test", "a long new secret")
     assert "Invited" not in text(user.get(USERS).text)
+
+
+def test_the_page_showing_the_link_is_not_cached(app, user):
+    response = invite(user, "dev@acme.test")
+    assert LINK.search(response.text) and response.headers["Cache-Control"] == "no-store"
 
 
 def test_only_a_digest_of_the_token_is_stored(app, user):
