@@ -114,6 +114,39 @@ def login():  # type: ignore[no-untyped-def]
     return render_template("auth/login.html", form=form, error=error), status
 
 
+# The invitation's page carries its one-time token in the address: no cache keeps it.
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+@bp.route("/invite/<token>", methods=["GET", "POST"])
+def accept_invite(token: str):  # type: ignore[no-untyped-def]
+    """An invited user chooses a password through the one-time link, and is signed in."""
+    invitation = accounts.invitation(db.session, token)
+    if invitation is None:
+        return render_template("auth/accept_invite.html", email=None, errors={}), 404, NO_STORE
+    email = db.session.get(User, invitation.user_id).email  # type: ignore[union-attr]
+    errors: dict[str, str] = {}
+    if request.method == "POST":
+        password = request.form.get("password", "")
+        if (problem := accounts.password_problem(password)) is not None:
+            errors["password"] = problem
+        if password != request.form.get("confirm_password", ""):
+            errors["confirm_password"] = "The two passwords differ. Type the same one twice."
+        if not errors:
+            workspace_id = invitation.workspace_id
+            user = accounts.accept_invitation(db.session, token, password)
+            if user is None:  # used or expired a moment ago
+                page = render_template("auth/accept_invite.html", email=None, errors={})
+                return page, 404
+            session.clear()
+            login_user(user)
+            session["workspace_id"] = workspace_id
+            flash("Your password is set. Welcome!", "success")
+            return redirect(url_for("dashboard.webhooks"))
+    page = render_template("auth/accept_invite.html", email=email, errors=errors)
+    return page, 422 if errors else 200, NO_STORE
+
+
 @bp.app_errorhandler(429)
 def _too_many(exc):  # type: ignore[no-untyped-def]
     return render_template("auth/login.html", form=LoginForm(), error=exc.description), 429

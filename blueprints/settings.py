@@ -1,11 +1,13 @@
-"""Settings › API keys, Notifications, and the event catalog."""
+"""Settings › API keys, Users, Notifications, and the event catalog."""
 
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 from flask import (
     Blueprint,
+    abort,
     current_app,
     flash,
     g,
@@ -14,6 +16,7 @@ from flask import (
     request,
     url_for,
 )
+from flask_login import current_user, login_user
 from sqlalchemy import select
 
 from blueprints.security import dashboard_limit, too_many
@@ -23,6 +26,8 @@ from webhooks.management import Invalid
 from webhooks.models import ApiKey, db, utcnow
 
 bp = guarded(Blueprint("settings", __name__, url_prefix="/settings"))
+# A page with a one-time link on it stays out of every cache.
+NO_STORE = {"Cache-Control": "no-store"}
 
 
 def _keys() -> list[ApiKey]:
@@ -71,6 +76,96 @@ def revoke_api_key(key_id: str):  # type: ignore[no-untyped-def]
     key.revoked_at = key.revoked_at or utcnow()
     db.session.commit()
     return render_template("settings/api_keys.html", keys=_keys(), created=None, error=None)
+
+
+def _users_page(status: int = 200, **shown):  # type: ignore[no-untyped-def]
+    """Settings › Users: the workspace's users, the invite form, and your password."""
+    context = {
+        "users": accounts.workspace_users(db.session, g.workspace_id),
+        "invited": None,
+        "invite_email": "",
+        "invite_error": None,
+        "password_errors": {},
+        "invite_days": current_app.config["WEBHOOK_INVITE_DAYS"],
+        "smtp_configured": bool(current_app.config["SMTP_URL"]),
+        **shown,
+    }
+    return render_template("settings/users.html", **context), status
+
+
+@bp.get("/users")
+def users():  # type: ignore[no-untyped-def]
+    """List the workspace's users."""
+    return _users_page()
+
+
+@bp.post("/users")
+def invite_user():  # type: ignore[no-untyped-def]
+    """Add a user with a one-time link to choose a password: shown once, e-mailed if possible."""
+    email = request.form.get("email", "").strip()
+    days = current_app.config["WEBHOOK_INVITE_DAYS"]
+    try:
+        user, token = accounts.invite_user(db.session, g.workspace_id, email, timedelta(days=days))
+    except accounts.AccountError as exc:
+        db.session.rollback()
+        return _users_page(422, invite_email=email, invite_error=str(exc))
+    scheme = "https" if current_app.config["WEBHOOK_FORCE_HTTPS"] else request.scheme
+    link = url_for("auth.accept_invite", token=token, _external=True, _scheme=scheme)
+    mailed = _mail_invitation(user.email, link, days) if current_app.config["SMTP_URL"] else None
+    page, status = _users_page(invited={"email": user.email, "link": link, "mailed": mailed})
+    return page, status, NO_STORE
+
+
+def _mail_invitation(email: str, link: str, days: float) -> tuple[bool, str]:
+    """(sent, what happened in words). The link on the page works whatever happens here."""
+    workspace = g.workspace.name if g.get("workspace") else "a workspace"
+    subject = f"You are invited to {workspace} on CloudThinker Webhooks"
+    body = (
+        f"{current_user.email} added you to {workspace} on CloudThinker Webhooks.\n\n"
+        f"Choose your password here (the link works once, for {days:g} days):\n{link}\n"
+    )
+    try:
+        error = notifications.send_email(settings(), [email], subject, body)
+    except (OSError, ValueError) as exc:  # smtplib's and ssl's errors are OSErrors
+        error = f"{type(exc).__name__}: {exc}"
+    if error is None:
+        return True, f"It was also e-mailed to {email}."
+    current_app.logger.warning("invitation e-mail to a new user not sent: %s", error)
+    return False, f"E-mailing it failed ({error}), so pass it on yourself."
+
+
+@bp.post("/users/<user_id>/remove")
+def remove_user(user_id: str):  # type: ignore[no-untyped-def]
+    """Take a user out of the workspace; their sessions end at once."""
+    target = accounts.member(db.session, g.workspace_id, user_id)
+    email = target.email if target is not None else ""
+    try:
+        removed = accounts.remove_user(db.session, g.workspace_id, user_id, current_user.id)
+    except accounts.AccountError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("settings.users")), 303
+    if not removed:
+        abort(404)
+    flash(f"{email} was removed and signed out.", "success")
+    return redirect(url_for("settings.users")), 303
+
+
+@bp.post("/password")
+def change_password():  # type: ignore[no-untyped-def]
+    """Change your password; your other sessions end, this one stays signed in."""
+    errors = accounts.change_password(
+        db.session,
+        current_user,
+        request.form.get("current_password", ""),
+        request.form.get("new_password", ""),
+        request.form.get("confirm_password", ""),
+    )
+    if errors:
+        db.session.rollback()
+        return _users_page(422, password_errors=errors)
+    login_user(current_user)  # this session carries the new session token
+    flash("Your password was changed. Your other sessions are signed out.", "success")
+    return redirect(url_for("settings.users")), 303
 
 
 @bp.get("/event-types")

@@ -105,6 +105,7 @@ def _pages(filled: dict[str, Any]) -> list[str]:
         "/settings/webhooks/logs",
         f"/settings/webhooks/logs/{filled['delivery']}",
         "/settings/api-keys",
+        "/settings/users",
         "/settings/notifications",
         "/settings/event-types",
     ]
@@ -126,7 +127,7 @@ def test_every_page_fits_a_phone_without_sideways_scrolling(
 
 def test_the_navigation_reaches_every_section_on_a_phone(phone: Page) -> None:
     nav = phone.get_by_role("navigation", name="Settings")
-    for name in ("Webhooks", "Logs", "API keys", "Notifications", "Event types"):
+    for name in ("Webhooks", "Logs", "API keys", "Users", "Notifications", "Event types"):
         link = nav.get_by_role("link", name=name, exact=True)
         expect(link).to_be_visible()
         box = link.bounding_box()
@@ -181,6 +182,27 @@ def _states(page: Page, filled: dict[str, Any]) -> Iterator[str]:
     page.get_by_role("button", name="Revoke old publisher").click()
     expect(page.get_by_text("Revoked").first).to_be_visible()
     yield "API keys with a revoked key"
+    page.goto("/settings/users")
+    page.get_by_label("Email").fill(EMAIL)
+    page.get_by_role("button", name="Invite").click()
+    expect(page.locator("#invite-email[aria-invalid=true]")).to_be_visible()
+    yield "users with an invitation refused"
+    page.get_by_label("Current password").fill("not it")
+    page.get_by_label("New password", exact=True).fill("short")
+    page.get_by_role("button", name="Change password").click()
+    expect(page.locator("#current_password[aria-invalid=true]")).to_be_visible()
+    yield "users with password errors"
+    page.get_by_label("Email").fill("a.very.long.name.for.a.new.colleague@operations.example.com")
+    page.get_by_role("button", name="Invite").click()
+    link = page.locator("#invite-link").inner_text()
+    yield "users with a new invitation link"
+    page.goto(link)
+    expect(page.get_by_role("heading", name="Choose your password")).to_be_visible()
+    yield "the invitation page"
+    page.get_by_label("Password", exact=True).fill("short")
+    page.get_by_role("button", name="Set password and sign in").click()
+    expect(page.locator("#password[aria-invalid=true]")).to_be_visible()
+    yield "the invitation page with errors"
 
 
 @pytest.mark.parametrize("size", ["desktop", "phone"])
@@ -229,6 +251,50 @@ def test_revoking_an_api_key_asks_first_and_cancel_keeps_it(phone: Page) -> None
     phone.get_by_role("button", name="Revoke billing publisher").click()
     expect(phone.get_by_role("button", name="Revoke billing publisher")).to_have_count(0)
     expect(phone.get_by_text("Revoked").first).to_be_visible()
+
+
+def test_an_invited_user_sets_a_password_in_another_browser_and_removal_signs_them_out(
+    browser: Browser,  # noqa: F811
+    phone: Page,
+) -> None:
+    phone.goto("/settings/users")
+    phone.get_by_label("Email").fill("sam.rivera@example.com")
+    phone.get_by_role("button", name="Invite").click()
+    link = phone.locator("#invite-link")
+    expect(link).to_contain_text("/invite/")
+    phone.get_by_role("button", name="Copy").click()
+    expect(phone.get_by_role("button", name="Copied")).to_be_visible()
+    url = link.inner_text()
+    screenshot(phone, "phone-settings-users-invited.png")
+
+    other = browser.new_context(viewport=PHONE, is_mobile=True)
+    other.set_default_timeout(UI)
+    sam = other.new_page()
+    sam.goto(url)
+    expect(sam.get_by_text("sam.rivera@example.com")).to_be_visible()
+    sam.get_by_label("Password", exact=True).fill("sams own password")
+    sam.get_by_label("Confirm password").fill("sams own pasword")
+    sam.get_by_role("button", name="Set password and sign in").click()
+    expect(sam.locator("#confirm_password-error")).to_contain_text("differ")
+    screenshot(sam, "phone-invite-errors.png")
+    sam.get_by_label("Password", exact=True).fill("sams own password")
+    sam.get_by_label("Confirm password").fill("sams own password")
+    sam.keyboard.press("Enter")
+    expect(sam).to_have_url(re.compile(r"/settings/webhooks$"))
+    expect(sam.get_by_text("Your password is set")).to_be_visible()
+    sam.goto(url)  # the link worked once
+    expect(sam.get_by_role("heading", name="This link no longer works")).to_be_visible()
+
+    phone.goto("/settings/users")
+    expect(phone.get_by_role("row", name=re.compile("sam.rivera@example.com"))).not_to_contain_text(
+        "Invited"
+    )
+    phone.once("dialog", lambda dialog: dialog.accept())
+    phone.get_by_role("button", name="Remove sam.rivera@example.com").click()
+    expect(phone.get_by_text("sam.rivera@example.com was removed")).to_be_visible()
+    sam.goto(url.split("/invite/")[0] + "/settings/webhooks")
+    expect(sam).to_have_url(re.compile(r"/login"))
+    other.close()
 
 
 # -- time zones --------------------------------------------------------------------------------

@@ -9,14 +9,18 @@ import secrets
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from webhooks import quotas
-from webhooks.models import ApiKey, User, Workspace, utcnow
+from webhooks.models import ApiKey, Invitation, User, Workspace, memberships, utcnow
 
 KEY_PREFIX = "whk_"
+MIN_PASSWORD = 8
+# Hashing is slow on purpose; a megabyte of password would make it slower still.
+MAX_PASSWORD = 1024
 # last_used_at is written at most this often, so that reads stay reads.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 
@@ -81,8 +85,8 @@ def create_user(session: Session, email: str, password: str, workspace_id: str) 
     email = email.strip().lower()
     if "@" not in email or len(email) > 320:
         raise AccountError(f"not an e-mail address: {email!r}")
-    if len(password) < 8:
-        raise AccountError("the password must have at least 8 characters")
+    if (problem := password_problem(password)) is not None:
+        raise AccountError(problem[0].lower() + problem[1:].rstrip("."))
     workspace = session.get(Workspace, workspace_id)
     if workspace is None:
         raise AccountError(f"no workspace {workspace_id!r}")
@@ -130,3 +134,200 @@ def session_user(session: Session, user_id: str) -> User | None:
     if user is None or not token or not hmac.compare_digest(user.session_token, token):
         return None
     return user
+
+
+def password_problem(password: str) -> str | None:
+    """What is wrong with a new password, in words, or None. The CLI and the dashboard agree."""
+    if len(password) < MIN_PASSWORD:
+        return f"The password must have at least {MIN_PASSWORD} characters."
+    if len(password) > MAX_PASSWORD:
+        return f"The password must have at most {MAX_PASSWORD} characters."
+    return None
+
+
+def email_problem(email: str) -> str | None:
+    local, at, domain = email.partition("@")
+    if (
+        not at
+        or not local
+        or "." not in domain
+        or len(email) > 320
+        or any(c.isspace() for c in email)
+    ):
+        return "Enter an e-mail address, like name@example.com."
+    return None
+
+
+def workspace_users(session: Session, workspace_id: str) -> list[tuple[User, str | None]]:
+    """The workspace's users, oldest first, each with "Invited" while their invitation link
+    is unused, "Invitation expired" once it can no longer be, else None."""
+    unused = (Invitation.user_id == User.id, Invitation.workspace_id == workspace_id)
+    unused += (Invitation.used_at.is_(None),)
+    invited = select(Invitation.id).where(*unused).exists()
+    live = select(Invitation.id).where(*unused, Invitation.expires_at > utcnow()).exists()
+    rows = session.execute(
+        select(User, invited, live)
+        .join(memberships, memberships.c.user_id == User.id)
+        .where(memberships.c.workspace_id == workspace_id)
+        .order_by(User.created_at, User.email)
+    )
+    return [
+        (user, None if not pending else "Invited" if usable else "Invitation expired")
+        for user, pending, usable in rows
+    ]
+
+
+def member(session: Session, workspace_id: str, user_id: str) -> User | None:
+    """The user, if they belong to the workspace: another workspace's users are not found."""
+    return session.scalars(
+        select(User)
+        .join(memberships, memberships.c.user_id == User.id)
+        .where(User.id == user_id, memberships.c.workspace_id == workspace_id)
+    ).first()
+
+
+def invite_user(
+    session: Session, workspace_id: str, email: str, lifetime: timedelta
+) -> tuple[User, str]:
+    """A new user of the workspace and the one-time token that lets them choose a password.
+
+    Until then the user's password is random and known to nobody. The token is returned in
+    plain once; only its digest is stored. Commits.
+    """
+    email = email.strip().lower()
+    if (problem := email_problem(email)) is not None:
+        raise AccountError(problem)
+    existing = session.scalars(select(User).where(User.email == email)).first()
+    if existing is not None:
+        raise AccountError(_already(session, existing, workspace_id))
+    workspace = session.get(Workspace, workspace_id)
+    if workspace is None:
+        raise AccountError(f"no workspace {workspace_id!r}")
+    user = User(email=email, password_hash=generate_password_hash(secrets.token_urlsafe(32)))
+    user.workspaces.append(workspace)
+    session.add(user)
+    plain = secrets.token_urlsafe(32)
+    try:
+        session.flush()
+        session.add(
+            Invitation(
+                workspace_id=workspace_id,
+                user_id=user.id,
+                token_hash=_digest(plain),
+                expires_at=utcnow() + lifetime,
+            )
+        )
+        session.commit()
+    except IntegrityError:  # the same address invited at the same moment
+        session.rollback()
+        raise AccountError("This e-mail address already has an account.") from None
+    return user, plain
+
+
+def _already(session: Session, user: User, workspace_id: str) -> str:
+    if member(session, workspace_id, user.id) is not None:
+        return f"{user.email} is already a user of this workspace."
+    return "This e-mail address already has an account."
+
+
+def invitation(session: Session, plain: str) -> Invitation | None:
+    """The unused, unexpired invitation whose token this is, or None."""
+    if not plain or len(plain) > 200:
+        return None
+    digest = _digest(plain)
+    found = session.scalars(select(Invitation).where(Invitation.token_hash == digest)).first()
+    if (
+        found is None
+        or found.used_at is not None
+        or found.expires_at <= utcnow()
+        or not hmac.compare_digest(found.token_hash, digest)
+    ):
+        return None
+    return found
+
+
+def accept_invitation(session: Session, plain: str, password: str) -> User | None:
+    """Use the invitation once: the user's password becomes `password`. None when the link is
+    unknown, used or expired. The caller has checked the password (password_problem). Commits.
+    """
+    found = invitation(session, plain)
+    if found is None:
+        return None
+    now = utcnow()
+    # The compare-and-set makes the link work once even when two requests race.
+    taken = session.execute(
+        update(Invitation)
+        .where(Invitation.id == found.id, Invitation.used_at.is_(None), Invitation.expires_at > now)
+        .values(used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    user = session.get(User, found.user_id)
+    if taken.rowcount != 1 or user is None:
+        session.rollback()
+        return None
+    user.password_hash = generate_password_hash(password)
+    end_sessions(user)
+    session.commit()
+    return user
+
+
+def change_password(
+    session: Session, user: User, current: str, new: str, confirm: str
+) -> dict[str, str]:
+    """Set a new password, ending the user's sessions; the problems by field, or {} when done.
+
+    The caller signs the present session in again with the new session token. Commits.
+    """
+    errors: dict[str, str] = {}
+    if not check_password_hash(user.password_hash, current):
+        errors["current_password"] = "That is not your current password."
+    if (problem := password_problem(new)) is not None:
+        errors["new_password"] = problem
+    if new != confirm:
+        errors["confirm_password"] = "The two new passwords differ. Type the same one twice."
+    if errors:
+        return errors
+    user.password_hash = generate_password_hash(new)
+    end_sessions(user)
+    session.commit()
+    return {}
+
+
+def remove_user(session: Session, workspace_id: str, user_id: str, acting_user_id: str) -> bool:
+    """Take the user out of the workspace and end their sessions at once; a user left in no
+    workspace is deleted. False when no such user is in the workspace (another workspace's users
+    look exactly like missing ones). AccountError for yourself or the last user. Commits.
+    """
+    # One removal per workspace at a time, so that two people removing each other at once
+    # cannot leave it empty (SQLite's transactions are serialized anyway).
+    session.execute(select(Workspace.id).where(Workspace.id == workspace_id).with_for_update())
+    user = member(session, workspace_id, user_id)
+    if user is None:
+        session.rollback()
+        return False
+    if user.id == acting_user_id:
+        session.rollback()
+        raise AccountError("You cannot remove yourself. Ask another user of the workspace.")
+    count = session.scalar(
+        select(func.count())
+        .select_from(memberships)
+        .where(memberships.c.workspace_id == workspace_id)
+    )
+    if (count or 0) <= 1:
+        session.rollback()
+        raise AccountError("The last user of a workspace cannot be removed.")
+    if member(session, workspace_id, acting_user_id) is None:  # removed a moment ago
+        session.rollback()
+        return False
+    session.execute(
+        delete(Invitation).where(
+            Invitation.user_id == user.id, Invitation.workspace_id == workspace_id
+        )
+    )
+    user.workspaces = [w for w in user.workspaces if w.id != workspace_id]
+    end_sessions(user)
+    session.flush()
+    if not user.workspaces:
+        session.delete(user)
+    session.commit()
+    return True

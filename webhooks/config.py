@@ -340,6 +340,12 @@ VARIABLES: tuple[Var, ...] = (
         "wrong passwords per account, from any address; beyond it even the right one waits",
     ),
     Var(
+        "WEBHOOK_INVITE_DAYS",
+        "7",
+        lambda n, r: _decimal(n, r, minimum=0.001),
+        "days an invitation link from Settings › Users stays usable (once)",
+    ),
+    Var(
         "WEBHOOK_TRUSTED_PROXIES",
         "",
         _networks,

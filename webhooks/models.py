@@ -101,6 +101,22 @@ class User(db.Model):
         return f"{self.id}:{self.session_token}"
 
 
+class Invitation(db.Model):
+    """A one-time link that lets an invited user choose a password; only its digest is kept."""
+
+    __tablename__ = "invitations"
+
+    id: Mapped[str] = _id("inv")
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
+    )
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+
 class ApiKey(db.Model):
     __tablename__ = "api_keys"
 
