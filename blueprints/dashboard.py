@@ -72,6 +72,7 @@ def render_form(webhook: Webhook | None, values: dict[str, Any], errors: dict[st
         webhook=webhook,
         values=values,
         errors=errors,
+        problems=webhook_form.summary(errors, template),
         template=template,
         gallery=templates.TEMPLATES.values(),
     ), 422 if errors else 200
@@ -82,10 +83,13 @@ def create():  # type: ignore[no-untyped-def]
     """Show the form for a new webhook, and create it."""
     if request.method == "GET":
         return render_form(None, webhook_form.values(None, request.args.get("template")), {})
+    problems = management.Problems()  # the form's own reading, then the domain's checks
     try:
-        payload = webhook_form.payload(request.form, creating=True)
+        payload = webhook_form.payload(request.form, creating=True, problems=problems)
         warnings: list[str] = []
-        webhook, _ = management.create(db.session, g.workspace_id, payload, settings(), warnings)
+        webhook, _ = management.create(
+            db.session, g.workspace_id, payload, settings(), warnings, problems=problems
+        )
     except Invalid as exc:
         db.session.rollback()
         values = webhook_form.redisplay(request.form, None)
@@ -102,9 +106,10 @@ def edit(webhook_id: str):  # type: ignore[no-untyped-def]
     webhook = webhook_or_404(webhook_id)
     if request.method == "GET":
         return render_form(webhook, webhook_form.values(webhook), {})
+    problems = management.Problems()
     try:
-        payload = webhook_form.payload(request.form, creating=False)
-        management.update(db.session, webhook, payload, settings())
+        payload = webhook_form.payload(request.form, creating=False, problems=problems)
+        management.update(db.session, webhook, payload, settings(), problems=problems)
     except Invalid as exc:
         db.session.rollback()
         values = webhook_form.redisplay(request.form, webhook)

@@ -50,8 +50,14 @@ def parse_transform(text: str) -> dict[str, Any] | None:
     return value
 
 
-def payload(form: Any, *, creating: bool) -> dict[str, Any]:
-    """The API payload the form describes (validation happens once, in the domain)."""
+def payload(
+    form: Any, *, creating: bool, problems: management.Problems | None = None
+) -> dict[str, Any]:
+    """The API payload the form describes (validation happens once, in the domain).
+
+    A Transform field that is not a JSON object is left out, its problem recorded in
+    `problems` (raised at once without them), so that the other fields are checked too.
+    """
     events = form.getlist("events")
     result: dict[str, Any] = {
         "name": form.get("name", ""),
@@ -67,13 +73,54 @@ def payload(form: Any, *, creating: bool) -> dict[str, Any]:
     if template is not None:
         result["template"] = template.name
         result["template_params"] = _params(form, template)
-    transform = parse_transform(form.get("transform", ""))
-    if transform is not None or not creating:
+    text = form.get("transform", "")
+    transform = parse_transform(text) if problems is None else problems.run(parse_transform, text)
+    if transform is not management.FAILED and (transform is not None or not creating):
         result["transform"] = transform
     # Flow control: empty is no limit, no ordering.
     result["rate_limit"] = flow.read_rate_limit(form.get("rate_limit", ""))
     result["ordering_key"] = form.get("ordering_key", "")
     return result
+
+
+# The form's fields in the order a person meets them: (API field, label, id of its input).
+_FIELDS = (
+    ("name", "Name", "name"),
+    ("url", "URL", "url"),
+    ("events", "Events", "events-all"),
+    ("secret", "Secret", "secret"),
+    ("headers", "Headers", "header-name-first"),
+    ("rate_limit", "Rate limit", "rate_limit"),
+    ("ordering_key", "Ordering key", "ordering_key"),
+    ("transform", "Transform", "transform"),
+    ("active", "Active", "active"),
+)
+
+
+def summary(errors: dict[str, str], template: templates.Template | None) -> list[dict[str, Any]]:
+    """The form's problems as its error summary lists them, in the order of the form: each
+    with `text` (saying which field) and `target`, the id of the field to go to (None when the
+    form has no field for it: the template itself, a field the API does not know)."""
+    fields: list[tuple[str, str, str | None]] = [("template", "Template", None)]
+    if template is not None:
+        first = f"param_{template.params[0].name}" if template.params else None
+        fields.append(("template_params", f"{template.label} settings", first))
+        fields += [
+            (f"template_params.{p.name}", p.label, f"param_{p.name}") for p in template.params
+        ]
+    fields += _FIELDS
+    known = {key for key, _, _ in fields}
+    items = []
+    for key, label, target in [*fields, *((k, k, None) for k in errors if k not in known)]:
+        message = errors.get(key)
+        if not message or key == "form":
+            continue
+        if message.lower().startswith(label.lower()):
+            text = message[0].upper() + message[1:]
+        else:
+            text = f"{label}: {message}"
+        items.append({"text": text, "target": target})
+    return items
 
 
 def _rate(value: float | None) -> str:

@@ -57,3 +57,25 @@ document.addEventListener("change", (event) => {
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("fieldset.events").forEach((set) => syncEvents(set.form));
 });
+
+// A form answered with problems: its summary of them takes the focus (on a new page, or once
+// htmx swaps it in), so that a screen reader reads it first; each of its links moves the focus
+// to the field it names, and scrolls that field's label into view.
+function focusSummary(root) {
+  const summary = root.querySelector("[data-focus-on-load]");
+  if (summary) summary.focus();
+}
+document.addEventListener("DOMContentLoaded", () => focusSummary(document));
+document.addEventListener("htmx:afterSettle", (event) => focusSummary(event.target));
+document.addEventListener("click", (event) => {
+  const link = event.target.closest(".error-summary a[href^='#']");
+  if (!link) return;
+  const field = document.getElementById(link.getAttribute("href").slice(1));
+  if (!field) return;
+  event.preventDefault();
+  // A checkbox of a group shows its group's legend; any other field, its label.
+  const legend = field.type === "checkbox" ? field.closest("fieldset")?.querySelector("legend") : null;
+  const label = legend || (field.labels && field.labels[0]) || field;
+  label.scrollIntoView();
+  field.focus({ preventScroll: true });
+});

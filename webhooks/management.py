@@ -43,6 +43,81 @@ class Invalid(Exception):
     status: int = 400
 
 
+# The order of a webhook's fields. An error naming several takes its code and message from the
+# first of them in this order; a field the webhook does not have comes before all (often a
+# misspelt one, which explains the problem of the field it was meant to be).
+FIELD_ORDER = (
+    "name",
+    "url",
+    "events",
+    "headers",
+    "secret",
+    "active",
+    "template",
+    "template_params",
+    "transform",
+    "rate_limit",
+    "ordering_key",
+)
+
+
+class _Failed:
+    """What a check that found a problem gives instead of a value."""
+
+    def __repr__(self) -> str:
+        return "FAILED"
+
+
+FAILED: Any = _Failed()
+
+
+def _rank(key: str) -> int:
+    name = key.split(".", 1)[0]
+    return FIELD_ORDER.index(name) + 1 if name in FIELD_ORDER else 0
+
+
+class Problems:
+    """Every field's problem in one input, answered at once.
+
+    `run` calls a check and records the Invalid it raises (its value is then FAILED), so that
+    the other fields are checked all the same; `raise_any` raises one Invalid whose `fields`
+    holds every problem found, with the code and message of the first in FIELD_ORDER.
+    """
+
+    def __init__(self) -> None:
+        self.found: list[Invalid] = []
+
+    def run(self, check: Any, *args: Any) -> Any:
+        """`check(*args)`, or FAILED once its problem is recorded."""
+        try:
+            return check(*args)
+        except Invalid as exc:
+            self.found.append(exc)
+            return FAILED
+
+    def failed(self, *names: str) -> bool:
+        """Whether a field of these (or a part of one, "template_params.email") has a problem."""
+        return any(
+            key.split(".", 1)[0] in names for problem in self.found for key in problem.fields
+        )
+
+    def raise_any(self) -> None:
+        if not self.found:
+            return
+        ranked = sorted(self.found, key=lambda problem: min(map(_rank, problem.fields), default=0))
+        fields: dict[str, str] = {}
+        for problem in ranked:
+            for key, message in problem.fields.items():
+                fields.setdefault(key, message)
+        first = ranked[0]
+        raise Invalid(
+            first.code,
+            first.message,
+            dict(sorted(fields.items(), key=lambda kv: _rank(kv[0]))),
+            first.status,
+        )
+
+
 def check_url(url: Any, settings: Settings, warnings: list[str] | None = None) -> str:
     """The URL to save, or Invalid: `invalid_url` for its form, `target_not_allowed` when the
     egress guard refuses its address. A name that does not resolve yet is accepted; the warning
@@ -171,11 +246,15 @@ def _apply_template(template: Any, params: Any) -> dict[str, Any] | None:
             msg = "template_params needs a template"
             raise Invalid("validation_error", msg, {"template_params": msg})
         return None
-    if template not in templates.TEMPLATES:
+    if not isinstance(template, str) or template not in templates.TEMPLATES:
         msg = f"unknown template {template!r}; available: {', '.join(templates.TEMPLATES)}"
         raise Invalid("validation_error", msg, {"template": msg})
     try:
         return templates.apply(template, params)
+    except templates.ParamsError as exc:
+        # One entry per setting, in words, so that a form shows each next to its own field.
+        fields = {f"template_params.{name}": msg for name, msg in exc.problems.items()}
+        raise Invalid("validation_error", str(exc), fields) from None
     except ValueError as exc:
         raise Invalid("validation_error", str(exc), {"template_params": str(exc)}) from None
 
@@ -192,7 +271,9 @@ def _kept(given: Any, stored: Any, what: str, field_name: str, code: str) -> Any
     return value
 
 
-def _params(payload: dict[str, Any], webhook: Webhook | None, template: Any) -> Any:
+def _params(
+    payload: dict[str, Any], webhook: Webhook | None, template: Any, problems: Problems
+) -> Any:
     """The template parameters to save: merged into the stored ones (a key set to null is
     removed) while the template stays the same, masked credentials sent back kept."""
     stored = webhook.template_params if webhook else None
@@ -208,9 +289,8 @@ def _params(payload: dict[str, Any], webhook: Webhook | None, template: Any) -> 
             merged.pop(name, None)
             continue
         old = (stored or {}).get(name) if same else None
-        merged[name] = _kept(
-            value, old, f"template_params.{name}", "template_params", "validation_error"
-        )
+        key = f"template_params.{name}"
+        merged[name] = problems.run(_kept, value, old, key, key, "validation_error")
     return merged
 
 
@@ -228,56 +308,67 @@ def _own_headers(given: Any, webhook: Webhook | None) -> dict[str, str]:
     }
 
 
-def _template_fields(payload: dict[str, Any], webhook: Webhook | None) -> dict[str, Any]:
+def _template_fields(
+    payload: dict[str, Any], webhook: Webhook | None, problems: Problems
+) -> dict[str, Any]:
     """What `template`, `template_params`, `headers` and `transform` in the payload change.
 
     A template is live: only its settings are stored, and its transform and headers are derived
     from them at send time. A `transform` other than the template's own customises the body
     (it is stored, and the template's settings no longer change it); `null`, or the template's
     own transform, follows the template again. Choosing another template follows it.
+    Problems go to `problems`; a check that needs a valid template or settings is skipped
+    when they have one.
     """
     changes: dict[str, Any] = {}
     template = (
         payload["template"] if "template" in payload else (webhook.template if webhook else None)
     )
-    params = _params(payload, webhook, template)
+    params = _params(payload, webhook, template, problems)
     retemplate = webhook is None or "template" in payload or "template_params" in payload
     if retemplate:
-        applied = _apply_template(template, params)
+        if not problems.failed("template_params"):
+            problems.run(_apply_template, template, params)
         changes.update(template=template, template_params=params)
-        if webhook is None and applied is not None:
-            changes["events"] = applied["events"]
+        chosen = templates.get(template) if isinstance(template, str) else None
+        if webhook is None and chosen is not None:
+            changes["events"] = list(chosen.default_events)
         if webhook is not None and template != webhook.template:
             changes["transform"] = None
     if "transform" in payload:
         transform = payload["transform"]
-        if templates.follows(template, params, transform):
+        template_name = template if isinstance(template, str) else None
+        if templates.follows(template_name, params, transform):
             transform = None
-        changes["transform"] = check_transform(
-            templates.without_body_credentials(template, transform)
+        changes["transform"] = problems.run(
+            check_transform, templates.without_body_credentials(template_name, transform)
         )
     if "headers" in payload:
-        changes["headers"] = _own_headers(payload["headers"], webhook)
+        changes["headers"] = problems.run(_own_headers, payload["headers"], webhook)
     return changes
 
 
+def _flow_check(check: Any, value: Any, name: str) -> Any:
+    try:
+        return check(value)
+    except flow.FlowError as exc:
+        raise Invalid(exc.code, exc.message, {name: exc.message}) from None
+
+
 def _flow_fields(
-    payload: dict[str, Any], webhook: Webhook | None, template: str | None
+    payload: dict[str, Any], webhook: Webhook | None, template: Any, problems: Problems
 ) -> dict[str, Any]:
     """What `rate_limit` and `ordering_key` in the payload change (API.md section 8). A new
     webhook, or one that changes template, starts with its template's unless it gives its own."""
     changes: dict[str, Any] = {}
-    chosen = templates.get(template) if template else None
+    chosen = templates.get(template) if isinstance(template, str) else None
     new_template = webhook is None or ("template" in payload and template != webhook.template)
     for name, check in (
         ("rate_limit", flow.check_rate_limit),
         ("ordering_key", flow.check_ordering_key),
     ):
         if name in payload:
-            try:
-                changes[name] = check(payload[name])
-            except flow.FlowError as exc:
-                raise Invalid(exc.code, exc.message, {name: exc.message}) from None
+            changes[name] = problems.run(_flow_check, check, payload[name], name)
         elif new_template and (chosen is not None or webhook is not None):
             changes[name] = getattr(chosen, name) if chosen is not None else None
     return changes
@@ -302,7 +393,7 @@ def _unknown_fields(payload: dict[str, Any]) -> None:
     extra = sorted(set(payload) - KNOWN_FIELDS)
     if extra:
         msg = f"unknown field {extra[0]!r}"
-        raise Invalid("validation_error", msg, {extra[0]: "unknown field"})
+        raise Invalid("validation_error", msg, dict.fromkeys(extra, "unknown field"))
 
 
 def create(
@@ -311,19 +402,32 @@ def create(
     payload: dict[str, Any],
     settings: Settings,
     warnings: list[str] | None = None,
+    problems: Problems | None = None,
 ) -> tuple[Webhook, str | None]:
     """A new webhook from API input; returns it with its secret (generated unless given).
 
     `warnings` collects what is accepted but worth saying (a host that does not resolve yet).
+    Raises one Invalid naming every field's problem, those already in `problems` (found by the
+    caller reading its own input) included.
     """
-    _unknown_fields(payload)
-    name = _check_name(payload.get("name"))
-    url = check_url(payload.get("url"), settings, warnings)
-    fields = _template_fields(payload, None)
-    fields.update(_flow_fields(payload, None, fields.get("template")))
-    events = check_events(payload["events"] if "events" in payload else fields.get("events"))
-    active = _check_bool("active", payload.get("active", True))
-    secret = check_secret(payload["secret"]) if "secret" in payload else signing.generate_secret()
+    problems = problems if problems is not None else Problems()
+    problems.run(_unknown_fields, payload)
+    name = problems.run(_check_name, payload.get("name"))
+    url = problems.run(check_url, payload.get("url"), settings, warnings)
+    fields = _template_fields(payload, None, problems)
+    fields.update(_flow_fields(payload, None, fields.get("template"), problems))
+    events = FAILED  # without a valid template, none of its events
+    if "events" in payload or not problems.failed("template"):
+        events = problems.run(
+            check_events, payload["events"] if "events" in payload else fields.get("events")
+        )
+    active = problems.run(_check_bool, "active", payload.get("active", True))
+    secret = (
+        problems.run(check_secret, payload["secret"])
+        if "secret" in payload
+        else signing.generate_secret()
+    )
+    problems.raise_any()
     webhook = Webhook(
         workspace_id=workspace_id,
         name=name,
@@ -354,22 +458,30 @@ def update(
     payload: dict[str, Any],
     settings: Settings,
     warnings: list[str] | None = None,
+    problems: Problems | None = None,
 ) -> Webhook:
-    """Change the given fields; `active: false` pauses, `active: true` clears a disable."""
-    _unknown_fields(payload)
+    """Change the given fields; `active: false` pauses, `active: true` clears a disable.
+
+    Raises one Invalid naming every field's problem (those already in `problems` included),
+    and then changes nothing.
+    """
+    problems = problems if problems is not None else Problems()
+    problems.run(_unknown_fields, payload)
     changes: dict[str, Any] = {}
     if "name" in payload:
-        changes["name"] = _check_name(payload["name"])
+        changes["name"] = problems.run(_check_name, payload["name"])
     if "url" in payload:
-        changes["url"] = check_url(payload["url"], settings, warnings)
+        changes["url"] = problems.run(check_url, payload["url"], settings, warnings)
     if "events" in payload:
-        changes["events"] = check_events(payload["events"])
+        changes["events"] = problems.run(check_events, payload["events"])
     if "active" in payload:
-        changes["active"] = _check_bool("active", payload["active"])
-    changes.update(_template_fields(payload, webhook))
-    changes.update(_flow_fields(payload, webhook, changes.get("template", webhook.template)))
+        changes["active"] = problems.run(_check_bool, "active", payload["active"])
+    changes.update(_template_fields(payload, webhook, problems))
+    template = changes.get("template", webhook.template)
+    changes.update(_flow_fields(payload, webhook, template, problems))
     was_active = webhook.active
-    secret = check_secret(payload["secret"]) if "secret" in payload else _UNSET
+    secret = problems.run(check_secret, payload["secret"]) if "secret" in payload else _UNSET
+    problems.raise_any()
     rate_changed = "rate_limit" in changes and changes["rate_limit"] != webhook.rate_limit
     ordering_removed = (
         "ordering_key" in changes and webhook.ordering_key and not changes["ordering_key"]

@@ -28,6 +28,7 @@ __all__ = [
     "TEMPLATES",
     "Outgoing",
     "Param",
+    "ParamsError",
     "Template",
     "apply",
     "customised",
@@ -370,11 +371,49 @@ def get(name: str) -> Template | None:
     return TEMPLATES.get(name)
 
 
+class ParamsError(ValueError):
+    """Template parameters that cannot be used.
+
+    `str()` says what is wrong with the first of them, as a developer reads it; `problems` maps
+    the name of every parameter with a problem (a missing one, a bad one, one the template does
+    not take) to what is wrong with it, in words for a person (its label: "Project key is
+    required").
+    """
+
+    def __init__(self, message: str, problems: dict[str, str]) -> None:
+        super().__init__(message)
+        self.problems = problems
+
+
+_DELIMITERS = "must not contain '{{', '{%' or '{#'"
+_LINE_BREAKS = "must not contain line breaks or NUL"
+
+
+def _param_problem(template: str, param: Param, raw: Any) -> tuple[str, str] | None:
+    """What is wrong with one parameter's value, for a developer and for a person, or None."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        if not param.required:
+            return None
+        return (
+            f"template {template!r} needs template_params.{param.name} ({param.label})",
+            f"{param.label} is required",
+        )
+    if not isinstance(raw, str):
+        return f"template_params.{param.name} must be a string", f"{param.label} must be text"
+    value = raw.strip()
+    if any(char in value for char in "\r\n\x00"):
+        return f"template_params.{param.name} {_LINE_BREAKS}", f"{param.label} {_LINE_BREAKS}"
+    if param.name in _IN_TRANSFORM and any(d in value for d in ("{{", "{%", "{#")):
+        return f"template_params.{param.name} {_DELIMITERS}", f"{param.label} {_DELIMITERS}"
+    return None
+
+
 def apply(name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What a webhook made from template `name` with `params` gets.
 
     Returns ``{"events": [...], "transform": dict | None, "headers": dict}`` (fresh objects).
-    Raises ValueError for an unknown template, an unknown, missing or malformed parameter.
+    Raises ValueError for an unknown template or params that are not an object, and ParamsError
+    (a ValueError) naming every unknown, missing or malformed parameter.
     """
     template = TEMPLATES.get(name) if isinstance(name, str) else None
     if template is None:
@@ -385,29 +424,28 @@ def apply(name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         raise ValueError("template_params must be an object")
     known = [param.name for param in template.params]
     unknown = sorted(str(key) for key in params if key not in known)
+    messages: list[str] = []
+    problems: dict[str, str] = {}
     if unknown:
         takes = f"it takes {', '.join(known)}" if known else "it takes no parameters"
-        raise ValueError(f"template {name!r} has no parameter {', '.join(unknown)}; {takes}")
+        messages.append(f"template {name!r} has no parameter {', '.join(unknown)}; {takes}")
+        labels = ", ".join(param.label for param in template.params)
+        has = f"its settings are {labels}" if labels else "it has no settings"
+        for key in unknown:
+            problems[key] = f"The {template.label} template has no setting {key!r}; {has}"
     values: dict[str, str | None] = {}
     for param in template.params:
         raw = params.get(param.name)
-        if raw is None or (isinstance(raw, str) and not raw.strip()):
-            if param.required:
-                raise ValueError(
-                    f"template {name!r} needs template_params.{param.name} ({param.label})"
-                )
+        problem = _param_problem(name, param, raw)
+        if problem is not None:
+            messages.append(problem[0])
+            problems[param.name] = problem[1]
+        elif isinstance(raw, str) and raw.strip():
+            values[param.name] = raw.strip()
+        else:
             values[param.name] = param.default
-            continue
-        if not isinstance(raw, str):
-            raise ValueError(f"template_params.{param.name} must be a string")
-        value = raw.strip()
-        if any(char in value for char in "\r\n\x00"):
-            raise ValueError(f"template_params.{param.name} must not contain line breaks or NUL")
-        if param.name in _IN_TRANSFORM and any(d in value for d in ("{{", "{%", "{#")):
-            raise ValueError(
-                f"template_params.{param.name} must not contain '{{{{', '{{%' or '{{#'"
-            )
-        values[param.name] = value
+    if problems:
+        raise ParamsError(messages[0], problems)
     transform, headers = _BUILDERS[name](values)
     return {"events": list(template.default_events), "transform": transform, "headers": headers}
 
