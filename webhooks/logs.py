@@ -68,6 +68,19 @@ class LogFilter:
             q=q,
         )
 
+    def to_args(self) -> dict[str, str]:
+        """The filter as `from_args` reads it back (times in ISO 8601 UTC), empty fields left
+        out."""
+        args = {
+            "webhook_id": self.webhook_id,
+            "status": self.status,
+            "event_type": self.event_type,
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+            "q": self.q,
+        }
+        return {key: value for key, value in args.items() if value}
+
     def clauses(self, workspace_id: str, *, by_key: bool = False) -> list[Any]:
         """The filter as SQL; `by_key`: the rows come by primary key, and no other index may
         be read instead (the columns are written `+column`, which SQLite never indexes)."""
@@ -160,6 +173,15 @@ def _search(session: Session, q: str, workspace_id: str) -> _Search:
         select(Event.id).where(literal_column("events.rowid").in_(few))
     ).all()
     return _by_event(session, event_ids, scan)
+
+
+def matching(session: Session, workspace_id: str, filters: LogFilter) -> list[Any]:
+    """Every clause of the filter, its search included, on the deliveries' own columns: what
+    an action over all the rows the log shows (not one page of them) selects."""
+    clauses = filters.clauses(workspace_id)
+    if filters.q:
+        clauses.append(_search(session, filters.q, workspace_id).clause)
+    return clauses
 
 
 def encode_cursor(delivery: Delivery) -> str:
