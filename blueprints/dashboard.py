@@ -51,7 +51,8 @@ def template_header_names(webhook: Webhook) -> list[str]:
 
 @bp.get("")
 def webhooks():  # type: ignore[no-untyped-def]
-    """List the workspace's webhooks with their state and last 24 hours."""
+    """List the workspace's webhooks with their state (and why one is failing) and last 24
+    hours."""
     rows = db.session.scalars(
         select(Webhook)
         .where(Webhook.workspace_id == g.workspace_id)
@@ -61,7 +62,11 @@ def webhooks():  # type: ignore[no-untyped-def]
     summary = logs.summaries(db.session, g.workspace_id, utcnow())
     sparklines = charts.sparklines(db.session, g.workspace_id, utcnow(), settings())
     return render_template(
-        "dashboard/webhooks.html", webhooks=rows, summary=summary, sparklines=sparklines
+        "dashboard/webhooks.html",
+        webhooks=rows,
+        summary=summary,
+        sparklines=sparklines,
+        last_errors=logs.last_errors(db.session, g.workspace_id),
     )
 
 

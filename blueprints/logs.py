@@ -7,8 +7,9 @@ from sqlalchemy import select
 
 from blueprints import localtime
 from blueprints.ui import delivery_or_404, guarded, settings
-from webhooks import catalog, logs, publishing, services, verification
-from webhooks.models import Webhook, db, utcnow
+from webhooks import bulk, catalog, logs, publishing, services, verification
+from webhooks.management import Invalid
+from webhooks.models import BulkJob, DeliveryStatus, Webhook, db, utcnow
 
 bp = guarded(Blueprint("logs", __name__, url_prefix="/settings/webhooks/logs"))
 
@@ -71,8 +72,56 @@ def index():  # type: ignore[no-untyped-def]
         webhooks=webhooks,
         statuses=logs.STATUSES,
         types=catalog.CATALOG,
+        redeliver_count=_redeliver_count(filters, errors),
+        job=_shown_job(),
+        max_per_call=bulk.MAX_PER_CALL,
         **context,
     )
+
+
+def _redeliver_count(filters: logs.LogFilter, errors: dict[str, str]) -> int:
+    """How many failed deliveries "Redeliver all matching" would send again (0: no offer)."""
+    if errors or filters.status != DeliveryStatus.FAILED:
+        return 0
+    return bulk.redeliver_count(db.session, g.workspace_id, filters)
+
+
+def _shown_job() -> BulkJob | None:
+    """The redeliver job started from this page without JavaScript (`?job=` after the POST)."""
+    job_id = request.args.get("job")
+    if not job_id:
+        return None
+    return db.session.scalars(
+        select(BulkJob).where(BulkJob.id == job_id, BulkJob.workspace_id == g.workspace_id)
+    ).first()
+
+
+@bp.post("/redeliver-all")
+def redeliver_all():  # type: ignore[no-untyped-def]
+    """Redeliver every failed delivery the filter (in the form) matches, as one bulk job; its
+    progress replaces the button."""
+    try:
+        filters = logs.LogFilter.from_args(request.form)
+        if filters.status != DeliveryStatus.FAILED:
+            raise Invalid("validation_error", "Only failed deliveries are redelivered in bulk.")
+        job = bulk.start_redeliver(db.session, _redis(), g.workspace_id, filters, settings())
+    except logs.BadFilter as exc:
+        return _bulk_refused(str(exc))
+    except Invalid as exc:
+        return _bulk_refused(exc.message)
+    if request.headers.get("HX-Request") == "true":
+        return render_template("dashboard/_job.html", job=job, error=None)
+    query = {k: v for k in FILTER_KEYS if (v := request.form.get(k, "").strip())}
+    return redirect(url_for("logs.index", job=job.id, **query) + "#redeliver-all")
+
+
+def _bulk_refused(message: str):  # type: ignore[no-untyped-def]
+    db.session.rollback()
+    if request.headers.get("HX-Request") == "true":
+        # 200, so that htmx swaps the message in where the progress would have been.
+        return render_template("dashboard/_job.html", job=None, error=message)
+    flash(message, "error")
+    return redirect(url_for("logs.index"))
 
 
 @bp.get("/<delivery_id>")

@@ -298,11 +298,19 @@ SCHEMAS.update(
             "required": ["id", "kind", "status", "done", "total", "webhook_id", "created_at"],
             "properties": {
                 "id": {"type": "string"},
-                "kind": {"type": "string", "enum": ["recover", "replay"]},
+                "kind": {
+                    "type": "string",
+                    "enum": ["recover", "replay", "redeliver"],
+                    "description": "redeliver: the dashboard's Redeliver all matching, of the "
+                    "failed deliveries a logs filter matched when it started",
+                },
                 "status": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
                 "done": {"type": "integer", "description": "deliveries created so far"},
                 "total": {"type": "integer", "description": "deliveries to create in all"},
-                "webhook_id": {"type": "string"},
+                "webhook_id": {
+                    "type": ["string", "null"],
+                    "description": "null for a redeliver job whose filter named no webhook",
+                },
                 "created_at": TIME,
                 "error": {"type": ["string", "null"]},
             },

@@ -1,9 +1,12 @@
-"""Recover and replay-missed: bulk jobs that create deliveries in batches.
+"""Recover, replay-missed and redeliver-matching: bulk jobs that create deliveries in batches.
 
-`start` counts what will be created and stores a `BulkJob`; an RQ job (`jobs.bulk.run`) then
-creates the deliveries, each batch in its own short transaction and handed to RQ after its
-commit. Each batch asks the database again for what still lacks a delivery, so a run that stops
-half-way, a second run, or a second request never creates a delivery twice.
+`start` (or `start_redeliver`) counts what will be created and stores a `BulkJob`; an RQ job
+(`jobs.bulk.run`) then creates the deliveries, each batch in its own short transaction and
+handed to RQ after its commit. Each recover or replay batch asks the database again for what
+still lacks a delivery, so a run that stops half-way, a second run, or a second request never
+creates a delivery twice. A redeliver job walks a fixed set (the failed deliveries its filter
+matched when it started) in key order and commits how far it got with each batch's deliveries,
+so a run that starts again goes on after the last batch it committed.
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ from typing import Any
 
 from redis import Redis
 from rq import Queue
-from sqlalchemy import and_, exists, func, insert, or_, select, update
+from sqlalchemy import and_, exists, func, insert, or_, select, tuple_, update
 from sqlalchemy.orm import Session, aliased
 
-from webhooks import catalog, publishing, queueing
+from webhooks import catalog, logs, publishing, queueing
 from webhooks.config import Settings
 from webhooks.management import Invalid
 from webhooks.models import BulkJob, Delivery, DeliveryStatus, Event, Webhook, utcnow
@@ -25,7 +28,7 @@ from webhooks.outgoing import iso
 
 log = logging.getLogger(__name__)
 
-RECOVER, REPLAY = "recover", "replay"
+RECOVER, REPLAY, REDELIVER = "recover", "replay", "redeliver"
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 BATCH = 500
 MAX_PER_CALL = 10_000  # deliveries one request creates at most; ask again for more
@@ -173,8 +176,9 @@ def run(session: Session, redis: Redis, job_id: str, settings: Settings) -> str 
         return None
     job = session.get(BulkJob, job_id, populate_existing=True)
     assert job is not None
+    step = _redeliver_batch if job.kind == REDELIVER else _batch
     try:
-        while job.done < job.total and _batch(session, redis, job, settings):
+        while job.done < job.total and step(session, redis, job, settings):
             pass
     except Stopped as exc:
         session.rollback()
@@ -228,6 +232,119 @@ def _batch(session: Session, redis: Redis, job: BulkJob, settings: Settings) -> 
     ]
     session.execute(insert(Delivery), rows)
     job.done += len(rows)
+    job.updated_at = now
+    session.commit()
+    publishing.dispatch(session, redis, settings, [r["id"] for r in rows])
+    return len(rows)
+
+
+# -- redeliver matching -------------------------------------------------------------------------
+
+
+def _redeliverable(session: Session, workspace_id: str, params: dict[str, Any]) -> Any:
+    """The failed deliveries the job's filter matched when it started, after its cursor, in key
+    order. `upto` (the start) keeps out what was created or ended later: a delivery that fails
+    after the start, and the redeliveries themselves."""
+    filters = logs.LogFilter.from_args({**params["filter"], "status": DeliveryStatus.FAILED})
+    upto = datetime.fromisoformat(params["upto"])
+    clauses = logs.matching(session, workspace_id, filters)
+    clauses += [Delivery.created_at <= upto, Delivery.updated_at <= upto]
+    if params.get("after"):
+        created, delivery_id = params["after"]
+        clauses.append(
+            tuple_(Delivery.created_at, Delivery.id)
+            > tuple_(datetime.fromisoformat(created), delivery_id)
+        )
+    return select(Delivery).where(*clauses).order_by(Delivery.created_at, Delivery.id)
+
+
+def redeliver_count(session: Session, workspace_id: str, filters: logs.LogFilter) -> int:
+    """How many failed deliveries the filter matches, counted up to MAX_PER_CALL + 1."""
+    params = {"filter": filters.to_args(), "upto": utcnow().isoformat()}
+    query = _redeliverable(session, workspace_id, params).limit(MAX_PER_CALL + 1).subquery()
+    return session.execute(select(func.count()).select_from(query)).scalar_one()  # type: ignore[no-any-return]
+
+
+def start_redeliver(
+    session: Session,
+    redis: Redis,
+    workspace_id: str,
+    filters: logs.LogFilter,
+    settings: Settings,
+) -> BulkJob:
+    """Redeliver every failed delivery of the workspace that the log's filter matches now.
+
+    Raises Invalid (400) when more than MAX_PER_CALL match: the filter must be narrowed."""
+    now = utcnow()
+    params: dict[str, Any] = {"filter": filters.to_args(), "upto": now.isoformat(), "after": None}
+    params["filter"].pop("status", None)  # always the failed ones
+    count = redeliver_count(session, workspace_id, filters)
+    if count > MAX_PER_CALL:
+        msg = (
+            f"more than {MAX_PER_CALL:,} failed deliveries match; narrow the filter "
+            "(From and To, say) to redeliver them in parts"
+        )
+        raise Invalid("validation_error", msg, {"filter": msg})
+    job = BulkJob(
+        workspace_id=workspace_id,
+        webhook_id=filters.webhook_id if count else None,
+        kind=REDELIVER,
+        status=QUEUED if count else DONE,
+        params=params,
+        done=0,
+        total=count,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    session.commit()
+    if count:
+        queueing.safe("queue a bulk job", enqueue, redis, settings, job.id)
+    return job
+
+
+def _redeliver_batch(session: Session, redis: Redis, job: BulkJob, settings: Settings) -> int:
+    """Redeliver one batch, as the logs' Redeliver does each (a new delivery of the same event
+    to the same webhook, sent even while it is paused), and commit it with the job's cursor."""
+    # The job's row, locked and read again: a second run of a stalled job waits here, then
+    # sees the cursor this one committed (SQLite's BEGIN IMMEDIATE serialises as well).
+    locked = session.scalars(
+        select(BulkJob)
+        .where(BulkJob.id == job.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).first()
+    if locked is None:
+        raise Stopped("the job was deleted")
+    wanted = min(BATCH, job.total - job.done)
+    if wanted <= 0:
+        session.rollback()
+        return 0
+    pairs = session.execute(
+        _redeliverable(session, job.workspace_id, job.params)
+        .add_columns(Event)
+        .join(Event, Event.id == Delivery.event_id)
+        .limit(wanted)
+    ).all()
+    if not pairs:
+        session.rollback()
+        return 0
+    now = utcnow()
+    rows = [
+        publishing._delivery_row(
+            event,
+            original.webhook_id,
+            now,
+            kind="redelivery",
+            max_attempts=settings.max_attempts,
+            ignores_pause=True,
+        )
+        for original, event in pairs
+    ]
+    last = pairs[-1][0]
+    session.execute(insert(Delivery), rows)
+    job.done += len(rows)
+    job.params = {**job.params, "after": [last.created_at.isoformat(), last.id]}
     job.updated_at = now
     session.commit()
     publishing.dispatch(session, redis, settings, [r["id"] for r in rows])

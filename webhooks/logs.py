@@ -10,10 +10,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, literal_column, or_, select, text, tuple_
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, case, exists, func, literal_column, or_, select, text, tuple_
+from sqlalchemy.orm import Session, aliased
 
-from webhooks.models import TITLE_SEARCH, Delivery, DeliveryStatus, Event
+from webhooks.models import (
+    TITLE_SEARCH,
+    Attempt,
+    AttemptOutcome,
+    Delivery,
+    DeliveryStatus,
+    Event,
+    Webhook,
+)
 
 RETRYING = "retrying"  # a filter, not a status: pending with at least one failed attempt
 STATUSES = (*DeliveryStatus.ALL, RETRYING)
@@ -67,6 +75,19 @@ class LogFilter:
             until=parse_time("until", args["until"]) if args.get("until") else None,
             q=q,
         )
+
+    def to_args(self) -> dict[str, str]:
+        """The filter as `from_args` reads it back (times in ISO 8601 UTC), empty fields left
+        out."""
+        args = {
+            "webhook_id": self.webhook_id,
+            "status": self.status,
+            "event_type": self.event_type,
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+            "q": self.q,
+        }
+        return {key: value for key, value in args.items() if value}
 
     def clauses(self, workspace_id: str, *, by_key: bool = False) -> list[Any]:
         """The filter as SQL; `by_key`: the rows come by primary key, and no other index may
@@ -160,6 +181,15 @@ def _search(session: Session, q: str, workspace_id: str) -> _Search:
         select(Event.id).where(literal_column("events.rowid").in_(few))
     ).all()
     return _by_event(session, event_ids, scan)
+
+
+def matching(session: Session, workspace_id: str, filters: LogFilter) -> list[Any]:
+    """Every clause of the filter, its search included, on the deliveries' own columns: what
+    an action over all the rows the log shows (not one page of them) selects."""
+    clauses = filters.clauses(workspace_id)
+    if filters.q:
+        clauses.append(_search(session, filters.q, workspace_id).clause)
+    return clauses
 
 
 def encode_cursor(delivery: Delivery) -> str:
@@ -266,3 +296,104 @@ def summaries(session: Session, workspace_id: str, now: datetime) -> dict[str, S
     for delivery in latest:
         result.setdefault(delivery.webhook_id, Summary()).last = delivery
     return result
+
+
+@dataclass
+class LastError:
+    """Why a webhook is not healthy: the error of its newest failing delivery, and when."""
+
+    error: str
+    at: datetime
+    retrying: bool  # the delivery is still pending, with another attempt to come
+
+    @property
+    def short(self) -> str:
+        """The error as the webhook list shows it: 'HTTP 500 from the receiver', 'connection
+        refused', 'timed out after 10 s (connect and response)'; at most SHORT characters."""
+        text = " ".join(self.error.split())
+        if re.fullmatch(r"HTTP \d{3}", text):
+            text += " from the receiver"
+        return text if len(text) <= SHORT else text[: SHORT - 1].rstrip() + "…"
+
+
+SHORT = 90
+
+
+def last_errors(session: Session, workspace_id: str) -> dict[str, LastError]:
+    """Per webhook id, the last error of each webhook whose recent deliveries fail: its newest
+    delivery failed or is retrying, or it is in a failing streak (`failing_since`). Healthy
+    webhooks are absent.
+
+    One statement for the whole list, however many webhooks: per webhook, its newest delivery
+    and (in a streak) its newest failed one are each one probe of the (webhook_id, created_at,
+    id) index, and the time of the failure is that delivery's newest failed attempt's start.
+    """
+
+    def newest(*clauses: Any) -> Any:
+        return (
+            select(Delivery.id)
+            .where(Delivery.webhook_id == Webhook.id, *clauses)
+            .order_by(Delivery.created_at.desc(), Delivery.id.desc())
+            .limit(1)
+            .correlate(Webhook)
+            .scalar_subquery()
+        )
+
+    heads = (
+        select(
+            Webhook.id.label("webhook_id"),
+            newest().label("latest_id"),
+            case(
+                (
+                    Webhook.failing_since.is_not(None),
+                    newest(Delivery.status == DeliveryStatus.FAILED),
+                ),
+                else_=None,
+            ).label("failed_id"),
+        )
+        .where(Webhook.workspace_id == workspace_id)
+        .subquery()
+    )
+    latest, failed = aliased(Delivery), aliased(Delivery)
+
+    def failed_at(delivery: Any) -> Any:
+        attempt = (
+            select(func.max(Attempt.started_at))
+            .where(
+                Attempt.delivery_id == delivery.id,
+                Attempt.outcome.in_((AttemptOutcome.FAILURE, AttemptOutcome.LOST)),
+            )
+            .scalar_subquery()
+        )
+        return func.coalesce(attempt, delivery.updated_at)
+
+    rows = session.execute(
+        select(
+            heads.c.webhook_id,
+            latest.status,
+            latest.last_status_code,
+            latest.last_error,
+            failed_at(latest),
+            failed.last_status_code,
+            failed.last_error,
+            failed_at(failed),
+        )
+        .select_from(heads)
+        .outerjoin(latest, latest.id == heads.c.latest_id)
+        .outerjoin(failed, failed.id == heads.c.failed_id)
+    ).all()
+    found: dict[str, LastError] = {}
+    for webhook_id, status, code, error, at, f_code, f_error, f_at in rows:
+        failing = status == DeliveryStatus.FAILED
+        retrying = status == DeliveryStatus.PENDING and (code is not None or error is not None)
+        if failing or retrying:
+            found[webhook_id] = LastError(_said(code, error), at, retrying=retrying)
+        elif f_at is not None:
+            found[webhook_id] = LastError(_said(f_code, f_error), f_at, retrying=False)
+    return found
+
+
+def _said(code: int | None, error: str | None) -> str:
+    if error:
+        return error
+    return f"HTTP {code}" if code is not None else "failed"

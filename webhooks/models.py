@@ -383,15 +383,17 @@ class Notification(db.Model):
 
 
 class BulkJob(db.Model):
-    """A recover or replay-missed run: its progress, as GET /jobs/{id} shows it."""
+    """A recover, replay-missed or redeliver-matching run: its progress, as GET /jobs/{id}
+    shows it."""
 
     __tablename__ = "bulk_jobs"
     __table_args__ = (Index(None, "workspace_id", "created_at"),)
 
     id: Mapped[str] = _id("job")
     workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
-    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(String(16))  # recover, replay
+    # None for a redeliver job whose filter spans every webhook of the workspace.
+    webhook_id: Mapped[str | None] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))  # recover, replay, redeliver
     # queued, running, done, failed
     status: Mapped[str] = mapped_column(String(16), default="queued")
     params: Mapped[dict[str, Any]]
