@@ -220,7 +220,9 @@ def test_create_webhook_through_the_form(page: Page, site: Site, receiver: Recei
     page.get_by_label("Incident", exact=True).check()
     page.get_by_role("button", name="Save").click()
     url_field = page.locator(".field", has=page.get_by_label("URL", exact=True))
-    expect(url_field.get_by_role("alert")).to_have_text("URL must use https://", timeout=UI)
+    expect(url_field.get_by_role("alert")).to_have_text(
+        "URL must use https:// (WEBHOOK_ALLOW_HTTP=1 allows http:// for development)", timeout=UI
+    )
     expect(page.get_by_label("URL", exact=True)).to_have_attribute("aria-invalid", "true")
     assert site.api.get("/webhooks").json["data"] == []
     page.get_by_role("link", name="Settings › Webhooks").click()

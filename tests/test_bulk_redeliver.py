@@ -14,7 +14,7 @@ from tests.conftest import Api
 from tests.receivers import Receiver
 from tests.session import Session, make_user, text
 from tests.test_openapi import check
-from webhooks import bulk
+from webhooks import bulk, services
 from webhooks.config import Settings
 from webhooks.models import BulkJob, Delivery, db, utcnow
 
@@ -192,7 +192,7 @@ def test_an_interrupted_job_goes_on_where_it_stopped_and_sends_nothing_twice(
     delivery still pending when the job started, which fails later, is not swept in."""
     monkeypatch.setattr(bulk, "BATCH", 2)
     settings = Settings.from_config(app.config)
-    redis = app.extensions["redis"]
+    redis = services.of(app).redis
     receiver.answer(500)
     late = publish(api, "task.failed", 7)  # pending (not yet attempted) at the start
     with app.app_context():  # and older than the rest: first in the job's order

@@ -60,7 +60,11 @@ def test_create_form_saves_and_lists_the_webhook(user):
 def test_field_errors_appear_next_to_the_field_and_nothing_is_saved(user):
     response = create_webhook(user, url="http://hooks.example.com/in")
     assert response.status_code == 422
-    assert re.search(r'id="url-error"[^>]*>URL must use https://<', response.text)
+    assert re.search(
+        r'id="url-error"[^>]*>URL must use https:// '
+        r"\(WEBHOOK_ALLOW_HTTP=1 allows http:// for development\)<",
+        response.text,
+    )
     assert 'value="http://hooks.example.com/in"' in response.text  # what was typed is kept
     assert "No webhooks yet" in user.get("/settings/webhooks").text
 

@@ -587,6 +587,9 @@ def test_api_refuses_targets_naming_the_address(dns, api, url, message):  # type
     assert error["code"] == "target_not_allowed"
     assert error["message"].startswith(message)
     assert error["fields"] == {"url": error["message"]}
+    # The setting that would allow it is named, where one can (a zone id: none).
+    names_setting = "WEBHOOK_ALLOWED_PRIVATE_NETWORKS can allow it" in error["message"]
+    assert names_setting == ("zone id" not in message)
 
 
 @pytest.mark.parametrize("networks", [""])
@@ -599,7 +602,10 @@ def test_api_checks_the_url_on_change_too(dns, api):  # type: ignore[no-untyped-
 
     assert response.status_code == 400
     assert response.json["error"]["code"] == "target_not_allowed"
-    assert response.json["error"]["message"] == "192.168.0.10 is a private address"
+    assert response.json["error"]["message"] == (
+        "192.168.0.10 is a private address"
+        " (WEBHOOK_ALLOWED_PRIVATE_NETWORKS can allow it, for local testing)"
+    )
 
 
 @pytest.mark.parametrize("networks", ["10.0.0.0/8"])

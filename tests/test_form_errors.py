@@ -124,7 +124,10 @@ def test_what_was_typed_stays_next_to_every_problem(user, api):
     assert response.status_code == 422
     form = Form(response.text)
     assert form.invalid() == ["url", "events", "headers", "rate_limit", "transform"]
-    assert form.error_of("url") == "URL must use https://"
+    assert (
+        form.error_of("url")
+        == "URL must use https:// (WEBHOOK_ALLOW_HTTP=1 allows http:// for development)"
+    )
     assert form.error_of("headers") == "header name 'Bad Header' is not a valid HTTP token"
     assert form.error_of("rate_limit").startswith("rate_limit must be a number")
     assert form.error_of("transform").startswith("Transform is not valid JSON")

@@ -45,7 +45,10 @@ def test_a_bad_url_an_unknown_event_type_and_bad_header_names_are_all_named(api)
         "ordering_key",
         "active",
     }
-    assert error["fields"]["url"] == "URL must use https://"
+    assert (
+        error["fields"]["url"]
+        == "URL must use https:// (WEBHOOK_ALLOW_HTTP=1 allows http:// for development)"
+    )
     assert error["fields"]["events"] == "unknown event type 'nope.happened'"
     assert error["fields"]["headers"] == "header name 'Bad Header' is not a valid HTTP token"
     assert "does not compile" in error["fields"]["ordering_key"]

@@ -118,6 +118,10 @@ class Problems:
         )
 
 
+# Refusals no setting of the private-address block lifts (the port's message names its own).
+_NOT_ALLOWABLE = ("scheme", "port", "scoped")
+
+
 def check_url(url: Any, settings: Settings, warnings: list[str] | None = None) -> str:
     """The URL to save, or Invalid: `invalid_url` for its form, `target_not_allowed` when the
     egress guard refuses its address. A name that does not resolve yet is accepted; the warning
@@ -139,8 +143,8 @@ def check_url(url: Any, settings: Settings, warnings: list[str] | None = None) -
         ) from None
     allowed = ("https", "http") if settings.allow_http else ("https",)
     if parts.scheme.lower() not in allowed:
-        msg = "URL must use https://"
-        raise Invalid("invalid_url", f"{msg}, got {url!r}", {"url": msg})
+        msg = "URL must use https:// (WEBHOOK_ALLOW_HTTP=1 allows http:// for development)"
+        raise Invalid("invalid_url", f"URL must use https://, got {url!r}", {"url": msg})
     if not parts.hostname:
         raise Invalid("invalid_url", f"URL has no host: {url!r}", {"url": "URL has no host"})
     if parts.username or parts.password:
@@ -149,7 +153,10 @@ def check_url(url: Any, settings: Settings, warnings: list[str] | None = None) -
     try:
         warning = egress.check_url(url, settings)
     except egress.TargetNotAllowed as exc:
-        raise Invalid("target_not_allowed", exc.message, {"url": exc.message}) from None
+        msg = exc.message
+        if exc.reason not in _NOT_ALLOWABLE:
+            msg += " (WEBHOOK_ALLOWED_PRIVATE_NETWORKS can allow it, for local testing)"
+        raise Invalid("target_not_allowed", msg, {"url": msg}) from None
     except ValueError:
         raise Invalid(
             "invalid_url", f"not a valid URL: {url!r}", {"url": "Not a valid URL"}
