@@ -52,6 +52,7 @@ test-postgres:
 lint: $(VENV)/.dev-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(VENV)/.dev-deps
 	$(BIN)/ruff format .

@@ -48,7 +48,13 @@ class _MigrationCommands(click.Group):
             Migrate(self._app, db, directory=MIGRATIONS, render_as_batch=True)
         return group
 
-    def make_context(self, info_name, args, parent=None, **extra):  # type: ignore[no-untyped-def]
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
         # From here on, Flask-Migrate's own group parses and runs the command.
         return self._group().make_context(info_name, args, parent, **extra)
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any, cast
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
+from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 from werkzeug.exceptions import HTTPException
@@ -40,7 +43,7 @@ redis = services.redis
 
 
 @bp.errorhandler(Invalid)
-def _invalid(exc: Invalid):  # type: ignore[no-untyped-def]
+def _invalid(exc: Invalid) -> Response:
     body: dict[str, Any] = {"code": exc.code, "message": exc.message, "fields": exc.fields}
     response = jsonify({"error": body})
     response.status_code = exc.status
@@ -49,7 +52,7 @@ def _invalid(exc: Invalid):  # type: ignore[no-untyped-def]
 
 @bp.errorhandler(429)  # by code, so that it wins over the dashboard's 429 page
 @bp.errorhandler(HTTPException)
-def http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+def http_error(exc: HTTPException) -> ResponseReturnValue:
     codes = {
         401: "unauthorized",
         404: "not_found",
@@ -72,6 +75,11 @@ def http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
 
 def fail(code: str, message: str, status: int = 400, **fields: str) -> Invalid:
     return Invalid(code, message, dict(fields), status=status)
+
+
+def fail_field(code: str, message: str, field: str, problem: str) -> Invalid:
+    """A 400 naming one field whose name is not an identifier (`since`, `events[0].type`)."""
+    return Invalid(code, message, {field: problem})
 
 
 @bp.before_request
@@ -105,7 +113,7 @@ def webhook_or_404(webhook_id: str) -> Webhook:
     return webhook
 
 
-def owned_or_404(model, object_id: str, label: str):  # type: ignore[no-untyped-def]
+def owned_or_404(model: Any, object_id: str, label: str) -> Any:
     """The caller's row of `model` (an event, a job), or 404 exactly as if it did not exist."""
     row = db.session.scalars(
         select(model).where(model.id == object_id, model.workspace_id == g.workspace_id)
@@ -123,13 +131,13 @@ def delivery_or_404(delivery_id: str) -> Delivery:
 
 
 @bp.get("/event-types")
-def event_types():  # type: ignore[no-untyped-def]
+def event_types() -> ResponseReturnValue:
     """List the event catalog."""
     return {"data": [event.as_dict() for event in catalog.CATALOG]}
 
 
 @bp.post("/webhooks")
-def create_webhook():  # type: ignore[no-untyped-def]
+def create_webhook() -> ResponseReturnValue:
     """Create a webhook; the answer carries its secret."""
     warnings: list[str] = []
     webhook, secret = management.create(
@@ -139,7 +147,7 @@ def create_webhook():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/webhooks")
-def list_webhooks():  # type: ignore[no-untyped-def]
+def list_webhooks() -> ResponseReturnValue:
     """List the workspace's webhooks, newest first."""
     webhooks = db.session.scalars(
         select(Webhook)
@@ -151,13 +159,13 @@ def list_webhooks():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/webhooks/<webhook_id>")
-def get_webhook(webhook_id: str):  # type: ignore[no-untyped-def]
+def get_webhook(webhook_id: str) -> ResponseReturnValue:
     """Show one webhook (without its secret)."""
     return webhook_json(webhook_or_404(webhook_id))
 
 
 @bp.patch("/webhooks/<webhook_id>")
-def update_webhook(webhook_id: str):  # type: ignore[no-untyped-def]
+def update_webhook(webhook_id: str) -> ResponseReturnValue:
     """Change any field of a webhook."""
     webhook = webhook_or_404(webhook_id)
     warnings: list[str] = []
@@ -171,7 +179,7 @@ def _warned(warnings: list[str]) -> dict[str, list[str]]:
 
 
 @bp.delete("/webhooks/<webhook_id>")
-def delete_webhook(webhook_id: str):  # type: ignore[no-untyped-def]
+def delete_webhook(webhook_id: str) -> ResponseReturnValue:
     """Delete a webhook with its delivery logs."""
     webhook = webhook_or_404(webhook_id)
     db.session.delete(webhook)
@@ -180,13 +188,13 @@ def delete_webhook(webhook_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/webhooks/<webhook_id>/secret")
-def get_secret(webhook_id: str):  # type: ignore[no-untyped-def]
+def get_secret(webhook_id: str) -> ResponseReturnValue:
     """Reveal the current signing secret."""
     return {"secret": management.current_secret(webhook_or_404(webhook_id))}
 
 
 @bp.post("/webhooks/<webhook_id>/rotate-secret")
-def rotate_secret(webhook_id: str):  # type: ignore[no-untyped-def]
+def rotate_secret(webhook_id: str) -> ResponseReturnValue:
     """Make a new secret current; the old one signs alongside for 24 hours."""
     webhook = webhook_or_404(webhook_id)
     secret = management.rotate(db.session, webhook, json_body(optional=True).get("secret"))
@@ -194,7 +202,7 @@ def rotate_secret(webhook_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/webhooks/<webhook_id>/test")
-def send_test(webhook_id: str):  # type: ignore[no-untyped-def]
+def send_test(webhook_id: str) -> ResponseReturnValue:
     """Send a catalog example to this webhook alone, once, active or not."""
     webhook = webhook_or_404(webhook_id)
     event_type = json_body(optional=True).get("type") or webhook_default_type(webhook)
@@ -214,7 +222,7 @@ def webhook_default_type(webhook: Webhook) -> str:
 
 
 @bp.post("/webhooks/<webhook_id>/verify-signature")
-def verify_signature(webhook_id: str):  # type: ignore[no-untyped-def]
+def verify_signature(webhook_id: str) -> ResponseReturnValue:
     """Say whether a received request verifies, per signature header, and why not."""
     webhook = webhook_or_404(webhook_id)
     payload = json_body()
@@ -232,8 +240,8 @@ def verify_signature(webhook_id: str):  # type: ignore[no-untyped-def]
     report = verification.check(
         db.session,
         webhook,
-        body,
-        headers,
+        cast(str, body),  # checked above
+        cast(dict[str, str], headers),
         utcnow(),
         secret=payload.get("secret"),
         computed=payload.get("computed"),
@@ -242,7 +250,7 @@ def verify_signature(webhook_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/events")
-def publish_event():  # type: ignore[no-untyped-def]
+def publish_event() -> ResponseReturnValue:
     """Publish an event to every active webhook subscribed to its type."""
     _body_within(current_app.config["WEBHOOK_MAX_PAYLOAD_BYTES"])
     payload = json_body()
@@ -278,7 +286,7 @@ def _body_within(limit: int, why: str = "") -> None:
 
 
 @bp.post("/events/batch")
-def publish_events_batch():  # type: ignore[no-untyped-def]
+def publish_events_batch() -> ResponseReturnValue:
     """Publish up to 100 events in one call: all of them stored, or none."""
     per_event = current_app.config["WEBHOOK_MAX_PAYLOAD_BYTES"]
     # Room for MAX_BATCH events of the largest size one POST /events takes: more than the
@@ -315,7 +323,8 @@ def _batch_items(payload: dict[str, Any], per_event: int) -> list[publishing.Ite
         problems["events"] = (f"at most {MAX_BATCH} events per call, got {len(events)}", "")
     if problems:
         raise _batch_invalid(problems)
-    items = [_batch_item(i, event, per_event, problems) for i, event in enumerate(events)]
+    checked = cast(list[Any], events)  # a list, or problems were raised above
+    items = [_batch_item(i, event, per_event, problems) for i, event in enumerate(checked)]
     if problems:
         raise _batch_invalid(problems)
     return [item for item in items if item is not None]
@@ -341,10 +350,14 @@ def _batch_item(
         found[at + ".data"] = ("must be an object", "")
     if key is not None and (not isinstance(key, str) or len(key) > 255):
         found[at + ".idempotency_key"] = ("must be a string of at most 255 characters", "")
-    if not found and _compact_size(event_type, data) > per_event:
-        found[at + ".data"] = (f"over {per_event} bytes as JSON", "payload_too_large")
-    problems.update(found)
-    return None if found else publishing.Item(event_type, data, key or None)
+    if found:
+        problems.update(found)
+        return None
+    event_type = cast(str, event_type)  # a catalog type, or `found` said otherwise
+    if _compact_size(event_type, data) > per_event:
+        problems[at + ".data"] = (f"over {per_event} bytes as JSON", "payload_too_large")
+        return None
+    return publishing.Item(event_type, data, key or None)
 
 
 def _unknown_fields(
@@ -392,11 +405,12 @@ def _batch_conflict(exc: publishing.BatchConflict, items: list[publishing.Item])
 
 
 def listener_or_404(listener_id: str) -> listeners.Listener:
-    return owned_or_404(listeners.Listener, listener_id, "listener")  # type: ignore[no-any-return]
+    listener: listeners.Listener = owned_or_404(listeners.Listener, listener_id, "listener")
+    return listener
 
 
 @bp.post("/listeners")
-def create_listener():  # type: ignore[no-untyped-def]
+def create_listener() -> ResponseReturnValue:
     """Open a listener for the `listen` command: a webhook whose deliveries go to its stream."""
     payload = json_body(optional=True)
     events = management.check_events(payload.get("events", ["*"]))
@@ -411,7 +425,7 @@ def create_listener():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/listeners/<listener_id>/stream")
-def listener_stream(listener_id: str):  # type: ignore[no-untyped-def]
+def listener_stream(listener_id: str) -> ResponseReturnValue:
     """Server-Sent Events: one `delivery` event per attempt, and a comment line every
     WEBHOOK_LISTENER_HEARTBEAT_SECONDS (10 s) while there is none."""
     listener_or_404(listener_id)
@@ -441,7 +455,7 @@ def listener_stream(listener_id: str):  # type: ignore[no-untyped-def]
     )
 
 
-def _listener_events(listener_id: str, streams: listeners.Streams):  # type: ignore[no-untyped-def]
+def _listener_events(listener_id: str, streams: listeners.Streams) -> Iterator[str]:
     heartbeat = current_app.config["WEBHOOK_LISTENER_HEARTBEAT_SECONDS"]
     conn = listeners.stream_redis(current_app.config["REDIS_URL"], heartbeat)
     try:
@@ -461,7 +475,7 @@ def _listener_events(listener_id: str, streams: listeners.Streams):  # type: ign
 
 
 @bp.post("/listeners/<listener_id>/results")
-def listener_result(listener_id: str):  # type: ignore[no-untyped-def]
+def listener_result(listener_id: str) -> ResponseReturnValue:
     """Record the outcome of an attempt the `listen` command made."""
     listener = listener_or_404(listener_id)
     payload = json_body()
@@ -478,7 +492,12 @@ def listener_result(listener_id: str):  # type: ignore[no-untyped-def]
         errors["attempt"] = "required: the attempt number"
     if errors:
         raise Invalid("validation_error", "; ".join(f"{k}: {v}" for k, v in errors.items()), errors)
-    attempt_id = listeners.attempt_in_flight(db.session, listener, delivery_id, number)
+    attempt_id = listeners.attempt_in_flight(
+        db.session,
+        listener,
+        cast(str, delivery_id),
+        cast(int, number),  # checked above
+    )
     if attempt_id is None:
         raise fail(
             "not_found",
@@ -492,14 +511,14 @@ def listener_result(listener_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.delete("/listeners/<listener_id>")
-def delete_listener(listener_id: str):  # type: ignore[no-untyped-def]
+def delete_listener(listener_id: str) -> ResponseReturnValue:
     """Close a listener; its webhook goes with it."""
     listeners.close(db.session, redis(), listener_or_404(listener_id))
     return "", 204
 
 
 @bp.get("/events/<event_id>")
-def get_event(event_id: str):  # type: ignore[no-untyped-def]
+def get_event(event_id: str) -> ResponseReturnValue:
     """Show an event with its deliveries."""
     event = owned_or_404(Event, event_id, "event")
     deliveries = db.session.scalars(
@@ -515,7 +534,7 @@ def get_event(event_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/deliveries")
-def list_deliveries():  # type: ignore[no-untyped-def]
+def list_deliveries() -> ResponseReturnValue:
     """List deliveries newest first, filtered, with keyset pagination."""
     try:
         limit = int(request.args.get("limit", DEFAULT_PAGE))
@@ -536,7 +555,7 @@ def list_deliveries():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/deliveries/<delivery_id>")
-def get_delivery(delivery_id: str):  # type: ignore[no-untyped-def]
+def get_delivery(delivery_id: str) -> ResponseReturnValue:
     """Show a delivery with its event and every attempt."""
     delivery = delivery_or_404(delivery_id)
     return {
@@ -547,43 +566,43 @@ def get_delivery(delivery_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/deliveries/<delivery_id>/redeliver")
-def redeliver(delivery_id: str):  # type: ignore[no-untyped-def]
+def redeliver(delivery_id: str) -> ResponseReturnValue:
     """Send the same event to the same webhook again, as a new delivery."""
     original = delivery_or_404(delivery_id)
     new_id = publishing.add_delivery(
         db.session, original.event, original.webhook, settings(), kind="redelivery"
     )
     publishing.dispatch(db.session, redis(), settings(), [new_id])
-    return delivery_json(db.session.get(Delivery, new_id)), 202
+    return delivery_json(db.session.get_one(Delivery, new_id)), 202
 
 
 @bp.get("/egress-ips")
-def egress_ips():  # type: ignore[no-untyped-def]
+def egress_ips() -> ResponseReturnValue:
     """The addresses deliveries come from, for firewall allowlists."""
     return {"ips": list(current_app.config["WEBHOOK_EGRESS_IPS"])}
 
 
-def _time(payload: dict[str, Any], name: str, *, required: bool = False):  # type: ignore[no-untyped-def]
+def _time(payload: dict[str, Any], name: str, *, required: bool = False) -> datetime | None:
     """An ISO 8601 time from the body (no zone means UTC), or None when absent."""
     value = payload.get(name)
     if value is None and not required:
         return None
     if not isinstance(value, str) or not value.strip():
-        raise fail("validation_error", f"{name} is required (ISO 8601)", **{name: "required"})
+        raise fail_field("validation_error", f"{name} is required (ISO 8601)", name, "required")
     try:
         return logs.parse_time(name, value)
     except logs.BadFilter as exc:
         raise Invalid("validation_error", str(exc), {name: str(exc)}) from None
 
 
-def _bulk(webhook_id: str, kind: str, until_allowed: bool):  # type: ignore[no-untyped-def]
+def _bulk(webhook_id: str, kind: str, until_allowed: bool) -> ResponseReturnValue:
     webhook = webhook_or_404(webhook_id)
     payload = json_body()
     allowed = {"since", "until"} if until_allowed else {"since"}
     extra = sorted(set(payload) - allowed)
     if extra:
-        raise fail("validation_error", f"unknown field {extra[0]!r}", **{extra[0]: "unknown"})
-    since = _time(payload, "since", required=True)
+        raise fail_field("validation_error", f"unknown field {extra[0]!r}", extra[0], "unknown")
+    since = cast(datetime, _time(payload, "since", required=True))  # required: never None
     until = _time(payload, "until") if until_allowed else None
     job = bulk.start(db.session, redis(), webhook, kind, since, until, settings())
     body: dict[str, Any] = {"job_id": job.id, "count": job.total}
@@ -596,32 +615,32 @@ def _bulk(webhook_id: str, kind: str, until_allowed: bool):  # type: ignore[no-u
 
 
 @bp.post("/webhooks/<webhook_id>/recover")
-def recover(webhook_id: str):  # type: ignore[no-untyped-def]
+def recover(webhook_id: str) -> ResponseReturnValue:
     """Deliver again each event whose deliveries in a window failed and never got through."""
     return _bulk(webhook_id, bulk.RECOVER, until_allowed=True)
 
 
 @bp.post("/webhooks/<webhook_id>/replay-missed")
-def replay_missed(webhook_id: str):  # type: ignore[no-untyped-def]
+def replay_missed(webhook_id: str) -> ResponseReturnValue:
     """Deliver each event of its types published since a time that it never got."""
     return _bulk(webhook_id, bulk.REPLAY, until_allowed=False)
 
 
 @bp.get("/jobs/<job_id>")
-def get_job(job_id: str):  # type: ignore[no-untyped-def]
+def get_job(job_id: str) -> ResponseReturnValue:
     """Show a bulk job's progress."""
     job = owned_or_404(BulkJob, job_id, "job")
     return bulk.as_json(job)
 
 
 @bp.get("/notifications")
-def get_notifications():  # type: ignore[no-untyped-def]
+def get_notifications() -> ResponseReturnValue:
     """Show where the workspace is told about failing webhooks."""
     return notification_settings.load(db.session, g.workspace_id)
 
 
 @bp.put("/notifications")
-def put_notifications():  # type: ignore[no-untyped-def]
+def put_notifications() -> ResponseReturnValue:
     """Replace the workspace's e-mail addresses and alert URL."""
     warnings: list[str] = []
     saved = notification_settings.save(

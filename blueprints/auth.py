@@ -17,13 +17,15 @@ from flask import (
     session,
     url_for,
 )
+from flask.typing import ResponseReturnValue
 from flask_login import LoginManager, current_user, login_required, login_user, logout_user
 from flask_wtf import FlaskForm
+from werkzeug.exceptions import HTTPException
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired
 
 from webhooks import accounts, throttle
-from webhooks.models import User, db
+from webhooks.models import User, Workspace, db
 
 bp = Blueprint("auth", __name__)
 login_manager = LoginManager()
@@ -76,7 +78,7 @@ def client_address() -> str:
     )
 
 
-def _throttled(form: LoginForm):  # type: ignore[no-untyped-def]
+def _throttled(form: LoginForm) -> ResponseReturnValue | None:
     """The 429 page when this attempt is over a sign-in limit, else None."""
     limits = current_app.extensions["login_throttle"]
     refused = limits.attempt(client_address(), form.email.data or "")
@@ -93,7 +95,7 @@ def _throttled(form: LoginForm):  # type: ignore[no-untyped-def]
 
 
 @bp.route("/login", methods=["GET", "POST"])
-def login():  # type: ignore[no-untyped-def]
+def login() -> ResponseReturnValue:
     """Show the sign-in form and sign the user in."""
     form = LoginForm()
     error = None
@@ -119,7 +121,7 @@ NO_STORE = {"Cache-Control": "no-store"}
 
 
 @bp.route("/invite/<token>", methods=["GET", "POST"])
-def accept_invite(token: str):  # type: ignore[no-untyped-def]
+def accept_invite(token: str) -> ResponseReturnValue:
     """An invited user chooses a password through the one-time link, and is signed in."""
     invitation = accounts.invitation(db.session, token)
     if invitation is None:
@@ -148,13 +150,13 @@ def accept_invite(token: str):  # type: ignore[no-untyped-def]
 
 
 @bp.app_errorhandler(429)
-def _too_many(exc):  # type: ignore[no-untyped-def]
+def _too_many(exc: HTTPException) -> ResponseReturnValue:
     return render_template("auth/login.html", form=LoginForm(), error=exc.description), 429
 
 
 @bp.post("/logout")
 @login_required
-def logout():  # type: ignore[no-untyped-def]
+def logout() -> ResponseReturnValue:
     """Sign out, here and in every copy of this user's session cookie."""
     accounts.end_sessions(current_user)
     db.session.commit()
@@ -166,7 +168,7 @@ def logout():  # type: ignore[no-untyped-def]
 
 @bp.post("/workspace")
 @login_required
-def switch_workspace():  # type: ignore[no-untyped-def]
+def switch_workspace() -> ResponseReturnValue:
     """Look at another of the user's workspaces."""
     wanted = request.form.get("workspace_id", "")
     if wanted not in {w.id for w in current_user.workspaces}:
@@ -175,7 +177,7 @@ def switch_workspace():  # type: ignore[no-untyped-def]
     return redirect(url_for("dashboard.webhooks"))
 
 
-def current_workspace():  # type: ignore[no-untyped-def]
+def current_workspace() -> Workspace | None:
     """The workspace this request looks at: one of the signed-in user's, or none."""
     if "workspace" not in g:
         workspaces = {w.id: w for w in current_user.workspaces}

@@ -7,6 +7,7 @@ import os
 import secrets
 import signal
 from pathlib import Path
+from typing import Any
 
 import click
 from flask import Blueprint, current_app
@@ -85,7 +86,7 @@ def worker(burst: bool, lane: str) -> None:
     """Run an RQ worker for deliveries (modules and connections loaded once)."""
     from jobs.worker import run
 
-    run(current_app._get_current_object(), burst=burst, lane=lane)
+    run(current_app._get_current_object(), burst=burst, lane=lane)  # type: ignore[attr-defined]
 
 
 @bp.cli.command("scheduler")
@@ -93,7 +94,7 @@ def scheduler() -> None:
     """Queue due retries and repair what Redis or a dead worker lost, forever."""
     from jobs.scheduler import run
 
-    run(current_app._get_current_object())
+    run(current_app._get_current_object())  # type: ignore[attr-defined]
 
 
 @bp.cli.command("demo")
@@ -200,11 +201,12 @@ def rotate_secrets_key() -> None:
         flag_modified(row, "secret")  # read with any key, written with the first
         count += 1
     # Credentials: template settings, custom headers, alert URLs (webhooks.credentials).
-    for model, columns in (
+    tables: tuple[tuple[type[Any], tuple[str, ...]], ...] = (
         (Webhook, ("headers", "template_params")),
         (NotificationSettings, ("alert_url",)),
         (Notification, ("target",)),
-    ):
+    )
+    for model, columns in tables:
         for row in db.session.scalars(select(model)):
             for column in columns:
                 flag_modified(row, column)

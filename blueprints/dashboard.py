@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, cast
 
 from flask import Blueprint, flash, g, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
 from flask_htmx import make_response
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
+from werkzeug.exceptions import HTTPException
 
 from blueprints import localtime, serialize, webhook_form
 from blueprints.security import dashboard_limit, too_many
@@ -50,7 +53,7 @@ def template_header_names(webhook: Webhook) -> list[str]:
 
 
 @bp.get("")
-def webhooks():  # type: ignore[no-untyped-def]
+def webhooks() -> ResponseReturnValue:
     """List the workspace's webhooks with their state (and why one is failing) and last 24
     hours."""
     rows = db.session.scalars(
@@ -70,7 +73,9 @@ def webhooks():  # type: ignore[no-untyped-def]
     )
 
 
-def render_form(webhook: Webhook | None, values: dict[str, Any], errors: dict[str, str]):  # type: ignore[no-untyped-def]
+def render_form(
+    webhook: Webhook | None, values: dict[str, Any], errors: dict[str, str]
+) -> tuple[str, int]:
     template = templates.get(values.get("template") or "")
     return render_template(
         "dashboard/form.html",
@@ -84,7 +89,7 @@ def render_form(webhook: Webhook | None, values: dict[str, Any], errors: dict[st
 
 
 @bp.route("/new", methods=["GET", "POST"])
-def create():  # type: ignore[no-untyped-def]
+def create() -> ResponseReturnValue:
     """Show the form for a new webhook, and create it."""
     if request.method == "GET":
         return render_form(None, webhook_form.values(None, request.args.get("template")), {})
@@ -106,7 +111,7 @@ def create():  # type: ignore[no-untyped-def]
 
 
 @bp.route("/<webhook_id>/edit", methods=["GET", "POST"])
-def edit(webhook_id: str):  # type: ignore[no-untyped-def]
+def edit(webhook_id: str) -> ResponseReturnValue:
     """Show the form for an existing webhook, and save it."""
     webhook = webhook_or_404(webhook_id)
     if request.method == "GET":
@@ -124,7 +129,7 @@ def edit(webhook_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/<webhook_id>")
-def show(webhook_id: str):  # type: ignore[no-untyped-def]
+def show(webhook_id: str) -> ResponseReturnValue:
     """A webhook's page: settings, switch, secret, test event, recent deliveries."""
     webhook = webhook_or_404(webhook_id)
     return render_template(
@@ -156,14 +161,14 @@ def _recent(webhook: Webhook) -> list[Delivery]:
 
 
 @bp.get("/<webhook_id>/deliveries")
-def recent(webhook_id: str):  # type: ignore[no-untyped-def]
+def recent(webhook_id: str) -> ResponseReturnValue:
     """The recent deliveries fragment (polled)."""
     webhook = webhook_or_404(webhook_id)
     return render_template("dashboard/_recent.html", webhook=webhook, recent=_recent(webhook))
 
 
 @bp.post("/<webhook_id>/active")
-def toggle_active(webhook_id: str):  # type: ignore[no-untyped-def]
+def toggle_active(webhook_id: str) -> ResponseReturnValue:
     """Pause or resume at once; turning it on offers to recover what failed meanwhile and to
     replay what it missed while it was off."""
     webhook = webhook_or_404(webhook_id)
@@ -183,7 +188,7 @@ def toggle_active(webhook_id: str):  # type: ignore[no-untyped-def]
     )
 
 
-def _form_time(name: str, required: bool = False):  # type: ignore[no-untyped-def]
+def _form_time(name: str, required: bool = False) -> datetime | None:
     """A datetime-local field, typed in the browser's time zone; None when empty and optional."""
     value = request.form.get(name, "").strip()
     if not value:
@@ -196,10 +201,10 @@ def _form_time(name: str, required: bool = False):  # type: ignore[no-untyped-de
         raise Invalid("validation_error", f"Not a time: {value!r}", {name: "invalid"}) from None
 
 
-def _start_bulk(webhook: Webhook, kind: str):  # type: ignore[no-untyped-def]
+def _start_bulk(webhook: Webhook, kind: str) -> ResponseReturnValue:
     """Start a bulk job from a form; its progress (or the error) appears in place."""
     try:
-        since = _form_time("since", required=True)
+        since = cast(datetime, _form_time("since", required=True))  # required: never None
         until = _form_time("until") if kind == bulk.RECOVER else None
         job = bulk.start(db.session, _redis(), webhook, kind, since, until, settings())
     except Invalid as exc:
@@ -210,25 +215,25 @@ def _start_bulk(webhook: Webhook, kind: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/<webhook_id>/recover")
-def recover(webhook_id: str):  # type: ignore[no-untyped-def]
+def recover(webhook_id: str) -> ResponseReturnValue:
     """Deliver again the events whose deliveries failed in a window."""
     return _start_bulk(webhook_or_404(webhook_id), bulk.RECOVER)
 
 
 @bp.post("/<webhook_id>/replay")
-def replay(webhook_id: str):  # type: ignore[no-untyped-def]
+def replay(webhook_id: str) -> ResponseReturnValue:
     """Deliver the events of its types it missed since a time (while it was paused, say)."""
     return _start_bulk(webhook_or_404(webhook_id), bulk.REPLAY)
 
 
 @bp.get("/jobs/<job_id>")
-def job(job_id: str):  # type: ignore[no-untyped-def]
+def job(job_id: str) -> ResponseReturnValue:
     """A bulk job's progress fragment; it stops polling once the job has ended."""
     return render_template("dashboard/_job.html", job=owned_or_404(BulkJob, job_id), error=None)
 
 
 @bp.get("/<webhook_id>/secret")
-def secret(webhook_id: str):  # type: ignore[no-untyped-def]
+def secret(webhook_id: str) -> ResponseReturnValue:
     """The secret box, revealed."""
     webhook = webhook_or_404(webhook_id)
     return render_template(
@@ -240,7 +245,7 @@ def secret(webhook_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/<webhook_id>/rotate")
-def rotate(webhook_id: str):  # type: ignore[no-untyped-def]
+def rotate(webhook_id: str) -> ResponseReturnValue:
     """A new secret; the previous one keeps signing for 24 hours."""
     webhook = webhook_or_404(webhook_id)
     new = management.rotate(db.session, webhook)
@@ -251,7 +256,7 @@ def rotate(webhook_id: str):  # type: ignore[no-untyped-def]
 
 @bp.post("/<webhook_id>/test")
 @dashboard_limit("WEBHOOK_DASHBOARD_RATE_LIMIT")
-def send_test(webhook_id: str):  # type: ignore[no-untyped-def]
+def send_test(webhook_id: str) -> ResponseReturnValue:
     """Send a catalog example to this webhook alone; the result appears in place."""
     webhook = webhook_or_404(webhook_id)
     event_type = request.form.get("type", "")
@@ -268,7 +273,7 @@ def send_test(webhook_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/test-results/<delivery_id>")
-def test_result(delivery_id: str):  # type: ignore[no-untyped-def]
+def test_result(delivery_id: str) -> ResponseReturnValue:
     """The test delivery's status fragment; it stops polling once the attempt is done, and
     then tells the page's activity charts to refresh."""
     delivery = delivery_or_404(delivery_id)
@@ -279,7 +284,7 @@ def test_result(delivery_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/<webhook_id>/activity")
-def activity(webhook_id: str):  # type: ignore[no-untyped-def]
+def activity(webhook_id: str) -> ResponseReturnValue:
     """The activity charts fragment, fetched again when a test delivery ends."""
     webhook = webhook_or_404(webhook_id)
     return render_template(
@@ -290,7 +295,7 @@ def activity(webhook_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/<webhook_id>/delete")
-def delete(webhook_id: str):  # type: ignore[no-untyped-def]
+def delete(webhook_id: str) -> ResponseReturnValue:
     """Delete a webhook and its logs."""
     webhook = webhook_or_404(webhook_id)
     name = webhook.name
@@ -304,7 +309,7 @@ def delete(webhook_id: str):  # type: ignore[no-untyped-def]
 
 @bp.post("/preview")
 @dashboard_limit("WEBHOOK_DASHBOARD_RATE_LIMIT")
-def preview():  # type: ignore[no-untyped-def]
+def preview() -> ResponseReturnValue:
     """The body the form's settings would send for an event type's example."""
     return render_template(
         "dashboard/_preview.html", preview=webhook_form.preview(request.form, g.workspace_id)
@@ -312,7 +317,7 @@ def preview():  # type: ignore[no-untyped-def]
 
 
 @bp.errorhandler(429)
-def _too_many(exc):  # type: ignore[no-untyped-def]
+def _too_many(exc: HTTPException) -> ResponseReturnValue:
     """Over the per-person rate: the message appears in place of the preview or the result."""
     # 200, so that htmx swaps the message in where the answer would have been.
     if request.endpoint == "dashboard.send_test":
@@ -323,7 +328,7 @@ def _too_many(exc):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/customise")
-def customise():  # type: ignore[no-untyped-def]
+def customise() -> ResponseReturnValue:
     """The body field holding a copy of the template's body, to edit (it no longer follows)."""
     text, error = webhook_form.customise(request.form)
     return render_template(
@@ -335,7 +340,7 @@ def customise():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/header-row")
-def header_row():  # type: ignore[no-untyped-def]
+def header_row() -> ResponseReturnValue:
     """One more empty name/value row for the Headers field."""
     return render_template("dashboard/_header_row.html", name="", value="")
 

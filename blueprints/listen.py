@@ -137,7 +137,7 @@ class Listen:
 
 def events(response: requests.Response) -> Iterator[tuple[str, str]]:
     """(event, data) of each Server-Sent Event, as its bytes arrive."""
-    buffer, event, data = b"", "message", []
+    buffer, event, data = b"", "message", list[str]()
     while True:
         chunk = response.raw.read1(65536)
         if not chunk:

@@ -25,7 +25,8 @@ def zone() -> tzinfo:
             g.zone = ZoneInfo(name) if name and len(name) <= 64 else UTC
         except (ZoneInfoNotFoundError, ValueError):
             g.zone = UTC
-    return g.zone  # type: ignore[no-any-return]
+    zone: ZoneInfo = g.zone
+    return zone
 
 
 def zone_name() -> str:

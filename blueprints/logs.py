@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from flask import Blueprint, flash, g, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from blueprints import localtime
 from blueprints.ui import delivery_or_404, guarded, settings
 from webhooks import bulk, catalog, logs, publishing, services, verification
 from webhooks.management import Invalid
-from webhooks.models import BulkJob, DeliveryStatus, Webhook, db, utcnow
+from webhooks.models import BulkJob, Delivery, DeliveryStatus, Webhook, db, utcnow
 
 bp = guarded(Blueprint("logs", __name__, url_prefix="/settings/webhooks/logs"))
 
@@ -38,12 +42,12 @@ def _utc_query() -> dict[str, str] | None:
 
 
 @bp.get("")
-def index():  # type: ignore[no-untyped-def]
+def index() -> ResponseReturnValue:
     """The log: newest first, filters kept in the URL, first page updating live."""
     if "zone" in request.args:  # the form, submitted: its local times go into the URL as UTC
         query = _utc_query()
         if query is not None:
-            return redirect(url_for("logs.index", **query))
+            return redirect(url_for("logs.index", **query))  # type: ignore[arg-type]
     filters, values, errors = _filters()
     cursor = request.args.get("cursor") or None
     try:
@@ -97,7 +101,7 @@ def _shown_job() -> BulkJob | None:
 
 
 @bp.post("/redeliver-all")
-def redeliver_all():  # type: ignore[no-untyped-def]
+def redeliver_all() -> ResponseReturnValue:
     """Redeliver every failed delivery the filter (in the form) matches, as one bulk job; its
     progress replaces the button."""
     try:
@@ -112,10 +116,10 @@ def redeliver_all():  # type: ignore[no-untyped-def]
     if request.headers.get("HX-Request") == "true":
         return render_template("dashboard/_job.html", job=job, error=None)
     query = {k: v for k in FILTER_KEYS if (v := request.form.get(k, "").strip())}
-    return redirect(url_for("logs.index", job=job.id, **query) + "#redeliver-all")
+    return redirect(url_for("logs.index", job=job.id, **query) + "#redeliver-all")  # type: ignore[arg-type]
 
 
-def _bulk_refused(message: str):  # type: ignore[no-untyped-def]
+def _bulk_refused(message: str) -> ResponseReturnValue:
     db.session.rollback()
     if request.headers.get("HX-Request") == "true":
         # 200, so that htmx swaps the message in where the progress would have been.
@@ -125,7 +129,7 @@ def _bulk_refused(message: str):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/<delivery_id>")
-def show(delivery_id: str):  # type: ignore[no-untyped-def]
+def show(delivery_id: str) -> ResponseReturnValue:
     """One delivery with every attempt's request and response."""
     delivery = delivery_or_404(delivery_id)
     return render_template(
@@ -134,13 +138,13 @@ def show(delivery_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/<delivery_id>/attempts")
-def attempts(delivery_id: str):  # type: ignore[no-untyped-def]
+def attempts(delivery_id: str) -> ResponseReturnValue:
     """The attempts fragment of a delivery; polls itself while the delivery is pending."""
     return render_template("logs/_attempts.html", delivery=delivery_or_404(delivery_id))
 
 
 @bp.post("/<delivery_id>/redeliver")
-def redeliver(delivery_id: str):  # type: ignore[no-untyped-def]
+def redeliver(delivery_id: str) -> ResponseReturnValue:
     """Send the same event to the same webhook again, as a new delivery."""
     original = delivery_or_404(delivery_id)
     new_id = publishing.add_delivery(
@@ -155,7 +159,7 @@ REPLAY_URL = "http://localhost:3000/hook"
 
 
 @bp.post("/<delivery_id>/check-signature")
-def check_signature(delivery_id: str):  # type: ignore[no-untyped-def]
+def check_signature(delivery_id: str) -> ResponseReturnValue:
     """Check a body and headers a receiver got against what this delivery sent."""
     delivery = delivery_or_404(delivery_id)
     headers_text = request.form.get("headers", "")
@@ -172,7 +176,7 @@ def check_signature(delivery_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/<delivery_id>/replay")
-def replay(delivery_id: str):  # type: ignore[no-untyped-def]
+def replay(delivery_id: str) -> ResponseReturnValue:
     """The curl command that replays one attempt's exact request to a URL of your choice."""
     delivery = delivery_or_404(delivery_id)
     return render_template(
@@ -180,7 +184,7 @@ def replay(delivery_id: str):  # type: ignore[no-untyped-def]
     )
 
 
-def _replay_context(delivery, args) -> dict:  # type: ignore[no-untyped-def]
+def _replay_context(delivery: Delivery, args: Mapping[str, str]) -> dict[str, Any]:
     """The attempt chosen (default the latest), the URL, and the command."""
     attempts = {str(a.number): a for a in delivery.attempts}
     attempt = attempts.get(args.get("attempt", "")) or (

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from typing import Any
 
-from flask import Flask, Request, abort, current_app, g, request
+from flask import Flask, Request, Response, abort, current_app, g, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_login import current_user
@@ -59,7 +61,7 @@ def signed_in_user() -> str:
     return "ip:" + (get_remote_address() or "unknown")
 
 
-def dashboard_limit(setting: str):  # type: ignore[no-untyped-def]
+def dashboard_limit(setting: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A per-person limit from the `setting` rate, for a dashboard route (a decorator)."""
     return limiter.limit(lambda: current_app.config[setting], key_func=signed_in_user)
 
@@ -102,7 +104,7 @@ def install(app: Flask) -> None:
             abort(400, "The address must not contain NUL characters.")
 
     @app.after_request
-    def _security_headers(response):  # type: ignore[no-untyped-def]
+    def _security_headers(response: Response) -> Response:
         headers = response.headers
         headers.setdefault("X-Content-Type-Options", "nosniff")
         headers.setdefault("Referrer-Policy", "same-origin")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from typing import Any
 
 from flask import (
     Blueprint,
@@ -16,14 +17,16 @@ from flask import (
     request,
     url_for,
 )
+from flask.typing import ResponseReturnValue
 from flask_login import current_user, login_user
 from sqlalchemy import select
+from werkzeug.exceptions import HTTPException
 
 from blueprints.security import dashboard_limit, too_many
 from blueprints.ui import guarded, owned_or_404, settings
 from webhooks import accounts, catalog, notification_settings, notifications, quotas, services
 from webhooks.management import Invalid
-from webhooks.models import ApiKey, db, utcnow
+from webhooks.models import ApiKey, Notification, db, utcnow
 
 bp = guarded(Blueprint("settings", __name__, url_prefix="/settings"))
 # A page with a one-time link on it stays out of every cache.
@@ -41,13 +44,13 @@ def _keys() -> list[ApiKey]:
 
 
 @bp.get("/api-keys")
-def api_keys():  # type: ignore[no-untyped-def]
+def api_keys() -> ResponseReturnValue:
     """List the workspace's API keys."""
     return render_template("settings/api_keys.html", keys=_keys(), created=None, error=None)
 
 
 @bp.post("/api-keys")
-def create_api_key():  # type: ignore[no-untyped-def]
+def create_api_key() -> ResponseReturnValue:
     """Create a key; the full key is shown this once."""
     name = request.form.get("name", "").strip()
     if not name or len(name) > 200:
@@ -70,7 +73,7 @@ def create_api_key():  # type: ignore[no-untyped-def]
 
 
 @bp.post("/api-keys/<key_id>/revoke")
-def revoke_api_key(key_id: str):  # type: ignore[no-untyped-def]
+def revoke_api_key(key_id: str) -> ResponseReturnValue:
     """Revoke a key: requests with it are refused from now on."""
     key = owned_or_404(ApiKey, key_id)
     key.revoked_at = key.revoked_at or utcnow()
@@ -78,7 +81,7 @@ def revoke_api_key(key_id: str):  # type: ignore[no-untyped-def]
     return render_template("settings/api_keys.html", keys=_keys(), created=None, error=None)
 
 
-def _users_page(status: int = 200, **shown):  # type: ignore[no-untyped-def]
+def _users_page(status: int = 200, **shown: Any) -> tuple[str, int]:
     """Settings › Users: the workspace's users, the invite form, and your password."""
     context = {
         "users": accounts.workspace_users(db.session, g.workspace_id),
@@ -94,13 +97,13 @@ def _users_page(status: int = 200, **shown):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/users")
-def users():  # type: ignore[no-untyped-def]
+def users() -> ResponseReturnValue:
     """List the workspace's users."""
     return _users_page()
 
 
 @bp.post("/users")
-def invite_user():  # type: ignore[no-untyped-def]
+def invite_user() -> ResponseReturnValue:
     """Add a user with a one-time link to choose a password: shown once, e-mailed if possible."""
     email = request.form.get("email", "").strip()
     days = current_app.config["WEBHOOK_INVITE_DAYS"]
@@ -135,7 +138,7 @@ def _mail_invitation(email: str, link: str, days: float) -> tuple[bool, str]:
 
 
 @bp.post("/users/<user_id>/remove")
-def remove_user(user_id: str):  # type: ignore[no-untyped-def]
+def remove_user(user_id: str) -> ResponseReturnValue:
     """Take a user out of the workspace; their sessions end at once."""
     target = accounts.member(db.session, g.workspace_id, user_id)
     email = target.email if target is not None else ""
@@ -151,7 +154,7 @@ def remove_user(user_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/password")
-def change_password():  # type: ignore[no-untyped-def]
+def change_password() -> ResponseReturnValue:
     """Change your password; your other sessions end, this one stays signed in."""
     errors = accounts.change_password(
         db.session,
@@ -169,7 +172,7 @@ def change_password():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/event-types")
-def event_types():  # type: ignore[no-untyped-def]
+def event_types() -> ResponseReturnValue:
     """The event catalog with descriptions and example payloads."""
     return render_template("settings/event_types.html", types=catalog.CATALOG)
 
@@ -180,11 +183,11 @@ def shown_target(channel: str, target: str) -> str:
     return notifications.shown_target(channel, target)
 
 
-def _recent_notifications():  # type: ignore[no-untyped-def]
+def _recent_notifications() -> list[Notification]:
     return notifications.recent(db.session, g.workspace_id)
 
 
-def _notifications_page(values: dict, errors: dict[str, str]):  # type: ignore[no-untyped-def]
+def _notifications_page(values: dict[str, Any], errors: dict[str, str]) -> tuple[str, int]:
     return render_template(
         "settings/notifications.html",
         values=values,
@@ -195,13 +198,13 @@ def _notifications_page(values: dict, errors: dict[str, str]):  # type: ignore[n
 
 
 @bp.get("/notifications")
-def notifications_page():  # type: ignore[no-untyped-def]
+def notifications_page() -> ResponseReturnValue:
     """Where the workspace is told about failing webhooks, and what was sent lately."""
     return _notifications_page(notification_settings.load(db.session, g.workspace_id), {})
 
 
 @bp.post("/notifications")
-def save_notifications():  # type: ignore[no-untyped-def]
+def save_notifications() -> ResponseReturnValue:
     """Save the e-mail addresses and the alert URL."""
     payload = _form_notification_settings()
     warnings: list[str] = []
@@ -216,7 +219,7 @@ def save_notifications():  # type: ignore[no-untyped-def]
     return redirect(url_for("settings.notifications_page"))
 
 
-def _form_notification_settings() -> dict:  # type: ignore[type-arg]
+def _form_notification_settings() -> dict[str, Any]:
     """The e-mail addresses and alert URL as the form stands (saved or not)."""
     emails = [e for e in re.split(r"[\s,;]+", request.form.get("emails", "")) if e]
     return {"emails": emails, "alert_url": request.form.get("alert_url", "").strip() or None}
@@ -224,7 +227,7 @@ def _form_notification_settings() -> dict:  # type: ignore[type-arg]
 
 @bp.post("/notifications/test")
 @dashboard_limit("WEBHOOK_NOTIFY_TEST_RATE_LIMIT")
-def test_notification():  # type: ignore[no-untyped-def]
+def test_notification() -> ResponseReturnValue:
     """Send a test message to every saved channel; it appears in the list below, then its result.
 
     Only what is saved gets it: what is typed in the form and not saved yet could be anyone's
@@ -245,7 +248,7 @@ def test_notification():  # type: ignore[no-untyped-def]
 
 
 @bp.errorhandler(429)
-def _too_many(exc):  # type: ignore[no-untyped-def]
+def _too_many(exc: HTTPException) -> ResponseReturnValue:
     """Over the per-person rate: the message appears above the list of notifications."""
     # 200, so that htmx swaps the message in where the list would have been.
     return render_template(
@@ -256,7 +259,7 @@ def _too_many(exc):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/notifications/recent")
-def recent_notifications():  # type: ignore[no-untyped-def]
+def recent_notifications() -> ResponseReturnValue:
     """The recent notifications fragment; it polls while any is still being sent."""
     return render_template(
         "settings/_notifications.html", recent=_recent_notifications(), message=None

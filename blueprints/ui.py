@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
     Flask,
+    Response,
     abort,
     current_app,
     g,
@@ -17,6 +19,7 @@ from flask import (
     request,
     url_for,
 )
+from flask.typing import ResponseReturnValue
 from flask_login import current_user
 from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
@@ -35,10 +38,11 @@ def settings() -> Settings:
 def require_workspace() -> None:
     """Before each dashboard request: a signed-in user looking at one of their workspaces."""
     if not current_user.is_authenticated:
-        return current_app.login_manager.unauthorized()  # type: ignore[attr-defined,no-any-return]
-    if current_workspace() is None:
+        return current_app.login_manager.unauthorized()  # type: ignore[attr-defined]
+    workspace = current_workspace()
+    if workspace is None:
         abort(403, "You do not belong to any workspace yet.")
-    g.workspace_id = current_workspace().id
+    g.workspace_id = workspace.id
     return None
 
 
@@ -55,7 +59,7 @@ def webhook_or_404(webhook_id: str) -> Webhook:
     return webhook
 
 
-def owned_or_404(model, object_id: str):  # type: ignore[no-untyped-def]
+def owned_or_404(model: Any, object_id: str) -> Any:
     """The current workspace's row of `model` (a job, an API key), or 404 like a missing one."""
     row = db.session.scalars(
         select(model).where(model.id == object_id, model.workspace_id == g.workspace_id)
@@ -167,13 +171,13 @@ def install(app: Flask) -> None:
     )
 
     @app.after_request
-    def _no_store_fragments(response):  # type: ignore[no-untyped-def]
+    def _no_store_fragments(response: Response) -> Response:
         if request.headers.get("HX-Request") == "true":
             response.headers["Cache-Control"] = "no-store"
         return response
 
     @app.context_processor
-    def _workspace():  # type: ignore[no-untyped-def]
+    def _workspace() -> dict[str, Any]:
         if current_user.is_authenticated:
             return {
                 "workspace": current_workspace(),
@@ -184,7 +188,7 @@ def install(app: Flask) -> None:
     @app.errorhandler(403)
     @app.errorhandler(404)
     @app.errorhandler(405)
-    def _error_page(exc: HTTPException):  # type: ignore[no-untyped-def]
+    def _error_page(exc: HTTPException) -> ResponseReturnValue:
         if request.path == "/api/v1" or request.path.startswith("/api/"):
             from blueprints.api import http_error
 
@@ -192,8 +196,8 @@ def install(app: Flask) -> None:
         title, message = _ERROR_PAGES.get(exc.code or 404, _ERROR_PAGES[404])
         if exc.code == 403 and exc.description and "workspace" in exc.description:
             message = exc.description
-        return render_template("errors/page.html", title=title, message=message), exc.code
+        return render_template("errors/page.html", title=title, message=message), exc.code or 500
 
     @app.get("/settings")
-    def _settings_home():  # type: ignore[no-untyped-def]
+    def _settings_home() -> ResponseReturnValue:
         return redirect(url_for("dashboard.webhooks"))

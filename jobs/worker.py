@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from flask import Flask
 from redis.exceptions import RedisError
@@ -25,7 +26,7 @@ class DeliveryWorker(SimpleWorker):
     # seconds of Redis coming back, so the wait is capped at 5 s.
     max_connection_wait_time = 5.0
 
-    def work(self, *args, **kwargs) -> bool:  # type: ignore[no-untyped-def]
+    def work(self, *args: Any, **kwargs: Any) -> bool:
         """Work as RQ does; before returning (burst done, or stopped), let the POSTs still
         in flight end and be recorded."""
         try:

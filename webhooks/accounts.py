@@ -9,13 +9,22 @@ import secrets
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from webhooks import quotas
-from webhooks.models import ApiKey, Invitation, User, Workspace, memberships, utcnow
+from webhooks.models import (
+    ApiKey,
+    Invitation,
+    Session,
+    User,
+    Workspace,
+    changed,
+    memberships,
+    table,
+    utcnow,
+)
 
 KEY_PREFIX = "whk_"
 MIN_PASSWORD = 8
@@ -51,7 +60,7 @@ def authenticate_key(session: Session, plain: str) -> Any | None:
     if not plain.startswith(KEY_PREFIX) or len(plain) > 200:
         return None
     digest = _digest(plain)
-    keys = ApiKey.__table__.c
+    keys = table(ApiKey).c
     key = session.execute(
         select(keys.id, keys.workspace_id, keys.key_hash, keys.last_used_at, keys.revoked_at)
         .where(keys.key_hash == digest)
@@ -61,7 +70,7 @@ def authenticate_key(session: Session, plain: str) -> Any | None:
         return None
     now = utcnow()
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
-        session.execute(update(ApiKey.__table__).where(keys.id == key.id).values(last_used_at=now))
+        session.execute(update(table(ApiKey)).where(keys.id == key.id).values(last_used_at=now))
         session.commit()
     return key
 
@@ -161,8 +170,11 @@ def email_problem(email: str) -> str | None:
 def workspace_users(session: Session, workspace_id: str) -> list[tuple[User, str | None]]:
     """The workspace's users, oldest first, each with "Invited" while their invitation link
     is unused, "Invitation expired" once it can no longer be, else None."""
-    unused = (Invitation.user_id == User.id, Invitation.workspace_id == workspace_id)
-    unused += (Invitation.used_at.is_(None),)
+    unused: tuple[ColumnElement[bool], ...] = (
+        Invitation.user_id == User.id,
+        Invitation.workspace_id == workspace_id,
+        Invitation.used_at.is_(None),
+    )
     invited = select(Invitation.id).where(*unused).exists()
     live = select(Invitation.id).where(*unused, Invitation.expires_at > utcnow()).exists()
     rows = session.execute(
@@ -255,14 +267,15 @@ def accept_invitation(session: Session, plain: str, password: str) -> User | Non
         return None
     now = utcnow()
     # The compare-and-set makes the link work once even when two requests race.
-    taken = session.execute(
+    taken = changed(
+        session,
         update(Invitation)
         .where(Invitation.id == found.id, Invitation.used_at.is_(None), Invitation.expires_at > now)
         .values(used_at=now)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
     user = session.get(User, found.user_id)
-    if taken.rowcount != 1 or user is None:
+    if taken != 1 or user is None:
         session.rollback()
         return None
     user.password_hash = generate_password_hash(password)

@@ -18,12 +18,21 @@ from typing import Any
 from redis import Redis
 from rq import Queue
 from sqlalchemy import and_, exists, func, insert, or_, select, tuple_, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import aliased
 
 from webhooks import catalog, logs, publishing, queueing
 from webhooks.config import Settings
 from webhooks.management import Invalid
-from webhooks.models import BulkJob, Delivery, DeliveryStatus, Event, Webhook, utcnow
+from webhooks.models import (
+    BulkJob,
+    Delivery,
+    DeliveryStatus,
+    Event,
+    Session,
+    Webhook,
+    changed,
+    utcnow,
+)
 from webhooks.outgoing import iso
 
 log = logging.getLogger(__name__)
@@ -159,7 +168,8 @@ def run(session: Session, redis: Redis, job_id: str, settings: Settings) -> str 
     """Create the job's deliveries batch by batch; returns its final status, or None when
     another worker has it."""
     now = utcnow()
-    claimed = session.execute(
+    claimed = changed(
+        session,
         update(BulkJob)
         .where(
             BulkJob.id == job_id,
@@ -169,10 +179,10 @@ def run(session: Session, redis: Redis, job_id: str, settings: Settings) -> str 
             ),
         )
         .values(status=RUNNING, updated_at=now)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
     session.commit()
-    if claimed.rowcount != 1:
+    if claimed != 1:
         return None
     job = session.get(BulkJob, job_id, populate_existing=True)
     assert job is not None
@@ -262,7 +272,8 @@ def redeliver_count(session: Session, workspace_id: str, filters: logs.LogFilter
     """How many failed deliveries the filter matches, counted up to MAX_PER_CALL + 1."""
     params = {"filter": filters.to_args(), "upto": utcnow().isoformat()}
     query = _redeliverable(session, workspace_id, params).limit(MAX_PER_CALL + 1).subquery()
-    return session.execute(select(func.count()).select_from(query)).scalar_one()  # type: ignore[no-any-return]
+    count: int = session.execute(select(func.count()).select_from(query)).scalar_one()
+    return count
 
 
 def start_redeliver(

@@ -11,12 +11,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, case, func, literal_column, select
-from sqlalchemy.orm import Session
 
 from webhooks.config import Settings
-from webhooks.models import Attempt, AttemptOutcome, Delivery, DeliveryStatus
+from webhooks.models import Attempt, AttemptOutcome, Delivery, DeliveryStatus, Session
 from webhooks.sqltime import epoch
 
 HOURS = 24
@@ -124,7 +124,9 @@ def hourly(
     """Per webhook id among the picked deliveries: ended attempts in each of the last 24 hours."""
     start = first_hour(now)
     # Inlined, not bound: PostgreSQL must see the same expression in SELECT and GROUP BY.
-    start_epoch = literal_column(str(int((start - datetime(1970, 1, 1)).total_seconds())))
+    start_epoch: ColumnElement[Any] = literal_column(
+        str(int((start - datetime(1970, 1, 1)).total_seconds()))
+    )
     bucket = func.floor((epoch(Attempt.started_at) - start_epoch) / 3600)
     rows = session.execute(
         select(Delivery.webhook_id, bucket, Attempt.outcome, func.count())

@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.orm import Session
 
 from webhooks import delivery, flow, outgoing
 from webhooks.config import Settings
@@ -29,20 +28,22 @@ from webhooks.models import (
     Delivery,
     DeliveryStatus,
     Event,
+    Session,
     Webhook,
     WebhookSecret,
+    table,
     utcnow,
 )
 from webhooks.outgoing import Prepared, RenderLater, Target
 
 # The tables as Core sees them: these statements run once per batch on the hot path, and
 # the ORM's per-object work would cost more than the POSTs.
-_DELIVERIES = Delivery.__table__
-_ATTEMPTS = Attempt.__table__
+_DELIVERIES = table(Delivery)
+_ATTEMPTS = table(Attempt)
 _D = _DELIVERIES.c
-_E = Event.__table__.c
-_W = Webhook.__table__.c
-_S = WebhookSecret.__table__.c
+_E = table(Event).c
+_W = table(Webhook).c
+_S = table(WebhookSecret).c
 # Candidates read per delivery asked for: room for the rows `_choose` leaves to a webhook that
 # has used its share, without a second walk.
 OVERFETCH = 2
@@ -179,8 +180,7 @@ def _lease(
         )
     ).all()
     order = {delivery_id: i for i, delivery_id in enumerate(ids)}
-    taken.sort(key=lambda r: order[r.id])
-    return taken
+    return sorted(taken, key=lambda r: order[r.id])
 
 
 def _prepare(session: Session, taken: list[Any], token: str, now: datetime) -> list[Prepared]:

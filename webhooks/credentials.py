@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import JSON, Text
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from webhooks import crypto
 
@@ -104,13 +105,13 @@ class _SealedJSON(TypeDecorator[dict[str, Any]]):
     impl = JSON
     cache_ok = True
 
-    def load_dialect_impl(self, dialect):  # type: ignore[no-untyped-def]
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         return dialect.type_descriptor(JSONB() if dialect.name == "postgresql" else JSON())
 
     def _secret(self, name: str) -> bool:
         raise NotImplementedError
 
-    def process_bind_param(self, value, dialect):  # type: ignore[no-untyped-def]
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         if not isinstance(value, dict):
             return value
         ring = crypto.keyring()
@@ -119,7 +120,7 @@ class _SealedJSON(TypeDecorator[dict[str, Any]]):
             for k, v in value.items()
         }
 
-    def process_result_value(self, value, dialect):  # type: ignore[no-untyped-def]
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         if not isinstance(value, dict):
             return value
         ring = crypto.keyring()
@@ -153,10 +154,10 @@ class LoggedHeaders(TypeDecorator[dict[str, Any]]):
     impl = JSON
     cache_ok = True
 
-    def load_dialect_impl(self, dialect):  # type: ignore[no-untyped-def]
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         return dialect.type_descriptor(JSONB() if dialect.name == "postgresql" else JSON())
 
-    def process_bind_param(self, value, dialect):  # type: ignore[no-untyped-def]
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         return mask_headers(value) if isinstance(value, dict) else value
 
 
@@ -166,5 +167,5 @@ class LoggedBody(TypeDecorator[str]):
     impl = Text
     cache_ok = True
 
-    def process_bind_param(self, value, dialect):  # type: ignore[no-untyped-def]
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         return mask_body(value) if isinstance(value, str) else value

@@ -7,6 +7,7 @@ import hashlib
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import Text
+from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
 PREFIX = "fernet:"
@@ -70,8 +71,8 @@ class EncryptedText(TypeDecorator[str]):
     impl = Text
     cache_ok = True
 
-    def process_bind_param(self, value: str | None, dialect) -> str | None:  # type: ignore[no-untyped-def]
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
         return None if value is None else keyring().encrypt(value)
 
-    def process_result_value(self, value: str | None, dialect) -> str | None:  # type: ignore[no-untyped-def]
+    def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
         return None if value is None else keyring().decrypt(value)

@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 
 from redis import Redis
 from sqlalchemy import bindparam, select, text, update
-from sqlalchemy.orm import Session
 
 from webhooks import failures, flow, notifications, outgoing, queueing, retry, transport
 from webhooks.config import Settings
@@ -20,7 +19,10 @@ from webhooks.models import (
     AttemptOutcome,
     Delivery,
     DeliveryStatus,
+    Session,
     Webhook,
+    changed,
+    table,
     utcnow,
 )
 from webhooks.outgoing import Prepared
@@ -35,8 +37,8 @@ ENDED = {
     "enqueued_at": None,
 }
 
-_DELIVERIES = Delivery.__table__
-_ATTEMPTS = Attempt.__table__
+_DELIVERIES = table(Delivery)
+_ATTEMPTS = table(Attempt)
 _D = _DELIVERIES.c
 
 MAX_LOST_ATTEMPTS = 3
@@ -268,13 +270,14 @@ def disable_gone(session: Session, webhook_id: str, now: datetime) -> bool:
         "disabled_at": now,
         "updated_at": now,
     }
-    disabled = session.execute(
+    disabled = changed(
+        session,
         update(Webhook)
         .where(Webhook.id == webhook_id, Webhook.active.is_(True))
         .values(**values)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
-    if disabled.rowcount == 1:
+    if disabled == 1:
         return True
     # Already paused (a redelivery got the 410): the reason still says why it is off now.
     session.execute(

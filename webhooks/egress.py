@@ -254,7 +254,7 @@ def refuse_if_not_allowed(
 
 def _system_resolver(host: str, port: int) -> list[str]:
     infos = socket.getaddrinfo(host, port, family=allowed_gai_family(), type=socket.SOCK_STREAM)
-    return [info[4][0] for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)]
+    return [str(info[4][0]) for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)]
 
 
 _resolver: Resolver = _system_resolver

@@ -7,14 +7,15 @@ nothing is sent before the commit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import update
-from sqlalchemy.orm import Session
 
 from webhooks import notifications
 from webhooks.config import Settings
-from webhooks.models import Delivery, Webhook
+from webhooks.models import Delivery, Session, Webhook, changed, table
 
 # Test deliveries and redeliveries neither start, extend nor end the auto-disable window, and
 # their failures are not reported: they were asked for by a person who sees the result.
@@ -26,12 +27,12 @@ def counts(delivery: Delivery) -> bool:
     return delivery.kind in COUNTED_KINDS
 
 
-def succeeded(session: Session, deliveries: list[Delivery]) -> None:
+def succeeded(session: Session, deliveries: Sequence[Any]) -> None:  # Delivery-like rows
     """Any success ends its webhook's failing streak."""
     webhook_ids = {d.webhook_id for d in deliveries if counts(d)}
     if not webhook_ids:
         return
-    webhooks = Webhook.__table__  # a Core statement: this runs after every batch of successes
+    webhooks = table(Webhook)  # a Core statement: this runs after every batch of successes
     session.execute(
         update(webhooks)
         .where(webhooks.c.id.in_(webhook_ids), webhooks.c.failing_since.is_not(None))
@@ -95,13 +96,14 @@ def _auto_disable(session: Session, webhook: Webhook, now: datetime, settings: S
         f"{span((now - start).total_seconds())} (every one since {start:%Y-%m-%d %H:%M:%S} UTC "
         "used up its retries, with no success in between)"
     )
-    changed = session.execute(
+    disabled = changed(
+        session,
         update(Webhook)
         .where(Webhook.id == webhook.id, Webhook.active.is_(True), Webhook.failing_since == start)
         .values(active=False, disabled_reason=reason, disabled_at=now, updated_at=now)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
-    return changed.rowcount == 1
+    return disabled == 1
 
 
 def _tell_exhausted(

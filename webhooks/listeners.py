@@ -18,7 +18,6 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import delete, select, update
-from sqlalchemy.orm import Session
 
 from webhooks import signing, transport
 from webhooks.config import Settings
@@ -29,8 +28,10 @@ from webhooks.models import (
     Delivery,
     DeliveryStatus,
     Listener,
+    Session,
     Webhook,
     WebhookSecret,
+    changed,
 )
 
 NAME = "CLI listener"
@@ -139,12 +140,13 @@ def close_stale(session: Session, now: datetime) -> int:
 
 def touch(session: Session, listener_id: str, now: datetime) -> bool:
     """Note that the listener's stream is connected; False when the listener is gone."""
-    found = session.execute(
+    found = changed(
+        session,
         update(Listener)
         .where(Listener.id == listener_id)
         .values(last_seen_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+        .execution_options(synchronize_session=False),
+    )
     session.commit()
     return found == 1
 

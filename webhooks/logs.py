@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, case, exists, func, literal_column, or_, select, text, tuple_
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import aliased
 
 from webhooks.models import (
     TITLE_SEARCH,
@@ -20,7 +20,9 @@ from webhooks.models import (
     Delivery,
     DeliveryStatus,
     Event,
+    Session,
     Webhook,
+    table,
 )
 
 RETRYING = "retrying"  # a filter, not a status: pending with at least one failed attempt
@@ -114,7 +116,7 @@ class _Unindexed:
     """`Delivery.<column>` as `+deliveries.<column>`: the same value, no index behind it."""
 
     def __getattr__(self, name: str) -> Any:
-        column = Delivery.__table__.c[name]
+        column = table(Delivery).c[name]
         return literal_column(f"+{column.table.name}.{column.name}", type_=column.type)
 
 

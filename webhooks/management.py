@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import selectinload
 
 from webhooks import (
     catalog,
@@ -23,14 +23,14 @@ from webhooks import (
     transforms,
 )
 from webhooks.config import Settings
-from webhooks.models import Delivery, Webhook, WebhookSecret, utcnow
+from webhooks.models import Delivery, Session, Webhook, WebhookSecret, utcnow
 from webhooks.outgoing import RESERVED_HEADERS
 
 MAX_URL_LENGTH = 2048
 MAX_HEADERS = 20
 ROTATION_OVERLAP = timedelta(hours=24)
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 7230 token
-_UNSET = object()
+_UNSET: Any = object()
 
 
 @dataclass

@@ -28,7 +28,7 @@ from rq import Queue
 from sqlalchemy import ColumnElement, and_, case, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute
 
 from webhooks import flow
 from webhooks.models import (
@@ -37,6 +37,7 @@ from webhooks.models import (
     Delivery,
     DeliveryStatus,
     MetricTotal,
+    Session,
     Webhook,
     utcnow,
 )
@@ -59,10 +60,15 @@ def _count(condition: ColumnElement[bool]) -> ColumnElement[int]:
 
 
 def _histogram(
-    prefix: str, value: ColumnElement[Any], buckets: tuple[float, ...], per_second: float = 1
+    prefix: str,
+    value: ColumnElement[Any] | InstrumentedAttribute[Any],
+    buckets: tuple[float, ...],
+    per_second: float = 1,
 ) -> dict[str, ColumnElement[Any]]:
     """Cumulative bucket counts, count and sum (in seconds) of `value`, in `per_second` units."""
-    columns = {f"{prefix}:le={le:g}": _count(value <= le * per_second) for le in buckets}
+    columns: dict[str, ColumnElement[Any]] = {
+        f"{prefix}:le={le:g}": _count(value <= le * per_second) for le in buckets
+    }
     columns[f"{prefix}:count"] = func.count(value)
     columns[f"{prefix}:sum"] = func.coalesce(func.sum(value), 0) / float(per_second)
     return columns

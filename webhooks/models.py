@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import (
@@ -26,7 +26,17 @@ from sqlalchemy import (
 )
 from sqlalchemy import event as sa_event
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, registry, relationship
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    mapped_column,
+    registry,
+    relationship,
+    scoped_session,
+)
+from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.sql import Executable
 
 from webhooks.credentials import LoggedBody, LoggedHeaders, SealedHeaders, SealedParams
 from webhooks.crypto import EncryptedText
@@ -57,6 +67,27 @@ class Base(DeclarativeBase):
 db = SQLAlchemy(model_class=Base)
 
 
+def changed(session: Session, statement: Executable) -> int:
+    """Run an UPDATE or DELETE and say how many rows it changed."""
+    result = session.execute(statement)
+    return cast(CursorResult[Any], result).rowcount
+
+
+def table(model: type[Base]) -> Table:
+    """A model's table, for Core statements on the hot paths."""
+    return cast(Table, model.__table__)
+
+
+# Flask-SQLAlchemy makes db.Model at run time, from Base: to a type checker it is Base.
+if TYPE_CHECKING:
+    Model = Base
+else:
+    Model = db.Model
+
+# What the domain takes as its session: a Session, or the app's scoped proxy of one (db.session).
+Session: TypeAlias = OrmSession | scoped_session[Any]
+
+
 def _id(prefix: str) -> Mapped[str]:
     return mapped_column(String(40), primary_key=True, default=lambda: new_id(prefix))
 
@@ -69,7 +100,7 @@ memberships = Table(
 )
 
 
-class Workspace(db.Model):
+class Workspace(Model):
     __tablename__ = "workspaces"
 
     id: Mapped[str] = _id("ws")
@@ -77,7 +108,7 @@ class Workspace(db.Model):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class User(db.Model):
+class User(Model):
     __tablename__ = "users"
 
     id: Mapped[str] = _id("usr")
@@ -101,7 +132,7 @@ class User(db.Model):
         return f"{self.id}:{self.session_token}"
 
 
-class Invitation(db.Model):
+class Invitation(Model):
     """A one-time link that lets an invited user choose a password; only its digest is kept."""
 
     __tablename__ = "invitations"
@@ -117,7 +148,7 @@ class Invitation(db.Model):
     used_at: Mapped[datetime | None]
 
 
-class ApiKey(db.Model):
+class ApiKey(Model):
     __tablename__ = "api_keys"
 
     id: Mapped[str] = _id("key")
@@ -130,7 +161,7 @@ class ApiKey(db.Model):
     revoked_at: Mapped[datetime | None]
 
 
-class Webhook(db.Model):
+class Webhook(Model):
     __tablename__ = "webhooks"
     __table_args__ = (Index(None, "workspace_id", "created_at"),)
 
@@ -175,7 +206,7 @@ class Webhook(db.Model):
     )
 
 
-class WebhookSecret(db.Model):
+class WebhookSecret(Model):
     """A signing secret; the newest unexpired one is current, older ones sign until they expire."""
 
     __tablename__ = "webhook_secrets"
@@ -211,7 +242,7 @@ SQLITE_TITLE_SEARCH = (
 )
 
 
-class Event(db.Model):
+class Event(Model):
     __tablename__ = "events"
     __table_args__ = (
         UniqueConstraint("workspace_id", "idempotency_key"),
@@ -243,7 +274,7 @@ class DeliveryStatus:
     ALL = (PENDING, SUCCEEDED, FAILED)
 
 
-class Delivery(db.Model):
+class Delivery(Model):
     """One event to one webhook: the unit that is claimed, attempted and retried."""
 
     __tablename__ = "deliveries"
@@ -323,7 +354,7 @@ class AttemptOutcome:
     LOST = "lost"  # the worker died before recording a result
 
 
-class Attempt(db.Model):
+class Attempt(Model):
     __tablename__ = "attempts"
     __table_args__ = (UniqueConstraint("delivery_id", "number"),)
 
@@ -345,7 +376,7 @@ class Attempt(db.Model):
     delivery: Mapped[Delivery] = relationship(back_populates="attempts")
 
 
-class NotificationSettings(db.Model):
+class NotificationSettings(Model):
     """Where a workspace is told about failing webhooks."""
 
     __tablename__ = "notification_settings"
@@ -358,7 +389,7 @@ class NotificationSettings(db.Model):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
-class Notification(db.Model):
+class Notification(Model):
     """One message to one channel: written with the event that causes it, then sent by a job."""
 
     __tablename__ = "notifications"
@@ -382,7 +413,7 @@ class Notification(db.Model):
     sent_at: Mapped[datetime | None]
 
 
-class BulkJob(db.Model):
+class BulkJob(Model):
     """A recover, replay-missed or redeliver-matching run: its progress, as GET /jobs/{id}
     shows it."""
 
@@ -404,7 +435,7 @@ class BulkJob(db.Model):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
-class MetricTotal(db.Model):
+class MetricTotal(Model):
     """What deleted rows had added to a /metrics counter, so that counters never go down."""
 
     __tablename__ = "metric_totals"
@@ -413,7 +444,7 @@ class MetricTotal(db.Model):
     value: Mapped[float] = mapped_column(Float, default=0.0)
 
 
-class Listener(db.Model):
+class Listener(Model):
     """A `listen` command's stream: its webhook's deliveries go to the stream, not to a URL."""
 
     __tablename__ = "listeners"

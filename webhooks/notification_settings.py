@@ -5,12 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from webhooks import credentials, management
 from webhooks.config import Settings
 from webhooks.management import Invalid
-from webhooks.models import NotificationSettings, utcnow
+from webhooks.models import NotificationSettings, Session, utcnow
 
 MAX_EMAILS = 20
 # A practical check, not RFC 5322: one @, a dot in the domain, no spaces or separators.

@@ -27,7 +27,6 @@ from urllib.parse import unquote, urlencode, urlsplit
 from redis import Redis
 from rq import Queue, get_current_job
 from sqlalchemy import delete, func, or_, select, update
-from sqlalchemy.orm import Session
 
 from webhooks import outgoing, queueing, transport
 from webhooks.config import Settings
@@ -36,8 +35,10 @@ from webhooks.models import (
     Delivery,
     Notification,
     NotificationSettings,
+    Session,
     Webhook,
     Workspace,
+    changed,
     utcnow,
 )
 
@@ -268,7 +269,8 @@ def job_redis() -> Redis | None:
 
 def send(session: Session, notification_id: str, tries: int, settings: Settings) -> str | None:
     """Try once to send a message, if this try is still ours to make; returns its status."""
-    claimed = session.execute(
+    claimed = changed(
+        session,
         update(Notification)
         .where(
             Notification.id == notification_id,
@@ -277,9 +279,9 @@ def send(session: Session, notification_id: str, tries: int, settings: Settings)
             Notification.status.in_((PENDING, FAILED)),
         )
         .values(attempts=tries + 1)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
-    if claimed.rowcount != 1:
+    if claimed != 1:
         session.rollback()
         return None
     row = session.get(Notification, notification_id, populate_existing=True)
@@ -368,7 +370,10 @@ def send_email(settings: Settings, to: list[str], subject: str, body: str) -> st
 def _on_loopback(client: smtplib.SMTP) -> bool:
     """Whether the SMTP connection goes to this machine (nobody on a path can read it)."""
     try:
-        peer = ipaddress.ip_address(str(client.sock.getpeername()[0]).partition("%")[0])
+        sock = client.sock
+        if sock is None:
+            return False
+        peer = ipaddress.ip_address(str(sock.getpeername()[0]).partition("%")[0])
     except (AttributeError, OSError, ValueError):
         return False
     if peer.version == 6 and peer.ipv4_mapped is not None:
@@ -442,7 +447,8 @@ def open_quiet_window(
     """Whether this caller may tell about the webhook's exhausted deliveries now: true for
     exactly one caller once its last message is older than `quiet_since`, which then starts a
     new quiet window at `now` (the webhook's `updated_at` is left as it is)."""
-    won = session.execute(
+    won = changed(
+        session,
         update(Webhook)
         .where(
             Webhook.id == webhook_id,
@@ -452,9 +458,9 @@ def open_quiet_window(
             ),
         )
         .values(exhausted_notified_at=now, updated_at=Webhook.updated_at)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
-    return bool(won.rowcount == 1)
+    return bool(won == 1)
 
 
 def _summarize_one(

@@ -11,18 +11,17 @@ from typing import Any
 from redis import Redis
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from webhooks import catalog, flow, outgoing, queueing
 from webhooks.config import Settings
 from webhooks.ids import new_id
-from webhooks.models import Delivery, DeliveryStatus, Event, Webhook, utcnow
+from webhooks.models import Delivery, DeliveryStatus, Event, Session, Webhook, table, utcnow
 
 # Core tables: publishing runs on every API call, and ORM-enabled inserts cost more than
 # the rows they write.
-_EVENTS = Event.__table__
-_DELIVERIES = Delivery.__table__
-_W = Webhook.__table__.c
+_EVENTS = table(Event)
+_DELIVERIES = table(Delivery)
+_W = table(Webhook).c
 MAX_BATCH = 100  # events per batch: one short transaction, one answer a client can read
 
 
@@ -111,13 +110,14 @@ def _earlier(session: Session, workspace_id: str, digests: dict[str, str]) -> di
             Event.workspace_id == workspace_id, Event.idempotency_key.in_(list(digests))
         )
     ).all()
-    conflicts = [e.idempotency_key for e in events if e.request_hash != digests[e.idempotency_key]]
+    keyed = [(e.idempotency_key or "", e) for e in events]  # found by their keys: none is None
+    conflicts = [key for key, e in keyed if e.request_hash != digests[key]]
     if conflicts:
         raise IdempotencyConflict(*conflicts)
     for event in events:
         # Answers, not work: detached, a commit after this does not make them load again.
         session.expunge(event)
-    found = {e.idempotency_key: Published(event=e, delivery_ids=[], created=False) for e in events}
+    found = {key: Published(event=e, delivery_ids=[], created=False) for key, e in keyed}
     if found:
         by_event = {p.event.id: p for p in found.values()}
         rows = session.execute(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -106,7 +107,7 @@ def sentinel_present(redis: Redis) -> bool:
     return not redis.set(SENTINEL_KEY, "1", nx=True)
 
 
-def safe(action: str, fn, *args, **kwargs) -> bool:  # type: ignore[no-untyped-def]
+def safe(action: str, fn: Callable[..., object], *args: Any, **kwargs: Any) -> bool:
     """Run a Redis call whose failure the reconciler repairs later; True when it worked."""
     try:
         fn(*args, **kwargs)

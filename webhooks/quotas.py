@@ -8,9 +8,8 @@ lock), so that concurrent creates are counted one after another and never oversh
 from __future__ import annotations
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
-from webhooks.models import ApiKey, Webhook, Workspace
+from webhooks.models import ApiKey, Session, Webhook, Workspace
 
 
 class QuotaExceeded(Exception):

@@ -8,12 +8,19 @@ from datetime import datetime
 
 from redis import Redis
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
 
 from webhooks import bulk, failures, flow, listeners, notifications, queueing, retention
 from webhooks.config import Settings
 from webhooks.delivery import MAX_LOST_ATTEMPTS
-from webhooks.models import Attempt, AttemptOutcome, Delivery, DeliveryStatus, utcnow
+from webhooks.models import (
+    Attempt,
+    AttemptOutcome,
+    Delivery,
+    DeliveryStatus,
+    Session,
+    changed,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +87,9 @@ def _gave_up(session: Session, delivery_id: str, now: datetime, settings: Settin
     return failures.exhausted(session, delivery, now, settings) if delivery else []
 
 
-def _expire_one(session: Session, delivery_id: str, token: str, lost: int, now: datetime) -> bool:
+def _expire_one(
+    session: Session, delivery_id: str, token: str | None, lost: int, now: datetime
+) -> bool:
     gave_up = lost >= MAX_LOST_ATTEMPTS
     error = "worker lost: no result was recorded before the lease expired"
     values: dict = {
@@ -96,13 +105,14 @@ def _expire_one(session: Session, delivery_id: str, token: str, lost: int, now: 
     if gave_up:
         values["status"] = DeliveryStatus.FAILED
         values["last_error"] = f"{error} ({lost} times); giving up"
-    changed = session.execute(
+    ended = changed(
+        session,
         update(Delivery)
         .where(Delivery.id == delivery_id, Delivery.lease_token == token)
         .values(**values)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
-    if changed.rowcount != 1:
+    if ended != 1:
         return False
     session.execute(
         update(Attempt)

@@ -191,7 +191,9 @@ class _Child:
             raise TimeoutError
         return self.conn.recv()
 
-    def call_all(self, calls: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]], wall: float):
+    def call_all(
+        self, calls: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]], wall: float
+    ) -> list[Any]:
         """Answers in order, as many as the child gave before it died or stalled."""
         self.conn.send(list(calls))
         answers = []

@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 
 from redis import Redis
 from sqlalchemy import delete, exists, select
-from sqlalchemy.orm import Session
 
 from webhooks import metrics, notifications
 from webhooks.config import Settings
@@ -25,7 +24,9 @@ from webhooks.models import (
     DeliveryStatus,
     Event,
     Notification,
+    Session,
     Workspace,
+    changed,
     utcnow,
 )
 
@@ -72,7 +73,7 @@ def purge(
     workspaces = session.scalars(select(Workspace.id).order_by(Workspace.id)).all()
     session.rollback()
     steps = [(_deliveries, ws) for ws in workspaces] + [(_events, ws) for ws in workspaces]
-    for step, workspace_id in [*steps, (_notifications, None)]:
+    for step, workspace_id in [*steps, (_notifications, "")]:
         while True:
             if time.monotonic() > deadline:
                 purged.finished = False
@@ -98,16 +99,18 @@ def _deliveries(session: Session, workspace_id: str, cutoff: datetime, purged: P
         return False
     chosen = Delivery.id.in_(ids)
     metrics.carry_over(session, chosen)  # /metrics counters never go down
-    purged.attempts += session.execute(
+    purged.attempts += changed(
+        session,
         delete(Attempt)
         .where(Attempt.delivery_id.in_(ids))
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    purged.deliveries += session.execute(
+        .execution_options(synchronize_session=False),
+    )
+    purged.deliveries += changed(
+        session,
         delete(Delivery)
         .where(chosen, Delivery.status != DeliveryStatus.PENDING)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+        .execution_options(synchronize_session=False),
+    )
     session.commit()
     return True
 
@@ -123,16 +126,17 @@ def _events(session: Session, workspace_id: str, cutoff: datetime, purged: Purge
     if not ids:
         session.rollback()
         return False
-    purged.events += session.execute(
+    purged.events += changed(
+        session,
         delete(Event)
         .where(Event.id.in_(ids), ~delivered)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+        .execution_options(synchronize_session=False),
+    )
     session.commit()
     return True
 
 
-def _notifications(session: Session, _: str | None, cutoff: datetime, purged: Purged) -> bool:
+def _notifications(session: Session, _: str, cutoff: datetime, purged: Purged) -> bool:
     ids = session.scalars(
         select(Notification.id)
         .where(
@@ -144,10 +148,11 @@ def _notifications(session: Session, _: str | None, cutoff: datetime, purged: Pu
     if not ids:
         session.rollback()
         return False
-    purged.notifications += session.execute(
+    purged.notifications += changed(
+        session,
         delete(Notification)
         .where(Notification.id.in_(ids))
-        .execution_options(synchronize_session=False)
-    ).rowcount
+        .execution_options(synchronize_session=False),
+    )
     session.commit()
     return True

@@ -43,7 +43,8 @@ def of(app: Flask) -> Services:
 
 
 def current() -> Services:
-    return of(current_app)  # type: ignore[arg-type]
+    services: Services = current_app.extensions[_KEY]
+    return services
 
 
 def settings() -> Settings:

@@ -13,6 +13,7 @@ import fcntl
 import os
 import sqlite3
 import time
+from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection as SAConnection
@@ -25,8 +26,8 @@ _QUICK_LOOKS = (0.0, 0.0001, 0.0002)
 class Connection(sqlite3.Connection):
     """A connection whose transactions queue on the database's lock file."""
 
-    def __init__(self, database: str, *args, timeout: float = 5.0, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(database, *args, timeout=timeout, **kwargs)
+    def __init__(self, database: str, timeout: float = 5.0, **kwargs: Any) -> None:
+        super().__init__(database, timeout, **kwargs)
         self._lock_fd: int | None = None
         self._held = False
         path = str(database)

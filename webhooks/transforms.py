@@ -260,7 +260,7 @@ def _replace_estimate(text: str | bytes, old: Any, new: Any, count: Any) -> int:
     kind = bytes if isinstance(text, bytes) else str
     if not isinstance(old, kind) or not isinstance(new, kind):
         return len(text)
-    hits = text.count(old) if old else len(text) + 1
+    hits = text.count(old) if old else len(text) + 1  # type: ignore[arg-type]  # old is text's kind
     if isinstance(count, int) and count >= 0:
         hits = min(hits, count)
     return len(text) + hits * len(new)

@@ -20,10 +20,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from webhooks import credentials
-from webhooks.models import Attempt, Delivery, Webhook
+from webhooks.models import Attempt, Delivery, Session, Webhook
 from webhooks.signing import SECRET_PREFIX, standard_key
 
 # Standard Webhooks libraries refuse a `webhook-timestamp` further than this from now.
