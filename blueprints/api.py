@@ -10,7 +10,6 @@ from typing import Any, cast
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
-from sqlalchemy.orm import selectinload
 from werkzeug.exceptions import HTTPException
 
 from blueprints import security
@@ -27,7 +26,7 @@ from webhooks import (
     services,
     verification,
 )
-from webhooks.management import Invalid
+from webhooks.errors import Invalid
 from webhooks.models import BulkJob, Delivery, Event, Webhook, db, utcnow
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -149,12 +148,7 @@ def create_webhook() -> ResponseReturnValue:
 @bp.get("/webhooks")
 def list_webhooks() -> ResponseReturnValue:
     """List the workspace's webhooks, newest first."""
-    webhooks = db.session.scalars(
-        select(Webhook)
-        .where(Webhook.workspace_id == g.workspace_id)
-        .options(selectinload(Webhook.secrets))
-        .order_by(Webhook.created_at.desc(), Webhook.id.desc())
-    ).all()
+    webhooks = management.listed(db.session, g.workspace_id)
     return {"data": [webhook_json(w) for w in webhooks]}
 
 
@@ -181,9 +175,7 @@ def _warned(warnings: list[str]) -> dict[str, list[str]]:
 @bp.delete("/webhooks/<webhook_id>")
 def delete_webhook(webhook_id: str) -> ResponseReturnValue:
     """Delete a webhook with its delivery logs."""
-    webhook = webhook_or_404(webhook_id)
-    db.session.delete(webhook)
-    db.session.commit()
+    management.delete(db.session, webhook_or_404(webhook_id))
     return "", 204
 
 
@@ -205,20 +197,11 @@ def rotate_secret(webhook_id: str) -> ResponseReturnValue:
 def send_test(webhook_id: str) -> ResponseReturnValue:
     """Send a catalog example to this webhook alone, once, active or not."""
     webhook = webhook_or_404(webhook_id)
-    event_type = json_body(optional=True).get("type") or webhook_default_type(webhook)
+    event_type = json_body(optional=True).get("type") or publishing.default_test_type(webhook)
     if not isinstance(event_type, str) or event_type not in catalog.BY_TYPE:
         raise fail("unknown_event_type", f"unknown event type {event_type!r}", type="unknown type")
-    event = publishing.create_test_event(db.session, webhook, event_type)
-    delivery_id = publishing.add_delivery(db.session, event, webhook, settings(), kind="test")
-    publishing.dispatch(db.session, redis(), settings(), [delivery_id])
+    event, delivery_id = publishing.send_test(db.session, redis(), webhook, event_type, settings())
     return {"event": envelope_json(event), "delivery_id": delivery_id}, 202
-
-
-def webhook_default_type(webhook: Webhook) -> str:
-    for event in catalog.CATALOG:
-        if publishing.subscribes(webhook, event.type):
-            return event.type
-    return catalog.CATALOG[0].type
 
 
 @bp.post("/webhooks/<webhook_id>/verify-signature")
@@ -568,11 +551,7 @@ def get_delivery(delivery_id: str) -> ResponseReturnValue:
 @bp.post("/deliveries/<delivery_id>/redeliver")
 def redeliver(delivery_id: str) -> ResponseReturnValue:
     """Send the same event to the same webhook again, as a new delivery."""
-    original = delivery_or_404(delivery_id)
-    new_id = publishing.add_delivery(
-        db.session, original.event, original.webhook, settings(), kind="redelivery"
-    )
-    publishing.dispatch(db.session, redis(), settings(), [new_id])
+    new_id = publishing.redeliver(db.session, redis(), delivery_or_404(delivery_id), settings())
     return delivery_json(db.session.get_one(Delivery, new_id)), 202
 
 

@@ -158,8 +158,7 @@ def _too_many(exc: HTTPException) -> ResponseReturnValue:
 @login_required
 def logout() -> ResponseReturnValue:
     """Sign out, here and in every copy of this user's session cookie."""
-    accounts.end_sessions(current_user)
-    db.session.commit()
+    accounts.sign_out(db.session, current_user)
     logout_user()
     session.pop("workspace_id", None)
     flash("You are signed out.", "info")

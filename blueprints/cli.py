@@ -69,7 +69,6 @@ def create_api_key(workspace_id: str, name: str) -> None:
         )
     except quotas.QuotaExceeded as exc:
         raise click.ClickException(exc.message) from None
-    db.session.commit()
     click.echo(json.dumps({"key_id": key.id, "api_key": plain, "workspace_id": workspace_id}))
 
 

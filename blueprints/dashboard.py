@@ -9,7 +9,6 @@ from flask import Blueprint, flash, g, redirect, render_template, request, url_f
 from flask.typing import ResponseReturnValue
 from flask_htmx import make_response
 from sqlalchemy import select
-from sqlalchemy.orm import selectinload
 from werkzeug.exceptions import HTTPException
 
 from blueprints import localtime, serialize, webhook_form
@@ -27,7 +26,7 @@ from webhooks import (
     services,
     templates,
 )
-from webhooks.management import Invalid
+from webhooks.errors import Invalid
 from webhooks.models import BulkJob, Delivery, DeliveryStatus, Webhook, db, utcnow
 
 bp = guarded(Blueprint("dashboard", __name__, url_prefix="/settings/webhooks"))
@@ -56,12 +55,7 @@ def template_header_names(webhook: Webhook) -> list[str]:
 def webhooks() -> ResponseReturnValue:
     """List the workspace's webhooks with their state (and why one is failing) and last 24
     hours."""
-    rows = db.session.scalars(
-        select(Webhook)
-        .where(Webhook.workspace_id == g.workspace_id)
-        .options(selectinload(Webhook.secrets))
-        .order_by(Webhook.created_at.desc(), Webhook.id.desc())
-    ).all()
+    rows = management.listed(db.session, g.workspace_id)
     summary = logs.summaries(db.session, g.workspace_id, utcnow())
     sparklines = charts.sparklines(db.session, g.workspace_id, utcnow(), settings())
     return render_template(
@@ -136,17 +130,10 @@ def show(webhook_id: str) -> ResponseReturnValue:
         "dashboard/show.html",
         webhook=webhook,
         recent=_recent(webhook),
-        default_type=_default_type(webhook),
+        default_type=publishing.default_test_type(webhook),
         activity=charts.for_webhook(db.session, webhook.id, utcnow(), settings()),
         waiting=flow.waiting_counts(db.session, webhook.id),
     )
-
-
-def _default_type(webhook: Webhook) -> str:
-    for event in catalog.CATALOG:
-        if publishing.subscribes(webhook, event.type):
-            return event.type
-    return catalog.CATALOG[0].type
 
 
 def _recent(webhook: Webhook) -> list[Delivery]:
@@ -264,9 +251,7 @@ def send_test(webhook_id: str) -> ResponseReturnValue:
         return render_template(
             "dashboard/_test_result.html", error=f"Unknown event type {event_type!r}."
         ), 422
-    event = publishing.create_test_event(db.session, webhook, event_type)
-    delivery_id = publishing.add_delivery(db.session, event, webhook, settings(), kind="test")
-    publishing.dispatch(db.session, _redis(), settings(), [delivery_id])
+    _, delivery_id = publishing.send_test(db.session, _redis(), webhook, event_type, settings())
     return render_template(
         "dashboard/_test_result.html", delivery=db.session.get(Delivery, delivery_id)
     )
@@ -299,8 +284,7 @@ def delete(webhook_id: str) -> ResponseReturnValue:
     """Delete a webhook and its logs."""
     webhook = webhook_or_404(webhook_id)
     name = webhook.name
-    db.session.delete(webhook)
-    db.session.commit()
+    management.delete(db.session, webhook)
     flash(f"Webhook “{name}” and its delivery logs were deleted.", "success")
     if request.headers.get("HX-Request") == "true":
         return make_response("", redirect=url_for("dashboard.webhooks"))

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from blueprints import localtime
 from blueprints.ui import delivery_or_404, guarded, settings
 from webhooks import bulk, catalog, logs, publishing, services, verification
-from webhooks.management import Invalid
+from webhooks.errors import Invalid
 from webhooks.models import BulkJob, Delivery, DeliveryStatus, Webhook, db, utcnow
 
 bp = guarded(Blueprint("logs", __name__, url_prefix="/settings/webhooks/logs"))
@@ -146,11 +146,7 @@ def attempts(delivery_id: str) -> ResponseReturnValue:
 @bp.post("/<delivery_id>/redeliver")
 def redeliver(delivery_id: str) -> ResponseReturnValue:
     """Send the same event to the same webhook again, as a new delivery."""
-    original = delivery_or_404(delivery_id)
-    new_id = publishing.add_delivery(
-        db.session, original.event, original.webhook, settings(), kind="redelivery"
-    )
-    publishing.dispatch(db.session, _redis(), settings(), [new_id])
+    new_id = publishing.redeliver(db.session, _redis(), delivery_or_404(delivery_id), settings())
     flash("Redelivery queued: it appears at the top of the logs.", "success")
     return redirect(url_for("logs.show", delivery_id=new_id))
 

@@ -25,8 +25,8 @@ from werkzeug.exceptions import HTTPException
 from blueprints.security import dashboard_limit, too_many
 from blueprints.ui import guarded, owned_or_404, settings
 from webhooks import accounts, catalog, notification_settings, notifications, quotas, services
-from webhooks.management import Invalid
-from webhooks.models import ApiKey, Notification, db, utcnow
+from webhooks.errors import Invalid
+from webhooks.models import ApiKey, Notification, db
 
 bp = guarded(Blueprint("settings", __name__, url_prefix="/settings"))
 # A page with a one-time link on it stays out of every cache.
@@ -68,16 +68,13 @@ def create_api_key() -> ResponseReturnValue:
         return render_template(
             "settings/api_keys.html", keys=_keys(), created=None, error=error
         ), 403
-    db.session.commit()
     return render_template("settings/api_keys.html", keys=_keys(), created=(key, plain), error=None)
 
 
 @bp.post("/api-keys/<key_id>/revoke")
 def revoke_api_key(key_id: str) -> ResponseReturnValue:
     """Revoke a key: requests with it are refused from now on."""
-    key = owned_or_404(ApiKey, key_id)
-    key.revoked_at = key.revoked_at or utcnow()
-    db.session.commit()
+    accounts.revoke_api_key(db.session, owned_or_404(ApiKey, key_id))
     return render_template("settings/api_keys.html", keys=_keys(), created=None, error=None)
 
 

@@ -16,7 +16,7 @@ from webhooks import (
     templates,
     transforms,
 )
-from webhooks.management import Invalid
+from webhooks.errors import Invalid
 from webhooks.models import Event, Webhook, utcnow
 from webhooks.outgoing import envelope
 

@@ -50,8 +50,14 @@ def create_api_key(
     plain = KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(workspace_id=workspace_id, name=name, prefix=plain[:12], key_hash=_digest(plain))
     session.add(key)
-    session.flush()
+    session.commit()
     return key, plain
+
+
+def revoke_api_key(session: Session, key: ApiKey) -> None:
+    """Refuse requests with this key from now on (revoking twice keeps the first time)."""
+    key.revoked_at = key.revoked_at or utcnow()
+    session.commit()
 
 
 def authenticate_key(session: Session, plain: str) -> Any | None:
@@ -110,6 +116,12 @@ def create_user(session: Session, email: str, password: str, workspace_id: str) 
         user.workspaces.append(workspace)
     session.commit()
     return user
+
+
+def sign_out(session: Session, user: User) -> None:
+    """End every session of the user, this one included."""
+    end_sessions(user)
+    session.commit()
 
 
 def end_sessions(user: User) -> None:

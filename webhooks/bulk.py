@@ -22,7 +22,7 @@ from sqlalchemy.orm import aliased
 
 from webhooks import catalog, logs, publishing, queueing
 from webhooks.config import Settings
-from webhooks.management import Invalid
+from webhooks.errors import Invalid
 from webhooks.models import (
     BulkJob,
     Delivery,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,6 +22,7 @@ from webhooks import (
     transforms,
 )
 from webhooks.config import Settings
+from webhooks.errors import Invalid
 from webhooks.models import Delivery, Session, Webhook, WebhookSecret, utcnow
 from webhooks.outgoing import RESERVED_HEADERS
 
@@ -31,16 +31,6 @@ MAX_HEADERS = 20
 ROTATION_OVERLAP = timedelta(hours=24)
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 7230 token
 _UNSET: Any = object()
-
-
-@dataclass
-class Invalid(Exception):
-    """Input that cannot be saved: a contract error code, a message and per-field messages."""
-
-    code: str
-    message: str
-    fields: dict[str, str] = field(default_factory=dict)
-    status: int = 400
 
 
 # The order of a webhook's fields. An error naming several takes its code and message from the
@@ -548,6 +538,24 @@ def current_secret(webhook: Webhook) -> str | None:
         if s.expires_at is None or s.expires_at > now:
             return s.secret
     return None
+
+
+def delete(session: Session, webhook: Webhook) -> None:
+    """Delete a webhook with its deliveries and their attempts."""
+    session.delete(webhook)
+    session.commit()
+
+
+def listed(session: Session, workspace_id: str) -> list[Webhook]:
+    """The workspace's webhooks, newest first, with their secrets loaded."""
+    return list(
+        session.scalars(
+            select(Webhook)
+            .where(Webhook.workspace_id == workspace_id)
+            .options(selectinload(Webhook.secrets))
+            .order_by(Webhook.created_at.desc(), Webhook.id.desc())
+        )
+    )
 
 
 def find(session: Session, workspace_id: str, webhook_id: str) -> Webhook | None:

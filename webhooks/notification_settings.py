@@ -7,7 +7,7 @@ from typing import Any
 
 from webhooks import credentials, management
 from webhooks.config import Settings
-from webhooks.management import Invalid
+from webhooks.errors import Invalid
 from webhooks.models import NotificationSettings, Session, utcnow
 
 MAX_EMAILS = 20

@@ -409,6 +409,34 @@ def create_test_event(session: Session, webhook: Webhook, event_type: str) -> Ev
     return event
 
 
+def default_test_type(webhook: Webhook) -> str:
+    """The event type a test event has when none is chosen: the first catalog type the
+    webhook subscribes to."""
+    for event in catalog.CATALOG:
+        if subscribes(webhook, event.type):
+            return event.type
+    return catalog.CATALOG[0].type
+
+
+def send_test(
+    session: Session, redis: Redis, webhook: Webhook, event_type: str, settings: Settings
+) -> tuple[Event, str]:
+    """Send the catalog example of `event_type` to this webhook alone, active or not: the
+    test event, and its delivery's id (committed; the workers are woken)."""
+    event = create_test_event(session, webhook, event_type)
+    delivery_id = add_delivery(session, event, webhook, settings, kind="test")
+    dispatch(session, redis, settings, [delivery_id])
+    return event, delivery_id
+
+
+def redeliver(session: Session, redis: Redis, original: Delivery, settings: Settings) -> str:
+    """Send a delivery's event to its webhook again, as a new delivery with the same
+    `webhook-id` (even while the webhook is paused): the new delivery's id."""
+    new_id = add_delivery(session, original.event, original.webhook, settings, kind="redelivery")
+    dispatch(session, redis, settings, [new_id])
+    return new_id
+
+
 def dispatch(session: Session, redis: Redis, settings: Settings, delivery_ids: list[str]) -> bool:
     """Wake the workers for freshly committed deliveries (they claim them from the database);
     on a Redis failure the scheduler's next scan wakes them instead. `session` is unused: the
