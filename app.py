@@ -150,16 +150,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app: configuration from the environment, extensions, blueprints, commands."""
     app = Flask(__name__, instance_path=os.environ.get("INSTANCE_PATH") or None)
     os.makedirs(app.instance_path, exist_ok=True)
-    try:
-        values = settings_module.load(os.environ, test_config)
-        settings_module.require_secret_key(values)
-    except settings_module.ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(CONFIG_ERROR_EXIT) from None
-    app.config.update(values)
-    app.config["SECRET_KEY"] = app.config["SECRET_KEY"] or settings_module.instance_secret_key(
-        app.instance_path
-    )
+    _configure(app, test_config)
     crypto.configure(crypto.Keyring(secrets_keys(app.config)))
     renderpool.configure(
         renderpool.Limits(
@@ -168,23 +159,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             cpu=app.config["WEBHOOK_RENDER_CPU_SECONDS"],
         )
     )
-    url = settings_module.database_url(app.config["DATABASE_URL"], app.instance_path)
-    app.config["SQLALCHEMY_DATABASE_URI"] = url
-    app.config.setdefault(
-        "SQLALCHEMY_ENGINE_OPTIONS",
-        _engine_options(url, app.config["WEBHOOK_SQLITE_BUSY_TIMEOUT"]),
-    )
-    app.config["MAX_CONTENT_LENGTH"] = max(app.config["WEBHOOK_MAX_PAYLOAD_BYTES"], 1 << 20)
-    app.config["JSON_SORT_KEYS"] = False
-    app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
-    app.config["SESSION_COOKIE_HTTPONLY"] = True
-    # Behind a proxy that ends TLS the request looks like plain HTTP: a setting says it is not.
-    force_https = app.config["WEBHOOK_FORCE_HTTPS"]
-    app.config["SESSION_COOKIE_SECURE"] = bool(app.config["SESSION_COOKIE_SECURE"] or force_https)
-    app.config["REMEMBER_COOKIE_SECURE"] = bool(
-        app.config.get("REMEMBER_COOKIE_SECURE") or force_https
-    )
-    app.config["WTF_CSRF_TIME_LIMIT"] = None  # valid for the session's lifetime
     app.session_interface = _SessionInterface()
 
     db.init_app(app)
@@ -197,7 +171,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.cli.add_command(_MigrationCommands(app))
     # Every Redis client of every process reads this one URL: RQ, the scheduler, the
     # health check, metrics and the rate limiter.
-    app.config["REDIS_URL"] = redis_url(app.config["REDIS_URL"], app.config["REDIS_URL_PARAMS"])
     services.install(
         app,
         Redis.from_url(
@@ -221,3 +194,36 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
     return app
+
+
+def _configure(app: Flask, test_config: dict[str, Any] | None) -> None:
+    """The configuration: every variable from the environment (or `test_config`), and what
+    Flask and its extensions derive from them; a bad value stops the process, naming it."""
+    try:
+        values = settings_module.load(os.environ, test_config)
+        settings_module.require_secret_key(values)
+    except settings_module.ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(CONFIG_ERROR_EXIT) from None
+    app.config.update(values)
+    app.config["SECRET_KEY"] = app.config["SECRET_KEY"] or settings_module.instance_secret_key(
+        app.instance_path
+    )
+    url = settings_module.database_url(app.config["DATABASE_URL"], app.instance_path)
+    app.config["SQLALCHEMY_DATABASE_URI"] = url
+    app.config.setdefault(
+        "SQLALCHEMY_ENGINE_OPTIONS",
+        _engine_options(url, app.config["WEBHOOK_SQLITE_BUSY_TIMEOUT"]),
+    )
+    app.config["MAX_CONTENT_LENGTH"] = max(app.config["WEBHOOK_MAX_PAYLOAD_BYTES"], 1 << 20)
+    app.config["JSON_SORT_KEYS"] = False
+    app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
+    # Behind a proxy that ends TLS the request looks like plain HTTP: a setting says it is not.
+    force_https = app.config["WEBHOOK_FORCE_HTTPS"]
+    app.config["SESSION_COOKIE_SECURE"] = bool(app.config["SESSION_COOKIE_SECURE"] or force_https)
+    app.config["REMEMBER_COOKIE_SECURE"] = bool(
+        app.config.get("REMEMBER_COOKIE_SECURE") or force_https
+    )
+    app.config["WTF_CSRF_TIME_LIMIT"] = None  # valid for the session's lifetime
+    app.config["REDIS_URL"] = redis_url(app.config["REDIS_URL"], app.config["REDIS_URL_PARAMS"])

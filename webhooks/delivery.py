@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from redis import Redis
 from sqlalchemy import bindparam, select, text, update
@@ -88,29 +89,9 @@ def record(
     # The requests as the log shows them (credentials masked), built before the transaction.
     sent = {p.attempt_id: _logged_request(p) for p, _ in results}
     no_wait_for_disk(session)
-    current = {
-        row.id: row
-        for row in session.execute(
-            select(
-                _D.id,
-                _D.lease_token,
-                _D.status,
-                _D.kind,
-                _D.webhook_id,
-            ).where(_D.id.in_([p.delivery_id for p, _ in results]))
-        )
-    }
+    current = _leases(session, [p.delivery_id for p, _ in results])
     statuses: dict[str, str] = {}
-    written: list[tuple[Prepared, transport.Result, str | None]] = []
-    for prepared, result in results:
-        row = current.get(prepared.delivery_id)
-        if row is None or row.lease_token != prepared.token:
-            # The lease ran out and the attempt was declared lost; the delivery has moved on.
-            statuses[prepared.delivery_id] = row.status if row else DeliveryStatus.FAILED
-            log.warning("late result for %s ignored: its lease had expired", prepared.delivery_id)
-            continue
-        error = _failure_text(result) if prepared.render_error is None else prepared.render_error
-        written.append((prepared, result, error))
+    written = _still_ours(results, current, statuses)
     if not written:
         session.commit()
         return statuses
@@ -122,31 +103,8 @@ def record(
         failures.succeeded(session, [current[p.delivery_id] for p, _ in succeeded])
         statuses.update({p.delivery_id: DeliveryStatus.SUCCEEDED for p, _ in succeeded})
         ended += [p.delivery_id for p, _ in succeeded if p.ordered]
-    notify: list[str] = []
     failed = [(p, r, error) for p, r, error in written if error is not None]
-    if failed:
-        loaded = {
-            d.id: d
-            for d in session.scalars(
-                select(Delivery)
-                .where(Delivery.id.in_([p.delivery_id for p, _, _ in failed]))
-                .execution_options(populate_existing=True)
-            )
-        }
-        for prepared, result, error in failed:
-            delivery = loaded[prepared.delivery_id]
-            delivery.last_status_code = result.status_code
-            delivery.last_error = error
-            disabled = _schedule_next(
-                session, delivery, result, settings, now, retryable=prepared.render_error is None
-            )
-            if disabled:
-                notify += failures.gone(session, delivery, now, settings)
-            elif delivery.status == DeliveryStatus.FAILED:
-                notify += failures.exhausted(session, delivery, now, settings)
-            statuses[prepared.delivery_id] = delivery.status
-            if delivery.status != DeliveryStatus.PENDING and prepared.ordered:
-                ended.append(prepared.delivery_id)
+    notify = _fail(session, failed, settings, now, statuses, ended) if failed else []
     # The next deliveries of the ended ones' lines go now.
     released = flow.release(session, ended, now) if ended else 0
     session.commit()
@@ -159,6 +117,69 @@ def record(
     if notify:
         notifications.hand_off(redis or notifications.job_redis(), settings, notify)
     return statuses
+
+
+def _leases(session: Session, delivery_ids: list[str]) -> dict[str, Any]:
+    """Each delivery's lease, status, kind and webhook as the database has them now."""
+    query = select(_D.id, _D.lease_token, _D.status, _D.kind, _D.webhook_id)
+    return {row.id: row for row in session.execute(query.where(_D.id.in_(delivery_ids)))}
+
+
+def _still_ours(
+    results: Sequence[tuple[Prepared, transport.Result]],
+    current: dict[str, Any],
+    statuses: dict[str, str],
+) -> list[tuple[Prepared, transport.Result, str | None]]:
+    """The results whose lease still holds, each with its failure text (None: a success); the
+    others are late (the attempt was declared lost) and only get their status in `statuses`."""
+    written: list[tuple[Prepared, transport.Result, str | None]] = []
+    for prepared, result in results:
+        row = current.get(prepared.delivery_id)
+        if row is None or row.lease_token != prepared.token:
+            # The lease ran out and the attempt was declared lost; the delivery has moved on.
+            statuses[prepared.delivery_id] = row.status if row else DeliveryStatus.FAILED
+            log.warning("late result for %s ignored: its lease had expired", prepared.delivery_id)
+            continue
+        error = _failure_text(result) if prepared.render_error is None else prepared.render_error
+        written.append((prepared, result, error))
+    return written
+
+
+def _fail(
+    session: Session,
+    failed: list[tuple[Prepared, transport.Result, str]],
+    settings: Settings,
+    now: datetime,
+    statuses: dict[str, str],
+    ended: list[str],
+) -> list[str]:
+    """Schedule each failed attempt's retry, or end its delivery (exhausted, or its target
+    gone); the ids of the notifications this writes. Statuses go to `statuses`, deliveries
+    that ended in an ordering key's line to `ended`."""
+    notify: list[str] = []
+    loaded = {
+        d.id: d
+        for d in session.scalars(
+            select(Delivery)
+            .where(Delivery.id.in_([p.delivery_id for p, _, _ in failed]))
+            .execution_options(populate_existing=True)
+        )
+    }
+    for prepared, result, error in failed:
+        delivery = loaded[prepared.delivery_id]
+        delivery.last_status_code = result.status_code
+        delivery.last_error = error
+        disabled = _schedule_next(
+            session, delivery, result, settings, now, retryable=prepared.render_error is None
+        )
+        if disabled:
+            notify += failures.gone(session, delivery, now, settings)
+        elif delivery.status == DeliveryStatus.FAILED:
+            notify += failures.exhausted(session, delivery, now, settings)
+        statuses[prepared.delivery_id] = delivery.status
+        if delivery.status != DeliveryStatus.PENDING and prepared.ordered:
+            ended.append(prepared.delivery_id)
+    return notify
 
 
 def _logged_request(prepared: Prepared) -> tuple[dict[str, str], str]:

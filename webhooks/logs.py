@@ -321,6 +321,31 @@ class LastError:
 SHORT = 90
 
 
+def _newest_delivery(*clauses: Any) -> Any:
+    """The id of a webhook's newest delivery (matching `clauses`), correlated to Webhook."""
+    return (
+        select(Delivery.id)
+        .where(Delivery.webhook_id == Webhook.id, *clauses)
+        .order_by(Delivery.created_at.desc(), Delivery.id.desc())
+        .limit(1)
+        .correlate(Webhook)
+        .scalar_subquery()
+    )
+
+
+def _failed_at(delivery: Any) -> Any:
+    """When a delivery last failed: its newest failed (or lost) attempt's start."""
+    attempt = (
+        select(func.max(Attempt.started_at))
+        .where(
+            Attempt.delivery_id == delivery.id,
+            Attempt.outcome.in_((AttemptOutcome.FAILURE, AttemptOutcome.LOST)),
+        )
+        .scalar_subquery()
+    )
+    return func.coalesce(attempt, delivery.updated_at)
+
+
 def last_errors(session: Session, workspace_id: str) -> dict[str, LastError]:
     """Per webhook id, the last error of each webhook whose recent deliveries fail: its newest
     delivery failed or is retrying, or it is in a failing streak (`failing_since`). Healthy
@@ -331,16 +356,7 @@ def last_errors(session: Session, workspace_id: str) -> dict[str, LastError]:
     id) index, and the time of the failure is that delivery's newest failed attempt's start.
     """
 
-    def newest(*clauses: Any) -> Any:
-        return (
-            select(Delivery.id)
-            .where(Delivery.webhook_id == Webhook.id, *clauses)
-            .order_by(Delivery.created_at.desc(), Delivery.id.desc())
-            .limit(1)
-            .correlate(Webhook)
-            .scalar_subquery()
-        )
-
+    newest = _newest_delivery
     heads = (
         select(
             Webhook.id.label("webhook_id"),
@@ -357,18 +373,7 @@ def last_errors(session: Session, workspace_id: str) -> dict[str, LastError]:
         .subquery()
     )
     latest, failed = aliased(Delivery), aliased(Delivery)
-
-    def failed_at(delivery: Any) -> Any:
-        attempt = (
-            select(func.max(Attempt.started_at))
-            .where(
-                Attempt.delivery_id == delivery.id,
-                Attempt.outcome.in_((AttemptOutcome.FAILURE, AttemptOutcome.LOST)),
-            )
-            .scalar_subquery()
-        )
-        return func.coalesce(attempt, delivery.updated_at)
-
+    failed_at = _failed_at
     rows = session.execute(
         select(
             heads.c.webhook_id,
