@@ -13,6 +13,7 @@ from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 
 from blueprints import security
+from blueprints.lookup import Missing, delivery_or_404, owned_or_404, webhook_or_404
 from blueprints.security import limiter
 from blueprints.serialize import attempt_json, delivery_json, envelope_json, webhook_json
 from webhooks import (
@@ -27,7 +28,7 @@ from webhooks import (
     verification,
 )
 from webhooks.errors import Invalid
-from webhooks.models import BulkJob, Delivery, Event, Webhook, db, utcnow
+from webhooks.models import BulkJob, Delivery, Event, db, utcnow
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 limiter.limit(lambda: current_app.config["WEBHOOK_API_RATE_LIMIT"])(bp)
@@ -47,6 +48,11 @@ def _invalid(exc: Invalid) -> Response:
     response = jsonify({"error": body})
     response.status_code = exc.status
     return response
+
+
+@bp.errorhandler(Missing)
+def _missing(exc: Missing) -> Response:
+    return _invalid(Invalid("not_found", exc.description or "no such resource", status=404))
 
 
 @bp.errorhandler(429)  # by code, so that it wins over the dashboard's 429 page
@@ -102,31 +108,6 @@ def json_body(*, optional: bool = False) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise fail("invalid_json", "the request body must be a JSON object")
     return payload
-
-
-def webhook_or_404(webhook_id: str) -> Webhook:
-    """The caller's webhook, or 404 exactly as if it did not exist."""
-    webhook = management.find(db.session, g.workspace_id, webhook_id)
-    if webhook is None:
-        raise fail("not_found", f"no webhook {webhook_id!r}", 404)
-    return webhook
-
-
-def owned_or_404(model: Any, object_id: str, label: str) -> Any:
-    """The caller's row of `model` (an event, a job), or 404 exactly as if it did not exist."""
-    row = db.session.scalars(
-        select(model).where(model.id == object_id, model.workspace_id == g.workspace_id)
-    ).first()
-    if row is None:
-        raise fail("not_found", f"no {label} {object_id!r}", 404)
-    return row
-
-
-def delivery_or_404(delivery_id: str) -> Delivery:
-    delivery = management.find_delivery(db.session, g.workspace_id, delivery_id)
-    if delivery is None:
-        raise fail("not_found", f"no delivery {delivery_id!r}", 404)
-    return delivery
 
 
 @bp.get("/event-types")

@@ -12,8 +12,9 @@ from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 
 from blueprints import localtime, serialize, webhook_form
+from blueprints.lookup import delivery_or_404, owned_or_404, webhook_or_404
 from blueprints.security import dashboard_limit, too_many
-from blueprints.ui import delivery_or_404, guarded, owned_or_404, settings, webhook_or_404
+from blueprints.ui import guarded, settings
 from webhooks import (
     bulk,
     catalog,
@@ -216,7 +217,9 @@ def replay(webhook_id: str) -> ResponseReturnValue:
 @bp.get("/jobs/<job_id>")
 def job(job_id: str) -> ResponseReturnValue:
     """A bulk job's progress fragment; it stops polling once the job has ended."""
-    return render_template("dashboard/_job.html", job=owned_or_404(BulkJob, job_id), error=None)
+    return render_template(
+        "dashboard/_job.html", job=owned_or_404(BulkJob, job_id, "job"), error=None
+    )
 
 
 @bp.get("/<webhook_id>/secret")

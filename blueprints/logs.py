@@ -10,7 +10,8 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from blueprints import localtime
-from blueprints.ui import delivery_or_404, guarded, settings
+from blueprints.lookup import delivery_or_404
+from blueprints.ui import guarded, settings
 from webhooks import bulk, catalog, logs, publishing, services, verification
 from webhooks.errors import Invalid
 from webhooks.models import BulkJob, Delivery, DeliveryStatus, Webhook, db, utcnow

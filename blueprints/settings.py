@@ -22,8 +22,9 @@ from flask_login import current_user, login_user
 from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 
+from blueprints.lookup import owned_or_404
 from blueprints.security import dashboard_limit, too_many
-from blueprints.ui import guarded, owned_or_404, settings
+from blueprints.ui import guarded, settings
 from webhooks import accounts, catalog, notification_settings, notifications, quotas, services
 from webhooks.errors import Invalid
 from webhooks.models import ApiKey, Notification, db
@@ -74,7 +75,7 @@ def create_api_key() -> ResponseReturnValue:
 @bp.post("/api-keys/<key_id>/revoke")
 def revoke_api_key(key_id: str) -> ResponseReturnValue:
     """Revoke a key: requests with it are refused from now on."""
-    accounts.revoke_api_key(db.session, owned_or_404(ApiKey, key_id))
+    accounts.revoke_api_key(db.session, owned_or_404(ApiKey, key_id, "API key"))
     return render_template("settings/api_keys.html", keys=_keys(), created=None, error=None)
 
 

@@ -21,14 +21,13 @@ from flask import (
 )
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
-from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 
 from blueprints import localtime
 from blueprints.auth import current_workspace
-from webhooks import catalog, listeners, management, services
+from webhooks import catalog, listeners, services
 from webhooks.config import Settings
-from webhooks.models import Delivery, Webhook, db, utcnow
+from webhooks.models import Webhook, utcnow
 
 
 def settings() -> Settings:
@@ -49,31 +48,6 @@ def require_workspace() -> None:
 def guarded(bp: Blueprint) -> Blueprint:
     bp.before_request(require_workspace)
     return bp
-
-
-def webhook_or_404(webhook_id: str) -> Webhook:
-    """The current workspace's webhook, or 404 exactly as if it did not exist."""
-    webhook = management.find(db.session, g.workspace_id, webhook_id)
-    if webhook is None:
-        abort(404)
-    return webhook
-
-
-def owned_or_404(model: Any, object_id: str) -> Any:
-    """The current workspace's row of `model` (a job, an API key), or 404 like a missing one."""
-    row = db.session.scalars(
-        select(model).where(model.id == object_id, model.workspace_id == g.workspace_id)
-    ).first()
-    if row is None:
-        abort(404)
-    return row
-
-
-def delivery_or_404(delivery_id: str) -> Delivery:
-    delivery = management.find_delivery(db.session, g.workspace_id, delivery_id)
-    if delivery is None:
-        abort(404)
-    return delivery
 
 
 def ago(moment: datetime | None, now: datetime | None = None) -> str:

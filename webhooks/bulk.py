@@ -135,9 +135,26 @@ def start(
     params = {"since": since.isoformat(), "until": until.isoformat()}
     query = candidates(webhook, kind, params).limit(MAX_PER_CALL).subquery()
     count = session.execute(select(func.count()).select_from(query)).scalar_one()
+    return _queue(
+        session, redis, settings, now, (webhook.workspace_id, webhook.id, kind), params, count
+    )
+
+
+def _queue(
+    session: Session,
+    redis: Redis,
+    settings: Settings,
+    now: datetime,
+    owner: tuple[str, str | None, str],
+    params: dict[str, Any],
+    count: int,
+) -> BulkJob:
+    """Store a job of `count` deliveries for `owner` (workspace id, webhook id, kind) and queue
+    its run (with none to run it is done at once)."""
+    workspace_id, webhook_id, kind = owner
     job = BulkJob(
-        workspace_id=webhook.workspace_id,
-        webhook_id=webhook.id,
+        workspace_id=workspace_id,
+        webhook_id=webhook_id,
         kind=kind,
         status=QUEUED if count else DONE,
         params=params,
@@ -296,22 +313,10 @@ def start_redeliver(
             "(From and To, say) to redeliver them in parts"
         )
         raise Invalid("validation_error", msg, {"filter": msg})
-    job = BulkJob(
-        workspace_id=workspace_id,
-        webhook_id=filters.webhook_id if count else None,
-        kind=REDELIVER,
-        status=QUEUED if count else DONE,
-        params=params,
-        done=0,
-        total=count,
-        created_at=now,
-        updated_at=now,
+    webhook_id = filters.webhook_id if count else None
+    return _queue(
+        session, redis, settings, now, (workspace_id, webhook_id, REDELIVER), params, count
     )
-    session.add(job)
-    session.commit()
-    if count:
-        queueing.safe("queue a bulk job", enqueue, redis, settings, job.id)
-    return job
 
 
 def _redeliver_batch(session: Session, redis: Redis, job: BulkJob, settings: Settings) -> int:
