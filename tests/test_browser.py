@@ -162,11 +162,11 @@ def sign_in(page: Page) -> None:
     expect(page).to_have_url(re.compile(r"/settings/webhooks$"), timeout=UI)
 
 
-def screenshot(page: Page, name: str) -> None:
+def screenshot(page: Page, name: str, *, full_page: bool = True) -> None:
     folder = os.environ.get("SCREENSHOT_DIR")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / name), full_page=True)
+        page.screenshot(path=str(Path(folder) / name), full_page=full_page)
 
 
 def mark_document(page: Page) -> None:
@@ -295,6 +295,7 @@ def test_send_test_event_shows_the_result_in_place(
     # So do the activity charts, once the attempt has ended.
     expect(activity).to_contain_text("1 of 1 deliveries", timeout=UI)
     expect(activity).not_to_contain_text("No attempts in the last 24 hours")
+    screenshot(page, "webhook-test-event.png")
     assert_not_reloaded(page)
 
     assert len(receiver.requests) == 1

@@ -87,6 +87,7 @@ def test_redeliver_all_matching_asks_then_shows_the_progress_in_place(
         expect(progress.locator("progress")).to_be_visible()
         expect(button).to_have_count(0)
         expect(progress).to_contain_text("Redelivered 3 deliveries", timeout=DELIVERY)
+        screenshot(page, "logs-redeliver-all.png")
         expect(progress.locator("progress")).to_have_attribute("value", "3")
         assert_not_reloaded(page)
         assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]

@@ -18,6 +18,7 @@ from tests.test_browser import (  # noqa: F401  (fixtures)
     config,
     expect,
     page,
+    screenshot,
     sign_in,
     site,
 )
@@ -102,3 +103,5 @@ def test_the_form_with_every_problem_fits_a_phone_and_passes_axe(phone: Page) ->
 
     assert phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     assert _axe(phone) == []
+    phone.evaluate("window.scrollTo(0, 0)")
+    screenshot(phone, "phone-form-errors.png", full_page=False)
