@@ -371,19 +371,7 @@ def _flow_fields(
     return changes
 
 
-KNOWN_FIELDS = {
-    "name",
-    "url",
-    "events",
-    "secret",
-    "headers",
-    "active",
-    "template",
-    "template_params",
-    "transform",
-    "rate_limit",
-    "ordering_key",
-}
+KNOWN_FIELDS = frozenset(FIELD_ORDER)  # the fields a webhook payload may carry
 
 
 def _unknown_fields(payload: dict[str, Any]) -> None:
