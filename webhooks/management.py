@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import selectinload
 
 from webhooks import (
@@ -528,10 +529,32 @@ def current_secret(webhook: Webhook) -> str | None:
     return None
 
 
+# PostgreSQL's answer when two transactions wait for each other's rows: one is aborted, and
+# trying it again is the remedy.
+DEADLOCK = "40P01"
+DELETE_TRIES = 3
+
+
 def delete(session: Session, webhook: Webhook) -> None:
-    """Delete a webhook with its deliveries and their attempts."""
-    session.delete(webhook)
-    session.commit()
+    """Delete a webhook with its deliveries and their attempts.
+
+    A worker recording results for its deliveries at that moment locks attempts before
+    deliveries, the cascade locks them the other way round; when PostgreSQL aborts the
+    delete to break that deadlock, it is tried again (the worker's transaction has ended)."""
+    webhook_id = webhook.id
+    for tries_left in reversed(range(DELETE_TRIES)):
+        try:
+            session.delete(webhook)
+            session.commit()
+            return
+        except OperationalError as exc:
+            session.rollback()
+            if getattr(exc.orig, "sqlstate", None) != DEADLOCK or not tries_left:
+                raise
+        found = session.get(Webhook, webhook_id)
+        if found is None:
+            return  # deleted meanwhile, by another request
+        webhook = found
 
 
 def listed(session: Session, workspace_id: str) -> list[Webhook]:
