@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import re
 import secrets
 from datetime import timedelta
 from typing import Any
@@ -166,15 +167,18 @@ def password_problem(password: str) -> str | None:
     return None
 
 
+# One address: a name, an @ and a domain with a dot; nothing that separates addresses in a list.
+_EMAIL = re.compile(r"^[^@\s,;<>\"]+@[^@\s,;<>\"]+\.[^@\s,;<>\".]+$")
+MAX_EMAIL = 254  # RFC 5321's limit for a path
+
+
+def is_email(text: str) -> bool:
+    """Whether `text` reads as one e-mail address (users, and notification recipients)."""
+    return len(text) <= MAX_EMAIL and _EMAIL.fullmatch(text) is not None
+
+
 def email_problem(email: str) -> str | None:
-    local, at, domain = email.partition("@")
-    if (
-        not at
-        or not local
-        or "." not in domain
-        or len(email) > 320
-        or any(c.isspace() for c in email)
-    ):
+    if not is_email(email):
         return "Enter an e-mail address, like name@example.com."
     return None
 

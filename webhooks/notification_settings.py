@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from webhooks import credentials, management
+from webhooks import accounts, credentials, management
 from webhooks.config import Settings
 from webhooks.errors import Invalid
 from webhooks.models import NotificationSettings, Session, utcnow
 
 MAX_EMAILS = 20
 # A practical check, not RFC 5322: one @, a dot in the domain, no spaces or separators.
-_EMAIL = re.compile(r"^[^@\s,;<>\"]+@[^@\s,;<>\"]+\.[^@\s,;<>\".]+$")
 FIELDS = {"emails", "alert_url"}
 
 
@@ -37,7 +35,7 @@ def check_emails(emails: Any) -> list[str]:
     for email in (e.strip() for e in emails):
         if not email:
             continue
-        if len(email) > 254 or not _EMAIL.fullmatch(email):
+        if not accounts.is_email(email):
             msg = f"not an e-mail address: {email!r}"
             raise Invalid("validation_error", msg, {"emails": msg})
         if email.lower() not in (c.lower() for c in cleaned):
