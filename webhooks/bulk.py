@@ -98,6 +98,12 @@ def _missed_events(webhook: Webhook, since: datetime, until: datetime) -> Any:
     )
 
 
+def _count(session: Session, query: Any) -> int:
+    """How many rows a (limited) query gives."""
+    count: int = session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
+    return count
+
+
 def candidates(webhook: Webhook, kind: str, params: dict[str, Any]) -> Any:
     """The query of event ids that still need a delivery of this kind."""
     since = datetime.fromisoformat(params["since"])
@@ -133,8 +139,7 @@ def start(
         msg = "until must be later than since"
         raise Invalid("validation_error", msg, {"until": msg})
     params = {"since": since.isoformat(), "until": until.isoformat()}
-    query = candidates(webhook, kind, params).limit(MAX_PER_CALL).subquery()
-    count = session.execute(select(func.count()).select_from(query)).scalar_one()
+    count = _count(session, candidates(webhook, kind, params).limit(MAX_PER_CALL))
     return _queue(
         session, redis, settings, now, (webhook.workspace_id, webhook.id, kind), params, count
     )
@@ -247,14 +252,7 @@ def _batch(session: Session, redis: Redis, job: BulkJob, settings: Settings) -> 
     )
     now = utcnow()
     rows = [
-        publishing._delivery_row(
-            event,
-            webhook.id,
-            now,
-            kind=job.kind,
-            max_attempts=settings.max_attempts,
-            ignores_pause=False,
-        )
+        publishing.delivery_row(event, webhook.id, now, kind=job.kind, settings=settings)
         for event in events
     ]
     session.execute(insert(Delivery), rows)
@@ -288,9 +286,7 @@ def _redeliverable(session: Session, workspace_id: str, params: dict[str, Any]) 
 def redeliver_count(session: Session, workspace_id: str, filters: logs.LogFilter) -> int:
     """How many failed deliveries the filter matches, counted up to MAX_PER_CALL + 1."""
     params = {"filter": filters.to_args(), "upto": utcnow().isoformat()}
-    query = _redeliverable(session, workspace_id, params).limit(MAX_PER_CALL + 1).subquery()
-    count: int = session.execute(select(func.count()).select_from(query)).scalar_one()
-    return count
+    return _count(session, _redeliverable(session, workspace_id, params).limit(MAX_PER_CALL + 1))
 
 
 def start_redeliver(
@@ -347,13 +343,8 @@ def _redeliver_batch(session: Session, redis: Redis, job: BulkJob, settings: Set
         return 0
     now = utcnow()
     rows = [
-        publishing._delivery_row(
-            event,
-            original.webhook_id,
-            now,
-            kind="redelivery",
-            max_attempts=settings.max_attempts,
-            ignores_pause=True,
+        publishing.delivery_row(
+            event, original.webhook_id, now, kind="redelivery", settings=settings
         )
         for original, event in pairs
     ]
@@ -415,8 +406,7 @@ def recover_offer(
     )
     since = min(first, anchor) if first is not None else anchor
     params = {"since": since.isoformat(), "until": utcnow().isoformat()}
-    query = candidates(webhook, RECOVER, params).limit(MAX_PER_CALL).subquery()
-    count = session.execute(select(func.count()).select_from(query)).scalar_one()
+    count = _count(session, candidates(webhook, RECOVER, params).limit(MAX_PER_CALL))
     return (since, count) if count else None
 
 
@@ -424,5 +414,4 @@ def replay_offer(session: Session, webhook: Webhook, paused_at: datetime) -> int
     """For "replay missed" when a paused webhook is turned on again: how many events of its
     types were published since it was paused (at most MAX_PER_CALL), none of which it got."""
     params = {"since": paused_at.isoformat(), "until": utcnow().isoformat()}
-    query = candidates(webhook, REPLAY, params).limit(MAX_PER_CALL).subquery()
-    return session.execute(select(func.count()).select_from(query)).scalar_one()
+    return _count(session, candidates(webhook, REPLAY, params).limit(MAX_PER_CALL))

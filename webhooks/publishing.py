@@ -66,15 +66,15 @@ def subscribes(webhook: Webhook, event_type: str) -> bool:
     return any(catalog.matches(pattern, event_type) for pattern in webhook.events)
 
 
-def _delivery_row(
-    event: Event,
-    webhook_id: str,
-    now: datetime,
-    *,
-    kind: str,
-    max_attempts: int,
-    ignores_pause: bool,
+# Deliveries a person asked for: they go out even while the webhook is paused.
+ASKED_FOR = ("test", "redelivery")
+
+
+def delivery_row(
+    event: Event, webhook_id: str, now: datetime, *, kind: str, settings: Settings
 ) -> dict[str, Any]:
+    """A new, due delivery of `event` to a webhook, as an INSERT's values. Its kind decides
+    the rest: a test makes one attempt, and tests and redeliveries ignore a pause."""
     return {
         "id": new_id("dlv"),
         "workspace_id": event.workspace_id,
@@ -85,8 +85,8 @@ def _delivery_row(
         "status": DeliveryStatus.PENDING,
         "attempt_count": 0,
         "lost_count": 0,
-        "max_attempts": max_attempts,
-        "ignores_pause": ignores_pause,
+        "max_attempts": 1 if kind == "test" else settings.max_attempts,
+        "ignores_pause": kind in ASKED_FOR,
         "next_attempt_at": now,
         "enqueued_at": now,  # queued right after commit; the scheduler repairs a failed hand-off
         "order_key": None,
@@ -202,12 +202,7 @@ def _event_deliveries(
     event: Event, webhook_ids: list[str], now: datetime, settings: Settings
 ) -> list[dict[str, Any]]:
     """A delivery row of a freshly published event for each of `webhook_ids`."""
-    return [
-        _delivery_row(
-            event, wid, now, kind="event", max_attempts=settings.max_attempts, ignores_pause=False
-        )
-        for wid in webhook_ids
-    ]
+    return [delivery_row(event, wid, now, kind="event", settings=settings) for wid in webhook_ids]
 
 
 def publish(
@@ -381,11 +376,7 @@ def add_delivery(
     session: Session, event: Event, webhook: Webhook, settings: Settings, *, kind: str
 ) -> str:
     """One more delivery of a stored event to one webhook (test or redelivery), committed."""
-    now = utcnow()
-    max_attempts = 1 if kind == "test" else settings.max_attempts
-    row = _delivery_row(
-        event, webhook.id, now, kind=kind, max_attempts=max_attempts, ignores_pause=True
-    )
+    row = delivery_row(event, webhook.id, utcnow(), kind=kind, settings=settings)
     session.execute(insert(Delivery), [row])
     session.commit()
     return row["id"]
