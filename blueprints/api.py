@@ -75,7 +75,10 @@ def http_error(exc: HTTPException) -> ResponseReturnValue:
         "(with the same Idempotency-Key, nothing is sent twice)",
         429: f"rate limit exceeded ({exc.description}); retry after the Retry-After seconds",
     }.get(exc.code or 500, exc.description or exc.name)
-    return _invalid(Invalid(code, message, status=exc.code or 500))
+    response = _invalid(Invalid(code, message, status=exc.code or 500))
+    if exc.code == 429:
+        response.headers["Retry-After"] = str(security.retry_after())
+    return response
 
 
 def fail(code: str, message: str, status: int = 400, **fields: str) -> Invalid:
@@ -407,8 +410,7 @@ def listener_stream(listener_id: str) -> ResponseReturnValue:
             )
         )
         # A place frees within a heartbeat of a command leaving. `listen` retries every second;
-        # Retry-After asks other clients for the same (Flask-Limiter raises it to its window's
-        # reset when that is later, as on every API answer).
+        # Retry-After asks other clients for the same.
         refused.headers["Retry-After"] = "1"
         return refused
     db.session.rollback()

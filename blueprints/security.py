@@ -34,11 +34,6 @@ def api_workspace_id() -> str | None:
             else None
         )
         g.api_workspace_id = key.workspace_id if key is not None else None
-        if db.engine.dialect.name == "sqlite":
-            # End the look-up's transaction now: on SQLite every transaction holds the write
-            # lock, and the view may parse and validate for a while before it touches the
-            # database again.
-            db.session.rollback()
     return g.api_workspace_id
 
 
@@ -71,8 +66,18 @@ def too_many(what: str) -> str:
     current = limiter.current_limit
     if current is None:
         return f"Too many {what}. Wait a minute and try again."
-    wait = max(1, math.ceil(current.reset_at - time.time()))
-    return f"Too many {what}: at most {current.limit} for each person. Try again in {wait} s."
+    return (
+        f"Too many {what}: at most {current.limit} for each person. "
+        f"Try again in {retry_after()} s."
+    )
+
+
+def retry_after() -> int:
+    """Seconds until the limit that refused this request lets calls through again."""
+    current = limiter.current_limit
+    if current is None:
+        return 1
+    return max(1, math.ceil(current.reset_at - time.time()))
 
 
 def has_nul(req: Request) -> bool:
@@ -91,7 +96,10 @@ def install(app: Flask) -> None:
         {"socket_timeout": 5, "socket_connect_timeout": 2, "health_check_interval": 30},
     )
     app.config.setdefault("RATELIMIT_KEY_PREFIX", "webhooks-limiter")
-    app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
+    # No X-RateLimit-* headers on every answer: they cost two more Redis round trips per API
+    # call (the window's count and expiry, read after the hit). A refused call still says
+    # when to come back (Retry-After, `retry_after`).
+    app.config.setdefault("RATELIMIT_HEADERS_ENABLED", False)
     # With Redis down, requests pass unlimited rather than fail: publishing must go on.
     app.config.setdefault("RATELIMIT_SWALLOW_ERRORS", True)
     limiter.init_app(app)

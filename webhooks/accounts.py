@@ -10,11 +10,11 @@ import secrets
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, select, update
+from sqlalchemy import ColumnElement, bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from webhooks import quotas
+from webhooks import quotas, sqlite
 from webhooks.models import (
     ApiKey,
     Invitation,
@@ -61,23 +61,36 @@ def revoke_api_key(session: Session, key: ApiKey) -> None:
     session.commit()
 
 
+_KEYS = table(ApiKey)
+# Built once: this runs on every API call.
+_KEY_BY_DIGEST = (
+    select(_KEYS.c.id, _KEYS.c.workspace_id, _KEYS.c.key_hash, _KEYS.c.last_used_at)
+    .where(_KEYS.c.key_hash == bindparam("digest"), _KEYS.c.revoked_at.is_(None))
+    .limit(1)
+)
+_KEY_USED = (
+    update(_KEYS).where(_KEYS.c.id == bindparam("key_id")).values(last_used_at=bindparam("now"))
+)
+
+
 def authenticate_key(session: Session, plain: str) -> Any | None:
-    """The live key matching `plain` (its `id` and `workspace_id`), or None. A Core query:
-    this runs on every API call."""
+    """The live key matching `plain` (its `id` and `workspace_id`), or None.
+
+    On SQLite the look-up is a transaction of its own that only reads (it waits for no
+    writer), ended before this returns. The key's `last_used_at` is written at most once a
+    minute."""
     if not plain.startswith(KEY_PREFIX) or len(plain) > 200:
         return None
     digest = _digest(plain)
-    keys = table(ApiKey).c
-    key = session.execute(
-        select(keys.id, keys.workspace_id, keys.key_hash, keys.last_used_at, keys.revoked_at)
-        .where(keys.key_hash == digest)
-        .limit(1)
-    ).first()
-    if key is None or key.revoked_at is not None or not hmac.compare_digest(key.key_hash, digest):
+    read_only = sqlite.reading(session)
+    key = session.execute(_KEY_BY_DIGEST, {"digest": digest}).first()
+    if read_only:
+        session.rollback()
+    if key is None or not hmac.compare_digest(key.key_hash, digest):
         return None
     now = utcnow()
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
-        session.execute(update(table(ApiKey)).where(keys.id == key.id).values(last_used_at=now))
+        session.execute(_KEY_USED, {"key_id": key.id, "now": now})
         session.commit()
     return key
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -31,11 +32,14 @@ class Keyring:
         if not materials:
             raise ValueError("at least one key is needed")
         self._fernet = MultiFernet([Fernet(_fernet_key(m)) for m in materials])
+        # Every claim reads its webhooks' secrets; each stored value is decrypted once per
+        # process (a Fernet token is unique, so a changed secret is a new entry).
+        self.decrypt = functools.lru_cache(maxsize=4096)(self._decrypt)
 
     def encrypt(self, plain: str) -> str:
         return PREFIX + self._fernet.encrypt(plain.encode()).decode()
 
-    def decrypt(self, stored: str) -> str:
+    def _decrypt(self, stored: str) -> str:
         if not stored.startswith(PREFIX):
             return stored  # written before encryption was on; re-encrypted on rotation
         try:

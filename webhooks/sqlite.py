@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import Connection as SAConnection
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import scoped_session
 
 # Short holds are the rule: look again a few times before queueing in the kernel.
 _QUICK_LOOKS = (0.0, 0.0001, 0.0002)
@@ -95,7 +96,26 @@ def _on_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
     cursor.close()
 
 
+# The execution option of a transaction that only reads (`reading`).
+READ_ONLY = "webhooks_read_only"
+
+
+def reading(session: Any) -> bool:
+    """Let the session's next transaction only read: on SQLite it then neither queues for the
+    write lock nor holds it (WAL readers see the last commit and block no writer). True when
+    it did (SQLite, and no transaction begun yet): end that transaction before writing."""
+    if isinstance(session, scoped_session):
+        session = session()
+    if session.get_bind().dialect.name != "sqlite" or session.in_transaction():
+        return False
+    session.connection(execution_options={READ_ONLY: True})
+    return True
+
+
 def _on_begin(conn: SAConnection) -> None:
+    if conn.get_execution_options().get(READ_ONLY):
+        conn.exec_driver_sql("BEGIN")
+        return
     # BEGIN IMMEDIATE takes the write lock up front (waiting up to the busy timeout), so a
     # transaction that reads and then writes can never fail with SQLITE_BUSY half-way.
     dbapi_connection = conn.connection.dbapi_connection
