@@ -67,8 +67,7 @@ def too_many(what: str) -> str:
     if current is None:
         return f"Too many {what}. Wait a minute and try again."
     return (
-        f"Too many {what}: at most {current.limit} for each person. "
-        f"Try again in {retry_after()} s."
+        f"Too many {what}: at most {current.limit} for each person. Try again in {retry_after()} s."
     )
 
 
