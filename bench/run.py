@@ -1089,21 +1089,6 @@ class Bench:
         budget_end = time.monotonic() + self.args.logs_budget
         errors: list[str] = []
 
-        def median_ms(
-            kind: str, url: str, sess: requests.Session, headers: dict, q: str, enough: Any = None
-        ) -> float:
-            """Up to 3 GETs of `url?q`, their median in ms; `enough` of one sample stops early."""
-            samples = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                r = sess.get(f"{url}?{q}", headers=headers, timeout=60)
-                samples.append((time.perf_counter() - t0) * 1000)
-                if r.status_code != 200:
-                    errors.append(f"{kind} ?{q} answered {r.status_code}")
-                if enough is not None and enough(samples[-1]):
-                    break
-            return med(samples)
-
         def slow(ms: float) -> bool:
             """Slow enough that one sample says it, or out of time."""
             return ms > 200 or time.monotonic() > budget_end
@@ -1114,7 +1099,7 @@ class Bench:
             for kind, url, sess, headers in endpoints:
                 for depth, extra in (("first", {}), ("deep", {"cursor": cursor})):
                     q = urlencode({**combo, **extra})
-                    ms = median_ms(kind, url, sess, headers, q, enough=slow)
+                    ms = median_get_ms(kind, url, sess, headers, q, errors, enough=slow)
                     timings.setdefault(f"{kind} {depth}", []).append((label, ms))
         # Finding a delivery: ids, words of a title (common, rare, absent), retrying; alone and
         # with the filters that narrow the most.
@@ -1133,7 +1118,7 @@ class Bench:
         }  # fmt: skip
         for label, combo in searches.items():
             for kind, url, sess, headers in endpoints:
-                ms = median_ms(kind, url, sess, headers, urlencode(combo))
+                ms = median_get_ms(kind, url, sess, headers, urlencode(combo), errors)
                 timings.setdefault(f"{kind} search", []).append((label, ms))
         # How many rows the slowest combinations match (an empty result scans the most).
         matched = {}
@@ -1338,6 +1323,29 @@ class Bench:
             log(f"kept {self.work}")
         else:
             shutil.rmtree(self.work, ignore_errors=True)
+
+
+def median_get_ms(
+    kind: str,
+    url: str,
+    sess: requests.Session,
+    headers: dict,
+    q: str,
+    errors: list[str],
+    enough: Any = None,
+) -> float:
+    """Up to 3 GETs of `url?q`, their median in ms; `enough` of one sample stops early, and an
+    answer other than 200 is noted in `errors`."""
+    samples = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        r = sess.get(f"{url}?{q}", headers=headers, timeout=60)
+        samples.append((time.perf_counter() - t0) * 1000)
+        if r.status_code != 200:
+            errors.append(f"{kind} ?{q} answered {r.status_code}")
+        if enough is not None and enough(samples[-1]):
+            break
+    return med(samples)
 
 
 def count_matching(db: Database, workspace_id: str, combo: dict[str, str]) -> int:
