@@ -1082,27 +1082,25 @@ class Bench:
         names = list(values)
         timings: dict[str, list[tuple[str, float]]] = {}
         api_headers = {"Authorization": f"Bearer {ws['key']}"}
+        endpoints = (
+            ("api", svc.base + "/api/v1/deliveries", self.session(), api_headers),
+            ("page", svc.base + "/settings/webhooks/logs", page, {}),
+        )
         budget_end = time.monotonic() + self.args.logs_budget
         errors: list[str] = []
+
+        def slow(ms: float) -> bool:
+            """Slow enough that one sample says it, or out of time."""
+            return ms > 200 or time.monotonic() > budget_end
+
         for mask in range(1 << len(names)):
             combo = {n: values[n] for i, n in enumerate(names) if mask >> i & 1}
             label = "+".join(combo) or "(none)"
-            for kind, url, sess, headers in (
-                ("api", svc.base + "/api/v1/deliveries", self.session(), api_headers),
-                ("page", svc.base + "/settings/webhooks/logs", page, {}),
-            ):
+            for kind, url, sess, headers in endpoints:
                 for depth, extra in (("first", {}), ("deep", {"cursor": cursor})):
                     q = urlencode({**combo, **extra})
-                    samples = []
-                    for _ in range(3):
-                        t0 = time.perf_counter()
-                        r = sess.get(f"{url}?{q}", headers=headers, timeout=60)
-                        samples.append((time.perf_counter() - t0) * 1000)
-                        if r.status_code != 200:
-                            errors.append(f"{kind} ?{q} answered {r.status_code}")
-                        if samples[-1] > 200 or time.monotonic() > budget_end:
-                            break  # slow enough that one sample says it
-                    timings.setdefault(f"{kind} {depth}", []).append((label, med(samples)))
+                    ms = median_get_ms(kind, url, sess, headers, q, errors, enough=slow)
+                    timings.setdefault(f"{kind} {depth}", []).append((label, ms))
         # Finding a delivery: ids, words of a title (common, rare, absent), retrying; alone and
         # with the filters that narrow the most.
         searches = {
@@ -1119,18 +1117,9 @@ class Bench:
             "status=retrying+webhook": {"status": "retrying", "webhook_id": values["webhook_id"]},
         }  # fmt: skip
         for label, combo in searches.items():
-            for kind, url, sess, headers in (
-                ("api", svc.base + "/api/v1/deliveries", self.session(), api_headers),
-                ("page", svc.base + "/settings/webhooks/logs", page, {}),
-            ):
-                samples = []
-                for _ in range(3):
-                    t0 = time.perf_counter()
-                    r = sess.get(f"{url}?{urlencode(combo)}", headers=headers, timeout=60)
-                    samples.append((time.perf_counter() - t0) * 1000)
-                    if r.status_code != 200:
-                        errors.append(f"{kind} ?{urlencode(combo)} answered {r.status_code}")
-                timings.setdefault(f"{kind} search", []).append((label, med(samples)))
+            for kind, url, sess, headers in endpoints:
+                ms = median_get_ms(kind, url, sess, headers, urlencode(combo), errors)
+                timings.setdefault(f"{kind} search", []).append((label, ms))
         # How many rows the slowest combinations match (an empty result scans the most).
         matched = {}
         for v in timings.values():
@@ -1336,6 +1325,29 @@ class Bench:
             shutil.rmtree(self.work, ignore_errors=True)
 
 
+def median_get_ms(
+    kind: str,
+    url: str,
+    sess: requests.Session,
+    headers: dict,
+    q: str,
+    errors: list[str],
+    enough: Any = None,
+) -> float:
+    """Up to 3 GETs of `url?q`, their median in ms; `enough` of one sample stops early, and an
+    answer other than 200 is noted in `errors`."""
+    samples = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        r = sess.get(f"{url}?{q}", headers=headers, timeout=60)
+        samples.append((time.perf_counter() - t0) * 1000)
+        if r.status_code != 200:
+            errors.append(f"{kind} ?{q} answered {r.status_code}")
+        if enough is not None and enough(samples[-1]):
+            break
+    return med(samples)
+
+
 def count_matching(db: Database, workspace_id: str, combo: dict[str, str]) -> int:
     sql = "SELECT count(*) FROM deliveries WHERE workspace_id = %s"
     params: list = [workspace_id]
@@ -1402,6 +1414,15 @@ def _git(*args: str) -> str:
 
 def verdict(ok: bool | None) -> str:
     return "—" if ok is None else ("PASS" if ok else "MISS")
+
+
+def cell(d: dict, fn, ok=None) -> str:  # noqa: ANN001
+    """A table cell: `fn` of one database's results, then the verdict of `ok` on them when it is
+    given; "—" when they lack what either reads."""
+    try:
+        return fn(d) if ok is None else f"{fn(d)} {verdict(ok(d))}"
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return "—"
 
 
 def ceiling_lines(meta: dict, g: dict) -> list[str]:
@@ -1518,80 +1539,63 @@ def report(results: dict, phase_times: list[tuple[str, float]]) -> str:
     head = "| # | target | measure | " + " | ".join(title[k] for k in kinds) + " | goal |"
     lines += [head, "|" + " --- |" * (4 + len(kinds))]
 
-    def row(n: str, target: str, measure: str, cells: list[str], goal: str) -> None:
-        lines.append(f"| {n} | {target} | {measure} | " + " | ".join(cells) + f" | {goal} |")
-
-    def cell(kind: str, fn) -> str:  # noqa: ANN001
-        try:
-            return fn(dbs[kind])
-        except (KeyError, TypeError, ValueError, ZeroDivisionError):
-            return "—"
+    def row(n: str, target: str, measure: str, fn, goal: str, ok=None) -> None:  # noqa: ANN001
+        """A measure's row: a cell per database, `fn` of its results and the verdict of `ok`."""
+        cells = " | ".join(cell(dbs[k], fn, ok) for k in kinds)
+        lines.append(f"| {n} | {target} | {measure} | {cells} | {goal} |")
 
     def tp(d: dict) -> list[float]:
         return [r["rate"] for r in d["throughput"]["runs"]]
 
-    row("1", "throughput", "deliveries/s end to end",
-        [cell(k, lambda d: spread(tp(d))) for k in kinds], "")  # fmt: skip
+    row("1", "throughput", "deliveries/s end to end", lambda d: spread(tp(d)), "")
     row("1", "throughput", "÷ requests HTTPS ceiling (÷ urllib3 HTTPS ceiling)",
-        [cell(k, lambda d: ratio_cell(tp(d), ceiling, urllib3_ceiling)) for k in kinds],
+        lambda d: ratio_cell(tp(d), ceiling, urllib3_ceiling),
         f"≥ 100 % of the requests HTTPS ceiling ({ceiling:.0f}/s)")  # fmt: skip
     row("1", "throughput", "publish→arrival p50 / p99 under load",
-        [cell(k, lambda d: f"{med([r['p50'] for r in d['throughput']['runs']]):.0f} / "
-              f"{med([r['p99'] for r in d['throughput']['runs']]):.0f} ms") for k in kinds],
-        "")  # fmt: skip
+        lambda d: f"{med([r['p50'] for r in d['throughput']['runs']]):.0f} / "
+                  f"{med([r['p99'] for r in d['throughput']['runs']]):.0f} ms", "")  # fmt: skip
     row("1", "flow control", "the others' rate with 1,000 waiting for a 1/s limit (÷ without)",
-        [cell(k, lambda d: f"{spread(d['flow']['with'])}/s ÷ {spread(d['flow']['without'])}/s "
-              f"= {100 * d['flow']['ratio']:.0f} % {verdict(d['flow']['ratio'] >= 0.95)}")
-         for k in kinds], "≥ 95 %")  # fmt: skip
+        lambda d: f"{spread(d['flow']['with'])}/s ÷ {spread(d['flow']['without'])}/s "
+                  f"= {100 * d['flow']['ratio']:.0f} %",
+        "≥ 95 %", ok=lambda d: d["flow"]["ratio"] >= 0.95)  # fmt: skip
     row("1", "flow control", "threads held by the waiting deliveries (most leased at once)",
-        [cell(k, lambda d: f"{d['flow']['max_leased']} of {d['flow']['waiting']} waiting; "
-              f"{d['flow']['limited_rate']:.2f} starts/s "
-              f"{verdict(d['flow']['max_leased'] <= 1)}") for k in kinds],
-        "≤ 1 (its burst)")  # fmt: skip
+        lambda d: f"{d['flow']['max_leased']} of {d['flow']['waiting']} waiting; "
+                  f"{d['flow']['limited_rate']:.2f} starts/s",
+        "≤ 1 (its burst)", ok=lambda d: d["flow"]["max_leased"] <= 1)  # fmt: skip
     row("2", "latency at idle", "publish→arrival p50",
-        [cell(k, lambda d: f"{spread(d['latency']['p50_chunks'], '{:.1f}')} ms "
-              f"{verdict(d['latency']['p50'] <= 15)}") for k in kinds], "≤ 15 ms")  # fmt: skip
-    row("2", "latency at idle", "publish→arrival p99",
-        [cell(k, lambda d: f"{d['latency']['p99']:.1f} ms {verdict(d['latency']['p99'] <= 50)}")
-         for k in kinds], "≤ 50 ms")  # fmt: skip
-    row(
-        "2",
-        "latency at idle",
-        "of which the API call (p50)",
-        [cell(k, lambda d: f"{d['latency']['api_p50']:.1f} ms") for k in kinds],
-        "",
-    )
+        lambda d: f"{spread(d['latency']['p50_chunks'], '{:.1f}')} ms",
+        "≤ 15 ms", ok=lambda d: d["latency"]["p50"] <= 15)  # fmt: skip
+    row("2", "latency at idle", "publish→arrival p99", lambda d: f"{d['latency']['p99']:.1f} ms",
+        "≤ 50 ms", ok=lambda d: d["latency"]["p99"] <= 50)  # fmt: skip
+    row("2", "latency at idle", "of which the API call (p50)",
+        lambda d: f"{d['latency']['api_p50']:.1f} ms", "")  # fmt: skip
     row("3", "fan-out 1,000", "API answer",
-        [cell(k, lambda d: f"{spread([r['api_ms'] for r in d['fanout']])} ms "
-              f"{verdict(med([r['api_ms'] for r in d['fanout']]) <= 100)}") for k in kinds],
-        "≤ 100 ms")  # fmt: skip
+        lambda d: f"{spread([r['api_ms'] for r in d['fanout']])} ms",
+        "≤ 100 ms", ok=lambda d: med([r["api_ms"] for r in d["fanout"]]) <= 100)  # fmt: skip
     row("3", "fan-out 1,000", "all arrived (rate)",
-        [cell(k, lambda d: f"{spread([r['all_arrived_s'] for r in d['fanout']], '{:.1f}')} s "
-              f"({med([r['rate'] for r in d['fanout']]):.0f}/s) "
-              f"{verdict(med([r['rate'] for r in d['fanout']]) >= ceiling)}")
-         for k in kinds], "at the throughput target's rate")  # fmt: skip
+        lambda d: f"{spread([r['all_arrived_s'] for r in d['fanout']], '{:.1f}')} s "
+                  f"({med([r['rate'] for r in d['fanout']]):.0f}/s)",
+        "at the throughput target's rate",
+        ok=lambda d: med([r["rate"] for r in d["fanout"]]) >= ceiling)  # fmt: skip
     row("4", "isolation (10 % hang)", "healthy deliveries/s (÷ throughput)",
-        [cell(k, lambda d: f"{spread(d['isolation'].get('rates', [d['isolation']['rate']]))}/s "
-              f"({100 * d['isolation']['rate'] / med(tp(d)):.0f} %) "
-              f"{verdict(d['isolation']['rate'] >= 0.8 * med(tp(d)))}") for k in kinds],
-        "≥ 80 %")  # fmt: skip
+        lambda d: f"{spread(d['isolation'].get('rates', [d['isolation']['rate']]))}/s "
+                  f"({100 * d['isolation']['rate'] / med(tp(d)):.0f} %)",
+        "≥ 80 %", ok=lambda d: d["isolation"]["rate"] >= 0.8 * med(tp(d)))  # fmt: skip
     row("4", "isolation (10 % hang)", "healthy publish→arrival p50 / p99 at half the throughput",
-        [cell(k, lambda d: f"{d['isolation']['paced']['p50'] / 1000:.2f} / "
-              f"{d['isolation']['paced']['p99'] / 1000:.2f} s"
-              f"{'' if d['isolation']['paced']['complete'] else ' (censored at the deadline)'} "
-              f"{verdict(d['isolation']['paced']['p99'] <= 2000)}") for k in kinds],
-        "p99 ≤ 2 s")  # fmt: skip
+        lambda d: f"{d['isolation']['paced']['p50'] / 1000:.2f} / "
+                  f"{d['isolation']['paced']['p99'] / 1000:.2f} s"
+                  f"{'' if d['isolation']['paced']['complete'] else ' (censored at the deadline)'}",
+        "p99 ≤ 2 s", ok=lambda d: d["isolation"]["paced"]["p99"] <= 2000)  # fmt: skip
     row("4", "isolation (10 % hang)", "longest stall of healthy arrivals; hanging at once",
-        [cell(k, lambda d: f"{d['isolation']['max_gap']:.1f} s; "
-              f"{d['isolation']['max_hanging']} POSTs hanging "
-              f"{verdict(d['isolation']['max_gap'] < 2)}") for k in kinds],
-        "a dead target never occupies all workers")  # fmt: skip
-
+        lambda d: f"{d['isolation']['max_gap']:.1f} s; "
+                  f"{d['isolation']['max_hanging']} POSTs hanging",
+        "a dead target never occupies all workers",
+        ok=lambda d: d["isolation"]["max_gap"] < 2)  # fmt: skip
     row("4", "isolation (10 % hang)", "publish API meanwhile: slowest call; failed calls",
-        [cell(k, lambda d: f"{d['isolation']['api_max'] / 1000:.1f} s; "
-              f"{d['isolation']['publish_errors']} failed"
-              + (f" ({d['isolation']['first_error'].split(':')[0]})"
-                 if d["isolation"]["first_error"] else "")) for k in kinds], "")  # fmt: skip
+        lambda d: f"{d['isolation']['api_max'] / 1000:.1f} s; "
+                  f"{d['isolation']['publish_errors']} failed"
+                  + (f" ({d['isolation']['first_error'].split(':')[0]})"
+                     if d["isolation"]["first_error"] else ""), "")  # fmt: skip
 
     def logs_cell(d: dict, key: str) -> str:
         v = d["logs"]["timings"][key]
@@ -1609,35 +1613,19 @@ def report(results: dict, phase_times: list[tuple[str, float]]) -> str:
         if not any(key in dbs[k].get("logs", {}).get("timings", {}) for k in kinds):
             continue
         combos = "10 searches" if "search" in key else "32 filter combinations"
-        row(
-            "5",
-            "logs at scale",
-            f"{what}: median, worst of {combos}",
-            [cell(k, lambda d, key=key: logs_cell(d, key)) for k in kinds],
-            "≤ 50 ms",
-        )
-    row(
-        "5",
-        "logs at scale",
-        "rows (deliveries = attempts in the log workspace)",
-        [cell(k, lambda d: f"{d['logs']['rows']:,}") for k in kinds],
-        "1,000,000",
-    )
+        row("5", "logs at scale", f"{what}: median, worst of {combos}",
+            lambda d, key=key: logs_cell(d, key), "≤ 50 ms")  # fmt: skip
+    row("5", "logs at scale", "rows (deliveries = attempts in the log workspace)",
+        lambda d: f"{d['logs']['rows']:,}", "1,000,000")  # fmt: skip
     row("6", "memory", "worker RSS: max (first → last sample)",
-        [cell(k, lambda d: f"{d['memory']['worker']['max']:.0f} MB "
-              f"({d['memory']['worker']['first']:.0f} → {d['memory']['worker']['last']:.0f}) "
-              f"{verdict(d['memory']['worker']['max'] <= 100)}") for k in kinds],
-        "≤ 100 MB")  # fmt: skip
-    row(
-        "6",
-        "memory",
-        "deliveries made during the run",
-        [cell(k, lambda d: f"{d['deliveries_total']:,}") for k in kinds],
-        "100,000",
-    )
+        lambda d: f"{d['memory']['worker']['max']:.0f} MB ({d['memory']['worker']['first']:.0f} "
+                  f"→ {d['memory']['worker']['last']:.0f})",
+        "≤ 100 MB", ok=lambda d: d["memory"]["worker"]["max"] <= 100)  # fmt: skip
+    row("6", "memory", "deliveries made during the run",
+        lambda d: f"{d['deliveries_total']:,}", "100,000")  # fmt: skip
     row("", "other processes", "max RSS: web (gunicorn, per process) / scheduler",
-        [cell(k, lambda d: f"{d['memory']['web']['max']:.0f} / "
-              f"{d['memory']['scheduler']['max']:.0f} MB") for k in kinds], "")  # fmt: skip
+        lambda d: f"{d['memory']['web']['max']:.0f} / {d['memory']['scheduler']['max']:.0f} MB",
+        "")  # fmt: skip
     lines.append("")
     for k in kinds:
         d = dbs[k]

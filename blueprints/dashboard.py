@@ -132,7 +132,7 @@ def show(webhook_id: str) -> ResponseReturnValue:
         webhook=webhook,
         recent=_recent(webhook),
         default_type=publishing.default_test_type(webhook),
-        activity=charts.for_webhook(db.session, webhook.id, utcnow(), settings()),
+        activity=_activity(webhook),
         waiting=flow.waiting_counts(db.session, webhook.id),
     )
 
@@ -226,12 +226,7 @@ def job(job_id: str) -> ResponseReturnValue:
 def secret(webhook_id: str) -> ResponseReturnValue:
     """The secret box, revealed."""
     webhook = webhook_or_404(webhook_id)
-    return render_template(
-        "dashboard/_secret.html",
-        webhook=webhook,
-        revealed=True,
-        secret=management.current_secret(webhook),
-    )
+    return _revealed(webhook, management.current_secret(webhook))
 
 
 @bp.post("/<webhook_id>/rotate")
@@ -239,8 +234,13 @@ def rotate(webhook_id: str) -> ResponseReturnValue:
     """A new secret; the previous one keeps signing for 24 hours."""
     webhook = webhook_or_404(webhook_id)
     new = management.rotate(db.session, webhook)
+    return _revealed(webhook, new, rotated=True)
+
+
+def _revealed(webhook: Webhook, secret: str | None, rotated: bool = False) -> str:
+    """The secret box showing `secret`, with a note when it was just rotated in."""
     return render_template(
-        "dashboard/_secret.html", webhook=webhook, revealed=True, secret=new, rotated=True
+        "dashboard/_secret.html", webhook=webhook, revealed=True, secret=secret, rotated=rotated
     )
 
 
@@ -275,11 +275,12 @@ def test_result(delivery_id: str) -> ResponseReturnValue:
 def activity(webhook_id: str) -> ResponseReturnValue:
     """The activity charts fragment, fetched again when a test delivery ends."""
     webhook = webhook_or_404(webhook_id)
-    return render_template(
-        "dashboard/_charts.html",
-        webhook=webhook,
-        activity=charts.for_webhook(db.session, webhook.id, utcnow(), settings()),
-    )
+    return render_template("dashboard/_charts.html", webhook=webhook, activity=_activity(webhook))
+
+
+def _activity(webhook: Webhook) -> charts.Activity:
+    """What the activity charts show, for the page and for the fragment alike."""
+    return charts.for_webhook(db.session, webhook.id, utcnow(), settings())
 
 
 @bp.post("/<webhook_id>/delete")

@@ -29,6 +29,20 @@ class EventType:
         }
 
 
+# The one approval that `approval.requested` and `approval.granted` show, asked for and then given.
+_APPROVAL: dict[str, Any] = {
+    "id": "apr_8e4b12",
+    "title": "Stop 3 idle EC2 instances in us-west-2",
+    "agent": "cost-optimizer",
+    "action": "ec2:StopInstances",
+    "resources": [
+        f"arn:aws:ec2:us-west-2:{_ACCOUNT}:instance/i-07f3a9c2e1b4d5a60",
+        f"arn:aws:ec2:us-west-2:{_ACCOUNT}:instance/i-0b2e8d4f6a1c3e597",
+        f"arn:aws:ec2:us-west-2:{_ACCOUNT}:instance/i-0c9a1f7e3d5b2c846",
+    ],
+    "requested_by": "agent:cost-optimizer",
+}
+
 CATEGORIES: tuple[tuple[str, str], ...] = (
     ("recommendation", "Recommendation"),
     ("incident", "Incident"),
@@ -337,16 +351,7 @@ CATALOG: tuple[EventType, ...] = (
         category="agent",
         description="Agent requests approval for action.",
         example={
-            "id": "apr_8e4b12",
-            "title": "Stop 3 idle EC2 instances in us-west-2",
-            "agent": "cost-optimizer",
-            "action": "ec2:StopInstances",
-            "resources": [
-                f"arn:aws:ec2:us-west-2:{_ACCOUNT}:instance/i-07f3a9c2e1b4d5a60",
-                f"arn:aws:ec2:us-west-2:{_ACCOUNT}:instance/i-0b2e8d4f6a1c3e597",
-                f"arn:aws:ec2:us-west-2:{_ACCOUNT}:instance/i-0c9a1f7e3d5b2c846",
-            ],
-            "requested_by": "agent:cost-optimizer",
+            **_APPROVAL,
             "conversation_id": "conv_6a3f90",
             "status": "pending",
             "requested_at": "2024-01-15T12:30:00Z",
@@ -359,16 +364,7 @@ CATALOG: tuple[EventType, ...] = (
         category="agent",
         description="User approved agent action.",
         example={
-            "id": "apr_8e4b12",
-            "title": "Stop 3 idle EC2 instances in us-west-2",
-            "agent": "cost-optimizer",
-            "action": "ec2:StopInstances",
-            "resources": [
-                f"arn:aws:ec2:us-west-2:{_ACCOUNT}:instance/i-07f3a9c2e1b4d5a60",
-                f"arn:aws:ec2:us-west-2:{_ACCOUNT}:instance/i-0b2e8d4f6a1c3e597",
-                f"arn:aws:ec2:us-west-2:{_ACCOUNT}:instance/i-0c9a1f7e3d5b2c846",
-            ],
-            "requested_by": "agent:cost-optimizer",
+            **_APPROVAL,
             "approved_by": "daniel.okafor@example.com",
             "conversation_id": "conv_6a3f90",
             "status": "approved",

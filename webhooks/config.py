@@ -8,6 +8,7 @@ import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -225,7 +226,7 @@ VARIABLES: tuple[Var, ...] = (
     Var(
         "WEBHOOK_TIMEOUT_SECONDS",
         "30",
-        lambda n, r: _decimal(n, r, minimum=0.1),
+        partial(_decimal, minimum=0.1),
         "whole exchange per attempt",
     ),
     Var("WEBHOOK_ALLOW_HTTP", "0", _flag, "1 allows http:// targets (development only)"),
@@ -246,7 +247,7 @@ VARIABLES: tuple[Var, ...] = (
     Var(
         "WEBHOOK_MAX_PAYLOAD_BYTES",
         "262144",
-        lambda n, r: _integer(n, r, minimum=1),
+        partial(_integer, minimum=1),
         "largest POST /events body accepted",
     ),
     Var("WEBHOOK_RETENTION_DAYS", "30", _decimal, "delivery logs older than this are purged"),
@@ -281,25 +282,25 @@ VARIABLES: tuple[Var, ...] = (
     Var(
         "WEBHOOK_SCHEDULER_INTERVAL",
         "0.5",
-        lambda n, r: _decimal(n, r, minimum=0.05),
+        partial(_decimal, minimum=0.05),
         "seconds between scans for due retries",
     ),
     Var(
         "WEBHOOK_RECONCILE_INTERVAL",
         "5",
-        lambda n, r: _decimal(n, r, minimum=0.1),
+        partial(_decimal, minimum=0.1),
         "seconds between scans for lost jobs and expired leases (at most 30)",
     ),
     Var(
         "WEBHOOK_REQUEUE_AFTER_SECONDS",
         "30",
-        lambda n, r: _decimal(n, r, minimum=1),
+        partial(_decimal, minimum=1),
         "a due delivery queued this long ago without being claimed is queued again",
     ),
     Var(
         "WEBHOOK_LEASE_MARGIN_SECONDS",
         "5",
-        lambda n, r: _decimal(n, r, minimum=0),
+        partial(_decimal, minimum=0),
         "a claim lasts the timeout plus this margin",
     ),
     Var(
@@ -342,7 +343,7 @@ VARIABLES: tuple[Var, ...] = (
     Var(
         "WEBHOOK_INVITE_DAYS",
         "7",
-        lambda n, r: _decimal(n, r, minimum=0.001),
+        partial(_decimal, minimum=0.001),
         "days an invitation link from Settings › Users stays usable (once)",
     ),
     Var(
@@ -373,67 +374,67 @@ VARIABLES: tuple[Var, ...] = (
     Var(
         "WEBHOOK_NOTIFY_RESEND_SECONDS",
         "60",
-        lambda n, r: _decimal(n, r, minimum=1),
+        partial(_decimal, minimum=1),
         "a notification not sent this long after it was written (or tried) is tried again, 3 tries",
     ),
     Var(
         "WEBHOOK_RETENTION_INTERVAL",
         "300",
-        lambda n, r: _decimal(n, r, minimum=0.1),
+        partial(_decimal, minimum=0.1),
         "seconds between the scheduler's retention passes",
     ),
     Var(
         "WEBHOOK_BATCH_SIZE",
         "50",
-        lambda n, r: _integer(n, r, minimum=1),
+        partial(_integer, minimum=1),
         "deliveries one worker job claims, sends and records together",
     ),
     Var(
         "WEBHOOK_WORKER_THREADS",
         "32",
-        lambda n, r: _integer(n, r, minimum=1),
+        partial(_integer, minimum=1),
         "POSTs one worker process keeps in flight at once",
     ),
     Var(
         "WEBHOOK_RENDER_PROCESSES",
         "2",
-        lambda n, r: _integer(n, r, minimum=1),
+        partial(_integer, minimum=1),
         "child processes that render transforms, per process that renders (started on first use)",
     ),
     Var(
         "WEBHOOK_RENDER_MEMORY_MB",
         "64",
-        lambda n, r: _integer(n, r, minimum=16),
+        partial(_integer, minimum=16),
         "MiB of memory one transform render may use (RLIMIT_AS above the child's baseline)",
     ),
     Var(
         "WEBHOOK_RENDER_CPU_SECONDS",
         "1",
-        lambda n, r: _decimal(n, r, minimum=0.1),
+        partial(_decimal, minimum=0.1),
         "seconds of CPU one transform render may use",
     ),
     Var(
         "WEBHOOK_SLOW_AFTER_SECONDS",
         "2",
-        lambda n, r: _decimal(n, r, minimum=0.1),
+        partial(_decimal, minimum=0.1),
         "a target that keeps a POST waiting this long moves to the slow lane for 10 minutes",
     ),
     Var(
         "WEBHOOK_SQLITE_BUSY_TIMEOUT",
         "30",
-        lambda n, r: _decimal(n, r, minimum=0),
+        partial(_decimal, minimum=0),
         "seconds SQLite waits for a lock",
     ),
     Var(
         "WEBHOOK_LISTENER_STREAMS",
         "2",
-        lambda n, r: _integer(n, r, minimum=0),
+        partial(_integer, minimum=0),
         "`listen` streams one web process serves at once (each holds one of its threads)",
     ),
     Var(
         "WEBHOOK_LISTENER_HEARTBEAT_SECONDS",
         "10",
-        lambda n, r: _heartbeat(n, r),
+        _heartbeat,
         "seconds between the comment lines of an idle `listen` stream (at most 15)",
     ),
 )

@@ -739,14 +739,19 @@ def compile_transform(transform: dict) -> None:
     if not isinstance(transform, dict):
         raise TransformError("transform must be a JSON object")
     _check_structure(transform, "", 0)
+    _check_json_size(transform, "transform", MAX_TRANSFORM_BYTES)
+    _compile_strings(transform, "")
+
+
+def _check_json_size(value: Any, what: str, limit: int) -> None:
+    """Raise TransformError unless `value` is JSON of at most `limit` bytes as compact UTF-8."""
     try:
-        text = json.dumps(transform, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         size = len(text.encode("utf-8"))
     except (TypeError, ValueError) as exc:
-        raise TransformError(f"transform is not valid JSON: {exc}") from None
-    if size > MAX_TRANSFORM_BYTES:
-        raise TransformError(f"transform is over {MAX_TRANSFORM_BYTES // 1024} KiB")
-    _compile_strings(transform, "")
+        raise TransformError(f"{what} is not valid JSON: {exc}") from None
+    if size > limit:
+        raise TransformError(f"{what} is over {limit // 1024} KiB")
 
 
 def _check_structure(value: Any, path: str, depth: int) -> None:
@@ -800,13 +805,7 @@ def render(transform: dict, envelope: Mapping[str, Any], *, timeout: float = REN
         result = _render_value(transform, variables, "", 0)
     finally:
         _LIMITS.reset(token)
-    try:
-        body = json.dumps(result, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        size = len(body.encode("utf-8"))
-    except (TypeError, ValueError) as exc:
-        raise TransformError(f"rendered body is not valid JSON: {exc}") from None
-    if size > MAX_RENDERED_BYTES:
-        raise TransformError(_SIZE_MESSAGE)
+    _check_json_size(result, "rendered body", MAX_RENDERED_BYTES)
     return result
 
 
