@@ -37,8 +37,8 @@ except ImportError:
 from werkzeug.serving import make_server  # noqa: E402
 
 from tests.conftest import Api  # noqa: E402
+from tests.processes import Processes  # noqa: E402
 from tests.receivers import Received, Receiver  # noqa: E402
-from tests.test_recovery import Processes  # noqa: E402
 from webhooks import accounts  # noqa: E402
 from webhooks.models import db  # noqa: E402
 

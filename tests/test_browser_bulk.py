@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.processes import Processes
 from tests.receivers import Receiver
 from tests.test_browser import (  # noqa: F401  (fixtures used by name)
     DELIVERY,
@@ -25,7 +26,6 @@ from tests.test_browser import (  # noqa: F401  (fixtures used by name)
     site,
 )
 from tests.test_pages import PHONE, _axe
-from tests.test_recovery import Processes
 
 pytest.importorskip("playwright")
 from playwright.sync_api import Page, expect  # noqa: E402

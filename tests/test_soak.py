@@ -14,7 +14,8 @@ from collections import Counter
 
 import pytest
 
-from tests.test_recovery import Processes, wait_until
+from tests.conftest import wait_until
+from tests.processes import Processes
 from webhooks import services
 
 EVENTS = 600
