@@ -1,4 +1,5 @@
-"""The Procfile's processes as real subprocesses, sharing a test's configuration."""
+"""The app's command line as real subprocesses: the Procfile's long-running processes, sharing a
+test's configuration, and commands run to their end."""
 
 from __future__ import annotations
 
@@ -11,6 +12,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 FLASK = [sys.executable, "-m", "flask", "--app", "app"]
+
+
+def flask(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    """`flask --app app <args>` run to its end in the project's folder, its output kept."""
+    return subprocess.run(
+        [*FLASK, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 class Processes:
