@@ -19,7 +19,9 @@ from werkzeug.serving import make_server
 
 from app import create_app
 from jobs.worker import drain
-from tests.receivers import Receiver
+from tests.mailbox import Mailbox
+from tests.processes import Processes
+from tests.receivers import Receiver, Reply
 from webhooks import reconciler, services
 from webhooks.config import Settings
 from webhooks.models import db
@@ -160,15 +162,20 @@ def workspace(app) -> dict[str, str]:  # type: ignore[no-untyped-def]
         return {"id": ws.id, "key": key}
 
 
+Condition = Callable[[], Any]  # for `Service.run_until` and `wait_until`: truthy once it holds
+
+
 class Api:
-    """The test client speaking JSON with a workspace's key."""
+    """The test client speaking JSON with a workspace's key, and what a producer does with it."""
 
     def __init__(self, client: Any, key: str) -> None:
         self.client, self.key = client, key
 
-    def _call(self, method: str, path: str, body: Any = None, headers: dict | None = None):  # type: ignore[no-untyped-def]
+    def _call(
+        self, method: str, path: str, body: Any = None, headers: dict | None = None, **kw: Any
+    ):  # type: ignore[no-untyped-def]
         all_headers = {"Authorization": f"Bearer {self.key}", **(headers or {})}
-        kwargs: dict[str, Any] = {"headers": all_headers}
+        kwargs: dict[str, Any] = {"headers": all_headers, **kw}
         if body is not None:
             kwargs["json"] = body
         return getattr(self.client, method)(f"/api/v1{path}", **kwargs)
@@ -182,8 +189,80 @@ class Api:
     def patch(self, path: str, body: Any = None, **kw: Any):  # type: ignore[no-untyped-def]
         return self._call("patch", path, body, **kw)
 
+    def put(self, path: str, body: Any = None, **kw: Any):  # type: ignore[no-untyped-def]
+        return self._call("put", path, body, **kw)
+
     def delete(self, path: str, **kw: Any):  # type: ignore[no-untyped-def]
         return self._call("delete", path, **kw)
+
+    def create_webhook(self, url: str, name: str = "Ops", **fields: Any) -> dict[str, Any]:
+        """A new webhook, subscribed to every event unless `events` (or a template) says which."""
+        body = {"name": name, "url": url, **fields}
+        if "template" not in fields:  # a template brings its own event types
+            body.setdefault("events", ["*"])
+        response = self.post("/webhooks", body)
+        assert response.status_code == 201, response.json
+        return response.json
+
+    def publish(
+        self, event_type: str = "incident.created", data: dict | None = None, **kw: Any
+    ) -> dict[str, Any]:
+        """Publish an event (`kw` as for `post`, say its headers); the accepted envelope."""
+        body = {"type": event_type, "data": {"id": "inc_1"} if data is None else data}
+        response = self.post("/events", body, **kw)
+        assert response.status_code == 202, response.json
+        return response.json
+
+    def deliveries(self, **query: Any) -> list[dict[str, Any]]:
+        """The newest 100 deliveries a filter (`status`, `webhook_id`, …) shows."""
+        response = self.get("/deliveries", query_string={"limit": 100, **query})
+        assert response.status_code == 200, response.json
+        return response.json["data"]
+
+    def delivery(self, delivery_id: str) -> dict[str, Any]:
+        """One delivery with its event and its attempts."""
+        response = self.get(f"/deliveries/{delivery_id}")
+        assert response.status_code == 200, response.json
+        return response.json
+
+    def delivery_of(self, event_id: str) -> dict[str, Any]:
+        """The one delivery of an event, with its attempts."""
+        found = self.get(f"/events/{event_id}").json["deliveries"]
+        assert len(found) == 1, found
+        return self.delivery(found[0]["id"])
+
+    def ended(self, *event_ids: str) -> Condition:
+        """Every delivery of these events (of the workspace, if none is named) has ended: then
+        the condition's value is those deliveries, each with its attempts."""
+
+        def check() -> list[dict[str, Any]] | None:
+            if event_ids:
+                found = [d for e in event_ids for d in self.get(f"/events/{e}").json["deliveries"]]
+            else:
+                found = self.deliveries()
+            if not found or any(d["status"] == "pending" for d in found):
+                return None
+            return [self.delivery(d["id"]) for d in found]
+
+        return check
+
+    def delivery_ended(self, delivery_id: str) -> Condition:
+        """The delivery has ended: then the condition's value is it, with its attempts."""
+
+        def check() -> dict[str, Any] | None:
+            found = self.delivery(delivery_id)
+            return found if found["status"] != "pending" else None
+
+        return check
+
+    def job_done(self, job_id: str) -> Condition:
+        """The bulk job has finished, done or failed: then the condition's value is the job."""
+
+        def check() -> dict[str, Any] | None:
+            job = self.get(f"/jobs/{job_id}").json
+            return job if job["status"] in ("done", "failed") else None
+
+        return check
 
 
 @pytest.fixture
@@ -192,19 +271,53 @@ def api(client, workspace) -> Api:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def receiver(tls_context) -> Iterator[Receiver]:  # type: ignore[no-untyped-def]
+def receivers(tls_context) -> Iterator[Callable[..., Receiver]]:  # type: ignore[no-untyped-def]
+    """Makes HTTPS receivers on loopback, like `receiver`, answering as `Receiver.answer` says
+    (200 unless told); all are closed after the test."""
+    made: list[Receiver] = []
+
+    def make(*replies: Reply | int) -> Receiver:
+        server = Receiver(tls=tls_context)
+        made.append(server)
+        if replies:
+            server.answer(*replies)
+        return server
+
+    yield make
+    for server in made:
+        server.close()
+
+
+@pytest.fixture
+def receiver(receivers) -> Receiver:  # type: ignore[no-untyped-def]
     """An HTTPS receiver on loopback with a certificate from the test CA."""
-    server = Receiver(tls=tls_context)
-    yield server
-    server.close()
+    return receivers()
+
+
+@pytest.fixture
+def mailbox() -> Iterator[Mailbox]:
+    """A real SMTP server on loopback that keeps every message; a test's config points at it."""
+    box = Mailbox()
+    yield box
+    box.close()
 
 
 @pytest.fixture
 def webhook(api, receiver) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """An active webhook subscribed to every event, pointing at the receiver."""
-    response = api.post("/webhooks", {"name": "Ops", "url": receiver.url(), "events": ["*"]})
-    assert response.status_code == 201, response.json
-    return response.json
+    return api.create_webhook(receiver.url())
+
+
+def wait_until(condition: Condition, timeout: float, every: float = 0.1) -> Any:
+    """Ask until the condition holds and return its value; fail once `timeout` seconds passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(every)
 
 
 class Service:
@@ -222,27 +335,24 @@ class Service:
                 db.session.remove()
             drain(self.app)
 
-    def run_until(self, condition: Callable[[], Any], timeout: float = 15.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
+    def run_until(self, condition: Condition, timeout: float = 15.0) -> Any:
+        def after_a_tick() -> Any:
             self.tick()
-            result = condition()
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met within {timeout}s")
-            time.sleep(0.05)
+            return condition()
+
+        return wait_until(after_a_tick, timeout, every=0.05)
 
 
 @pytest.fixture
 def web(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """The app served by a real threaded HTTP server (listener streams need one)."""
+    """The app served by a real threaded HTTP server (listener streams and browsers need one)."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
     server.server_close()
+    thread.join(timeout=10)
 
 
 @pytest.fixture
@@ -251,13 +361,27 @@ def service(app) -> Service:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
+def processes(app, config, tmp_path) -> Iterator[Processes]:  # type: ignore[no-untyped-def]
+    """The Procfile's processes on the test's configuration, started by the test itself."""
+    procs = Processes(config, tmp_path / "instance")
+    yield procs
+    procs.stop_all()
+
+
+@pytest.fixture
+def running(processes) -> Iterator[Processes]:  # type: ignore[no-untyped-def]
+    """The real worker and scheduler, running before the test begins."""
+    processes.start("worker")
+    processes.start("scheduler")
+    yield processes
+    processes.stop_all()
+    for name in ("worker", "scheduler"):  # shown by pytest only when the test failed
+        print(f"--- {name} output ---\n{processes.log(name)}")
+
+
+@pytest.fixture
 def user(app, workspace):  # type: ignore[no-untyped-def]
     """A dashboard user of the workspace, signed in through /login."""
-    from tests.session import Session
-    from webhooks import accounts
+    from tests.session import signed_in
 
-    with app.app_context():
-        accounts.create_user(db.session, "ops@acme.test", "correct horse", workspace["id"])
-    session = Session(app.test_client())
-    assert session.login("ops@acme.test", "correct horse").status_code == 302
-    return session
+    return signed_in(app, "ops@acme.test", workspace["id"])

@@ -13,6 +13,8 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
+from tests.receivers import wait_for_count
+
 
 @dataclass
 class Mail:
@@ -57,16 +59,7 @@ class Mailbox:
         return "250 Message accepted for delivery"
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[Mail]:
-        deadline = time.monotonic() + timeout
-        with self._arrived:
-            while len(self.messages) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(
-                        f"expected {count} e-mails within {timeout}s, got {len(self.messages)}"
-                    )
-                self._arrived.wait(left)
-            return list(self.messages)
+        return wait_for_count(self._arrived, self.messages, count, timeout, "e-mails")
 
     def close(self) -> None:
         self.controller.stop()

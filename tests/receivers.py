@@ -1,8 +1,11 @@
-"""Real HTTP(S) receivers on loopback: they record what arrives and answer as scripted."""
+"""Real HTTP(S) receivers on loopback: they record what arrives and answer as scripted; a raw TCP
+server for targets that misbehave below HTTP; and `send`, the service's transport aimed at them."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 import ssl
 import threading
 import time
@@ -10,6 +13,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from webhooks import transport
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+
+
+def send(url: str, ca_bundle: str | None = None, timeout: float = 2, **kw: Any) -> transport.Result:
+    """POST `{}` through the service's transport, which allows loopback targets unless
+    `allowed_networks` says otherwise (`kw` goes to `transport.post`)."""
+    return transport.post(
+        url,
+        b"{}",
+        {"Content-Type": "application/json"},
+        timeout=timeout,
+        ca_bundle=ca_bundle,
+        **{"allowed_networks": LOOPBACK, **kw},
+    )
 
 
 @dataclass
@@ -95,17 +115,67 @@ class Receiver:
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
         """Block until at least `count` requests arrived; fail after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        with self._arrived:
-            while len(self.requests) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(
-                        f"expected {count} requests within {timeout}s, got {len(self.requests)}"
-                    )
-                self._arrived.wait(left)
-            return list(self.requests)
+        return wait_for_count(self._arrived, self.requests, count, timeout, "requests")
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def wait_for_count(
+    arrived: threading.Condition, items: list, count: int, timeout: float, what: str
+) -> list:
+    """Block until `items`, appended to under `arrived`, holds `count`; a copy of them. Fail
+    after `timeout` seconds, saying how many of `what` came."""
+    deadline = time.monotonic() + timeout
+    with arrived:
+        while len(items) < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"expected {count} {what} within {timeout}s, got {len(items)}")
+            arrived.wait(left)
+        return list(items)
+
+
+class RawServer:
+    """A TCP server that hands each connection to `handle` (for misbehaving targets)."""
+
+    def __init__(self, handle: Callable[[socket.socket], None], tls: ssl.SSLContext | None = None):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.handle, self.tls = handle, tls
+        self.stopped = False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.stopped:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            self.handle(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.stopped = True
+        self.sock.close()
+
+
+def read_request(conn: socket.socket) -> bytes:
+    """Read up to the end of a request's head; what came, whole or cut short by the client."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data

@@ -37,11 +37,23 @@ class Session:
         )
 
 
+PASSWORD = "correct horse"
+
+
 def make_user(app, email: str, workspace_name: str) -> tuple[str, str]:  # type: ignore[no-untyped-def]
     with app.app_context():
         ws, key = accounts.create_workspace(db.session, workspace_name)
-        accounts.create_user(db.session, email, "correct horse", ws.id)
+        accounts.create_user(db.session, email, PASSWORD, ws.id)
         return ws.id, key
+
+
+def signed_in(app, email: str, workspace_id: str) -> Session:  # type: ignore[no-untyped-def]
+    """A new user of the workspace, signed in through /login with a test client of their own."""
+    with app.app_context():
+        accounts.create_user(db.session, email, PASSWORD, workspace_id)
+    session = Session(app.test_client())
+    assert session.login(email, PASSWORD).status_code == 302
+    return session
 
 
 def text(html: str) -> str:

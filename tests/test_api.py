@@ -12,7 +12,6 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import Api
-from tests.receivers import Receiver
 from webhooks import accounts, credentials
 from webhooks.models import ApiKey, Event, db, utcnow
 
@@ -83,29 +82,6 @@ def is_iso_utc(value: str) -> bool:
     )
 
 
-def create(api, **fields):  # type: ignore[no-untyped-def]
-    body = {"name": "Ops", "url": URL, "events": ["*"], **fields}
-    response = api.post("/webhooks", body)
-    assert response.status_code == 201, response.json
-    return response.json
-
-
-def publish(api, event_type="incident.created", data=None, **kw):  # type: ignore[no-untyped-def]
-    response = api.post("/events", {"type": event_type, "data": data or {"id": "x"}}, **kw)
-    assert response.status_code in (200, 202), response.json
-    return response.json
-
-
-def deliveries(api, **query):  # type: ignore[no-untyped-def]
-    response = api.client.get(
-        "/api/v1/deliveries",
-        query_string={"limit": 100, **query},
-        headers={"Authorization": f"Bearer {api.key}"},
-    )
-    assert response.status_code == 200, response.json
-    return response.json["data"]
-
-
 def raw_post(api, path: str, data: str | bytes):  # type: ignore[no-untyped-def]
     return api.client.post(
         f"/api/v1{path}",
@@ -119,13 +95,6 @@ def other_workspace(app, client) -> Api:  # type: ignore[no-untyped-def]
     with app.app_context():
         _, key = accounts.create_workspace(db.session, "Other")
     return Api(client, key)
-
-
-@pytest.fixture
-def second_receiver(tls_context):  # type: ignore[no-untyped-def]
-    server = Receiver(tls=tls_context)
-    yield server
-    server.close()
 
 
 # --- 1. auth -------------------------------------------------------------------------------
@@ -191,8 +160,8 @@ def test_create_returns_every_field_and_a_generated_secret(api):
 
 
 def test_list_and_get_show_the_webhook_without_its_secret(api):
-    first = create(api, name="First")
-    second = create(api, name="Second", events=["security.*"])
+    first = api.create_webhook(URL, name="First")
+    second = api.create_webhook(URL, name="Second", events=["security.*"])
 
     listed = api.get("/webhooks").json
     assert set(listed) == {"data"}
@@ -221,7 +190,7 @@ def test_list_and_get_show_the_webhook_without_its_secret(api):
     ids=["name", "url", "events", "headers", "no-headers", "template", "active"],
 )
 def test_patch_changes_one_field_and_keeps_the_others(api, change):
-    original = create(api, headers={"X-Team": "ops"})
+    original = api.create_webhook(URL, headers={"X-Team": "ops"})
     original.pop("secret")
 
     response = api.patch(f"/webhooks/{original['id']}", change)
@@ -238,20 +207,20 @@ def test_patch_changes_one_field_and_keeps_the_others(api, change):
 
 
 def test_patch_active_false_pauses_with_a_reason_and_true_clears_it(api):
-    webhook = create(api)
+    webhook = api.create_webhook(URL)
 
     paused = api.patch(f"/webhooks/{webhook['id']}", {"active": False}).json
     assert paused["active"] is False
     assert isinstance(paused["disabled_reason"], str) and "Paused" in paused["disabled_reason"]
-    assert publish(api)["delivery_count"] == 0
+    assert api.publish()["delivery_count"] == 0
 
     resumed = api.patch(f"/webhooks/{webhook['id']}", {"active": True}).json
     assert resumed["active"] is True and resumed["disabled_reason"] is None
-    assert publish(api)["delivery_count"] == 1
+    assert api.publish()["delivery_count"] == 1
 
 
 def test_refused_patch_changes_nothing(api):
-    webhook = create(api)
+    webhook = api.create_webhook(URL)
     before = api.get(f"/webhooks/{webhook['id']}").json
 
     error_of(
@@ -271,11 +240,11 @@ def test_refused_patch_changes_nothing(api):
 
 
 def test_delete_removes_the_webhook_and_its_deliveries(api):
-    webhook = create(api)
-    kept = create(api, name="Kept")
-    event = publish(api)
+    webhook = api.create_webhook(URL)
+    kept = api.create_webhook(URL, name="Kept")
+    event = api.publish()
     assert event["delivery_count"] == 2
-    doomed = [d for d in deliveries(api) if d["webhook_id"] == webhook["id"]]
+    doomed = [d for d in api.deliveries() if d["webhook_id"] == webhook["id"]]
     assert len(doomed) == 1
 
     response = api.delete(f"/webhooks/{webhook['id']}")
@@ -284,8 +253,8 @@ def test_delete_removes_the_webhook_and_its_deliveries(api):
     error_of(api.get(f"/webhooks/{webhook['id']}"), 404, "not_found")
     error_of(api.delete(f"/webhooks/{webhook['id']}"), 404, "not_found")
     assert [w["id"] for w in api.get("/webhooks").json["data"]] == [kept["id"]]
-    assert [d["webhook_id"] for d in deliveries(api)] == [kept["id"]]
-    assert deliveries(api, webhook_id=webhook["id"]) == []
+    assert [d["webhook_id"] for d in api.deliveries()] == [kept["id"]]
+    assert api.deliveries(webhook_id=webhook["id"]) == []
     error_of(api.get(f"/deliveries/{doomed[0]['id']}"), 404, "not_found")
     shown = api.get(f"/events/{event['id']}").json
     assert shown["delivery_count"] == 1
@@ -406,10 +375,10 @@ def test_accepted_boundaries_and_patterns(api):
 
 
 def test_category_pattern_gets_every_type_of_its_category_only(api):
-    webhook = create(api, events=["security.*"])
+    webhook = api.create_webhook(URL, events=["security.*"])
 
     counts = {
-        t: publish(api, t)["delivery_count"]
+        t: api.publish(t)["delivery_count"]
         for t in ("finding.created", "compliance.changed", "finding.resolved", "incident.created")
     }
 
@@ -419,7 +388,7 @@ def test_category_pattern_gets_every_type_of_its_category_only(api):
         "finding.resolved": 1,
         "incident.created": 0,
     }
-    got = deliveries(api, webhook_id=webhook["id"])
+    got = api.deliveries(webhook_id=webhook["id"])
     assert sorted(d["event_type"] for d in got) == [
         "compliance.changed",
         "finding.created",
@@ -431,9 +400,9 @@ def test_category_pattern_gets_every_type_of_its_category_only(api):
 
 
 def test_publish_answers_202_with_the_envelope_and_delivery_count(api, workspace):
-    create(api, events=["incident.*"])
-    create(api, events=["incident.created"])
-    create(api, events=["task.*"])
+    api.create_webhook(URL, events=["incident.*"])
+    api.create_webhook(URL, events=["incident.created"])
+    api.create_webhook(URL, events=["task.*"])
     data = {"id": "inc_1", "title": "Disk full", "nested": {"a": [1, 2]}, "note": "naïve ✓"}
 
     response = api.post("/events", {"type": "incident.created", "data": data})
@@ -446,7 +415,7 @@ def test_publish_answers_202_with_the_envelope_and_delivery_count(api, workspace
     assert body["workspace_id"] == workspace["id"]
     assert body["data"] == data
     assert body["delivery_count"] == 2
-    assert len(deliveries(api)) == 2
+    assert len(api.deliveries()) == 2
 
 
 @pytest.mark.parametrize(
@@ -464,28 +433,28 @@ def test_publish_answers_202_with_the_envelope_and_delivery_count(api, workspace
     ids=["unknown", "pattern", "no-type", "type-number", "list", "string", "null", "array"],
 )
 def test_refused_publish_sends_nothing(api, body, code, field):
-    create(api)
+    api.create_webhook(URL)
 
     error_of(api.post("/events", body), 400, code, field)
-    assert deliveries(api) == []
+    assert api.deliveries() == []
 
 
 @with_config(WEBHOOK_MAX_PAYLOAD_BYTES="1000")
 def test_body_over_the_payload_limit_is_413(config, api):
-    create(api)
+    api.create_webhook(URL)
     over = {"type": "incident.created", "data": {"x": "a" * 1000}}
     under = {"type": "incident.created", "data": {"x": "a" * 900}}
     assert len(json.dumps(under)) < 1000 < len(json.dumps(over))
 
     error_of(api.post("/events", over), 413, "payload_too_large")
-    assert deliveries(api) == []
+    assert api.deliveries() == []
 
     assert api.post("/events", under).status_code == 202
-    assert len(deliveries(api)) == 1
+    assert len(api.deliveries()) == 1
 
 
 def test_same_idempotency_key_and_body_answers_200_with_the_same_event(api):
-    create(api)
+    api.create_webhook(URL)
     key = {"Idempotency-Key": "order-42"}
 
     first = api.post("/events", {"type": "incident.created", "data": {"n": 1}}, headers=key)
@@ -494,20 +463,20 @@ def test_same_idempotency_key_and_body_answers_200_with_the_same_event(api):
     assert first.status_code == 202 and again.status_code == 200
     assert again.json == first.json
     assert first.json["delivery_count"] == 1
-    assert [d["event_id"] for d in deliveries(api)] == [first.json["id"]]
+    assert [d["event_id"] for d in api.deliveries()] == [first.json["id"]]
 
     conflict = api.post("/events", {"type": "incident.created", "data": {"n": 2}}, headers=key)
     error_of(conflict, 409, "idempotency_conflict")
     other_type = api.post("/events", {"type": "task.started", "data": {"n": 1}}, headers=key)
     error_of(other_type, 409, "idempotency_conflict")
-    assert len(deliveries(api)) == 1
+    assert len(api.deliveries()) == 1
 
     fresh = api.post("/events", {"type": "incident.created", "data": {"n": 1}})
     assert fresh.status_code == 202 and fresh.json["id"] != first.json["id"]
 
 
 def test_concurrent_publishes_with_one_key_make_one_event(app, api, workspace):
-    create(api)
+    api.create_webhook(URL)
     threads_count = 8
     barrier = threading.Barrier(threads_count)
     results: list[tuple[int, dict]] = []
@@ -535,7 +504,7 @@ def test_concurrent_publishes_with_one_key_make_one_event(app, api, workspace):
     assert len({body["id"] for _, body in results}) == 1
     assert {body["delivery_count"] for _, body in results} == {1}
     event_id = results[0][1]["id"]
-    assert [d["event_id"] for d in deliveries(api)] == [event_id]
+    assert [d["event_id"] for d in api.deliveries()] == [event_id]
     with app.app_context():
         assert db.session.scalar(sa.select(sa.func.count()).select_from(Event)) == 1
 
@@ -544,10 +513,10 @@ def test_concurrent_publishes_with_one_key_make_one_event(app, api, workspace):
 
 
 def test_get_event_shows_the_envelope_and_its_deliveries(api):
-    first = create(api, name="A")
-    second = create(api, name="B", events=["incident.*"])
-    create(api, name="C", events=["task.*"])
-    published = publish(api, data={"id": "inc_7"})
+    first = api.create_webhook(URL, name="A")
+    second = api.create_webhook(URL, name="B", events=["incident.*"])
+    api.create_webhook(URL, name="C", events=["task.*"])
+    published = api.publish(data={"id": "inc_7"})
 
     response = api.get(f"/events/{published['id']}")
 
@@ -571,18 +540,17 @@ def test_get_event_shows_the_envelope_and_its_deliveries(api):
 
 @with_config(WEBHOOK_RETRY_SCHEDULE="0")
 def test_deliveries_filter_by_webhook_status_and_event_type(
-    config, api, receiver, second_receiver, service
+    config, api, receiver, receivers, service
 ):
-    good = create(api, name="Good", url=receiver.url())
-    bad = create(api, name="Bad", url=second_receiver.url())
-    second_receiver.answer(500)
-    incident = publish(api, "incident.created")
-    task = publish(api, "task.started")
+    good = api.create_webhook(receiver.url(), name="Good")
+    bad = api.create_webhook(receivers(500).url(), name="Bad")
+    incident = api.publish("incident.created")
+    task = api.publish("task.started")
 
-    service.run_until(lambda: not deliveries(api, status="pending"))
+    service.run_until(lambda: not api.deliveries(status="pending"))
 
-    succeeded = deliveries(api, status="succeeded")
-    failed = deliveries(api, status="failed")
+    succeeded = api.deliveries(status="succeeded")
+    failed = api.deliveries(status="failed")
     assert {d["webhook_id"] for d in succeeded} == {good["id"]} and len(succeeded) == 2
     assert {d["webhook_id"] for d in failed} == {bad["id"]} and len(failed) == 2
     for delivery in failed:
@@ -590,30 +558,30 @@ def test_deliveries_filter_by_webhook_status_and_event_type(
         assert delivery["last_status_code"] == 500 and delivery["last_error"]
     for delivery in succeeded:
         assert delivery["last_status_code"] == 200 and delivery["next_attempt_at"] is None
-    assert deliveries(api, status="pending") == []
+    assert api.deliveries(status="pending") == []
 
-    assert {d["id"] for d in deliveries(api, webhook_id=good["id"])} == {d["id"] for d in succeeded}
-    by_type = deliveries(api, event_type="task.started")
+    assert {d["id"] for d in api.deliveries(webhook_id=good["id"])} == {d["id"] for d in succeeded}
+    by_type = api.deliveries(event_type="task.started")
     assert len(by_type) == 2 and {d["event_id"] for d in by_type} == {task["id"]}
-    combined = deliveries(api, webhook_id=bad["id"], status="failed", event_type="incident.created")
+    combined = api.deliveries(webhook_id=bad["id"], status="failed", event_type="incident.created")
     assert [(d["webhook_id"], d["event_id"]) for d in combined] == [(bad["id"], incident["id"])]
-    assert deliveries(api, webhook_id="wh_00000000000000000000000000") == []
-    assert deliveries(api, event_type="agent.unknown") == []
+    assert api.deliveries(webhook_id="wh_00000000000000000000000000") == []
+    assert api.deliveries(event_type="agent.unknown") == []
 
     error_of(api.get("/deliveries?status=done"), 400, "validation_error", "status")
 
 
 def test_deliveries_since_is_inclusive_and_until_exclusive(api):
-    create(api)
+    api.create_webhook(URL)
     for n in range(4):
-        publish(api, data={"n": n})
-    newest_first = deliveries(api)
+        api.publish(data={"n": n})
+    newest_first = api.deliveries()
     assert len(newest_first) == 4
     d3, d2, d1, d0 = newest_first
     assert d0["created_at"] < d1["created_at"] < d2["created_at"] < d3["created_at"]
 
     def ids(**query):  # type: ignore[no-untyped-def]
-        return [d["id"] for d in deliveries(api, **query)]
+        return [d["id"] for d in api.deliveries(**query)]
 
     assert ids(since=d1["created_at"]) == [d3["id"], d2["id"], d1["id"]]
     assert ids(until=d1["created_at"]) == [d0["id"]]
@@ -627,11 +595,13 @@ def test_deliveries_since_is_inclusive_and_until_exclusive(api):
 
 
 def test_deliveries_page_with_a_cursor_without_gaps_or_repeats(api):
-    create(api, name="A")
-    create(api, name="B")  # two deliveries per event share created_at: ties must page cleanly
+    api.create_webhook(URL, name="A")
+    api.create_webhook(
+        URL, name="B"
+    )  # two deliveries per event share created_at: ties must page cleanly
     for n in range(13):
-        publish(api, data={"n": n})
-    everything = deliveries(api)
+        api.publish(data={"n": n})
+    everything = api.deliveries()
     assert len(everything) == 26
     keys = [(d["created_at"], d["id"]) for d in everything]
     assert keys == sorted(keys, reverse=True)
@@ -666,8 +636,8 @@ def test_deliveries_page_with_a_cursor_without_gaps_or_repeats(api):
 
 
 def test_get_delivery_shows_the_event_and_every_attempt(api, webhook, receiver, service):
-    event = publish(api, data={"id": "inc_5"})
-    delivery_id = deliveries(api)[0]["id"]
+    event = api.publish(data={"id": "inc_5"})
+    delivery_id = api.deliveries()[0]["id"]
 
     delivery = service.run_until(
         lambda: (d := api.get(f"/deliveries/{delivery_id}").json)["status"] != "pending" and d
@@ -730,9 +700,9 @@ ID_ENDPOINTS = [
 
 
 def test_another_workspace_sees_none_of_it(app, client, api):
-    webhook = create(api)
-    event = publish(api, data={"id": "inc_1"}, headers={"Idempotency-Key": "shared-key"})
-    [delivery] = deliveries(api)
+    webhook = api.create_webhook(URL)
+    event = api.publish(data={"id": "inc_1"}, headers={"Idempotency-Key": "shared-key"})
+    [delivery] = api.deliveries()
     ids = {"webhook": webhook["id"], "event": event["id"], "delivery": delivery["id"]}
     before = api.get(f"/webhooks/{webhook['id']}").json
     other = other_workspace(app, client)
@@ -759,21 +729,21 @@ def test_another_workspace_sees_none_of_it(app, client, api):
     # Nothing the other workspace tried changed anything.
     assert api.get(f"/webhooks/{webhook['id']}").json == before
     assert api.get(f"/webhooks/{webhook['id']}/secret").json == {"secret": webhook["secret"]}
-    assert [d["id"] for d in deliveries(api)] == [delivery["id"]]
+    assert [d["id"] for d in api.deliveries()] == [delivery["id"]]
     assert api.get(f"/events/{event['id']}").json["delivery_count"] == 1
 
     # Its lists are empty, even when filtered by the first workspace's ids.
     assert other.get("/webhooks").json == {"data": []}
-    assert deliveries(other) == []
-    assert deliveries(other, webhook_id=webhook["id"]) == []
-    assert deliveries(other, event_type="incident.created") == []
+    assert other.deliveries() == []
+    assert other.deliveries(webhook_id=webhook["id"]) == []
+    assert other.deliveries(event_type="incident.created") == []
 
     # Its publishes reach none of the first workspace's webhooks, and its idempotency keys
     # are its own.
-    mine = publish(other, data={"id": "inc_1"}, headers={"Idempotency-Key": "shared-key"})
+    mine = other.publish(data={"id": "inc_1"}, headers={"Idempotency-Key": "shared-key"})
     assert mine["id"] != event["id"] and mine["delivery_count"] == 0
     assert mine["workspace_id"] != event["workspace_id"]
-    assert [d["id"] for d in deliveries(api)] == [delivery["id"]]
+    assert [d["id"] for d in api.deliveries()] == [delivery["id"]]
 
 
 # --- 10. event types --------------------------------------------------------------------------
@@ -798,7 +768,7 @@ def test_event_types_lists_the_twenty_catalog_types(api):
     assert by_type["finding.created"]["category"] == "security"
     assert by_type["compliance.changed"]["category"] == "security"
     # Every listed type can be published.
-    assert all(publish(api, t)["type"] == t for t in by_type)
+    assert all(api.publish(t)["type"] == t for t in by_type)
 
 
 # --- 11. secrets ----------------------------------------------------------------------------
@@ -806,7 +776,7 @@ def test_event_types_lists_the_twenty_catalog_types(api):
 
 def test_secret_can_be_read_rotated_and_removed(api):
     given = "my-own-plain-secret-1234"
-    webhook = create(api, secret=given)
+    webhook = api.create_webhook(URL, secret=given)
     assert webhook["secret"] == given and webhook["has_secret"] is True
     path = f"/webhooks/{webhook['id']}"
     assert api.get(f"{path}/secret").json == {"secret": given}
@@ -840,7 +810,7 @@ def test_secret_can_be_read_rotated_and_removed(api):
 
 
 def test_webhook_created_with_null_secret_is_unsigned(api):
-    webhook = create(api, secret=None)
+    webhook = api.create_webhook(URL, secret=None)
 
     assert webhook["secret"] is None and webhook["has_secret"] is False
     assert api.get(f"/webhooks/{webhook['id']}/secret").json == {"secret": None}

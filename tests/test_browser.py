@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +33,10 @@ try:
 except ImportError:
     _unavailable("Playwright for Python is not installed (pip install playwright==1.65.2)")
 
-from werkzeug.serving import make_server  # noqa: E402
 
 from tests.conftest import Api  # noqa: E402
+from tests.processes import Processes  # noqa: E402
 from tests.receivers import Received, Receiver  # noqa: E402
-from tests.test_recovery import Processes  # noqa: E402
 from webhooks import accounts  # noqa: E402
 from webhooks.models import db  # noqa: E402
 
@@ -60,26 +58,11 @@ DELIVERY_PAGE = re.compile(r"/settings/webhooks/logs/(dlv_\w+)$")
 
 @dataclass
 class Site:
-    """The live dashboard of one workspace, its API and its signed-in user."""
+    """The live dashboard of one workspace, and its API."""
 
     url: str
     api: Api
     workspace_id: str
-
-    def create_webhook(self, **fields: Any) -> dict[str, Any]:
-        response = self.api.post("/webhooks", {"events": ["*"], **fields})
-        assert response.status_code == 201, response.json
-        return response.json
-
-    def publish(self, event_type: str, **data: Any) -> dict[str, Any]:
-        response = self.api.post("/events", {"type": event_type, "data": data})
-        assert response.status_code == 202, response.json
-        return response.json
-
-    def deliveries(self) -> list[dict[str, Any]]:
-        response = self.api.get("/deliveries?limit=100")
-        assert response.status_code == 200, response.json
-        return response.json["data"]
 
 
 def header(request: Received, name: str) -> str | None:
@@ -106,31 +89,12 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def site(app, api, workspace) -> Iterator[Site]:  # type: ignore[no-untyped-def]
+def site(app, web, api, workspace) -> Site:  # type: ignore[no-untyped-def]
     """The app served by a real threaded HTTP server, with a dashboard user in the workspace."""
     with app.app_context():
         accounts.create_user(db.session, EMAIL, PASSWORD, workspace["id"])
         db.session.remove()
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield Site(f"http://127.0.0.1:{server.server_port}", api, workspace["id"])
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
-
-
-@pytest.fixture
-def processes(app, config, tmp_path) -> Iterator[Processes]:  # type: ignore[no-untyped-def]
-    """The real worker and scheduler (Procfile), started before the browser signs in."""
-    procs = Processes(config, tmp_path / "instance")
-    procs.start("worker")
-    procs.start("scheduler")
-    yield procs
-    procs.stop_all()
-    if hasattr(procs, "log"):  # shown by pytest only when the test failed
-        for name in ("worker", "scheduler"):
-            print(f"--- {name} output ---\n{procs.log(name)}")
+    return Site(web, api, workspace["id"])
 
 
 @pytest.fixture
@@ -160,6 +124,18 @@ def sign_in(page: Page) -> None:
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     expect(page).to_have_url(re.compile(r"/settings/webhooks$"), timeout=UI)
+
+
+def dismiss_the_next_dialog(page: Page) -> list[str]:
+    """Cancel the next confirm dialog; the list it returns gets what the dialog asked."""
+    asked: list[str] = []
+
+    def dismiss(dialog: Any) -> None:
+        asked.append(dialog.message)
+        dialog.dismiss()
+
+    page.once("dialog", dismiss)
+    return asked
 
 
 def screenshot(page: Page, name: str, *, full_page: bool = True) -> None:
@@ -214,7 +190,33 @@ def test_create_webhook_through_the_form(page: Page, site: Site, receiver: Recei
     page.get_by_role("link", name="Create Webhook").first.click()
     expect(page).to_have_url(re.compile(r"/settings/webhooks/new$"), timeout=UI)
 
-    # An http:// URL: the error is shown next to the URL field and nothing is saved.
+    an_http_url_is_refused_next_to_its_field(page, receiver)
+    assert site.api.get("/webhooks").json["data"] == []
+    page.get_by_role("link", name="Settings › Webhooks").click()
+    expect(page.get_by_role("heading", name="No webhooks yet")).to_be_visible(timeout=UI)
+
+    page.get_by_role("link", name="Create Webhook").first.click()
+    secret = fill_in_a_good_one(page, receiver)
+    page.get_by_role("button", name="Save").click()
+
+    expect(page).to_have_url(WEBHOOK_PAGE, timeout=UI)
+    expect(page.get_by_role("heading", level=1)).to_have_text("Ops alerts")
+    expect(page.get_by_role("status")).to_contain_text("Webhook “Ops alerts” created.")
+    [saved] = site.api.get("/webhooks").json["data"]
+    assert set(saved["events"]) == {"incident.*", "task.failed"}
+    assert saved["headers"] == {"X-Team": "sre"}
+    assert saved["url"] == receiver.url("/ops")
+    assert site.api.get(f"/webhooks/{saved['id']}/secret").json["secret"] == secret
+
+    page.get_by_role("link", name="Settings › Webhooks").click()
+    row = page.get_by_role("row").filter(has=page.get_by_role("link", name="Ops alerts"))
+    expect(row).to_have_count(1, timeout=UI)
+    expect(row).to_contain_text(f"https://127.0.0.1:{receiver.port}/ops")
+    expect(row.locator(".badge").first).to_have_text("Active")
+    expect(row).to_contain_text("Incident (all), task.failed")
+
+
+def an_http_url_is_refused_next_to_its_field(page: Page, receiver: Receiver) -> None:
     page.get_by_label("Name", exact=True).fill("Plain HTTP")
     page.get_by_label("URL", exact=True).fill(receiver.url().replace("https://", "http://"))
     page.get_by_label("Incident", exact=True).check()
@@ -224,12 +226,11 @@ def test_create_webhook_through_the_form(page: Page, site: Site, receiver: Recei
         "URL must use https:// (WEBHOOK_ALLOW_HTTP=1 allows http:// for development)", timeout=UI
     )
     expect(page.get_by_label("URL", exact=True)).to_have_attribute("aria-invalid", "true")
-    assert site.api.get("/webhooks").json["data"] == []
-    page.get_by_role("link", name="Settings › Webhooks").click()
-    expect(page.get_by_role("heading", name="No webhooks yet")).to_be_visible(timeout=UI)
 
-    # A good one: category checkbox, one type of another category, generated secret, header.
-    page.get_by_role("link", name="Create Webhook").first.click()
+
+def fill_in_a_good_one(page: Page, receiver: Receiver) -> str:
+    """A category checkbox, one type of another category, the generated secret (returned) and
+    a header."""
     page.get_by_label("Name", exact=True).fill("Ops alerts")
     page.get_by_label("URL", exact=True).fill(receiver.url("/ops"))
     page.get_by_label("Incident", exact=True).check()
@@ -251,29 +252,13 @@ def test_create_webhook_through_the_form(page: Page, site: Site, receiver: Recei
     page.get_by_label("Header name").last.fill("X-Team")
     page.get_by_label("Header value").last.fill("sre")
     expect(page.get_by_label("Active", exact=True)).to_be_checked()
-    page.get_by_role("button", name="Save").click()
-
-    expect(page).to_have_url(WEBHOOK_PAGE, timeout=UI)
-    expect(page.get_by_role("heading", level=1)).to_have_text("Ops alerts")
-    expect(page.get_by_role("status")).to_contain_text("Webhook “Ops alerts” created.")
-    [saved] = site.api.get("/webhooks").json["data"]
-    assert set(saved["events"]) == {"incident.*", "task.failed"}
-    assert saved["headers"] == {"X-Team": "sre"}
-    assert saved["url"] == receiver.url("/ops")
-    assert site.api.get(f"/webhooks/{saved['id']}/secret").json["secret"] == secret
-
-    page.get_by_role("link", name="Settings › Webhooks").click()
-    row = page.get_by_role("row").filter(has=page.get_by_role("link", name="Ops alerts"))
-    expect(row).to_have_count(1, timeout=UI)
-    expect(row).to_contain_text(f"https://127.0.0.1:{receiver.port}/ops")
-    expect(row.locator(".badge").first).to_have_text("Active")
-    expect(row).to_contain_text("Incident (all), task.failed")
+    return secret
 
 
 def test_send_test_event_shows_the_result_in_place(
-    page: Page, site: Site, receiver: Receiver, processes: Processes
+    page: Page, site: Site, receiver: Receiver, running: Processes
 ) -> None:
-    webhook = site.create_webhook(name="Ops", url=receiver.url())
+    webhook = site.api.create_webhook(receiver.url())
     sign_in(page)
     page.get_by_role("link", name="Ops", exact=True).click()
     expect(page).to_have_url(f"{site.url}/settings/webhooks/{webhook['id']}", timeout=UI)
@@ -305,9 +290,9 @@ def test_send_test_event_shows_the_result_in_place(
 
 
 def test_pause_stops_deliveries_and_resume_restarts_them(
-    page: Page, site: Site, receiver: Receiver, processes: Processes
+    page: Page, site: Site, receiver: Receiver, running: Processes
 ) -> None:
-    webhook = site.create_webhook(name="Ops", url=receiver.url())
+    webhook = site.api.create_webhook(receiver.url())
     sign_in(page)
     page.goto(f"/settings/webhooks/{webhook['id']}")
     switch = page.get_by_role("switch", name="Active")
@@ -321,9 +306,9 @@ def test_pause_stops_deliveries_and_resume_restarts_them(
     expect(switch).not_to_be_checked()
     assert site.api.get(f"/webhooks/{webhook['id']}").json["active"] is False
 
-    paused_event = site.publish("incident.created", id="inc_paused")
+    paused_event = site.api.publish(data={"id": "inc_paused"})
     assert paused_event["delivery_count"] == 0
-    assert not [d for d in site.deliveries() if d["event_id"] == paused_event["id"]]
+    assert not [d for d in site.api.deliveries() if d["event_id"] == paused_event["id"]]
 
     switch.focus()  # the swapped-in switch, from the keyboard this time
     page.keyboard.press("Space")
@@ -335,105 +320,121 @@ def test_pause_stops_deliveries_and_resume_restarts_them(
 
     # A later event goes through; the worker takes jobs in order, so anything queued for the
     # paused event would have arrived first. Only the later one ever arrives.
-    later_event = site.publish("incident.created", id="inc_after")
+    later_event = site.api.publish(data={"id": "inc_after"})
     assert later_event["delivery_count"] == 1
     receiver.wait_for(1, timeout=DELIVERY / 1000)
     expect(page.locator("#recent .badge.succeeded")).to_have_count(1, timeout=DELIVERY)
     assert [header(r, "webhook-id") for r in receiver.requests] == [later_event["id"]]
-    assert {d["event_id"] for d in site.deliveries()} == {later_event["id"]}
+    assert {d["event_id"] for d in site.api.deliveries()} == {later_event["id"]}
 
 
 @pytest.mark.parametrize(
     "config", [{"WEBHOOK_RETRY_SCHEDULE": "0"}], indirect=True, ids=["single-attempt"]
 )
 def test_logs_live_filters_attempts_and_redeliver(
-    page: Page, site: Site, receiver: Receiver, tls_context: Any, processes: Processes
+    page: Page, site: Site, receiver: Receiver, receivers: Any, running: Processes
 ) -> None:
-    failing = Receiver(tls=tls_context)
-    try:
-        failing.answer(500)
-        site.create_webhook(name="Ops", url=receiver.url())
-        site.create_webhook(name="Flaky", url=failing.url())
-        site.create_webhook(name="Pager", url=receiver.url("/pager"), active=False)
-        sign_in(page)
-        page.get_by_role("link", name="Logs", exact=True).click()
-        expect(page).to_have_url(re.compile(r"/settings/webhooks/logs$"), timeout=UI)
-        expect(page.get_by_role("heading", name="No deliveries yet")).to_be_visible()
-        mark_document(page)
+    failing = receivers(500)
+    site.api.create_webhook(receiver.url(), name="Ops")
+    site.api.create_webhook(failing.url(), name="Flaky")
+    site.api.create_webhook(receiver.url("/pager"), name="Pager", active=False)
+    sign_in(page)
+    page.get_by_role("link", name="Logs", exact=True).click()
+    expect(page).to_have_url(re.compile(r"/settings/webhooks/logs$"), timeout=UI)
+    expect(page.get_by_role("heading", name="No deliveries yet")).to_be_visible()
+    mark_document(page)
 
-        events = {
-            t: site.publish(t, id=f"x_{i}")
-            for i, t in enumerate(["incident.created", "task.failed", "finding.created"])
-        }
-        assert all(e["delivery_count"] == 2 for e in events.values())
+    events = {
+        t: site.api.publish(t, {"id": f"x_{i}"})
+        for i, t in enumerate(["incident.created", "task.failed", "finding.created"])
+    }
+    assert all(e["delivery_count"] == 2 for e in events.values())
 
-        rows = page.locator("#log-rows tbody tr")
-        expect(rows).to_have_count(6, timeout=DELIVERY)
-        expect(rows.locator(".badge", has_text="Failed")).to_have_count(3, timeout=DELIVERY)
-        expect(rows.locator(".badge", has_text="Succeeded")).to_have_count(3, timeout=DELIVERY)
-        assert_not_reloaded(page)
-        screenshot(page, "logs.png")
+    rows = page.locator("#log-rows tbody tr")
+    see_the_rows_come_in_live(page, rows)
+    filter_by_status_then_by_type(page, rows)
+    failed_task = events["task.failed"]["id"]
+    original = open_the_failed_delivery(page, rows, failing, failed_task)
+    copy_its_id_and_body(page, original, failing, failed_task)
+    failing.answer(200)  # the receiver is fixed; send it again
+    redeliver_it(page, original, failing, failed_task)
 
-        page.get_by_label("Status", exact=True).select_option("failed")
-        page.get_by_role("button", name="Filter").click()
-        expect(page).to_have_url(re.compile(r"[?&]status=failed(&|$)"), timeout=UI)
-        expect(rows).to_have_count(3)
-        expect(rows.locator(".badge")).to_have_text(["Failed"] * 3)
-        expect(rows.locator("td:first-child")).to_have_text(["Flaky"] * 3)
+    page.get_by_role("link", name="Webhooks", exact=True).click()
+    expect(page.get_by_role("row")).to_have_count(4, timeout=UI)
+    expect(page.get_by_role("row", name=re.compile("Pager"))).to_contain_text("Paused")
+    screenshot(page, "webhooks.png")
 
-        page.get_by_label("Status", exact=True).select_option("")
-        page.get_by_label("Event type", exact=True).select_option("task.failed")
-        page.get_by_role("button", name="Filter").click()
-        expect(page).to_have_url(re.compile(r"[?&]event_type=task\.failed(&|$)"), timeout=UI)
-        expect(rows).to_have_count(2)
-        expect(rows.locator("code")).to_have_text(["task.failed", "task.failed"])
 
-        rows.filter(has_text="Flaky").get_by_role("link", name="task.failed").click()
-        expect(page).to_have_url(DELIVERY_PAGE, timeout=UI)
-        original = DELIVERY_PAGE.search(page.url).group(1)  # type: ignore[union-attr]
-        attempts = page.locator("#attempts")
-        expect(page.get_by_role("heading", level=1)).to_have_text("task.failed to Flaky")
-        expect(attempts.locator(".attempt")).to_have_count(1)
-        expect(attempts.locator(".attempt h2")).to_contain_text("Failed")
-        expect(attempts.locator(".attempt h2")).to_contain_text("HTTP 500")
-        expect(attempts).to_contain_text(f"POST {failing.url()}")
-        expect(attempts).to_contain_text("X-CloudThinker-Event: task.failed")
-        expect(attempts).to_contain_text(f'"id": "{events["task.failed"]["id"]}"')
-        response = attempts.locator("h3", has_text="Response").locator("xpath=..")
-        expect(response.locator("pre").first).to_contain_text("500")
+def see_the_rows_come_in_live(page: Page, rows: Any) -> None:
+    """Each event's two deliveries show up as they end, without a reload."""
+    expect(rows).to_have_count(6, timeout=DELIVERY)
+    expect(rows.locator(".badge", has_text="Failed")).to_have_count(3, timeout=DELIVERY)
+    expect(rows.locator(".badge", has_text="Succeeded")).to_have_count(3, timeout=DELIVERY)
+    assert_not_reloaded(page)
+    screenshot(page, "logs.png")
 
-        # Ids and the body as it was sent are one click from the clipboard.
-        page.context.grant_permissions(["clipboard-read", "clipboard-write"])
-        page.get_by_role("button", name="Copy delivery ID").click()
-        expect(page.get_by_role("button", name="Copy delivery ID")).to_have_text("Copied")
-        assert page.evaluate("navigator.clipboard.readText()") == original
-        page.get_by_role("button", name="Copy body of attempt 1").click()
-        sent = page.evaluate("navigator.clipboard.readText()")
-        (received,) = [
-            r for r in failing.requests if header(r, "webhook-id") == events["task.failed"]["id"]
-        ]
-        assert sent.encode() == received.body
 
-        failing.answer(200)  # the receiver is fixed; send it again
-        sent_before = len(failing.requests)
-        page.get_by_role("button", name="Redeliver").click()
-        expect(page).not_to_have_url(re.compile(rf"/{original}$"), timeout=UI)
-        expect(page).to_have_url(DELIVERY_PAGE)
-        expect(page.get_by_role("status")).to_contain_text("Redelivery queued")
-        expect(attempts.locator(".badge").first).to_have_text("Succeeded", timeout=DELIVERY)
-        expect(attempts.locator(".attempt h2")).to_contain_text("HTTP 200")
+def filter_by_status_then_by_type(page: Page, rows: Any) -> None:
+    page.get_by_label("Status", exact=True).select_option("failed")
+    page.get_by_role("button", name="Filter").click()
+    expect(page).to_have_url(re.compile(r"[?&]status=failed(&|$)"), timeout=UI)
+    expect(rows).to_have_count(3)
+    expect(rows.locator(".badge")).to_have_text(["Failed"] * 3)
+    expect(rows.locator("td:first-child")).to_have_text(["Flaky"] * 3)
 
-        again = failing.wait_for(sent_before + 1, timeout=DELIVERY / 1000)[sent_before]
-        assert header(again, "webhook-id") == events["task.failed"]["id"]
-        assert header(again, "X-CloudThinker-Event") == "task.failed"
-        assert header(again, "X-CloudThinker-Delivery") != original
+    page.get_by_label("Status", exact=True).select_option("")
+    page.get_by_label("Event type", exact=True).select_option("task.failed")
+    page.get_by_role("button", name="Filter").click()
+    expect(page).to_have_url(re.compile(r"[?&]event_type=task\.failed(&|$)"), timeout=UI)
+    expect(rows).to_have_count(2)
+    expect(rows.locator("code")).to_have_text(["task.failed", "task.failed"])
 
-        page.get_by_role("link", name="Webhooks", exact=True).click()
-        expect(page.get_by_role("row")).to_have_count(4, timeout=UI)
-        expect(page.get_by_role("row", name=re.compile("Pager"))).to_contain_text("Paused")
-        screenshot(page, "webhooks.png")
-    finally:
-        failing.close()
+
+def open_the_failed_delivery(page: Page, rows: Any, failing: Receiver, event_id: str) -> str:
+    """Its page shows the one attempt, request and response; returns the delivery's id."""
+    rows.filter(has_text="Flaky").get_by_role("link", name="task.failed").click()
+    expect(page).to_have_url(DELIVERY_PAGE, timeout=UI)
+    original = DELIVERY_PAGE.search(page.url).group(1)  # type: ignore[union-attr]
+    attempts = page.locator("#attempts")
+    expect(page.get_by_role("heading", level=1)).to_have_text("task.failed to Flaky")
+    expect(attempts.locator(".attempt")).to_have_count(1)
+    expect(attempts.locator(".attempt h2")).to_contain_text("Failed")
+    expect(attempts.locator(".attempt h2")).to_contain_text("HTTP 500")
+    expect(attempts).to_contain_text(f"POST {failing.url()}")
+    expect(attempts).to_contain_text("X-CloudThinker-Event: task.failed")
+    expect(attempts).to_contain_text(f'"id": "{event_id}"')
+    response = attempts.locator("h3", has_text="Response").locator("xpath=..")
+    expect(response.locator("pre").first).to_contain_text("500")
+    return original
+
+
+def copy_its_id_and_body(page: Page, delivery_id: str, failing: Receiver, event_id: str) -> None:
+    """Ids and the body as it was sent are one click from the clipboard."""
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.get_by_role("button", name="Copy delivery ID").click()
+    expect(page.get_by_role("button", name="Copy delivery ID")).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == delivery_id
+    page.get_by_role("button", name="Copy body of attempt 1").click()
+    sent = page.evaluate("navigator.clipboard.readText()")
+    (received,) = [r for r in failing.requests if header(r, "webhook-id") == event_id]
+    assert sent.encode() == received.body
+
+
+def redeliver_it(page: Page, delivery_id: str, failing: Receiver, event_id: str) -> None:
+    """Redeliver leads to the new delivery's page, which shows its attempt when it ends."""
+    sent_before = len(failing.requests)
+    page.get_by_role("button", name="Redeliver").click()
+    expect(page).not_to_have_url(re.compile(rf"/{delivery_id}$"), timeout=UI)
+    expect(page).to_have_url(DELIVERY_PAGE)
+    expect(page.get_by_role("status")).to_contain_text("Redelivery queued")
+    attempts = page.locator("#attempts")
+    expect(attempts.locator(".badge").first).to_have_text("Succeeded", timeout=DELIVERY)
+    expect(attempts.locator(".attempt h2")).to_contain_text("HTTP 200")
+
+    again = failing.wait_for(sent_before + 1, timeout=DELIVERY / 1000)[sent_before]
+    assert header(again, "webhook-id") == event_id
+    assert header(again, "X-CloudThinker-Event") == "task.failed"
+    assert header(again, "X-CloudThinker-Delivery") != delivery_id
 
 
 def test_create_form_works_with_the_keyboard(page: Page, site: Site, receiver: Receiver) -> None:
@@ -478,10 +479,10 @@ def test_create_form_works_with_the_keyboard(page: Page, site: Site, receiver: R
 
 
 def test_check_a_signature_on_a_delivery_page(
-    page: Page, site: Site, receiver: Receiver, processes: Processes
+    page: Page, site: Site, receiver: Receiver, running: Processes
 ) -> None:
-    webhook = site.create_webhook(name="Ops", url=receiver.url())
-    site.publish("incident.created", id="inc_7", title="Disk full")
+    webhook = site.api.create_webhook(receiver.url())
+    site.api.publish(data={"id": "inc_7", "title": "Disk full"})
     [received] = receiver.wait_for(1, timeout=DELIVERY / 1000)
     delivery_id = header(received, "X-CloudThinker-Delivery")
     headers = "\n".join(f"{k}: {v}" for k, v in received.headers.items())

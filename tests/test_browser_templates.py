@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 
+from tests.conftest import Api
 from tests.receivers import Receiver
 from tests.test_browser import (  # noqa: F401  (fixtures)
     DELIVERY,
@@ -18,7 +19,6 @@ from tests.test_browser import (  # noqa: F401  (fixtures)
     expect,
     header,
     page,
-    processes,
     sign_in,
     site,
 )
@@ -27,21 +27,27 @@ OLD_TOKEN = "atl-old-token-1111"
 NEW_TOKEN = "atl-new-token-2222"
 
 
+def edit_a_jira_webhook(tab: Page, api: Api, receiver: Receiver, events: list[str]) -> str:
+    """Sign in and open the edit page of a new Jira webhook to the receiver; its id."""
+    hook = api.create_webhook(
+        receiver.url("/rest/api/2/issue"),
+        name="Jira issues",
+        events=events,
+        template="jira",
+        template_params={"project_key": "OPS", "email": "bot@acme.test", "api_token": OLD_TOKEN},
+    )
+    sign_in(tab)
+    tab.goto(f"/settings/webhooks/{hook['id']}/edit")
+    return hook["id"]
+
+
 def test_editing_jira_settings_changes_the_next_delivery(  # noqa: F811  (fixtures)
     page: Page,  # noqa: F811
     site: Site,  # noqa: F811
     receiver: Receiver,
-    processes,  # noqa: F811
+    running,
 ) -> None:
-    hook = site.create_webhook(
-        name="Jira issues",
-        url=receiver.url("/rest/api/2/issue"),
-        events=["recommendation.created"],
-        template="jira",
-        template_params={"project_key": "OPS", "email": "bot@acme.test", "api_token": OLD_TOKEN},
-    )
-    sign_in(page)
-    page.goto(f"/settings/webhooks/{hook['id']}/edit")
+    edit_a_jira_webhook(page, site.api, receiver, events=["recommendation.created"])
 
     # The template's settings are labelled fields; the token is masked, never shown.
     expect(page.get_by_label("Project key")).to_have_value("OPS")
@@ -79,14 +85,7 @@ def test_customise_the_body_copies_it_and_says_so(  # type: ignore[no-untyped-de
     site: Site,  # noqa: F811
     receiver: Receiver,
 ):
-    hook = site.create_webhook(
-        name="Jira issues",
-        url=receiver.url("/rest/api/2/issue"),
-        template="jira",
-        template_params={"project_key": "OPS", "email": "bot@acme.test", "api_token": OLD_TOKEN},
-    )
-    sign_in(page)
-    page.goto(f"/settings/webhooks/{hook['id']}/edit")
+    hook_id = edit_a_jira_webhook(page, site.api, receiver, events=["*"])
 
     page.get_by_role("button", name="Customise the body").click()
 
@@ -97,7 +96,7 @@ def test_customise_the_body_copies_it_and_says_so(  # type: ignore[no-untyped-de
     page.get_by_role("button", name="Save").click()
 
     expect(page.locator("dl.props")).to_contain_text("body customised", timeout=UI)
-    saved = site.api.get(f"/webhooks/{hook['id']}").json
+    saved = site.api.get(f"/webhooks/{hook_id}").json
     assert saved["transform_source"] == "custom"
     assert saved["transform"]["fields"]["summary"] == "{{ data.title }}"
 

@@ -28,24 +28,12 @@ def config(config):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def other_receiver(tls_context) -> Any:  # type: ignore[no-untyped-def]
-    server = Receiver(tls=tls_context)
-    yield server
-    server.close()
+def other_receiver(receivers) -> Receiver:  # type: ignore[no-untyped-def]
+    return receivers()
 
 
 def publish(api: Api, event_type: str, n: int) -> dict[str, Any]:
-    answer = api.post("/events", {"type": event_type, "data": {"id": f"x_{n}", "title": "t"}})
-    assert answer.status_code == 202, answer.json
-    return answer.json
-
-
-def all_ended(api: Api):  # type: ignore[no-untyped-def]
-    def check_() -> bool:
-        found = api.get("/deliveries?limit=100").json["data"]
-        return bool(found) and all(d["status"] != "pending" for d in found)
-
-    return check_
+    return api.publish(event_type, {"id": f"x_{n}", "title": "t"})
 
 
 def sent_ids(receiver: Receiver, since: int = 0) -> Counter:
@@ -64,20 +52,18 @@ def failing(app, api, user, receiver, other_receiver, service) -> dict[str, Any]
     """Webhook X with 3 failed deliveries, Y with 2, and another workspace with 1."""
     receiver.answer(500)
     other_receiver.answer(500)
-    x = api.post("/webhooks", {"name": "X", "url": receiver.url("/x"), "events": ["*"]}).json
-    y = api.post(
-        "/webhooks", {"name": "Y", "url": other_receiver.url("/y"), "events": ["incident.*"]}
-    ).json
+    x = api.create_webhook(receiver.url("/x"), name="X")
+    y = api.create_webhook(other_receiver.url("/y"), name="Y", events=["incident.*"])
     events = [publish(api, t, n) for n, t in enumerate(["incident.created"] * 2 + ["task.failed"])]
     assert [e["delivery_count"] for e in events] == [2, 2, 1]
 
     _, other_key = make_user(app, "other@acme.test", "Other")
     other = Api(app.test_client(), other_key)
-    other.post("/webhooks", {"name": "Z", "url": receiver.url("/z"), "events": ["*"]})
+    other.create_webhook(receiver.url("/z"), name="Z")
     foreign = publish(other, "incident.created", 9)
 
-    service.run_until(lambda: all_ended(api)() and all_ended(other)())
-    assert len(api.get("/deliveries?status=failed").json["data"]) == 5
+    service.run_until(lambda: api.ended()() and other.ended()())
+    assert len(api.deliveries(status="failed")) == 5
     receiver.answer(200)
     other_receiver.answer(200)
     return {"x": x, "y": y, "events": events, "other": other, "foreign": foreign}
@@ -118,7 +104,7 @@ def test_redeliver_all_matching_sends_exactly_the_filtered_failed_deliveries(
     assert sent_ids(receiver, before_x) == Counter(e["id"] for e in failing["events"])
     assert len(other_receiver.requests) == before_other  # nothing of Y
 
-    redeliveries = api.get(f"/deliveries?webhook_id={x['id']}").json["data"]
+    redeliveries = api.deliveries(webhook_id=x["id"])
     kinds = Counter(d["kind"] for d in redeliveries)
     assert kinds["redelivery"] == 3 and all(
         d["status"] == "succeeded" for d in redeliveries if d["kind"] == "redelivery"
@@ -195,42 +181,20 @@ def test_an_interrupted_job_goes_on_where_it_stopped_and_sends_nothing_twice(
     redis = services.of(app).redis
     receiver.answer(500)
     late = publish(api, "task.failed", 7)  # pending (not yet attempted) at the start
-    with app.app_context():  # and older than the rest: first in the job's order
-        db.session.execute(
-            update(Delivery)
-            .where(Delivery.event_id == late["id"])
-            .values(created_at=utcnow() - timedelta(hours=1))
-        )
-        db.session.commit()
-        db.session.remove()
+    make_older(app, late["id"], timedelta(hours=1))  # than the rest: first in the job's order
     started = user.post(f"{LOGS}/redeliver-all", data={"status": "failed"}, htmx=True)
     assert "0 of 5 deliveries created" in text(started.text)
     job_id = job_url(started.text).rsplit("/", 1)[1]
     redis.flushdb()  # its hand-off to RQ is lost, so it waits for the scheduler
 
-    service.run_until(all_ended(api))  # the late delivery fails now
-    assert len(api.get("/deliveries?status=failed").json["data"]) == 6
+    service.run_until(api.ended())  # the late delivery fails now
+    assert len(api.deliveries(status="failed")) == 6
     receiver.answer(200)
     before = len(receiver.requests)
 
-    with app.app_context():  # a worker claims it, commits one batch, and dies
-        db.session.execute(update(BulkJob).where(BulkJob.id == job_id).values(status="running"))
-        db.session.commit()
-        job = db.session.get(BulkJob, job_id)
-        assert bulk._redeliver_batch(db.session, redis, job, settings) == 2
-        assert (job.done, job.total) == (2, 5)
-        db.session.execute(
-            update(BulkJob)
-            .where(BulkJob.id == job_id)
-            .values(updated_at=utcnow() - timedelta(minutes=5))
-        )
-        db.session.commit()
-        db.session.remove()
-
-    done = service.run_until(
-        lambda: (j := api.get(f"/jobs/{job_id}").json)["status"] == "done" and j
-    )
-    assert (done["done"], done["total"]) == (5, 5)
+    run_one_batch_then_die(app, job_id, settings)
+    done = service.run_until(api.job_done(job_id))
+    assert done["status"] == "done" and (done["done"], done["total"]) == (5, 5)
     service.run_until(lambda: len(receiver.requests) >= before + 3)
     with app.app_context():  # a second run, or a requeue, of the finished job does nothing
         assert bulk.run(db.session, redis, job_id, settings) is None
@@ -238,9 +202,7 @@ def test_an_interrupted_job_goes_on_where_it_stopped_and_sends_nothing_twice(
         db.session.remove()
     service.tick()
 
-    redeliveries = [
-        d for d in api.get("/deliveries?limit=100").json["data"] if d["kind"] == "redelivery"
-    ]
+    redeliveries = [d for d in api.deliveries() if d["kind"] == "redelivery"]
     by_event = Counter((d["event_id"], d["webhook_id"]) for d in redeliveries)
     assert len(redeliveries) == 5 and set(by_event.values()) == {1}
     assert late["id"] not in {d["event_id"] for d in redeliveries}
@@ -249,6 +211,34 @@ def test_an_interrupted_job_goes_on_where_it_stopped_and_sends_nothing_twice(
     assert to_x == Counter(e["id"] for e in failing["events"])
     with app.app_context():
         assert db.session.scalars(select(BulkJob.status)).all() == ["done"]
+
+
+def make_older(app, event_id: str, by: timedelta) -> None:  # type: ignore[no-untyped-def]
+    """Move the event's deliveries back in time."""
+    with app.app_context():
+        db.session.execute(
+            update(Delivery).where(Delivery.event_id == event_id).values(created_at=utcnow() - by)
+        )
+        db.session.commit()
+        db.session.remove()
+
+
+def run_one_batch_then_die(app, job_id: str, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    """What a worker leaves behind when it claims the job, commits one batch and dies: a
+    running job no one has touched for five minutes."""
+    with app.app_context():
+        db.session.execute(update(BulkJob).where(BulkJob.id == job_id).values(status="running"))
+        db.session.commit()
+        job = db.session.get(BulkJob, job_id)
+        assert bulk._redeliver_batch(db.session, services.of(app).redis, job, settings) == 2
+        assert (job.done, job.total) == (2, 5)
+        db.session.execute(
+            update(BulkJob)
+            .where(BulkJob.id == job_id)
+            .values(updated_at=utcnow() - timedelta(minutes=5))
+        )
+        db.session.commit()
+        db.session.remove()
 
 
 def test_a_job_over_a_paused_webhook_still_redelivers_like_redeliver(

@@ -77,9 +77,7 @@ def deliveries(app, webhook) -> Deliveries:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def other_webhook(api, receiver) -> str:  # type: ignore[no-untyped-def]
-    response = api.post("/webhooks", {"name": "Other", "url": receiver.url(), "events": ["*"]})
-    assert response.status_code == 201
-    return response.json["id"]
+    return api.create_webhook(receiver.url(), name="Other")["id"]
 
 
 def activity(app, webhook_id: str, now: datetime = NOW) -> charts.Activity:  # type: ignore[no-untyped-def]

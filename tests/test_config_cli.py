@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -14,11 +11,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from redis import Redis
 
+from tests.processes import ROOT, flask
 from webhooks import retry, services
 from webhooks.config import ConfigError, load
 from webhooks.models import db
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(
@@ -42,14 +38,7 @@ def test_a_bad_value_names_the_variable(name, value, says):
 
 def test_the_process_stops_with_one_clear_line(tmp_path):
     env = {**os.environ, "WEBHOOK_RETRY_SCHEDULE": "abc", "INSTANCE_PATH": str(tmp_path)}
-    result = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = flask("db", "upgrade", env=env, timeout=60)
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [
@@ -137,14 +126,7 @@ def test_migrations_build_exactly_the_models(app, tmp_path):
         "INSTANCE_PATH": str(tmp_path / "i"),
         "SECRET_KEY": "test-secret-key",  # required with PostgreSQL
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = flask("db", "upgrade", env=env)
     assert result.returncode == 0, result.stderr
     engine = sa.create_engine(env_url.replace("postgresql://", "postgresql+psycopg://"))
     with engine.connect() as conn:

@@ -8,7 +8,8 @@ from collections import Counter
 from rq import Queue
 from sqlalchemy import select
 
-from tests.test_recovery import Processes, wait_until
+from tests.conftest import wait_until
+from tests.processes import Processes
 from webhooks import queueing, reconciler, services
 from webhooks.config import Settings
 from webhooks.models import Delivery, db
@@ -18,32 +19,24 @@ def test_three_workers_never_make_the_same_attempt_twice(app, config, api, recei
     # A loaded machine may keep an answer past the tests' 2 s timeout, and a timed-out attempt
     # is rightly made again: the timeout here is long enough that every POST is a claim's.
     config.update({"WEBHOOK_TIMEOUT_SECONDS": "20"})
-    hooks = [
-        api.post(
-            "/webhooks", {"name": f"Hook {i}", "url": receiver.url(f"/h{i}"), "events": ["*"]}
-        ).json
-        for i in range(3)
-    ]
+    hooks = [api.create_webhook(receiver.url(f"/h{i}"), name=f"Hook {i}") for i in range(3)]
     processes = Processes(config, tmp_path / "instance")
     try:
         for n in range(3):
             processes.start(f"worker:{n}")
         processes.start("scheduler")
-        events = [
-            api.post("/events", {"type": "task.completed", "data": {"n": i}}).json
-            for i in range(60)
-        ]
+        events = [api.publish("task.completed", {"n": i}) for i in range(60)]
         expected = len(events) * len(hooks)
 
         receiver.wait_for(expected, timeout=90)
-        wait_until(lambda: not api.get("/deliveries?status=pending").json["data"], 30)
+        wait_until(lambda: not api.deliveries(status="pending"), 30)
     finally:
         processes.stop_all()
 
     per_delivery = Counter(r.headers["X-CloudThinker-Delivery"] for r in receiver.requests)
     assert len(per_delivery) == expected and set(per_delivery.values()) == {1}
-    assert not api.get("/deliveries?status=failed").json["data"]
-    sample = api.get(f"/deliveries/{next(iter(per_delivery))}").json
+    assert not api.deliveries(status="failed")
+    sample = api.delivery(next(iter(per_delivery)))
     assert sample["status"] == "succeeded" and [a["number"] for a in sample["attempts"]] == [1]
 
 
@@ -106,22 +99,19 @@ def _hook_id(api, name: str) -> str:  # type: ignore[no-untyped-def]
 
 
 def test_a_burst_of_publishes_wakes_the_workers_with_one_job(app, api, receiver, service):
-    hooks = [
-        api.post("/webhooks", {"name": f"H{i}", "url": receiver.url(f"/h{i}"), "events": ["*"]})
-        for i in range(5)
-    ]
-    assert all(h.status_code == 201 for h in hooks)
+    for i in range(5):
+        api.create_webhook(receiver.url(f"/h{i}"), name=f"H{i}")
     redis = services.of(app).redis
     queue = Queue(app.config["WEBHOOK_QUEUE"], connection=redis)
 
-    events = [api.post("/events", {"type": "task.completed", "data": {"n": n}}) for n in range(20)]
+    events = [api.publish("task.completed", {"n": n}) for n in range(20)]
 
-    assert all(e.json["delivery_count"] == 5 for e in events)
+    assert all(e["delivery_count"] == 5 for e in events)
     (job,) = queue.get_jobs()  # a wake-up: the workers claim the 100 deliveries themselves
     assert job.args == ()
     receiver.wait_for(0)
     service.run_until(lambda: len(receiver.requests) == 100)
-    service.run_until(lambda: not api.get("/deliveries?status=pending").json["data"])
+    service.run_until(lambda: not api.deliveries(status="pending"))
     assert Counter(r.path for r in receiver.requests) == {f"/h{i}": 20 for i in range(5)}
     assert len({r.headers["X-CloudThinker-Delivery"] for r in receiver.requests}) == 100
     assert all(r.headers["webhook-signature"].startswith("v1,") for r in receiver.requests)
@@ -129,7 +119,7 @@ def test_a_burst_of_publishes_wakes_the_workers_with_one_job(app, api, receiver,
 
 def test_the_scheduler_replaces_a_lost_wake_up_and_only_then(app, api, receiver, service):
     for i in range(3):
-        api.post("/webhooks", {"name": f"H{i}", "url": receiver.url(f"/h{i}"), "events": ["*"]})
+        api.create_webhook(receiver.url(f"/h{i}"), name=f"H{i}")
     redis = services.of(app).redis
     queue = Queue(app.config["WEBHOOK_QUEUE"], connection=redis)
     api.post("/events", {"type": "task.completed", "data": {"n": 1}})

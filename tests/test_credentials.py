@@ -23,16 +23,10 @@ API_KEY_HEADER = "k3y-0f-th3-X-Api-Key-header"
 JIRA = {"project_key": "OPS", "email": "bot@acme.test", "api_token": TOKEN}
 
 
-def make(api, receiver, **fields):  # type: ignore[no-untyped-def]
-    response = api.post("/webhooks", {"name": "Integration", "url": receiver.url(), **fields})
-    assert response.status_code == 201, response.json
-    return response.json
-
-
 def deliver(api, receiver, service, event_type: str = "recommendation.created") -> Any:  # type: ignore[no-untyped-def]
     """Publish one event and return the request the receiver got for it."""
     before = len(receiver.requests)
-    api.post("/events", {"type": event_type, "data": {"id": "rec_1", "title": "Idle volume"}})
+    api.publish(event_type, {"id": "rec_1", "title": "Idle volume"})
     service.run_until(lambda: len(receiver.requests) > before)
     return receiver.requests[-1]
 
@@ -45,7 +39,7 @@ def raw_row(app, sql: str, **params: Any) -> str:  # type: ignore[no-untyped-def
 
 def everything_shown(api, user, hook_id: str) -> str:  # type: ignore[no-untyped-def]
     """Every answer and page that shows the webhook or its deliveries, as raw text."""
-    deliveries = api.get(f"/deliveries?webhook_id={hook_id}").json["data"]
+    deliveries = api.deliveries(webhook_id=hook_id)
     shown = [
         api.get(f"/webhooks/{hook_id}").text,
         api.get("/webhooks").text,
@@ -64,7 +58,7 @@ def everything_shown(api, user, hook_id: str) -> str:  # type: ignore[no-untyped
 
 
 def test_jira_token_reaches_the_receiver_and_nothing_else(app, api, user, receiver, service):
-    hook = make(api, receiver, template="jira", template_params=JIRA)
+    hook = api.create_webhook(receiver.url(), template="jira", template_params=JIRA)
 
     got = deliver(api, receiver, service)
 
@@ -82,7 +76,9 @@ def test_jira_token_reaches_the_receiver_and_nothing_else(app, api, user, receiv
 
 
 def test_pagerduty_routing_key_is_masked_in_the_logged_body(app, api, user, receiver, service):
-    hook = make(api, receiver, template="pagerduty", template_params={"routing_key": ROUTING_KEY})
+    hook = api.create_webhook(
+        receiver.url(), template="pagerduty", template_params={"routing_key": ROUTING_KEY}
+    )
 
     got = deliver(api, receiver, service, "incident.created")
 
@@ -100,9 +96,8 @@ def test_pagerduty_routing_key_is_masked_in_the_logged_body(app, api, user, rece
 
 
 def test_credential_headers_are_encrypted_masked_and_sent(app, api, user, receiver, service):
-    hook = make(
-        api,
-        receiver,
+    hook = api.create_webhook(
+        receiver.url(),
         events=["*"],
         headers={"X-Api-Key": API_KEY_HEADER, "X-Team": "ops", "Proxy-Authorization": "Basic pw"},
     )
@@ -122,8 +117,8 @@ def test_credential_headers_are_encrypted_masked_and_sent(app, api, user, receiv
 
 
 def test_masked_values_sent_back_keep_the_stored_credentials(api, receiver, service):
-    hook = make(
-        api, receiver, template="jira", template_params=JIRA, headers={"X-Api-Key": API_KEY_HEADER}
+    hook = api.create_webhook(
+        receiver.url(), template="jira", template_params=JIRA, headers={"X-Api-Key": API_KEY_HEADER}
     )
     shown = api.get(f"/webhooks/{hook['id']}").json
 
@@ -147,7 +142,7 @@ def test_masked_values_sent_back_keep_the_stored_credentials(api, receiver, serv
 
 
 def test_patching_template_params_changes_the_next_delivery(api, receiver, service):
-    hook = make(api, receiver, template="jira", template_params=JIRA)
+    hook = api.create_webhook(receiver.url(), template="jira", template_params=JIRA)
     assert deliver(api, receiver, service).json()["fields"]["project"]["key"] == "OPS"
 
     answer = api.patch(
@@ -164,7 +159,7 @@ def test_patching_template_params_changes_the_next_delivery(api, receiver, servi
 
 
 def test_a_transform_of_its_own_detaches_the_body_and_null_follows_again(api, receiver, service):
-    hook = make(api, receiver, template="jira", template_params=JIRA)
+    hook = api.create_webhook(receiver.url(), template="jira", template_params=JIRA)
     assert hook["transform_source"] == "template"
     assert hook["transform"]["fields"]["project"]["key"] == "OPS"
 
@@ -186,7 +181,9 @@ def test_a_transform_of_its_own_detaches_the_body_and_null_follows_again(api, re
 
 
 def test_a_customised_pagerduty_body_still_gets_its_routing_key(app, api, receiver, service):
-    hook = make(api, receiver, template="pagerduty", template_params={"routing_key": ROUTING_KEY})
+    hook = api.create_webhook(
+        receiver.url(), template="pagerduty", template_params={"routing_key": ROUTING_KEY}
+    )
     assert "routing_key" not in hook["transform"]
     custom = {**hook["transform"], "client": "Acme", "routing_key": ROUTING_KEY}
 
@@ -200,7 +197,7 @@ def test_a_customised_pagerduty_body_still_gets_its_routing_key(app, api, receiv
 
 def test_alert_url_is_encrypted_and_masked(app, api, receiver):
     url = receiver.url("/services/T000/B000/XXXXsecretXXXX")
-    assert api._call("put", "/notifications", {"emails": [], "alert_url": url}).status_code == 200
+    assert api.put("/notifications", {"emails": [], "alert_url": url}).status_code == 200
 
     shown = api.get("/notifications").json["alert_url"]
 
@@ -221,8 +218,8 @@ def test_alert_url_is_encrypted_and_masked(app, api, receiver):
 
 
 def test_rotating_the_key_re_encrypts_credentials(config, api, receiver):
-    make(
-        api, receiver, template="jira", template_params=JIRA, headers={"X-Api-Key": API_KEY_HEADER}
+    api.create_webhook(
+        receiver.url(), template="jira", template_params=JIRA, headers={"X-Api-Key": API_KEY_HEADER}
     )
     config["WEBHOOK_SECRETS_KEY"] = "new-key-2026,test-secret-key"
     rotated = create_app(dict(config))
@@ -237,8 +234,8 @@ def test_rotating_the_key_re_encrypts_credentials(config, api, receiver):
 
 
 def test_saving_the_edit_form_as_shown_keeps_every_credential(api, user, receiver, service):
-    hook = make(
-        api, receiver, template="jira", template_params=JIRA, headers={"X-Api-Key": API_KEY_HEADER}
+    hook = api.create_webhook(
+        receiver.url(), template="jira", template_params=JIRA, headers={"X-Api-Key": API_KEY_HEADER}
     )
     form = user.get(f"/settings/webhooks/{hook['id']}/edit").text
     assert TOKEN not in form and API_KEY_HEADER not in form

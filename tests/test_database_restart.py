@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from tests.test_recovery import Processes, wait_until
+from tests.conftest import wait_until
 from webhooks.models import db
 
 BINARIES = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
@@ -96,23 +96,20 @@ def publish(api, n: int) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_database_restart_mid_run_loses_no_delivery(
-    restart_config, cluster, api, webhook, receiver, tmp_path
+    restart_config, cluster, api, webhook, receiver, running
 ):
-    processes = Processes(restart_config, tmp_path / "instance")
     try:
-        processes.start("worker")
-        processes.start("scheduler")
         for n in range(20):
             publish(api, n)
         cluster.ctl("restart")  # in the middle of the run
         for n in range(20, 40):
             publish(api, n)
         receiver.wait_for(40, timeout=90)
-        wait_until(lambda: not api.get("/deliveries?status=pending").json["data"], 60)
+        wait_until(lambda: not api.deliveries(status="pending"), 60)
     finally:
-        processes.stop_all()
+        running.stop_all()
 
     per_event = Counter(r.headers["webhook-id"] for r in receiver.requests)
     assert len(per_event) == 40  # every event arrived
     assert sum(n - 1 for n in per_event.values()) <= 2  # at most the attempts the restart cut
-    assert len(api.get("/deliveries?status=succeeded&limit=100").json["data"]) == 40
+    assert len(api.deliveries(status="succeeded")) == 40

@@ -20,11 +20,10 @@ def test_deleting_a_webhook_while_its_result_is_written_survives_a_deadlock(
 ) -> None:
     if not postgres_url:
         pytest.skip("SQLite has one write lock: its transactions never deadlock")
-    event = api.post("/events", {"type": "incident.created", "data": {"id": "inc_1"}}).json
-    service.run_until(
-        lambda: api.get(f"/events/{event['id']}").json["deliveries"][0]["status"] == "succeeded"
-    )
-    delivery_id = api.get(f"/events/{event['id']}").json["deliveries"][0]["id"]
+    event = api.publish()
+    [delivery] = service.run_until(api.ended(event["id"]))
+    assert delivery["status"] == "succeeded"
+    delivery_id = delivery["id"]
 
     engine = sa.create_engine(postgres_url)
     answers: list[int] = []

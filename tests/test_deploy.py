@@ -374,6 +374,50 @@ def _deliver_and_verify(base: str, key: str, receiver: Any, secret: str, count: 
     assert verified["data"] == event["data"]
 
 
+def config_vars(port: int, database_url: str, redis: TlsRedis, ca_bundle: str) -> dict[str, str]:
+    """The platform's settings: its postgres:// database, its TLS-only Redis with its own CA,
+    generated keys, and a test CA and loopback for the receiver."""
+    return {
+        "PORT": str(port),
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis.url(f"ssl_ca_certs={redis.ca_file}"),
+        "SECRET_KEY": "deploy-test-" + uuid.uuid4().hex,
+        "WEBHOOK_SECRETS_KEY": uuid.uuid4().hex,
+        "METRICS_TOKEN": "scrape-" + uuid.uuid4().hex,
+        "WEB_CONCURRENCY": "1",
+        # The receiver is on loopback with a certificate from the test CA.
+        "WEBHOOK_CA_BUNDLE": ca_bundle,
+        "WEBHOOK_ALLOWED_PRIVATE_NETWORKS": "127.0.0.0/8",
+    }
+
+
+def a_workspace_with_a_webhook(platform: Platform, base: str, receiver: Any) -> tuple[str, str]:
+    """A workspace made with a one-off command, and a webhook to the receiver made through the
+    API: the workspace's API key and the webhook's secret."""
+    created = platform.run("flask --app app workspace create Acme")
+    key = json.loads(created.stdout.strip().splitlines()[-1])["api_key"]
+    webhook = requests.post(
+        f"{base}/api/v1/webhooks",
+        json={"name": "Ops", "url": receiver.url(), "events": ["incident.*"]},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=10,
+    )
+    assert webhook.status_code == 201, webhook.text
+    return key, webhook.json()["secret"]
+
+
+def the_attempt_is_counted_for_the_token_alone(base: str, token: str) -> None:
+    """/metrics counts the attempt for the scraper's token and answers 401 without it."""
+    # The attempt is recorded just after the receiver answered: poll for it.
+    headers = {"Authorization": f"Bearer {token}"}
+    counted = 'webhook_delivery_attempts_total{outcome="success"} 1.0'
+    deadline = time.monotonic() + 10
+    while counted not in (text := requests.get(f"{base}/metrics", headers=headers).text):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.2)
+    assert requests.get(f"{base}/metrics", timeout=10).status_code == 401
+
+
 @pytest.mark.skipif(
     not TEST_DATABASE_URL,
     reason="a platform deployment runs on PostgreSQL (DATABASE_URL=postgres://…): it runs in "
@@ -388,47 +432,17 @@ def test_deploys_from_a_fresh_clone_like_a_platform(
     redis = start_tls_redis(tmp_path / "redis")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    platform = Platform(
-        tmp_path,
-        {
-            "PORT": str(port),
-            "DATABASE_URL": throwaway_postgres,
-            "REDIS_URL": redis.url(f"ssl_ca_certs={redis.ca_file}"),
-            "SECRET_KEY": "deploy-test-" + uuid.uuid4().hex,
-            "WEBHOOK_SECRETS_KEY": uuid.uuid4().hex,
-            "METRICS_TOKEN": "scrape-" + uuid.uuid4().hex,
-            "WEB_CONCURRENCY": "1",
-            # The receiver is on loopback with a certificate from the test CA.
-            "WEBHOOK_CA_BUNDLE": ca_bundle,
-            "WEBHOOK_ALLOWED_PRIVATE_NETWORKS": "127.0.0.0/8",
-        },
-    )
+    platform = Platform(tmp_path, config_vars(port, throwaway_postgres, redis, ca_bundle))
     try:
         platform.build()
         platform.run(procfile(platform.app)["release"])
         platform.start()
         assert set(platform.running) == set(procfile(platform.app)) - {"release"}
         assert platform.wait_healthy(base) == {"database": "ok", "redis": "ok"}
-        created = platform.run("flask --app app workspace create Acme")
-        key = json.loads(created.stdout.strip().splitlines()[-1])["api_key"]
-        webhook = requests.post(
-            f"{base}/api/v1/webhooks",
-            json={"name": "Ops", "url": receiver.url(), "events": ["incident.*"]},
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=10,
-        )
-        assert webhook.status_code == 201, webhook.text
-        secret = webhook.json()["secret"]
+        key, secret = a_workspace_with_a_webhook(platform, base, receiver)
 
         _deliver_and_verify(base, key, receiver, secret, count=1)
-        # The attempt is recorded just after the receiver answered: poll for it.
-        token = {"Authorization": f"Bearer {platform.env['METRICS_TOKEN']}"}
-        counted = 'webhook_delivery_attempts_total{outcome="success"} 1.0'
-        deadline = time.monotonic() + 10
-        while counted not in (text := requests.get(f"{base}/metrics", headers=token).text):
-            assert time.monotonic() < deadline, text
-            time.sleep(0.2)
-        assert requests.get(f"{base}/metrics", timeout=10).status_code == 401
+        the_attempt_is_counted_for_the_token_alone(base, platform.env["METRICS_TOKEN"])
 
         # A restart on such a platform starts from the slug again: nothing on disk survives.
         platform.stop()

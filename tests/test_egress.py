@@ -17,10 +17,9 @@ import pytest
 import trustme
 from urllib3.util import connection as urllib3_connection
 
-from tests.receivers import Receiver, Reply
+from tests.receivers import LOOPBACK, RawServer, Receiver, Reply, read_request, send
 from webhooks import egress, services, transport
 
-LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 ONLY_127_0_0_1 = (ipaddress.ip_network("127.0.0.1/32"),)
 
 
@@ -294,18 +293,6 @@ def named_receiver(ca: trustme.CA) -> Iterator[Receiver]:
     server.close()
 
 
-def send(url: str, ca_bundle: str, allowed=LOOPBACK, timeout_s=2, **kw: Any) -> transport.Result:  # type: ignore[no-untyped-def]
-    return transport.post(
-        url,
-        b"{}",
-        {"Content-Type": "application/json"},
-        timeout=timeout_s,
-        ca_bundle=ca_bundle,
-        allowed_networks=allowed,
-        **kw,
-    )
-
-
 def test_connects_to_the_checked_address_with_the_name_for_tls_and_host(
     dns, named_receiver, ca_bundle, connects
 ):
@@ -319,11 +306,11 @@ def test_connects_to_the_checked_address_with_the_name_for_tls_and_host(
 
 def test_refused_target_makes_no_connection(dns, receiver, ca_bundle, connects):
     dns["localhost"] = "127.0.0.2"
-    result = send(receiver.url(host="localhost"), ca_bundle, allowed=ONLY_127_0_0_1)
+    result = send(receiver.url(host="localhost"), ca_bundle, allowed_networks=ONLY_127_0_0_1)
     assert not result.ok and result.status_code is None
     assert result.error == "target not allowed: localhost resolves to 127.0.0.2, a loopback address"
 
-    result = send(receiver.url(host="127.0.0.2"), ca_bundle, allowed=ONLY_127_0_0_1)
+    result = send(receiver.url(host="127.0.0.2"), ca_bundle, allowed_networks=ONLY_127_0_0_1)
     assert result.error == "target not allowed: 127.0.0.2 is a loopback address"
 
     result = send("https://169.254.169.254/latest/meta-data/", ca_bundle)
@@ -391,51 +378,38 @@ class TunnelProxy:
     `CONNECT host:port` tunnels, `POST http://host:port/path` is forwarded."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
+        self.server = RawServer(self._handle)
+        self.port = self.server.port
         self.url = f"http://127.0.0.1:{self.port}"
         self.asked: list[str] = []
         self.heads: list[bytes] = []  # what it was sent before the tunnel or the forwarded body
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(client,), daemon=True).start()
 
     def _handle(self, client: socket.socket) -> None:
-        with client:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = client.recv(4096)
-                if not chunk:
-                    return
-                head += chunk
-            method, target, rest = head.split(b" ", 2)
-            if method == b"CONNECT":
-                where, first = target.decode(), b""
-            else:  # forwarding: the absolute URL names where to go
-                where = urlsplit(target.decode()).netloc
-                path = urlsplit(target.decode())
-                origin = (path.path or "/") + (f"?{path.query}" if path.query else "")
-                first = b" ".join([method, origin.encode(), rest])
-            self.asked.append(where)
-            self.heads.append(head)
-            host, _, port = where.rpartition(":")
-            try:
-                up = socket.create_connection((host.strip("[]"), int(port)), timeout=2)
-            except OSError:
-                client.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
-                return
-            with up:
-                if first:
-                    up.sendall(first)
-                else:
-                    client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                self._pipe(client, up)
+        head = read_request(client)
+        if b"\r\n\r\n" not in head:
+            return
+        method, target, rest = head.split(b" ", 2)
+        if method == b"CONNECT":
+            where, first = target.decode(), b""
+        else:  # forwarding: the absolute URL names where to go
+            where = urlsplit(target.decode()).netloc
+            path = urlsplit(target.decode())
+            origin = (path.path or "/") + (f"?{path.query}" if path.query else "")
+            first = b" ".join([method, origin.encode(), rest])
+        self.asked.append(where)
+        self.heads.append(head)
+        host, _, port = where.rpartition(":")
+        try:
+            up = socket.create_connection((host.strip("[]"), int(port)), timeout=2)
+        except OSError:
+            client.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+            return
+        with up:
+            if first:
+                up.sendall(first)
+            else:
+                client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            self._pipe(client, up)
 
     @staticmethod
     def _pipe(client: socket.socket, up: socket.socket) -> None:
@@ -451,7 +425,7 @@ class TunnelProxy:
                 pair[sock].sendall(data)
 
     def close(self) -> None:
-        self.sock.close()
+        self.server.close()
 
 
 @pytest.fixture
@@ -595,10 +569,9 @@ def test_api_refuses_targets_naming_the_address(dns, api, url, message):  # type
 @pytest.mark.parametrize("networks", [""])
 def test_api_checks_the_url_on_change_too(dns, api):  # type: ignore[no-untyped-def]
     dns["hooks.test"] = "93.184.216.34"
-    created = api.post("/webhooks", {"name": "Ops", "url": "https://hooks.test/", "events": ["*"]})
-    assert created.status_code == 201, created.json
+    created = api.create_webhook("https://hooks.test/")
 
-    response = api.patch(f"/webhooks/{created.json['id']}", {"url": "https://192.168.0.10/"})
+    response = api.patch(f"/webhooks/{created['id']}", {"url": "https://192.168.0.10/"})
 
     assert response.status_code == 400
     assert response.json["error"]["code"] == "target_not_allowed"
@@ -618,17 +591,12 @@ def test_an_allowed_network_makes_a_private_address_acceptable(dns, api):  # typ
     assert api.post("/webhooks", body).json["error"]["code"] == "target_not_allowed"
 
 
-def publish(api) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    response = api.post("/events", {"type": "incident.created", "data": {"id": "inc_1"}})
-    assert response.status_code == 202, response.json
-    return response.json
-
-
 def first_attempt(api, event_id):  # type: ignore[no-untyped-def]
+    """A condition: the event's delivery has made its first attempt, which is its value."""
+
     def check():  # type: ignore[no-untyped-def]
-        deliveries = api.get(f"/events/{event_id}").json["deliveries"]
-        detail = api.get(f"/deliveries/{deliveries[0]['id']}").json
-        return detail["attempts"][0] if detail["attempts"] else None
+        attempts = api.delivery_of(event_id)["attempts"]
+        return attempts[0] if attempts else None
 
     return check
 
@@ -638,7 +606,7 @@ def test_a_redirect_to_an_internal_address_is_not_followed(
 ):
     metadata = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
     receiver.answer(Reply(status=302, headers={"Location": metadata}))
-    event = publish(api)
+    event = api.publish()
 
     attempt = service.run_until(first_attempt(api, event["id"]))
 
@@ -651,14 +619,12 @@ def test_a_redirect_to_an_internal_address_is_not_followed(
 @pytest.mark.parametrize("networks", ["127.0.0.1/32"])
 def test_dns_rebinding_after_save_is_caught_at_send_time(api, service, dns, receiver, connects):
     dns["localhost"] = "127.0.0.1"  # at save time: an allowed address (the receiver's)
-    url = receiver.url(host="localhost")
-    created = api.post("/webhooks", {"name": "Ops", "url": url, "events": ["*"]})
-    assert created.status_code == 201, created.json
+    api.create_webhook(receiver.url(host="localhost"))
 
     dns["localhost"] = "127.0.0.2"  # then the name moves to an address that is not allowed
     trap = socket.create_server(("127.0.0.2", receiver.port))
     try:
-        event = publish(api)
+        event = api.publish()
         attempt = service.run_until(first_attempt(api, event["id"]))
         pending, _, _ = select.select([trap], [], [], 0.2)
     finally:
@@ -730,7 +696,7 @@ def test_api_refuses_a_port_that_is_not_allowed(api):  # type: ignore[no-untyped
 @pytest.mark.parametrize("networks", [""])
 def test_the_alert_url_follows_the_port_rule_too(api):  # type: ignore[no-untyped-def]
     body = {"emails": [], "alert_url": "https://93.184.216.34:22/"}
-    response = api._call("put", "/notifications", body)
+    response = api.put("/notifications", body)
 
     assert response.status_code == 400
     error = response.json["error"]
@@ -746,7 +712,7 @@ def test_a_port_no_longer_allowed_fails_the_attempt_at_send_time(
     from tests.conftest import Service
 
     services.reconfigure(app, WEBHOOK_ALLOWED_PORTS=((443, 443),))  # narrowed after saving
-    event = publish(api)
+    event = api.publish()
 
     attempt = Service(app).run_until(first_attempt(api, event["id"]))
 
@@ -822,7 +788,7 @@ def test_one_hanging_name_does_not_hold_up_other_lookups(dns, named_receiver, ca
     dns["slow.test"] = hanging
     dns["hooks.test"] = "127.0.0.1"
     for _ in range(40):  # more than the lookup threads: they wait for the one lookup running
-        assert send("https://slow.test/", ca_bundle, timeout_s=0.05).error.startswith("timed out")
+        assert send("https://slow.test/", ca_bundle, timeout=0.05).error.startswith("timed out")
 
     started = time.monotonic()
     result = send(named_receiver.url(host="hooks.test"), ca_bundle)

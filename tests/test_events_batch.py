@@ -24,10 +24,8 @@ def config(config, request):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def second_receiver(tls_context):  # type: ignore[no-untyped-def]
-    server = Receiver(tls=tls_context)
-    yield server
-    server.close()
+def second_receiver(receivers) -> Receiver:  # type: ignore[no-untyped-def]
+    return receivers()
 
 
 def event(event_type: str = "incident.created", key: str | None = None, **data):  # type: ignore[no-untyped-def]

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from tests.mailbox import Mailbox, free_port
-from tests.receivers import Receiver
+from tests.mailbox import free_port
 from webhooks import notifications, reconciler, retention, services
 from webhooks.config import Settings
 from webhooks.models import (
@@ -34,13 +33,6 @@ def knobs(request) -> dict[str, str]:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def mailbox() -> Any:
-    box = Mailbox()
-    yield box
-    box.close()
-
-
-@pytest.fixture
 def config(config, mailbox, knobs):  # type: ignore[no-untyped-def]
     """Retries in a fraction of a second, a real SMTP server, and the test's own knobs."""
     config.update(
@@ -56,53 +48,18 @@ def config(config, mailbox, knobs):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def alerts(tls_context) -> Any:  # type: ignore[no-untyped-def]
+def alerts(receivers) -> Any:  # type: ignore[no-untyped-def]
     """The alert URL's receiver (a Slack incoming webhook, as far as we are concerned)."""
-    server = Receiver(tls=tls_context)
-    yield server
-    server.close()
+    return receivers()
 
 
 @pytest.fixture
 def notify(api, alerts) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """The workspace is told by e-mail and at the alert URL."""
     body = {"emails": ["ops@acme.test", "oncall@acme.test"], "alert_url": alerts.url("/T0/B0/x")}
-    response = put(api, "/notifications", body)
+    response = api.put("/notifications", body)
     assert response.status_code == 200, response.json
     return response.json
-
-
-def put(api, path: str, body: Any):  # type: ignore[no-untyped-def]
-    return api._call("put", path, body)
-
-
-def publish(api, event_type: str = "incident.created", **data: Any) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    response = api.post("/events", {"type": event_type, "data": data or {"id": "inc_1"}})
-    assert response.status_code == 202, response.json
-    return response.json
-
-
-def deliveries(api, **filters: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
-    query = "&".join(f"{k}={v}" for k, v in filters.items())
-    return api.get(f"/deliveries?limit=100&{query}").json["data"]
-
-
-def ended(api, event_id: str):  # type: ignore[no-untyped-def]
-    """A condition: every delivery of the event has ended."""
-
-    def check() -> bool:
-        found = api.get(f"/events/{event_id}").json["deliveries"]
-        return bool(found) and all(d["status"] != "pending" for d in found)
-
-    return check
-
-
-def job_done(api, job_id: str):  # type: ignore[no-untyped-def]
-    def check() -> dict[str, Any] | None:
-        job = api.get(f"/jobs/{job_id}").json
-        return job if job["status"] in ("done", "failed") else None
-
-    return check
 
 
 def rows(app, model, *where):  # type: ignore[no-untyped-def]
@@ -127,7 +84,7 @@ def test_exhausted_delivery_sends_one_email_and_one_alert_naming_the_webhook(
     app, api, webhook, receiver, notify, mailbox, alerts, service
 ):
     receiver.answer(500)
-    event = publish(api)
+    event = api.publish()
 
     service.run_until(lambda: mailbox.messages and alerts.requests)
 
@@ -145,7 +102,7 @@ def test_exhausted_delivery_sends_one_email_and_one_alert_naming_the_webhook(
     assert set(alert.json()) == {"text"}
     assert webhook["id"] in text and "Ops" in text and link.replace("&", "&amp;") in text
     # The delivery itself is as it would have been without any notification.
-    [delivery] = deliveries(api)
+    [delivery] = api.deliveries()
     assert delivery["status"] == "failed" and delivery["attempt_count"] == 2
     assert {n.status for n in sent(app)} == {"sent"} and len(sent(app)) == 2
 
@@ -155,15 +112,15 @@ def test_later_exhaustions_within_the_interval_become_one_summary(
     app, api, webhook, receiver, notify, mailbox, alerts, service
 ):
     receiver.answer(500)
-    first = publish(api, id="inc_1")
+    first = api.publish(data={"id": "inc_1"})
     service.run_until(lambda: mailbox.messages and alerts.requests)
     told_at = mailbox.messages[0].at
     [hook] = rows(app, Webhook, Webhook.id == webhook["id"])
     quiet_from = hook.exhausted_notified_at.replace(tzinfo=UTC).timestamp()
 
     # Two more exhaustions inside the quiet time: nothing goes out at once.
-    later = [publish(api, id=f"inc_{n}") for n in (2, 3)]
-    service.run_until(lambda: all(ended(api, e["id"])() for e in later))
+    later = [api.publish(data={"id": f"inc_{n}"}) for n in (2, 3)]
+    service.run_until(api.ended(*[e["id"] for e in later]))
     service.tick()
     assert time.time() - told_at < 4, "too slow to test the quiet time"
     assert len(mailbox.messages) == 1 and len(alerts.requests) == 1
@@ -185,9 +142,7 @@ def test_test_deliveries_neither_notify_nor_count(
 ):
     receiver.answer(500)
     test = api.post(f"/webhooks/{webhook['id']}/test", {"type": "incident.created"}).json
-    service.run_until(
-        lambda: api.get(f"/deliveries/{test['delivery_id']}").json["status"] != "pending"
-    )
+    service.run_until(api.delivery_ended(test["delivery_id"]))
     service.tick()
 
     assert not mailbox.messages and not sent(app)
@@ -197,13 +152,13 @@ def test_test_deliveries_neither_notify_nor_count(
 
 def test_a_success_ends_the_failing_streak(app, api, webhook, receiver, service):
     receiver.answer(500)
-    failed = publish(api, id="inc_1")
-    service.run_until(ended(api, failed["id"]))
+    failed = api.publish(data={"id": "inc_1"})
+    service.run_until(api.ended(failed["id"]))
     assert rows(app, Webhook)[0].failing_since is not None
 
     receiver.answer(200)
-    ok = publish(api, id="inc_2")
-    service.run_until(ended(api, ok["id"]))
+    ok = api.publish(data={"id": "inc_2"})
+    service.run_until(api.ended(ok["id"]))
 
     assert rows(app, Webhook)[0].failing_since is None
 
@@ -212,7 +167,7 @@ def test_410_disables_the_webhook_and_says_so(
     app, api, webhook, receiver, notify, mailbox, alerts, service
 ):
     receiver.answer(410)
-    publish(api)
+    api.publish()
 
     service.run_until(lambda: mailbox.messages and alerts.requests)
 
@@ -233,7 +188,7 @@ def test_smtp_down_is_recorded_as_failed_and_never_touches_the_delivery(
     app, api, webhook, receiver, notify, alerts, service
 ):
     receiver.answer(500)
-    publish(api)
+    api.publish()
 
     def email_given_up() -> Notification | None:
         found = rows(app, Notification, Notification.channel == "email")
@@ -247,7 +202,7 @@ def test_smtp_down_is_recorded_as_failed_and_never_touches_the_delivery(
     assert "Connection refused" in email.error
     [alert] = rows(app, Notification, Notification.channel == "alert_url")
     assert alert.status == "sent" and len(alerts.requests) == 1
-    [delivery] = deliveries(api)
+    [delivery] = api.deliveries()
     assert delivery["status"] == "failed" and delivery["last_error"] == "HTTP 500"
     assert delivery["attempt_count"] == 2
 
@@ -255,20 +210,20 @@ def test_smtp_down_is_recorded_as_failed_and_never_touches_the_delivery(
 def test_notification_settings_are_checked(api, workspace, app):
     assert api.get("/notifications").json == {"emails": [], "alert_url": None}
 
-    bad = put(api, "/notifications", {"emails": ["ops@acme.test", "not an address"]})
+    bad = api.put("/notifications", {"emails": ["ops@acme.test", "not an address"]})
     assert bad.status_code == 400 and bad.json["error"]["code"] == "validation_error"
     assert "not an address" in bad.json["error"]["message"]
-    many = put(api, "/notifications", {"emails": [f"u{n}@acme.test" for n in range(21)]})
+    many = api.put("/notifications", {"emails": [f"u{n}@acme.test" for n in range(21)]})
     assert many.status_code == 400 and "at most 20" in many.json["error"]["message"]
-    private = put(api, "/notifications", {"alert_url": "https://10.0.0.1/hook"})
+    private = api.put("/notifications", {"alert_url": "https://10.0.0.1/hook"})
     assert private.status_code == 400
     assert private.json["error"]["code"] == "target_not_allowed"
     assert "10.0.0.1 is a private address" in private.json["error"]["fields"]["alert_url"]
-    plain = put(api, "/notifications", {"alert_url": "http://example.com/hook"})
+    plain = api.put("/notifications", {"alert_url": "http://example.com/hook"})
     assert plain.json["error"]["code"] == "invalid_url"
     assert api.get("/notifications").json == {"emails": [], "alert_url": None}
 
-    saved = put(api, "/notifications", {"emails": ["Ops@acme.test", "ops@acme.test"]})
+    saved = api.put("/notifications", {"emails": ["Ops@acme.test", "ops@acme.test"]})
     assert saved.status_code == 200 and saved.json == {
         "emails": ["Ops@acme.test"],
         "alert_url": None,
@@ -289,9 +244,9 @@ def test_failing_for_the_window_disables_then_recover_delivers_each_failed_event
     deadline = time.monotonic() + 20
     while api.get(f"/webhooks/{webhook['id']}").json["active"]:
         assert time.monotonic() < deadline, "never disabled"
-        event = publish(api, id=f"inc_{len(failed_events)}")
+        event = api.publish(data={"id": f"inc_{len(failed_events)}"})
         failed_events.append(event["id"])
-        service.run_until(ended(api, event["id"]))  # the window is about a second (0.0003 h)
+        service.run_until(api.ended(event["id"]))  # the window is about a second (0.0003 h)
 
     hook = api.get(f"/webhooks/{webhook['id']}").json
     assert hook["disabled_reason"].startswith("Disabled on ")
@@ -313,14 +268,14 @@ def test_failing_for_the_window_disables_then_recover_delivers_each_failed_event
     assert started.status_code == 202, started.json
     assert started.json["count"] == len(failed_events)
 
-    job = service.run_until(job_done(api, started.json["job_id"]))
+    job = service.run_until(api.job_done(started.json["job_id"]))
     assert job["status"] == "done" and job["done"] == job["total"] == len(failed_events)
     assert job["kind"] == "recover" and job["webhook_id"] == webhook["id"]
     service.run_until(lambda: len(receiver.requests) - before >= len(failed_events))
     service.tick()
     recovered = receiver.requests[before:]
     assert sorted(r.headers["webhook-id"] for r in recovered) == sorted(failed_events)
-    kinds = [d["kind"] for d in deliveries(api, status="succeeded")]
+    kinds = [d["kind"] for d in api.deliveries(status="succeeded")]
     assert kinds == ["recover"] * len(failed_events)
 
     again = api.post(f"/webhooks/{webhook['id']}/recover", {"since": began})
@@ -332,16 +287,16 @@ def test_failing_for_the_window_disables_then_recover_delivers_each_failed_event
 
 def test_two_recovers_at_once_never_double_a_delivery(app, api, webhook, receiver, service):
     receiver.answer(500)
-    event = publish(api)
-    service.run_until(ended(api, event["id"]))
+    event = api.publish()
+    service.run_until(api.ended(event["id"]))
     since = (utcnow() - timedelta(minutes=5)).isoformat()
 
     # Both are asked before either runs; the second finds the first one's delivery pending.
     first = api.post(f"/webhooks/{webhook['id']}/recover", {"since": since}).json
     second = api.post(f"/webhooks/{webhook['id']}/recover", {"since": since}).json
     assert first["count"] == second["count"] == 1
-    service.run_until(job_done(api, first["job_id"]))
-    done = service.run_until(job_done(api, second["job_id"]))
+    service.run_until(api.job_done(first["job_id"]))
+    done = service.run_until(api.job_done(second["job_id"]))
 
     assert done["status"] == "done" and done["done"] == done["total"] == 0
     [recovered] = rows(app, Delivery, Delivery.kind == "recover")
@@ -370,33 +325,33 @@ def test_replay_missed_after_a_pause_delivers_exactly_what_was_published_meanwhi
         "/webhooks", {"name": "Incidents", "url": receiver.url(), "events": ["incident.*"]}
     ).json
     since = utcnow().isoformat() + "Z"
-    before = publish(api, id="inc_before")
-    service.run_until(ended(api, before["id"]))
+    before = api.publish(data={"id": "inc_before"})
+    service.run_until(api.ended(before["id"]))
     api.patch(f"/webhooks/{hook['id']}", {"active": False})
 
-    missed = [publish(api, id=f"inc_paused_{n}") for n in range(3)]
+    missed = [api.publish(data={"id": f"inc_paused_{n}"}) for n in range(3)]
     assert all(e["delivery_count"] == 0 for e in missed)
-    other_type = api.post("/events", {"type": "task.started", "data": {"id": "t1"}}).json
+    other_type = api.publish("task.started", {"id": "t1"})
     test = api.post(f"/webhooks/{hook['id']}/test", {"type": "incident.created"}).json
-    service.run_until(ended(api, test["event"]["id"]))
+    service.run_until(api.ended(test["event"]["id"]))
     refused = api.post(f"/webhooks/{hook['id']}/replay-missed", {"since": since})
     assert refused.status_code == 409 and refused.json["error"]["code"] == "webhook_inactive"
 
     api.patch(f"/webhooks/{hook['id']}", {"active": True})
-    after = publish(api, id="inc_after")
-    service.run_until(ended(api, after["id"]))
+    after = api.publish(data={"id": "inc_after"})
+    service.run_until(api.ended(after["id"]))
     count_before = len(receiver.requests)
     started = api.post(f"/webhooks/{hook['id']}/replay-missed", {"since": since})
     assert started.status_code == 202 and started.json["count"] == 3
 
-    job = service.run_until(job_done(api, started.json["job_id"]))
+    job = service.run_until(api.job_done(started.json["job_id"]))
     assert job["done"] == job["total"] == 3 and job["kind"] == "replay"
     service.run_until(lambda: len(receiver.requests) >= count_before + 3)
     service.tick()
     replayed = receiver.requests[count_before:]
     assert sorted(r.headers["webhook-id"] for r in replayed) == sorted(e["id"] for e in missed)
     assert other_type["id"] not in {r.headers["webhook-id"] for r in receiver.requests}
-    assert {d["kind"] for d in deliveries(api, webhook_id=hook["id"])} == {
+    assert {d["kind"] for d in api.deliveries(webhook_id=hook["id"])} == {
         "event",
         "test",
         "replay",
@@ -406,8 +361,8 @@ def test_replay_missed_after_a_pause_delivers_exactly_what_was_published_meanwhi
 
 
 def test_replay_starts_no_earlier_than_the_webhooks_creation(api, receiver, service):
-    early = publish(api, id="inc_before_the_webhook")
-    hook = api.post("/webhooks", {"name": "Late", "url": receiver.url(), "events": ["*"]}).json
+    early = api.publish(data={"id": "inc_before_the_webhook"})
+    hook = api.create_webhook(receiver.url(), name="Late")
     started = api.post(f"/webhooks/{hook['id']}/replay-missed", {"since": "2000-01-01T00:00:00Z"})
     assert started.status_code == 202 and started.json["count"] == 0
     assert early["delivery_count"] == 0
@@ -418,8 +373,8 @@ def test_jobs_are_scoped_to_the_workspace(app, api, client, webhook, receiver, s
     from webhooks import accounts
 
     receiver.answer(500)
-    event = publish(api)
-    service.run_until(ended(api, event["id"]))
+    event = api.publish()
+    service.run_until(api.ended(event["id"]))
     job_id = api.post(f"/webhooks/{webhook['id']}/recover", {"since": "2000-01-01T00:00:00Z"}).json[
         "job_id"
     ]
@@ -465,13 +420,13 @@ def test_retention_purges_exactly_what_is_older_than_the_window(
     app, api, webhook, receiver, service, monkeypatch
 ):
     monkeypatch.setattr(retention, "BATCH", 2)  # several batches, each its own transaction
-    old = [publish(api, id=f"inc_old_{n}") for n in range(5)]
-    kept_pending = publish(api, id="inc_pending")
-    recent = publish(api, id="inc_recent")
+    old = [api.publish(data={"id": f"inc_old_{n}"}) for n in range(5)]
+    kept_pending = api.publish(data={"id": "inc_pending"})
+    recent = api.publish(data={"id": "inc_recent"})
     for e in (*old, kept_pending, recent):
-        service.run_until(ended(api, e["id"]))
+        service.run_until(api.ended(e["id"]))
     api.patch(f"/webhooks/{webhook['id']}", {"active": False})
-    lonely = publish(api, "approval.requested", id="a1")  # published while paused: no delivery
+    lonely = api.publish("approval.requested", {"id": "a1"})  # published while paused: no delivery
     assert lonely["delivery_count"] == 0
     api.patch(f"/webhooks/{webhook['id']}", {"active": True})
 
@@ -506,8 +461,8 @@ def test_retention_purges_exactly_what_is_older_than_the_window(
     "knobs", [{"WEBHOOK_RETENTION_DAYS": "1", "WEBHOOK_RETENTION_INTERVAL": "60"}], indirect=True
 )
 def test_the_scheduler_runs_retention_at_most_once_per_interval(app, api, webhook, service):
-    first = publish(api, id="inc_1")
-    service.run_until(ended(api, first["id"]))
+    first = api.publish(data={"id": "inc_1"})
+    service.run_until(api.ended(first["id"]))
     delivery_id = api.get(f"/events/{first['id']}").json["deliveries"][0]["id"]
     _age(app, 2, deliveries=[delivery_id], events=[first["id"]])
 
@@ -515,8 +470,8 @@ def test_the_scheduler_runs_retention_at_most_once_per_interval(app, api, webhoo
     service.tick()  # a full pass purges
     assert not rows(app, Delivery) and not rows(app, Event)
 
-    second = publish(api, id="inc_2")
-    service.run_until(ended(api, second["id"]))
+    second = api.publish(data={"id": "inc_2"})
+    service.run_until(api.ended(second["id"]))
     delivery_id = api.get(f"/events/{second['id']}").json["deliveries"][0]["id"]
     _age(app, 2, deliveries=[delivery_id], events=[second["id"]])
     service.tick()  # within the interval: nothing more
@@ -525,8 +480,8 @@ def test_the_scheduler_runs_retention_at_most_once_per_interval(app, api, webhoo
 
 def test_bulk_jobs_survive_a_lost_hand_off(app, api, webhook, receiver, service):
     receiver.answer(500)
-    event = publish(api)
-    service.run_until(ended(api, event["id"]))
+    event = api.publish()
+    service.run_until(api.ended(event["id"]))
     receiver.answer(200)
     started = api.post(f"/webhooks/{webhook['id']}/recover", {"since": "2000-01-01T00:00:00Z"}).json
     services.of(app).redis.flushdb()  # the queued job is lost
@@ -534,7 +489,7 @@ def test_bulk_jobs_survive_a_lost_hand_off(app, api, webhook, receiver, service)
         db.session.execute(update(BulkJob).values(updated_at=utcnow() - timedelta(minutes=5)))
         db.session.commit()
 
-    job = service.run_until(job_done(api, started["job_id"]))
+    job = service.run_until(api.job_done(started["job_id"]))
     assert job["status"] == "done" and job["done"] == 1
 
 
@@ -542,7 +497,7 @@ def test_a_delivery_given_up_after_lost_workers_counts_as_exhausted(
     app, api, webhook, receiver, notify, mailbox, service
 ):
     receiver.answer(500)
-    event = publish(api)
+    event = api.publish()
     delivery_id = api.get(f"/events/{event['id']}").json["deliveries"][0]["id"]
     with app.app_context():  # as if workers died mid-attempt twice already, and now again
         db.session.execute(
@@ -567,23 +522,23 @@ def test_answers_match_the_openapi_description(client, api, webhook, receiver, s
 
     spec = client.get("/api/v1/openapi.json").json
     receiver.answer(500)
-    event = publish(api)
-    service.run_until(ended(api, event["id"]))
+    event = api.publish()
+    service.run_until(api.ended(event["id"]))
     path = f"/webhooks/{webhook['id']}"
 
     started = api.post(f"{path}/recover", {"since": "2000-01-01T00:00:00Z"})
     check(spec, "/webhooks/{webhook_id}/recover", "post", started)
-    service.run_until(job_done(api, started.json["job_id"]))
+    service.run_until(api.job_done(started.json["job_id"]))
     check(spec, "/jobs/{job_id}", "get", api.get(f"/jobs/{started.json['job_id']}"))
     check(spec, "/jobs/{job_id}", "get", api.get("/jobs/job_missing"))
     replay = api.post(f"{path}/replay-missed", {"since": "2000-01-01T00:00:00Z"})
     check(spec, "/webhooks/{webhook_id}/replay-missed", "post", replay)
-    check(spec, "/notifications", "put", put(api, "/notifications", {"emails": ["a@acme.test"]}))
-    check(spec, "/notifications", "put", put(api, "/notifications", {"emails": ["nope"]}))
+    check(spec, "/notifications", "put", api.put("/notifications", {"emails": ["a@acme.test"]}))
+    check(spec, "/notifications", "put", api.put("/notifications", {"emails": ["nope"]}))
     check(spec, "/notifications", "get", api.get("/notifications"))
     api.patch(path, {"active": False})
     inactive = api.post(f"{path}/replay-missed", {"since": "2000-01-01T00:00:00Z"})
     assert inactive.status_code == 409
     check(spec, "/webhooks/{webhook_id}/replay-missed", "post", inactive)
-    [delivery] = [d for d in deliveries(api) if d["kind"] == "recover"]
+    [delivery] = [d for d in api.deliveries() if d["kind"] == "recover"]
     check(spec, "/deliveries/{delivery_id}", "get", api.get(f"/deliveries/{delivery['id']}"))

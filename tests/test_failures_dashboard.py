@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import pytest
 
-from tests.mailbox import Mailbox
 from tests.receivers import Receiver
 from tests.session import Session, make_user, text
-
-
-@pytest.fixture
-def mailbox() -> Any:
-    box = Mailbox()
-    yield box
-    box.close()
 
 
 @pytest.fixture
@@ -26,22 +17,17 @@ def config(config, mailbox):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def alerts(tls_context) -> Any:  # type: ignore[no-untyped-def]
-    server = Receiver(tls=tls_context)
-    yield server
-    server.close()
+def alerts(receivers) -> Receiver:  # type: ignore[no-untyped-def]
+    return receivers()
 
 
 def failed_event(api, receiver, service, status: int = 500) -> tuple[dict, dict]:  # type: ignore[no-untyped-def]
     """A webhook at the receiver, and an event whose delivery to it failed for good."""
-    hook = api.post("/webhooks", {"name": "Ops", "url": receiver.url(), "events": ["*"]}).json
+    hook = api.create_webhook(receiver.url())
     receiver.answer(status)
-    event = api.post("/events", {"type": "incident.created", "data": {"id": "inc_1"}}).json
-    service.run_until(
-        lambda: all(
-            d["status"] == "failed" for d in api.get(f"/events/{event['id']}").json["deliveries"]
-        )
-    )
+    event = api.publish()
+    ended = service.run_until(api.ended(event["id"]))
+    assert all(d["status"] == "failed" for d in ended)
     receiver.answer(200)
     return hook, event
 
@@ -162,7 +148,7 @@ def test_turning_a_disabled_webhook_on_offers_recover_since_then(user, api, rece
 
 
 def test_resuming_a_paused_webhook_with_nothing_failed_offers_nothing(user, api, receiver):
-    hook = api.post("/webhooks", {"name": "Ops", "url": receiver.url(), "events": ["*"]}).json
+    hook = api.create_webhook(receiver.url())
     user.get(f"/settings/webhooks/{hook['id']}")
     user.post(f"/settings/webhooks/{hook['id']}/active", data={}, htmx=True)
     resumed = user.post(f"/settings/webhooks/{hook['id']}/active", data={"active": "on"}, htmx=True)
@@ -170,14 +156,9 @@ def test_resuming_a_paused_webhook_with_nothing_failed_offers_nothing(user, api,
 
 
 def test_turning_a_paused_webhook_on_offers_to_replay_what_it_missed(user, api, receiver, service):  # type: ignore[no-untyped-def]
-    hook = api.post(
-        "/webhooks", {"name": "Ops", "url": receiver.url(), "events": ["incident.*"]}
-    ).json
+    hook = api.create_webhook(receiver.url(), events=["incident.*"])
     user.post(f"/settings/webhooks/{hook['id']}/active", data={}, htmx=True)  # pause
-    missed = [
-        api.post("/events", {"type": "incident.created", "data": {"id": f"inc_{n}"}}).json["id"]
-        for n in range(2)
-    ]
+    missed = [api.publish(data={"id": f"inc_{n}"})["id"] for n in range(2)]
     api.post("/events", {"type": "task.created", "data": {"id": "t_1"}})  # not its type
 
     resumed = user.post(f"/settings/webhooks/{hook['id']}/active", data={"active": "on"}, htmx=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import Api
-from tests.session import Session, text
+from tests.session import signed_in, text
 from webhooks import accounts, notifications
 from webhooks.models import Delivery, db
 
@@ -46,15 +46,6 @@ def dashboard_limited(config):  # type: ignore[no-untyped-def]
     return config
 
 
-def colleague(app, workspace):  # type: ignore[no-untyped-def]
-    """A second person signed in to the same workspace."""
-    with app.app_context():
-        accounts.create_user(db.session, "dev@acme.test", "correct horse", workspace["id"])
-    session = Session(app.test_client())
-    assert session.login("dev@acme.test", "correct horse").status_code == 302
-    return session
-
-
 def test_previews_are_limited_per_person_with_the_message_in_place(
     dashboard_limited, app, user, workspace
 ):
@@ -68,7 +59,7 @@ def test_previews_are_limited_per_person_with_the_message_in_place(
     said = text(answers[2].text)
     assert "Too many previews: at most 2 per 1 minute for each person" in said
     assert "Try again in" in said and '<pre class="code"' not in answers[2].text
-    other = colleague(app, workspace)
+    other = signed_in(app, "dev@acme.test", workspace["id"])  # a colleague
     other.get("/settings/webhooks/new")
     assert '<pre class="code"' in other.post("/settings/webhooks/preview", data=form).text
 

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
 
 import pytest
 
-from tests.receivers import Receiver
 
-
-def publish(api, title: Any, event_type: str = "finding.created") -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    response = api.post("/events", {"type": event_type, "data": {"title": title}})
-    assert response.status_code == 202, response.json
-    return response.json
+def publish(api, title: Any) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Publish a security finding with this title."""
+    return api.publish("finding.created", {"title": title})
 
 
 @pytest.fixture
@@ -25,31 +21,25 @@ def three_findings(api, webhook) -> list[dict[str, Any]]:  # type: ignore[no-unt
     ]
 
 
-def search(api, q: str, **more: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
-    response = api.get("/deliveries?" + urlencode({"q": q, **more}))
-    assert response.status_code == 200, response.json
-    return response.json["data"]
-
-
 def test_an_event_id_or_a_delivery_id_finds_exactly_its_deliveries(api, three_findings) -> None:  # type: ignore[no-untyped-def]
     event = three_findings[1]
-    found = search(api, event["id"])
+    found = api.deliveries(q=event["id"])
     assert [d["event_id"] for d in found] == [event["id"]]
-    assert [d["id"] for d in search(api, found[0]["id"])] == [found[0]["id"]]
-    assert search(api, "dlv_00000000000000000000000000") == []
+    assert [d["id"] for d in api.deliveries(q=found[0]["id"])] == [found[0]["id"]]
+    assert api.deliveries(q="dlv_00000000000000000000000000") == []
 
 
 def test_words_find_events_whose_title_has_every_one_of_them(api, three_findings) -> None:  # type: ignore[no-untyped-def]
     by_title = {e["data"]["title"]: e["id"] for e in three_findings}
-    assert {d["event_id"] for d in search(api, "public")} == {
+    assert {d["event_id"] for d in api.deliveries(q="public")} == {
         by_title["Public S3 bucket in prod-eu"],
         by_title["Public snapshot of the billing database"],
     }
-    assert [d["event_id"] for d in search(api, "BILLING public")] == [
+    assert [d["event_id"] for d in api.deliveries(q="BILLING public")] == [
         by_title["Public snapshot of the billing database"]
     ]
-    assert search(api, "public kubernetes") == []
-    assert search(api, "  ") != []  # blank: no search at all
+    assert api.deliveries(q="public kubernetes") == []
+    assert api.deliveries(q="  ") != []  # blank: no search at all
 
 
 def test_title_search_stays_inside_the_workspace_and_ignores_titles_that_are_not_text(  # type: ignore[no-untyped-def]
@@ -62,11 +52,11 @@ def test_title_search_stays_inside_the_workspace_and_ignores_titles_that_are_not
     with app.app_context():
         _, other_key = accounts.create_workspace(db.session, "Other")
     other = Api(client, other_key)
-    other.post("/webhooks", {"name": "x", "url": webhook["url"], "events": ["*"]})
+    other.create_webhook(webhook["url"], name="x")
     publish(other, "Public bucket elsewhere")
     publish(api, {"nested": "public"})
-    assert len(search(api, "public")) == 2
-    assert len(search(other, "public")) == 1
+    assert len(api.deliveries(q="public")) == 2
+    assert len(other.deliveries(q="public")) == 1
 
 
 def test_search_is_validated(api) -> None:  # type: ignore[no-untyped-def]
@@ -76,20 +66,16 @@ def test_search_is_validated(api) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_retrying_lists_pending_deliveries_that_failed_at_least_once(  # type: ignore[no-untyped-def]
-    api, service, tls_context, receiver, webhook
+    api, service, receivers, receiver, webhook
 ) -> None:
-    failing = Receiver(tls=tls_context)
-    try:
-        failing.answer(503)
-        bad = api.post("/webhooks", {"name": "Down", "url": failing.url(), "events": ["*"]}).json
-        publish(api, "Disk full")
-        service.run_until(lambda: failing.requests and receiver.requests)
-        retrying = search(api, "", status="retrying")
-        assert [d["webhook_id"] for d in retrying] == [bad["id"]]
-        assert retrying[0]["status"] == "pending" and retrying[0]["last_status_code"] == 503
-        assert search(api, "", status="failed") == []
-    finally:
-        failing.close()
+    failing = receivers(503)
+    bad = api.create_webhook(failing.url(), name="Down")
+    publish(api, "Disk full")
+    service.run_until(lambda: failing.requests and receiver.requests)
+    retrying = api.deliveries(q="", status="retrying")
+    assert [d["webhook_id"] for d in retrying] == [bad["id"]]
+    assert retrying[0]["status"] == "pending" and retrying[0]["last_status_code"] == 503
+    assert api.deliveries(q="", status="failed") == []
 
 
 def test_the_logs_page_searches_shows_titles_and_filters_retrying(

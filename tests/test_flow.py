@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, update
 
+from tests.conftest import wait_until
+from tests.processes import Processes
 from tests.receivers import Received, Reply
-from tests.test_recovery import Processes, wait_until
 from webhooks import flow
 from webhooks.models import Delivery, db
 
@@ -30,16 +31,12 @@ def config(config):  # type: ignore[no-untyped-def]
 def hook(api, receiver, *, name="Flow", **flow_fields: Any) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """A webhook on a path of its own, with flow settings as the API takes them."""
     path = f"/flow{next(_paths)}"
-    payload = {"name": name, "url": receiver.url(path), "events": ["*"], **flow_fields}
-    created = api.post("/webhooks", payload)
-    assert created.status_code == 201, created.json
-    return {**created.json, "path": path}
+    return {**api.create_webhook(receiver.url(path), name=name, **flow_fields), "path": path}
 
 
 def publish(api, key: str, n: int = 0, event_type: str = "incident.created") -> str:  # type: ignore[no-untyped-def]
-    response = api.post("/events", {"type": event_type, "data": {"incident_id": key, "n": n}})
-    assert response.status_code in (200, 202), response.json
-    return response.json["id"]
+    """Publish the `n`-th event of incident `key`; its id."""
+    return api.publish(event_type, {"incident_id": key, "n": n})["id"]
 
 
 def delivery_ids(app, event_ids: list[str], webhook_id: str) -> list[str]:  # type: ignore[no-untyped-def]
@@ -443,25 +440,17 @@ def test_patch_sets_and_clears_both_fields(api, receiver):
 
 
 def test_the_slack_and_pagerduty_templates_fill_them(api, receiver):
-    slack = api.post(
-        "/webhooks", {"name": "s", "url": receiver.url("/s"), "template": "slack"}
-    ).json
+    slack = api.create_webhook(receiver.url("/s"), name="s", template="slack")
     assert slack["rate_limit"] == 1 and slack["ordering_key"] is None
-    pagerduty = api.post(
-        "/webhooks",
-        {
-            "name": "p",
-            "url": receiver.url("/p"),
-            "template": "pagerduty",
-            "template_params": {"routing_key": "R0UT1NGKEY0123456789012345678901"},
-        },
-    ).json
+    pagerduty = api.create_webhook(
+        receiver.url("/p"),
+        name="p",
+        template="pagerduty",
+        template_params={"routing_key": "R0UT1NGKEY0123456789012345678901"},
+    )
     assert pagerduty["rate_limit"] is None
     assert pagerduty["ordering_key"] == pagerduty["transform"]["dedup_key"]
-    own = api.post(
-        "/webhooks",
-        {"name": "o", "url": receiver.url("/o"), "template": "slack", "rate_limit": 0.5},
-    ).json
+    own = api.create_webhook(receiver.url("/o"), name="o", template="slack", rate_limit=0.5)
     assert own["rate_limit"] == 0.5
 
 

@@ -61,22 +61,9 @@ def test_saved_values_show_on_the_page_and_in_the_edit_form(user, api):
 
 
 def test_the_pages_and_metrics_say_what_waits_and_why(user, api, client):
-    hook = api.post(
-        "/webhooks",
-        {
-            "name": "Lines",
-            "url": "https://hooks.example.com/in",
-            "events": ["*"],
-            "ordering_key": "all",
-        },
-    ).json
-    events = [
-        api.post("/events", {"type": "task.completed", "data": {"n": n}}).json["id"]
-        for n in range(3)
-    ]
-    deliveries = {
-        d["event_id"]: d["id"] for d in api.get(f"/deliveries?webhook_id={hook['id']}").json["data"]
-    }
+    hook = api.create_webhook("https://hooks.example.com/in", name="Lines", ordering_key="all")
+    events = [api.publish("task.completed", {"n": n})["id"] for n in range(3)]
+    deliveries = {d["event_id"]: d["id"] for d in api.deliveries(webhook_id=hook["id"])}
     first, second, third = (deliveries[e] for e in events)
 
     page = text(user.get(f"/settings/webhooks/{hook['id']}").text)

@@ -62,7 +62,7 @@ def go_snippet(page: str) -> str:
 def test_the_go_verifier_on_the_page_accepts_a_real_delivery_and_nothing_else(
     go, user, api, webhook, receiver, service, tmp_path
 ):
-    api.post("/events", {"type": "incident.created", "data": {"id": "inc_7", "title": "Disk"}})
+    api.publish(data={"id": "inc_7", "title": "Disk"})
     service.run_until(lambda: receiver.requests)
     got = receiver.requests[0]
     secret = api.get(f"/webhooks/{webhook['id']}/secret").json["secret"]

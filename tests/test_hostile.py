@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.test_transport import RawServer, read_request
+from tests.receivers import RawServer, read_request
 
 TIMEOUT = 1.5
 
@@ -79,20 +79,15 @@ def test_hostile_receiver(case, hostile_config, api, service, ca):  # type: igno
             "/webhooks",
             {"name": case, "url": f"{scheme}://127.0.0.1:{server.port}/h", "events": ["*"]},
         )
-        event = api.post("/events", {"type": "task.failed", "data": {"id": "t1"}}).json
+        event = api.publish("task.failed", {"id": "t1"})
         started = time.monotonic()
-
-        def ended():  # type: ignore[no-untyped-def]
-            d = api.get(f"/events/{event['id']}").json["deliveries"][0]
-            return d if d["status"] != "pending" else None
-
-        delivery = service.run_until(ended, timeout=15)
+        [delivery] = service.run_until(api.ended(event["id"]), timeout=15)
     finally:
         server.close()
 
     assert delivery["status"] == expected, delivery["last_error"]
     assert time.monotonic() - started < TIMEOUT + 5
-    attempt = api.get(f"/deliveries/{delivery['id']}").json["attempts"][0]
+    attempt = delivery["attempts"][0]
     assert attempt["duration_ms"] <= TIMEOUT * 1000 + 500
     if fragment:
         assert fragment in (delivery["last_error"] or ""), delivery["last_error"]

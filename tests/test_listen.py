@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -17,8 +16,9 @@ import pytest
 from sqlalchemy import update
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
+from tests.conftest import wait_until
+from tests.processes import FLASK, ROOT
 from tests.receivers import Receiver
-from tests.test_recovery import ROOT, Processes, wait_until
 from webhooks import reconciler, services
 from webhooks.models import Listener, db, utcnow
 
@@ -28,15 +28,6 @@ def config(config):  # type: ignore[no-untyped-def]
     # A loaded machine may take a while between the worker, the stream and the command.
     config["WEBHOOK_TIMEOUT_SECONDS"] = "10"
     return config
-
-
-@pytest.fixture
-def processes(app, config, tmp_path) -> Iterator[Processes]:  # type: ignore[no-untyped-def]
-    procs = Processes(config, tmp_path / "instance")
-    procs.start("worker")
-    procs.start("scheduler")
-    yield procs
-    procs.stop_all()
 
 
 @pytest.fixture
@@ -51,7 +42,7 @@ class Command:
     """`flask --app app listen …` as a subprocess, its output collected line by line."""
 
     def __init__(self, env: dict[str, str], *args: str) -> None:
-        command = [sys.executable, "-m", "flask", "--app", "app", "listen", *args]
+        command = [*FLASK, "listen", *args]
         self.proc = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
@@ -77,17 +68,18 @@ class Command:
         self.proc.wait(timeout=10)
 
 
-def attempts_of(api, webhook_id: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
-    [delivery] = api.get(f"/deliveries?webhook_id={webhook_id}").json["data"]
-    return api.get(f"/deliveries/{delivery['id']}").json
+def attempts_of(api, webhook_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """The webhook's one delivery, with its attempts."""
+    [delivery] = api.deliveries(webhook_id=webhook_id)
+    return api.delivery(delivery["id"])
 
 
 def test_listen_forwards_signed_deliveries_retries_a_500_and_closes_on_ctrl_c(
-    api, user, web, processes, laptop
+    api, user, web, running, laptop
 ):
     laptop.answer(500, 200)
     command = Command(
-        processes.env, "--forward-to", laptop.url("/hook"), "--server", web, "--api-key", api.key
+        running.env, "--forward-to", laptop.url("/hook"), "--server", web, "--api-key", api.key
     )
     try:
         secret = command.wait_for_line(r"Signing secret: (whsec_\S+)").group(1)
@@ -96,7 +88,7 @@ def test_listen_forwards_signed_deliveries_retries_a_500_and_closes_on_ctrl_c(
         page = user.get(f"/settings/webhooks/{webhook_id}").text
         assert "CLI listener" in page and ">CLI</span>" in page
 
-        event = api.post("/events", {"type": "incident.created", "data": {"title": "Disk"}}).json
+        event = api.publish(data={"title": "Disk"})
         assert event["delivery_count"] == 1
 
         first, second = laptop.wait_for(2, timeout=30)[:2]
@@ -125,8 +117,8 @@ def test_listen_forwards_signed_deliveries_retries_a_500_and_closes_on_ctrl_c(
         command.stop()
 
 
-def test_listen_print_shows_each_delivery_and_its_signature_check(api, web, processes, laptop):
-    command = Command(processes.env, "--print", "--server", web, "--api-key", api.key)
+def test_listen_print_shows_each_delivery_and_its_signature_check(api, web, running, laptop):
+    command = Command(running.env, "--print", "--server", web, "--api-key", api.key)
     try:
         webhook_id = command.wait_for_line(r"\(webhook (wh_\w+),").group(1)
         response = api.post(f"/webhooks/{webhook_id}/test", {"type": "task.failed"})
@@ -151,12 +143,12 @@ def test_a_listener_without_its_stream_closes_after_a_minute(app, api, service):
     listener = created.json
     assert listener["stream_url"] == f"/api/v1/listeners/{listener['id']}/stream"
     assert listener["secret"].startswith("whsec_")
-    event = api.post("/events", {"type": "incident.created", "data": {"title": "x"}}).json
+    event = api.publish(data={"title": "x"})
     assert event["delivery_count"] == 1
     # Nothing reads the stream: the attempt fails and the delivery waits for its retry.
-    [delivery] = api.get(f"/deliveries?webhook_id={listener['webhook_id']}").json["data"]
-    service.run_until(lambda: api.get(f"/deliveries/{delivery['id']}").json["attempt_count"] >= 1)
-    assert "listener not connected" in api.get(f"/deliveries/{delivery['id']}").json["last_error"]
+    [delivery] = api.deliveries(webhook_id=listener["webhook_id"])
+    service.run_until(lambda: api.delivery(delivery["id"])["attempt_count"] >= 1)
+    assert "listener not connected" in api.delivery(delivery["id"])["last_error"]
 
     with app.app_context():  # its stream was last seen a minute ago
         db.session.execute(update(Listener).values(last_seen_at=utcnow() - timedelta(seconds=61)))
@@ -164,7 +156,7 @@ def test_a_listener_without_its_stream_closes_after_a_minute(app, api, service):
         reconciler.periodic(db.session, services.of(app).redis, service.settings)
         db.session.remove()
 
-    ended = api.get(f"/deliveries/{delivery['id']}").json
+    ended = api.delivery(delivery["id"])
     assert ended["status"] == "failed"
     assert "its stream was gone for 60 s" in ended["last_error"]
     webhook = api.get(f"/webhooks/{listener['webhook_id']}").json

@@ -7,7 +7,7 @@ import time
 import pytest
 import requests
 
-from tests.test_recovery import wait_until
+from tests.conftest import wait_until
 
 HEARTBEAT = 0.5
 # How late a comment line may be: thread scheduling and a Redis round trip on a busy machine.

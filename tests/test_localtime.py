@@ -12,7 +12,7 @@ from webhooks.models import BulkJob, Delivery, db
 def test_an_old_delivery_shows_its_local_date_with_utc_on_hover(
     user, app, api, webhook, service, receiver
 ) -> None:  # type: ignore[no-untyped-def]
-    api.post("/events", {"type": "incident.created", "data": {"title": "Disk full"}})
+    api.publish(data={"title": "Disk full"})
     service.run_until(lambda: receiver.requests)
     with app.app_context():
         db.session.execute(sa.update(Delivery).values(created_at=datetime(2025, 7, 1, 22, 15)))

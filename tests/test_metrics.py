@@ -30,20 +30,8 @@ def value(samples, name: str, **labels: str) -> float:  # type: ignore[no-untype
 
 
 def publish(api, count: int = 1) -> list[str]:  # type: ignore[no-untyped-def]
-    ids = []
-    for i in range(count):
-        response = api.post("/events", {"type": "incident.created", "data": {"n": i}})
-        assert response.status_code == 202, response.json
-        ids.append(response.json["id"])
-    return ids
-
-
-def ended(api, event_ids):  # type: ignore[no-untyped-def]
-    def check() -> bool:
-        statuses = [api.get(f"/events/{e}").json["deliveries"][0]["status"] for e in event_ids]
-        return all(status != "pending" for status in statuses)
-
-    return check
+    """Publish `count` incidents; their ids."""
+    return [api.publish(data={"n": i})["id"] for i in range(count)]
 
 
 @pytest.fixture
@@ -56,7 +44,7 @@ def test_counters_match_the_deliveries_made(once, api, webhook, receiver, servic
     receiver.answer(200, 200, 200, 500)
     events = publish(api, 5)
 
-    service.run_until(ended(api, events))
+    service.run_until(api.ended(*events))
     samples = scrape(client)
 
     assert value(samples, "webhook_delivery_attempts_total", outcome="success") == 3

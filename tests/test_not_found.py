@@ -32,7 +32,7 @@ def test_a_missing_dashboard_page_keeps_the_layout_and_offers_a_way_back(user) -
 
 
 def test_counts_read_as_words(user, api, webhook, service, receiver) -> None:  # type: ignore[no-untyped-def]
-    api.post("/events", {"type": "incident.created", "data": {"title": "Disk full"}})
+    api.publish(data={"title": "Disk full"})
     service.run_until(lambda: receiver.requests)
     page = user.get("/settings/webhooks").text
     assert "1 attempt<" in page and "1 attempts" not in page

@@ -22,7 +22,9 @@ from tests.test_browser import (  # noqa: F401  (fixtures used by name)
     Site,
     browser,
     config,
+    dismiss_the_next_dialog,
     screenshot,
+    sign_in,
     site,
 )
 
@@ -56,43 +58,38 @@ def phone(browser: Browser, site: Site) -> Iterator[Page]:  # noqa: F811
     context = browser.new_context(base_url=site.url, viewport=PHONE, is_mobile=True)
     context.set_default_timeout(UI)
     tab = context.new_page()
-    tab.goto("/login")
-    tab.get_by_label("Email").fill(EMAIL)
-    tab.get_by_label("Password").fill(PASSWORD)
-    tab.get_by_role("button", name="Sign in").click()
-    expect(tab).to_have_url(f"{site.url}/settings/webhooks", timeout=UI)
+    sign_in(tab)
     yield tab
     context.close()
 
 
 @pytest.fixture
-def failing_target(tls_context) -> Iterator[Receiver]:  # type: ignore[no-untyped-def]
-    server = Receiver(tls=tls_context)
-    server.answer(Reply(status=503, body=b"upstream unavailable, try again later " * 20))
-    yield server
-    server.close()
+def failing_target(receivers) -> Receiver:  # type: ignore[no-untyped-def]
+    return receivers(Reply(status=503, body=b"upstream unavailable, try again later " * 20))
 
 
 @pytest.fixture
 def filled(site: Site, service, receiver, failing_target) -> dict[str, Any]:  # noqa: F811
     """A workspace with the kinds of content that make pages wide."""
     long_name = "Production incident pipeline for the platform operations team"
-    ok = site.create_webhook(
+    ok = site.api.create_webhook(
+        receiver.url("/a/very/long/path/that/keeps/going/and/going/until/it/wraps/twice"),
         name=long_name,
-        url=receiver.url("/a/very/long/path/that/keeps/going/and/going/until/it/wraps/twice"),
         headers={"X-Team-Identifier-For-Routing": "platform-operations-and-reliability-eng"},
     )
-    failing = site.create_webhook(name="Failing receiver", url=failing_target.url())
-    site.create_webhook(
+    failing = site.api.create_webhook(failing_target.url(), name="Failing receiver")
+    site.api.create_webhook(
+        "https://hooks.slack.com/services/T0000000/B0000000/XXXXXXXXXXXXXXXXXXXXXXXX",
         name="Slack #ops",
-        url="https://hooks.slack.com/services/T0000000/B0000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+        events=["*"],
         template="slack",
         active=False,
     )
     for title in ("Disk almost full on db-primary-eu-west-1", "CPU above 95 % for 10 minutes"):
-        site.publish("incident.created", title=title, severity="high", description="x" * 400)
-    service.run_until(lambda: len([d for d in site.deliveries() if d["attempt_count"]]) >= 4)
-    return {"ok": ok, "failing": failing, "delivery": site.deliveries()[0]["id"]}
+        site.api.publish(data={"title": title, "severity": "high", "description": "x" * 400})
+    deliveries = site.api.deliveries
+    service.run_until(lambda: len([d for d in deliveries() if d["attempt_count"]]) >= 4)
+    return {"ok": ok, "failing": failing, "delivery": deliveries()[0]["id"]}
 
 
 def _pages(filled: dict[str, Any]) -> list[str]:
@@ -234,13 +231,7 @@ def test_revoking_an_api_key_asks_first_and_cancel_keeps_it(phone: Page) -> None
     phone.get_by_label("Name").fill("billing publisher")
     phone.get_by_role("button", name="Create API key").click()
     revoke = phone.get_by_role("button", name="Revoke billing publisher")
-    asked: list[str] = []
-
-    def dismiss(dialog: Any) -> None:
-        asked.append(dialog.message)
-        dialog.dismiss()
-
-    phone.once("dialog", dismiss)
+    asked = dismiss_the_next_dialog(phone)
     revoke.click()
     expect(revoke).to_be_visible()
     assert asked and "Revoke billing publisher?" in asked[0], asked
@@ -308,11 +299,7 @@ def test_times_are_shown_and_typed_in_the_browsers_time_zone_while_urls_keep_utc
     context = browser.new_context(base_url=site.url, timezone_id="Asia/Tokyo")  # UTC+9
     context.set_default_timeout(UI)
     page = context.new_page()
-    page.goto("/login")
-    page.get_by_label("Email").fill(EMAIL)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page).to_have_url(f"{site.url}/settings/webhooks")
+    sign_in(page)
 
     page.goto("/settings/webhooks/logs")
     expect(page.get_by_text("Times are in your time zone, Asia/Tokyo")).to_be_visible()

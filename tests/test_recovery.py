@@ -2,83 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from collections import Counter
 
 import pytest
 
 from app import create_app
+from tests.conftest import wait_until
 from tests.receivers import Reply
 from webhooks import services
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-class Processes:
-    """The Procfile's worker and scheduler as real subprocesses, sharing the test's config."""
-
-    def __init__(self, config: dict[str, Any], instance: Path) -> None:
-        self.env = {**os.environ, "INSTANCE_PATH": str(instance)}
-        self.env.update({k: str(v) for k, v in config.items() if k.isupper() and k != "TESTING"})
-        self.running: dict[str, subprocess.Popen] = {}
-        self.logs = instance.parent / "process-logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
-
-    def start(self, name: str, *args: str) -> subprocess.Popen:
-        command = [sys.executable, "-m", "flask", "--app", "app", name.split(":")[0], *args]
-        with open(self.log_path(name), "ab") as log:
-            proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=log)
-        self.running[name] = proc
-        return proc
-
-    def log_path(self, name: str) -> Path:
-        return self.logs / f"{name.replace(':', '-')}.log"
-
-    def log(self, name: str) -> str:
-        return self.log_path(name).read_text(errors="replace")
-
-    def kill(self, name: str) -> None:
-        proc = self.running.pop(name)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-
-    def stop_all(self) -> None:
-        for proc in self.running.values():
-            proc.terminate()
-        for proc in self.running.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        self.running.clear()
-
-
-@pytest.fixture
-def processes(app, config, tmp_path) -> Iterator[Processes]:  # type: ignore[no-untyped-def]
-    procs = Processes(config, tmp_path / "instance")
-    yield procs
-    procs.stop_all()
-
-
-def wait_until(condition, timeout: float):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.1)
-
-
-def delivery(api, delivery_id):  # type: ignore[no-untyped-def]
-    return api.get(f"/deliveries/{delivery_id}").json
 
 
 @pytest.fixture
@@ -93,17 +26,15 @@ def test_worker_killed_mid_attempt_is_retried_and_recorded_as_lost(
     receiver.answer(Reply(status=200, delay=2.5), 200)
     processes.start("scheduler")
     processes.start("worker")
-    event = api.post("/events", {"type": "incident.created", "data": {"id": "inc_9"}}).json
-    delivery_id = api.get(f"/events/{event['id']}").json["deliveries"][0]["id"]
+    event = api.publish(data={"id": "inc_9"})
+    delivery_id = api.delivery_of(event["id"])["id"]
 
     receiver.wait_for(1, timeout=30)
     processes.kill("worker")  # while the target is still answering
     killed_at = time.monotonic()
     processes.start("worker:2")
 
-    done = wait_until(
-        lambda: (d := delivery(api, delivery_id))["status"] != "pending" and d, 3 + 60
-    )
+    done = wait_until(api.delivery_ended(delivery_id), 3 + 60)
 
     assert time.monotonic() - killed_at < 3 + 60
     assert done["status"] == "succeeded"
@@ -117,17 +48,14 @@ def test_flushed_redis_loses_no_delivery_and_sends_none_twice(
     app, api, webhook, receiver, processes
 ):
     receiver.answer(500, 200)
-    first = api.post("/events", {"type": "incident.created", "data": {"id": "inc_1"}}).json
+    first = api.publish(data={"id": "inc_1"})
     # The first one fails once and waits for its retry; the others are queued, not yet run.
     processes.start("worker")
     receiver.wait_for(1, timeout=30)
-    first_delivery = api.get(f"/events/{first['id']}").json["deliveries"][0]["id"]
-    wait_until(lambda: delivery(api, first_delivery)["attempts"][0]["outcome"] == "failure", 10)
+    first_delivery = api.delivery_of(first["id"])["id"]
+    wait_until(lambda: api.delivery(first_delivery)["attempts"][0]["outcome"] == "failure", 10)
     processes.kill("worker")
-    others = [
-        api.post("/events", {"type": "task.failed", "data": {"id": f"task_{i}"}}).json["id"]
-        for i in range(5)
-    ]
+    others = [api.publish("task.failed", {"id": f"task_{i}"})["id"] for i in range(5)]
 
     services.of(app).redis.flushdb()  # Redis loses everything
     flushed_at = time.monotonic()
@@ -137,10 +65,8 @@ def test_flushed_redis_loses_no_delivery_and_sends_none_twice(
     receiver.wait_for(1 + 1 + 5, timeout=60)
     assert time.monotonic() - flushed_at < 60
     # Once every delivery has ended in the database, a duplicate job finds nothing to claim.
-    wait_until(lambda: not api.get("/deliveries?status=pending").json["data"], 30)
-    by_event: dict[str, int] = {}
-    for request in receiver.requests[1:]:
-        by_event[request.headers["webhook-id"]] = by_event.get(request.headers["webhook-id"], 0) + 1
+    wait_until(lambda: not api.deliveries(status="pending"), 30)
+    by_event = Counter(r.headers["webhook-id"] for r in receiver.requests[1:])
     assert by_event == {first["id"]: 1, **{e: 1 for e in others}}
 
 
@@ -168,17 +94,15 @@ def test_worker_killed_between_the_post_and_the_record_posts_again_at_most_once(
     worker = processes.start("worker")
     # The receiver answers 200, then kills the worker before it can record the answer.
     receiver.answer(Reply(status=200, after=lambda: worker.send_signal(signal.SIGKILL)), 200)
-    event = api.post("/events", {"type": "incident.created", "data": {"id": "inc_5"}}).json
-    delivery_id = api.get(f"/events/{event['id']}").json["deliveries"][0]["id"]
+    event = api.publish(data={"id": "inc_5"})
+    delivery_id = api.delivery_of(event["id"])["id"]
 
     receiver.wait_for(1, timeout=30)
     worker.wait(timeout=10)
     processes.running.pop("worker")
     processes.start("worker:2")
 
-    done = wait_until(
-        lambda: (d := delivery(api, delivery_id))["status"] != "pending" and d, 3 + 60
-    )
+    done = wait_until(api.delivery_ended(delivery_id), 3 + 60)
 
     assert done["status"] == "succeeded"
     assert 1 <= len(receiver.requests) <= 2  # never zero, at most one extra

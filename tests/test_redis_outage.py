@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from redis import Redis
 
-from tests.test_recovery import Processes, wait_until
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
 
@@ -68,34 +68,27 @@ def outage_config(config, own_redis):  # type: ignore[no-untyped-def]
 
 
 def test_redis_restarted_empty_loses_nothing_and_logs_once(
-    outage_config, own_redis, api, webhook, receiver, tmp_path
+    outage_config, own_redis, api, webhook, receiver, running
 ):
-    processes = Processes(outage_config, tmp_path / "instance")
     try:
-        processes.start("worker")
-        processes.start("scheduler")
-        api.post("/events", {"type": "incident.created", "data": {"id": "inc_0"}})
+        api.publish(data={"id": "inc_0"})
         receiver.wait_for(1, timeout=30)
 
         own_redis.stop()
-        during = [
-            api.post("/events", {"type": "incident.created", "data": {"id": f"inc_{i}"}})
-            for i in range(1, 4)
-        ]
-        assert [r.status_code for r in during] == [202, 202, 202]
-        assert all(r.json["delivery_count"] == 1 for r in during)
-        wait_until(lambda: "could not connect to Redis" in processes.log("worker"), 20)
+        during = [api.publish(data={"id": f"inc_{i}"}) for i in range(1, 4)]  # each answered 202
+        assert all(event["delivery_count"] == 1 for event in during)
+        wait_until(lambda: "could not connect to Redis" in running.log("worker"), 20)
         own_redis.start()  # back, with nothing in it
         back_at = time.monotonic()
 
         receiver.wait_for(4, timeout=60)
         assert time.monotonic() - back_at < 60
-        wait_until(lambda: not api.get("/deliveries?status=pending").json["data"], 30)
+        wait_until(lambda: not api.deliveries(status="pending"), 30)
     finally:
-        processes.stop_all()
+        running.stop_all()
 
     per_event = Counter(r.headers["webhook-id"] for r in receiver.requests)
     assert len(per_event) == 4 and set(per_event.values()) == {1}
-    worker_log = processes.log("worker")
+    worker_log = running.log("worker")
     assert worker_log.count("could not connect to Redis") == 1 and "Traceback" not in worker_log
-    assert processes.log("scheduler").count("Redis unavailable") <= 1  # once, if it noticed
+    assert running.log("scheduler").count("Redis unavailable") <= 1  # once, if it noticed

@@ -14,8 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import wait_until
+from tests.processes import Processes
 from tests.render_hooks import hog_memory, spin_in_c, spin_in_python
-from tests.test_recovery import Processes, wait_until
 from tests.test_render_bounds import ENVELOPE
 from webhooks import renderpool, transforms
 from webhooks.renderpool import Limits, RenderPool
@@ -158,14 +159,8 @@ def test_a_slow_transform_renders_while_another_connection_takes_the_write_lock(
     if postgres_url:
         pytest.skip("SQLite's one write lock")
     for n in range(2):
-        api.post(
-            "/webhooks",
-            {
-                "name": f"Slow {n}",
-                "url": receiver.url(f"/slow{n}"),
-                "events": ["task.*"],
-                "transform": {"text": SLOW},
-            },
+        api.create_webhook(
+            receiver.url(f"/slow{n}"), name=f"Slow {n}", events=["task.*"], transform={"text": SLOW}
         )
     path = config["DATABASE_URL"].removeprefix("sqlite:///")
     waits: list[float] = []
@@ -185,7 +180,7 @@ def test_a_slow_transform_renders_while_another_connection_takes_the_write_lock(
     writer = threading.Thread(target=take_the_write_lock)
     try:
         processes.start("worker")
-        api.post("/events", {"type": "task.failed", "data": {"n": 1}})
+        api.publish("task.failed", {"n": 1})
         writer.start()
         try:
             wait_until(lambda: _errors(api) == 2, 60)
@@ -215,22 +210,19 @@ def _errors(api) -> int:  # type: ignore[no-untyped-def]
 def test_other_webhooks_arrive_on_time_while_a_transform_hits_its_bounds_every_time(
     app, config, api, receiver, tmp_path
 ):
-    api.post("/webhooks", {"name": "Fine", "url": receiver.url("/fine"), "events": ["task.*"]})
+    api.create_webhook(receiver.url("/fine"), name="Fine", events=["task.*"])
     processes = Processes(config, tmp_path / "instance")
     try:
         processes.start("worker", "--lane", "normal")
         processes.start("worker:slow", "--lane", "slow")
         processes.start("scheduler")
-        api.post("/events", {"type": "task.started", "data": {}})
+        api.publish("task.started", {})
         receiver.wait_for(1, timeout=30)  # the workers are up
         bad = {"text": SLOW}  # 1 s of rendering, every time
-        api.post(
-            "/webhooks",
-            {"name": "Bad", "url": receiver.url("/bad"), "events": ["task.*"], "transform": bad},
-        )
+        api.create_webhook(receiver.url("/bad"), name="Bad", events=["task.*"], transform=bad)
         for n in range(8):
             published = time.monotonic()
-            api.post("/events", {"type": "task.failed", "data": {"n": n}})
+            api.publish("task.failed", {"n": n})
             receiver.wait_for(n + 2, timeout=10)
             assert time.monotonic() - published < 2.0, f"delivery {n} to Fine waited"
         wait_until(lambda: len(_bad_failures(api)) == 8, 60)

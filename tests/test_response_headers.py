@@ -19,14 +19,10 @@ def test_megabytes_of_response_headers_are_cut_to_16_kib(
     api, webhook, receiver, service, user, app
 ):
     receiver.answer(Reply(headers={**BIG, "X-Small": "kept"}))
-    event = api.post("/events", {"type": "incident.created", "data": {"id": "inc_1"}}).json
+    event = api.publish()
 
-    def ended():  # type: ignore[no-untyped-def]
-        found = api.get(f"/events/{event['id']}").json["deliveries"]
-        return found and found[0]["status"] != "pending" and found[0]
-
-    delivery = service.run_until(ended)
-    attempt = api.get(f"/deliveries/{delivery['id']}").json["attempts"][0]
+    [delivery] = service.run_until(api.ended(event["id"]))
+    attempt = delivery["attempts"][0]
     shown = attempt["response"]["headers"]
 
     assert delivery["status"] == "succeeded"

@@ -6,8 +6,8 @@ import threading
 import time
 
 from jobs.runtime import Results, Sender
+from tests.conftest import wait_until
 from tests.receivers import Reply
-from tests.test_recovery import wait_until
 from webhooks.config import Settings
 from webhooks.outgoing import Prepared
 

@@ -160,7 +160,7 @@ def test_the_refusal_shows_on_the_notification(app, api, workspace, plain_server
     from webhooks.models import Notification, db
 
     services.reconfigure(app, SMTP_URL=plain_server.url())
-    response = api._call("put", "/notifications", {"emails": ["ops@acme.test"], "alert_url": None})
+    response = api.put("/notifications", {"emails": ["ops@acme.test"], "alert_url": None})
     assert response.status_code == 200, response.json
     settings = Settings.from_config(app.config)
 

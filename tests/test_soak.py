@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from tests.test_recovery import Processes, wait_until
+from tests.conftest import wait_until
 from webhooks import services
 
 EVENTS = 600
@@ -39,22 +39,34 @@ def soak_config(config):  # type: ignore[no-untyped-def]
 
 
 def test_soak_with_killed_workers_and_flushed_redis(
-    soak_config, app, api, receiver, tls_context, tmp_path
+    soak_config, app, api, receiver, receivers, processes
 ):
-    from tests.receivers import Receiver
+    broken = receivers(500)
+    healthy = [api.create_webhook(receiver.url(f"/ok{i}"), name=f"ok{i}") for i in range(2)]
+    failing = api.create_webhook(broken.url(), name="down", events=["task.*"])
 
-    broken = Receiver(tls=tls_context)
-    broken.answer(500)
-    healthy = [
-        api.post(
-            "/webhooks", {"name": f"ok{i}", "url": receiver.url(f"/ok{i}"), "events": ["*"]}
-        ).json
-        for i in range(2)
-    ]
-    failing = api.post(
-        "/webhooks", {"name": "down", "url": broken.url(), "events": ["task.*"]}
-    ).json
-    processes = Processes(soak_config, tmp_path / "instance")
+    kills = publish_through_chaos(app, api, processes)
+
+    task_events = len(range(0, EVENTS, 3))
+    deliveries = all_deliveries(api)
+    assert len(deliveries) == EVENTS * len(healthy) + task_events  # none lost
+    by_hook = Counter((d["webhook_id"], d["status"]) for d in deliveries)
+    for hook in healthy:
+        assert by_hook[(hook["id"], "succeeded")] == EVENTS
+    assert by_hook[(failing["id"], "failed")] == task_events
+    sample = [d for d in deliveries if d["webhook_id"] == failing["id"]][:20]
+    for d in sample:
+        attempts = api.delivery(d["id"])["attempts"]
+        assert sum(a["outcome"] == "failure" for a in attempts) == len(SCHEDULE.split(","))
+    posts = Counter(r.headers["X-CloudThinker-Delivery"] for r in receiver.requests)
+    assert len(posts) == EVENTS * len(healthy)
+    each_post_again_was_a_lost_attempt(api, posts, kills)
+    assert kills >= 1
+
+
+def publish_through_chaos(app, api, processes) -> int:  # type: ignore[no-untyped-def]
+    """Publish EVENTS events while, every second or two, a worker is killed (and a new one
+    started) or Redis is flushed, until no delivery is pending; how many workers were killed."""
     kills = 0
     stop = threading.Event()
     rng = random.Random(7)
@@ -79,36 +91,25 @@ def test_soak_with_killed_workers_and_flushed_redis(
         monkey = threading.Thread(target=chaos, daemon=True)
         monkey.start()
         for i in range(EVENTS):
-            kind = "task.failed" if i % 3 == 0 else "incident.updated"
-            assert api.post("/events", {"type": kind, "data": {"n": i}}).status_code == 202
+            api.publish("task.failed" if i % 3 == 0 else "incident.updated", {"n": i})
         wait_until(lambda: not api.get("/deliveries?status=pending&limit=1").json["data"], 240)
         stop.set()
         monkey.join()
     finally:
         stop.set()
         processes.stop_all()
-        broken.close()
+    return kills
 
-    task_events = len(range(0, EVENTS, 3))
-    deliveries = all_deliveries(api)
-    assert len(deliveries) == EVENTS * len(healthy) + task_events  # none lost
-    by_hook = Counter((d["webhook_id"], d["status"]) for d in deliveries)
-    for hook in healthy:
-        assert by_hook[(hook["id"], "succeeded")] == EVENTS
-    assert by_hook[(failing["id"], "failed")] == task_events
-    sample = [d for d in deliveries if d["webhook_id"] == failing["id"]][:20]
-    for d in sample:
-        attempts = api.get(f"/deliveries/{d['id']}").json["attempts"]
-        assert sum(a["outcome"] == "failure" for a in attempts) == len(SCHEDULE.split(","))
-    posts = Counter(r.headers["X-CloudThinker-Delivery"] for r in receiver.requests)
-    assert len(posts) == EVENTS * len(healthy)
+
+def each_post_again_was_a_lost_attempt(api, posts: Counter, kills: int) -> None:  # type: ignore[no-untyped-def]
+    """A delivery POSTed more than once lost that many attempts to killed workers: at most one
+    per POST thread of each."""
     duplicates = sum(n - 1 for n in posts.values())
     assert duplicates <= kills * THREADS, (duplicates, kills)
     for delivery_id, n in posts.items():
         if n > 1:
-            attempts = api.get(f"/deliveries/{delivery_id}").json["attempts"]
+            attempts = api.delivery(delivery_id)["attempts"]
             assert sum(a["outcome"] == "lost" for a in attempts) >= n - 1, attempts
-    assert kills >= 1
 
 
 def all_deliveries(api) -> list[dict]:  # type: ignore[no-untyped-def]

@@ -18,25 +18,12 @@ def schema(name: str) -> dict:
     return json.loads((SCHEMAS / f"{name}.json").read_text())
 
 
-def make(api, receiver, **fields):  # type: ignore[no-untyped-def]
-    response = api.post("/webhooks", {"name": "Integration", "url": receiver.url(), **fields})
-    assert response.status_code == 201, response.json
-    return response.json
-
-
-def publish(api, event_type, data):  # type: ignore[no-untyped-def]
-    answer = api.post("/events", {"type": event_type, "data": data})
-    assert answer.status_code == 202
-    return answer.json
-
-
 def test_slack_template_sends_a_signed_slack_message(api, receiver, service):
-    hook = make(api, receiver, template="slack")
+    hook = api.create_webhook(receiver.url(), template="slack")
     assert hook["events"] == ["recommendation.created", "incident.created", "finding.created"]
     assert hook["transform"]["text"]
 
-    publish(
-        api,
+    api.publish(
         "recommendation.created",
         {"title": "Right-size i-0abc", "potential_savings": 150, "url": "https://app.example/r/1"},
     )
@@ -53,16 +40,15 @@ def test_slack_template_sends_a_signed_slack_message(api, receiver, service):
 
 
 def test_jira_template_sends_basic_auth_and_a_create_issue_body(api, receiver, service):
-    hook = make(
-        api,
-        receiver,
+    hook = api.create_webhook(
+        receiver.url(),
         template="jira",
         template_params={"project_key": "OPS", "email": "bot@acme.test", "api_token": "tok-123"},
     )
     assert hook["template_params"]["api_token"] == "••••"
     assert "tok-123" not in json.dumps(api.get(f"/webhooks/{hook['id']}").json["template_params"])
 
-    publish(api, "recommendation.created", {"id": "rec_1", "title": "Delete idle volume"})
+    api.publish("recommendation.created", {"id": "rec_1", "title": "Delete idle volume"})
     service.run_until(lambda: receiver.requests)
 
     got = receiver.requests[0]
@@ -73,10 +59,12 @@ def test_jira_template_sends_basic_auth_and_a_create_issue_body(api, receiver, s
 
 
 def test_pagerduty_resolve_closes_what_trigger_opened(api, receiver, service):
-    make(api, receiver, template="pagerduty", template_params={"routing_key": "R" * 32})
+    api.create_webhook(
+        receiver.url(), template="pagerduty", template_params={"routing_key": "R" * 32}
+    )
 
-    publish(api, "incident.created", {"id": "inc_9", "title": "API down", "severity": "critical"})
-    publish(api, "incident.resolved", {"id": "inc_9", "title": "API down", "severity": "critical"})
+    api.publish("incident.created", {"id": "inc_9", "title": "API down", "severity": "critical"})
+    api.publish("incident.resolved", {"id": "inc_9", "title": "API down", "severity": "critical"})
     service.run_until(lambda: len(receiver.requests) >= 2)
 
     bodies = {r.json()["event_action"]: r.json() for r in receiver.requests}
@@ -87,9 +75,9 @@ def test_pagerduty_resolve_closes_what_trigger_opened(api, receiver, service):
 
 
 def test_github_template_dispatches_with_bearer_token(api, receiver, service):
-    make(api, receiver, template="github", template_params={"token": "ghp_example"})
+    api.create_webhook(receiver.url(), template="github", template_params={"token": "ghp_example"})
 
-    publish(api, "recommendation.created", {f"k{i}": i for i in range(15)})
+    api.publish("recommendation.created", {f"k{i}": i for i in range(15)})
     service.run_until(lambda: receiver.requests)
 
     got = receiver.requests[0]
@@ -101,9 +89,8 @@ def test_github_template_dispatches_with_bearer_token(api, receiver, service):
 
 
 def test_custom_transform_keeps_json_types(api, receiver, service):
-    make(
-        api,
-        receiver,
+    api.create_webhook(
+        receiver.url(),
         events=["task.*"],
         transform={
             "kind": "{{ type }}",
@@ -112,7 +99,7 @@ def test_custom_transform_keeps_json_types(api, receiver, service):
             "s": "n={{ data.n }}",
         },
     )
-    publish(api, "task.failed", {"n": 3, "error": "boom"})
+    api.publish("task.failed", {"n": 3, "error": "boom"})
     service.run_until(lambda: receiver.requests)
     assert receiver.requests[0].json() == {
         "kind": "task.failed",
@@ -142,14 +129,10 @@ def test_broken_transform_is_refused_at_save_with_the_line(api, receiver):
 
 
 def test_render_error_fails_the_attempt_once_without_retry(api, receiver, service):
-    make(api, receiver, events=["task.*"], transform={"x": "{{ data.n / 0 }}"})
-    event = publish(api, "task.failed", {"n": 1})
+    api.create_webhook(receiver.url(), events=["task.*"], transform={"x": "{{ data.n / 0 }}"})
+    event = api.publish("task.failed", {"n": 1})
 
-    def ended():  # type: ignore[no-untyped-def]
-        d = api.get(f"/events/{event['id']}").json["deliveries"][0]
-        return d if d["status"] != "pending" else None
-
-    delivery = service.run_until(ended)
+    [delivery] = service.run_until(api.ended(event["id"]))
     assert delivery["status"] == "failed" and delivery["attempt_count"] == 1
     assert delivery["last_error"].startswith("transform failed:")
     assert receiver.requests == []

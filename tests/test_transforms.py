@@ -482,6 +482,15 @@ def render_template(name: str, envelope: dict[str, Any], **params: str) -> Any:
     return render(applied["transform"], envelope)
 
 
+def valid_output(name: str, event_type: str) -> tuple[dict[str, Any], Any]:
+    """The envelope of an example event of this type, and what the template makes of it,
+    checked against the receiving service's schema."""
+    envelope = envelope_for(event_type)
+    body = render_template(name, envelope)
+    assert_valid(name, body)
+    return envelope, body
+
+
 def test_the_templates_as_data() -> None:
     assert list(templates.TEMPLATES) == ["slack", "jira", "pagerduty", "github", "generic"]
     labels = {name: t.label for name, t in templates.TEMPLATES.items()}
@@ -563,9 +572,7 @@ def test_apply_refuses_bad_params(name: str, params: Any, message: str) -> None:
 
 @pytest.mark.parametrize("event_type", ALL_TYPES)
 def test_slack_output_is_a_valid_message_for_every_type(event_type: str) -> None:
-    envelope = envelope_for(event_type)
-    body = render_template("slack", envelope)
-    assert_valid("slack", body)
+    envelope, body = valid_output("slack", event_type)
     data = envelope["data"]
     assert body["text"].strip()
     assert data["title"] in body["text"]
@@ -622,9 +629,7 @@ def test_slack_without_a_link() -> None:
 
 @pytest.mark.parametrize("event_type", ALL_TYPES)
 def test_jira_output_is_a_valid_create_issue_request(event_type: str) -> None:
-    envelope = envelope_for(event_type)
-    body = render_template("jira", envelope)
-    assert_valid("jira", body)
+    envelope, body = valid_output("jira", event_type)
     fields = body["fields"]
     assert fields["project"] == {"key": "OPS"}
     assert fields["issuetype"] == {"name": "Task"}
@@ -731,9 +736,7 @@ def test_pagerduty_without_data_id_still_has_a_dedup_key() -> None:
 
 @pytest.mark.parametrize("event_type", ALL_TYPES)
 def test_github_output_is_a_valid_repository_dispatch(event_type: str) -> None:
-    envelope = envelope_for(event_type)
-    body = render_template("github", envelope)
-    assert_valid("github", body)
+    envelope, body = valid_output("github", event_type)
     assert body["event_type"] == event_type.replace(".", "-")
     assert len(json.dumps(body).encode()) < 64 * 1024
     payload = body["client_payload"]

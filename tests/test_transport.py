@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import shutil
 import socket
@@ -18,52 +17,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.receivers import Receiver, Reply
+from tests.receivers import RawServer, Receiver, Reply, read_request, send
 from webhooks import transport
-
-LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
-
-
-class RawServer:
-    """A TCP server that hands each connection to `handle` (for misbehaving targets)."""
-
-    def __init__(self, handle: Callable[[socket.socket], None], tls: ssl.SSLContext | None = None):
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.handle, self.tls = handle, tls
-        self.stopped = False
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while not self.stopped:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
-
-    def _one(self, conn: socket.socket) -> None:
-        try:
-            if self.tls is not None:
-                conn = self.tls.wrap_socket(conn, server_side=True)
-            self.handle(conn)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def close(self) -> None:
-        self.stopped = True
-        self.sock.close()
-
-
-def read_request(conn: socket.socket) -> None:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return
-        data += chunk
 
 
 @pytest.fixture
@@ -83,15 +38,8 @@ def raw_server() -> Iterator[Callable[..., RawServer]]:
 
 
 def post(url: str, ca_bundle: str | None = None, timeout: float = 2) -> transport.Result:
-    return transport.post(
-        url,
-        b"{}",
-        {"Content-Type": "application/json"},
-        timeout=timeout,
-        ca_bundle=ca_bundle,
-        allowed_networks=LOOPBACK,
-        allow_http=True,
-    )
+    """`send`, http:// allowed: these tests are about the exchange, not the scheme."""
+    return send(url, ca_bundle, timeout, allow_http=True)
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])

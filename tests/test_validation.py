@@ -6,7 +6,7 @@ them, with the code and message of the first (name, url, events, ...); nothing i
 
 from __future__ import annotations
 
-from tests.test_api import URL, create, error_of
+from tests.test_api import URL, error_of
 
 
 def test_an_empty_create_names_name_url_and_events(api):
@@ -86,7 +86,7 @@ def test_every_unknown_field_is_named_with_the_others(api):
 
 
 def test_a_patch_with_several_bad_fields_names_them_all_and_changes_nothing(api):
-    hook = create(api)
+    hook = api.create_webhook(URL)
     before = api.get(f"/webhooks/{hook['id']}").json
 
     error = error_of(
@@ -117,7 +117,7 @@ def test_a_patch_with_several_bad_fields_names_them_all_and_changes_nothing(api)
 
 
 def test_a_patch_whose_first_problem_is_the_url_keeps_its_code(api):
-    hook = create(api)
+    hook = api.create_webhook(URL)
 
     error = error_of(
         api.patch(f"/webhooks/{hook['id']}", {"url": "ftp://example.com/", "events": ["x.y"]}),
@@ -169,8 +169,9 @@ def test_template_settings_are_named_with_the_other_fields(api):
 
 
 def test_a_patch_of_template_settings_names_each_missing_one(api):
-    hook = create(
-        api,
+    hook = api.create_webhook(
+        URL,
+        events=["*"],
         template="pagerduty",
         template_params={"routing_key": "R0UT1NGKEY0123456789012345678901"},
     )

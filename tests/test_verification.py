@@ -25,8 +25,7 @@ TITLE = "Café latency ☕ in eu-west"
 @pytest.fixture
 def captured(api, webhook, receiver, service) -> Received:
     """The first delivery of an incident as the receiver got it."""
-    event = api.post("/events", {"type": "incident.created", "data": {"title": TITLE, "n": 1}})
-    assert event.status_code == 202, event.json
+    api.publish(data={"title": TITLE, "n": 1})
     service.run_until(lambda: receiver.requests)
     return receiver.requests[0]
 
@@ -291,16 +290,13 @@ def test_a_pagerduty_delivery_verifies_though_its_logged_body_masks_the_routing_
     api, receiver, service
 ):
     routing_key = "R0UT1NGKEY0000000000000000000042"
-    pagerduty = api.post(
-        "/webhooks",
-        {
-            "name": "PagerDuty",
-            "url": receiver.url(),
-            "template": "pagerduty",
-            "template_params": {"routing_key": routing_key},
-        },
-    ).json
-    api.post("/events", {"type": "incident.created", "data": {"title": TITLE}})
+    pagerduty = api.create_webhook(
+        receiver.url(),
+        name="PagerDuty",
+        template="pagerduty",
+        template_params={"routing_key": routing_key},
+    )
+    api.publish(data={"title": TITLE})
     service.run_until(lambda: receiver.requests)
     got = receiver.requests[0]
     assert routing_key in got.body.decode()  # the receiver gets the key; the log keeps it masked

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import socket
 from contextlib import contextmanager
-from typing import Any
 
 import pytest
 from sqlalchemy import event
@@ -26,11 +25,8 @@ def config(config, request):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def broken(tls_context) -> Any:  # type: ignore[no-untyped-def]
-    server = Receiver(tls=tls_context)
-    server.answer(500)
-    yield server
-    server.close()
+def broken(receivers) -> Receiver:  # type: ignore[no-untyped-def]
+    return receivers(500)
 
 
 def closed_port() -> int:
@@ -45,20 +41,6 @@ def row_of(html: str, name: str) -> str:
         if f">{name}</a>" in row:
             return text(row)
     raise AssertionError(f"no row for {name}")
-
-
-def create(api, name: str, url: str, events: list[str] | None = None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    answer = api.post("/webhooks", {"name": name, "url": url, "events": events or ["*"]})
-    assert answer.status_code == 201, answer.json
-    return answer.json
-
-
-def ended(api):  # type: ignore[no-untyped-def]
-    def check() -> bool:
-        found = api.get("/deliveries?limit=100").json["data"]
-        return bool(found) and all(d["status"] != "pending" for d in found)
-
-    return check
 
 
 @contextmanager
@@ -82,11 +64,11 @@ def counted(app):  # type: ignore[no-untyped-def]
 def test_a_failing_webhook_says_why_and_a_healthy_one_says_nothing(
     api, user, receiver, broken, service
 ):
-    create(api, "Healthy", receiver.url())
-    create(api, "Broken", broken.url())
-    create(api, "Unreachable", f"https://127.0.0.1:{closed_port()}/hook")
-    api.post("/events", {"type": "incident.created", "data": {"id": "inc_1"}})
-    service.run_until(ended(api))
+    api.create_webhook(receiver.url(), name="Healthy")
+    api.create_webhook(broken.url(), name="Broken")
+    api.create_webhook(f"https://127.0.0.1:{closed_port()}/hook", name="Unreachable")
+    api.publish(data={"id": "inc_1"})
+    service.run_until(api.ended())
 
     page = user.get(LIST)
     assert page.status_code == 200
@@ -100,7 +82,7 @@ def test_a_failing_webhook_says_why_and_a_healthy_one_says_nothing(
 
     # Fixed: the next delivery succeeds and the error is gone.
     broken.answer(200)
-    api.post("/events", {"type": "incident.created", "data": {"id": "inc_2"}})
+    api.publish(data={"id": "inc_2"})
     service.run_until(lambda: "Last error" not in row_of(user.get(LIST).text, "Broken"))
     assert "connection refused" in row_of(user.get(LIST).text, "Unreachable")
 
@@ -109,20 +91,18 @@ def test_a_failing_webhook_says_why_and_a_healthy_one_says_nothing(
     "config", [{"WEBHOOK_RETRY_SCHEDULE": "0,3600"}], indirect=True
 )  # the second attempt is an hour away
 def test_a_retrying_webhook_says_so(api, user, broken, service):
-    hook = create(api, "Flaky", broken.url())
-    api.post("/events", {"type": "incident.created", "data": {"id": "inc_1"}})
-    service.run_until(
-        lambda: api.get(f"/deliveries?webhook_id={hook['id']}&status=retrying").json["data"]
-    )
+    hook = api.create_webhook(broken.url(), name="Flaky")
+    api.publish(data={"id": "inc_1"})
+    service.run_until(lambda: api.deliveries(webhook_id=hook["id"], status="retrying"))
     row = row_of(user.get(LIST).text, "Flaky")
     assert "Retrying; last error" in row and "HTTP 500 from the receiver" in row
 
 
 def test_the_last_error_of_the_whole_list_is_one_query(app, api, user, workspace, broken, service):
     for n in range(12):
-        create(api, f"Hook {n}", broken.url(f"/{n}"))
-    api.post("/events", {"type": "incident.created", "data": {"id": "inc_1"}})
-    service.run_until(ended(api))
+        api.create_webhook(broken.url(f"/{n}"), name=f"Hook {n}")
+    api.publish(data={"id": "inc_1"})
+    service.run_until(api.ended())
 
     with app.app_context():
         with counted(app) as sent:
@@ -136,9 +116,9 @@ def test_the_last_error_of_the_whole_list_is_one_query(app, api, user, workspace
     with counted(app) as few:
         assert "HTTP 500 from the receiver" in user.get(LIST).text
     for n in range(12, 24):
-        create(api, f"Hook {n}", broken.url(f"/{n}"))
-    api.post("/events", {"type": "incident.created", "data": {"id": "inc_2"}})
-    service.run_until(ended(api))
+        api.create_webhook(broken.url(f"/{n}"), name=f"Hook {n}")
+    api.publish(data={"id": "inc_2"})
+    service.run_until(api.ended())
     with counted(app) as many:
         page = user.get(LIST)
     assert page.text.count("HTTP 500 from the receiver") == 24
