@@ -62,6 +62,9 @@ class Receiver:
         self.router: Callable[[Received], Reply] | None = None
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
+        # Set by `close`: a reply still waiting out its delay ends at once, silently (a
+        # traceback printed by a server thread after its test raced the next test's imports).
+        self._closed = threading.Event()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -74,8 +77,8 @@ class Receiver:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 reply = receiver._record(Received(self.path, dict(self.headers), body, time.time()))
-                if reply.delay:
-                    time.sleep(reply.delay)
+                if reply.delay and receiver._closed.wait(reply.delay):
+                    return
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
@@ -86,7 +89,12 @@ class Receiver:
                 if reply.after is not None:
                     reply.after()
 
-        self.server = ThreadingHTTPServer((host, 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                if not receiver._closed.is_set():
+                    super().handle_error(request, client_address)
+
+        self.server = Server((host, 0), Handler)
         self.server.daemon_threads = True
         if tls is not None:
             self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
@@ -118,6 +126,7 @@ class Receiver:
         return wait_for_count(self._arrived, self.requests, count, timeout, "requests")
 
     def close(self) -> None:
+        self._closed.set()
         self.server.shutdown()
         self.server.server_close()
 
