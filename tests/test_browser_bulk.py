@@ -70,6 +70,7 @@ def test_redeliver_all_matching_asks_then_shows_the_progress_in_place(
         button = page.get_by_role("button", name="Redeliver all 3 matching")
         expect(button).to_be_visible()
         assert not _axe(page)
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
         mark_document(page)
 
         asked: list[str] = []
