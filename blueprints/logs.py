@@ -78,7 +78,8 @@ def index() -> ResponseReturnValue:
         statuses=logs.STATUSES,
         types=catalog.CATALOG,
         # Counted by `redeliver_offer` once the page is shown: counting up to 10,001 matches
-        # made a Failed view's render take up to 330 ms at a million rows, the log 20 ms.
+        # as it rendered made a Failed view take up to 330 ms at a million rows (SQLite),
+        # where the log itself takes 20 ms.
         offers_redeliver=_offers_redeliver(filters, errors),
         job=_shown_job(),
         **context,
