@@ -86,6 +86,16 @@ def _install_web(app: Flask) -> None:
     csrf.exempt(api.bp)  # the API authenticates each request by key, not by cookie
     for blueprint in (api.bp, openapi.bp, auth.bp, dashboard.bp, logs.bp, settings.bp, health.bp):
         app.register_blueprint(blueprint)
+    if not app.testing:
+        _compile_templates(app)
+
+
+def _compile_templates(app: Flask) -> None:
+    """Compile every template now, while the web process starts: the first render of a page
+    in a new process compiled its templates, 55 ms of the logs page's first 95 (12 ms after).
+    All of them take 0.2-0.3 s and 2 MB, once."""
+    for name in app.jinja_env.list_templates():
+        app.jinja_env.get_template(name)
 
 
 def _redis_tls_problem(exc: BaseException, url: str) -> str | None:

@@ -632,6 +632,37 @@ def test_deliveries_page_with_a_cursor_without_gaps_or_repeats(api):
     error_of(api.get("/deliveries?limit=many"), 400, "validation_error", "limit")
 
 
+def test_a_cursor_pages_within_since_and_until(api):
+    api.create_webhook(URL)
+    for n in range(8):
+        api.publish(data={"n": n})
+    newest_first = api.deliveries()
+    assert len({d["created_at"] for d in newest_first}) == 8
+    window = {"since": newest_first[6]["created_at"], "until": newest_first[1]["created_at"]}
+    expected = [d["id"] for d in newest_first[2:7]]
+
+    def page(**query):  # type: ignore[no-untyped-def]
+        response = api.client.get(
+            "/api/v1/deliveries",
+            query_string=query,
+            headers={"Authorization": f"Bearer {api.key}"},
+        )
+        assert response.status_code == 200, response.json
+        return response.json
+
+    def walk(cursor: str | None) -> list[str]:
+        found: list[str] = []
+        while True:
+            shown = page(limit=2, **window, **({"cursor": cursor} if cursor else {}))
+            found += [d["id"] for d in shown["data"]]
+            if (cursor := shown["next_cursor"]) is None:
+                return found
+
+    assert walk(None) == expected
+    # A cursor from beyond until (a page of the whole log, say): until still holds.
+    assert walk(page(limit=1)["next_cursor"]) == expected
+
+
 # --- 8. one delivery with its attempts -----------------------------------------------------
 
 

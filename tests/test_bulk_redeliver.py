@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 from collections import Counter
 from datetime import timedelta
@@ -47,6 +48,25 @@ def job_url(html: str) -> str:
     return found.group(1)
 
 
+def offer_url(page: str) -> str | None:
+    """Where the logs page fetches its "Redeliver all matching" offer from, once shown."""
+    found = re.search(r'<div id="redeliver-all" hx-get="([^"]+)" hx-trigger="load"', page)
+    return html.unescape(found.group(1)) if found else None
+
+
+def offer(user: Session, query: str) -> str:
+    """The logs page for `query`, then the offer it fetches (as htmx does): the offer's HTML."""
+    page = user.get(f"{LOGS}{query}")
+    assert page.status_code == 200, query
+    assert not re.search(r"Redeliver all \d|More than", page.text), query  # not counted yet
+    url = offer_url(page.text)
+    if url is None:
+        return ""
+    fragment = user.get(url, headers={"HX-Request": "true"})
+    assert fragment.status_code == 200, url
+    return fragment.text
+
+
 @pytest.fixture
 def failing(app, api, user, receiver, other_receiver, service) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Webhook X with 3 failed deliveries, Y with 2, and another workspace with 1."""
@@ -73,13 +93,13 @@ def test_redeliver_all_matching_sends_exactly_the_filtered_failed_deliveries(
     api, user, receiver, other_receiver, service, failing
 ):
     x = failing["x"]
-    page = user.get(f"{LOGS}?status=failed&webhook_id={x['id']}")
-    assert page.status_code == 200
-    assert "Redeliver all 3 matching" in page.text
-    assert 'hx-confirm="Redeliver all 3 failed deliveries' in page.text
+    shown = offer(user, f"?status=failed&webhook_id={x['id']}")
+    assert "Redeliver all 3 matching" in shown
+    assert 'hx-confirm="Redeliver all 3 failed deliveries' in shown
     # The filter goes with the form, and the confirm dialog is htmx's (no inline script).
-    assert f'name="webhook_id" value="{x["id"]}"' in page.text
-    assert "<script>" not in page.text
+    assert f'name="webhook_id" value="{x["id"]}"' in shown
+    assert 'name="status" value="failed"' in shown
+    assert "<script>" not in shown and "<html" not in shown  # a fragment, not a page
 
     before_x, before_other = len(receiver.requests), len(other_receiver.requests)
     started = user.post(
@@ -121,30 +141,63 @@ def test_redeliver_all_matching_sends_exactly_the_filtered_failed_deliveries(
 
 
 def test_the_button_shows_only_over_failed_deliveries(api, user, failing):
-    assert "Redeliver all 5 matching" in user.get(f"{LOGS}?status=failed").text
-    assert (
-        "Redeliver all 2 matching"
-        in user.get(f"{LOGS}?status=failed&webhook_id={failing['y']['id']}").text
+    assert "Redeliver all 5 matching" in offer(user, "?status=failed")
+    assert "Redeliver all 2 matching" in offer(
+        user, f"?status=failed&webhook_id={failing['y']['id']}"
     )
-    assert (
-        "Redeliver all 1 matching" in user.get(f"{LOGS}?status=failed&event_type=task.failed").text
-    )
+    assert "Redeliver all 1 matching" in offer(user, "?status=failed&event_type=task.failed")
+    # Views of other statuses, or with a filter that is wrong, do not even ask.
+    for query in ("", "?status=succeeded", "?status=pending", "?event_type=task.failed"):
+        page = user.get(f"{LOGS}{query}")
+        assert page.status_code == 200 and 'id="redeliver-all"' not in page.text, query
+    assert offer_url(user.get(f"{LOGS}?status=failed&since=nonsense").text) is None
+    # Failed views that match nothing ask, and are answered with nothing (the offer goes).
     for query in (
-        "",
-        "?status=succeeded",
-        "?status=pending",
-        "?event_type=task.failed",
         "?status=failed&event_type=finding.created",
         "?status=failed&until=2000-01-01T00:00:00Z",
         "?status=failed&q=nothing-has-this-title",
-        "?status=failed&since=nonsense",
     ):
-        page = user.get(f"{LOGS}{query}")
-        assert page.status_code == 200, query
-        assert "Redeliver all" not in page.text, query
+        assert offer(user, query).strip() == "", query
     # Another workspace's failed delivery is no one's business here, not even by its webhook.
     foreign_hook = failing["other"].get("/webhooks").json["data"][0]["id"]
-    assert "Redeliver all" not in user.get(f"{LOGS}?status=failed&webhook_id={foreign_hook}").text
+    assert offer(user, f"?status=failed&webhook_id={foreign_hook}").strip() == ""
+
+
+def test_over_the_per_call_maximum_the_offer_says_to_narrow_the_filter(
+    api, user, failing, monkeypatch
+):
+    monkeypatch.setattr(bulk, "MAX_PER_CALL", 4)
+    shown = text(offer(user, "?status=failed"))
+    assert "More than 4 failed deliveries match: narrow the filter" in shown
+    assert "Redeliver all" not in shown
+    assert "Redeliver all 2 matching" in offer(
+        user, f"?status=failed&webhook_id={failing['y']['id']}"
+    )
+    refused = user.post(f"{LOGS}/redeliver-all", data={"status": "failed"}, htmx=True)
+    assert "more than 4 failed deliveries match" in refused.text and "<progress" not in refused.text
+
+
+def test_without_javascript_the_offer_is_a_page_of_its_own(user, receiver, service, failing):
+    x = failing["x"]
+    page = user.get(f"{LOGS}?status=failed&webhook_id={x['id']}")
+    link = re.search(r'<noscript><p><a href="([^"]+)">Redeliver all matching', page.text)
+    assert link and html.unescape(link.group(1)) == offer_url(page.text)
+    shown = user.get(html.unescape(link.group(1)))
+    assert shown.status_code == 200
+    assert "<h1>Redeliver all matching</h1>" in shown.text
+    assert "Redeliver all 3 matching" in shown.text
+    assert f'name="webhook_id" value="{x["id"]}"' in shown.text
+    before = len(receiver.requests)
+    started = user.post(f"{LOGS}/redeliver-all", data={"status": "failed", "webhook_id": x["id"]})
+    assert started.status_code == 302 and "job=job_" in started.headers["Location"]
+    service.run_until(lambda: len(receiver.requests) >= before + 3)
+
+    nothing = user.get(f"{LOGS}/redeliver-all?status=failed&event_type=finding.created")
+    assert "there is nothing to redeliver" in text(nothing.text)
+    assert (
+        "Redeliver all 0" not in nothing.text
+        and f'action="{LOGS}/redeliver-all"' not in nothing.text
+    )
 
 
 def test_the_job_is_scoped_to_the_workspace_and_refuses_other_statuses(

@@ -178,6 +178,23 @@ def test_a_worker_process_leaves_the_web_out(config, tmp_path, monkeypatch):
         db.engine.dispose()
 
 
+def test_a_web_process_compiles_its_templates_as_it_starts(config, tmp_path, monkeypatch):
+    """So that the first view of a page in a new process does not wait for it (tests, which
+    make an app each, leave it to the first render)."""
+    from app import create_app
+
+    monkeypatch.setenv("INSTANCE_PATH", str(tmp_path / "instance"))
+    web = create_app({**config, "TESTING": False})
+    worker = create_app({**config, "TESTING": False, "WEBHOOK_WEB": "0"})
+    compiled = {name for _, name in web.jinja_env.cache or {}}
+    assert {"logs/index.html", "logs/_redeliver_all.html", "base.html"} <= compiled
+    assert compiled == set(web.jinja_env.list_templates())
+    assert not worker.jinja_env.cache
+    for app in (web, worker):
+        with app.app_context():
+            db.engine.dispose()
+
+
 def test_procfile_runs_workers_and_the_scheduler_without_the_web():
     lines = dict(
         line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line

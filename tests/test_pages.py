@@ -100,6 +100,8 @@ def _pages(filled: dict[str, Any]) -> list[str]:
         f"/settings/webhooks/{filled['ok']['id']}/edit",
         f"/settings/webhooks/{filled['failing']['id']}",
         "/settings/webhooks/logs",
+        "/settings/webhooks/logs?status=failed",
+        "/settings/webhooks/logs/redeliver-all?status=failed",
         f"/settings/webhooks/logs/{filled['delivery']}",
         "/settings/api-keys",
         "/settings/users",

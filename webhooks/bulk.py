@@ -266,27 +266,44 @@ def _batch(session: Session, redis: Redis, job: BulkJob, settings: Settings) -> 
 # -- redeliver matching -------------------------------------------------------------------------
 
 
-def _redeliverable(session: Session, workspace_id: str, params: dict[str, Any]) -> Any:
-    """The failed deliveries the job's filter matched when it started, after its cursor, in key
-    order. `upto` (the start) keeps out what was created or ended later: a delivery that fails
-    after the start, and the redeliveries themselves."""
+def _redeliverable_clauses(
+    session: Session, workspace_id: str, params: dict[str, Any]
+) -> list[Any]:
+    """The failed deliveries the job's filter matched when it started, after its cursor. `upto`
+    (the start) keeps out what was created or ended later: a delivery that fails after the
+    start, and the redeliveries themselves."""
     filters = logs.LogFilter.from_args({**params["filter"], "status": DeliveryStatus.FAILED})
     upto = datetime.fromisoformat(params["upto"])
+    # One upper bound on created_at, the earlier of To and the start (created_at <= upto is
+    # created_at < upto + 1 µs, the columns' precision). With From, To and the start as three
+    # bounds, SQLite read every delivery of the window by time, where the status or webhook
+    # index reads only the failed ones or the webhook's (counting 10 matches over a day's
+    # From and To at a million rows: 270 ms, then 7 ms).
+    if filters.until is None or filters.until > upto:
+        filters.until = upto + timedelta(microseconds=1)
     clauses = logs.matching(session, workspace_id, filters)
-    clauses += [Delivery.created_at <= upto, Delivery.updated_at <= upto]
+    clauses.append(Delivery.updated_at <= upto)
     if params.get("after"):
         created, delivery_id = params["after"]
         clauses.append(
             tuple_(Delivery.created_at, Delivery.id)
             > tuple_(datetime.fromisoformat(created), delivery_id)
         )
+    return clauses
+
+
+def _redeliverable(session: Session, workspace_id: str, params: dict[str, Any]) -> Any:
+    """Those deliveries in key order, the order a job walks them in."""
+    clauses = _redeliverable_clauses(session, workspace_id, params)
     return select(Delivery).where(*clauses).order_by(Delivery.created_at, Delivery.id)
 
 
 def redeliver_count(session: Session, workspace_id: str, filters: logs.LogFilter) -> int:
     """How many failed deliveries the filter matches, counted up to MAX_PER_CALL + 1."""
     params = {"filter": filters.to_args(), "upto": utcnow().isoformat()}
-    return _count(session, _redeliverable(session, workspace_id, params).limit(MAX_PER_CALL + 1))
+    # Counting needs neither the rows' columns nor their order.
+    clauses = _redeliverable_clauses(session, workspace_id, params)
+    return _count(session, select(Delivery.id).where(*clauses).limit(MAX_PER_CALL + 1))
 
 
 def start_redeliver(

@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -217,17 +217,23 @@ def page(
     cursor: str | None = None,
 ) -> tuple[list[Delivery], str | None]:
     """One page of deliveries, newest first, and the cursor of the next page (or None)."""
+    after = decode_cursor(cursor) if cursor else None
+    if after is not None and filters.until is not None and after[0] < filters.until:
+        # The cursor keeps created_at below To already. With To as a second upper bound (and
+        # From), SQLite read every delivery between From and the cursor by time, where the
+        # status or webhook index reads only those that may match (a deep page of a day's
+        # window at a million rows: 27 ms of CPU, then 3).
+        filters = replace(filters, until=None)
     search = _search(session, filters.q, workspace_id) if filters.q else None
     by_key = search is not None and search.few
     clauses = filters.clauses(workspace_id, by_key=by_key)
     if search is not None:
         clauses.append(search.clause)
     created_at = _Unindexed().created_at if by_key else Delivery.created_at
-    if cursor:
-        created, last_id = decode_cursor(cursor)
+    if after is not None:
         # A row-value comparison is one range on the (…, created_at, id) indexes; the
         # equivalent OR of two conditions is not, and filters half the table on deep pages.
-        clauses.append(tuple_(created_at, Delivery.id) < tuple_(created, last_id))
+        clauses.append(tuple_(created_at, Delivery.id) < tuple_(*after))
     rows = session.scalars(
         select(Delivery)
         .where(*clauses)
