@@ -12,11 +12,22 @@ from sqlalchemy import select
 from blueprints import localtime
 from blueprints.lookup import delivery_or_404
 from blueprints.ui import guarded, settings
-from webhooks import bulk, catalog, logs, publishing, services, verification
+from webhooks import bulk, catalog, logs, publishing, services, sqlite, verification
 from webhooks.errors import Invalid
 from webhooks.models import BulkJob, Delivery, DeliveryStatus, Webhook, db, utcnow
 
-bp = guarded(Blueprint("logs", __name__, url_prefix="/settings/webhooks/logs"))
+bp = Blueprint("logs", __name__, url_prefix="/settings/webhooks/logs")
+
+
+@bp.before_request
+def _reads_only() -> None:
+    """The log's pages only read: on SQLite they neither wait for the write lock nor hold it
+    (a count over a large log would otherwise keep every worker from recording meanwhile)."""
+    if request.method == "GET":
+        sqlite.reading(db.session)
+
+
+guarded(bp)  # after the above: the sign-in check is the first read
 
 PAGE = 50
 FILTER_KEYS = ("q", "status", "event_type", "webhook_id", "since", "until")
