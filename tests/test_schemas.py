@@ -38,7 +38,7 @@ class Sample(Shape):
 
     note: Annotated[str, Field(max_length=10), Check(_words)]
     count: Annotated[int, Check(_number)] = ABSENT
-    free: str = ABSENT
+    plain: Annotated[str | None, Field(max_length=3)] = ABSENT  # checked by its type and limits
 
 
 class Answer(Shape):
@@ -53,9 +53,9 @@ class Row:
 
 
 def test_a_shape_reads_every_field_and_records_every_problem_at_once(reading):
-    read = Sample.read({"count": "7", "free": 3, "bogus": 1}, reading)
+    read = Sample.read({"count": "7", "plain": "long", "bogus": 1}, reading)
 
-    assert read == {"note": FAILED, "count": FAILED, "free": 3}  # a field without a check: as given
+    assert read == {"note": FAILED, "count": FAILED, "plain": FAILED}
     with pytest.raises(Invalid) as refused:
         reading.problems.raise_any(Sample.order())
     assert refused.value.code == "validation_error"
@@ -64,18 +64,26 @@ def test_a_shape_reads_every_field_and_records_every_problem_at_once(reading):
         "bogus": "unknown field",
         "note": "Note is required",  # absent and required: checked as null
         "count": "a whole number, please",  # a check that names no field is named for it
+        "plain": "String should have at most 3 characters",  # without a check: pydantic's words
     }
 
 
 def test_a_partial_reading_checks_only_what_is_given(reading):
-    read = Sample.read({"count": 2}, reading, partial=True)
+    read = Sample.read({"count": 2, "plain": None}, reading, partial=True)
 
-    assert read == {"count": 2} and not reading.problems.found
+    assert read == {"count": 2, "plain": None} and not reading.problems.found
 
 
 def test_an_answer_shows_each_field_and_a_sometimes_field_only_when_given():
     assert Answer.of(Row()) == {"id": "x_1", "shouted": "QUIET"}
     assert Answer.of(Row(), secret=None) == {"id": "x_1", "shouted": "QUIET", "secret": None}
+
+
+def test_a_field_declared_without_a_check_is_checked_by_its_declared_type(reading):
+    for given in (5, "5", None):
+        fresh = Reading(reading.settings)
+        Sample.read({"note": "n", "count": 1, "plain": given}, fresh)
+        assert bool(fresh.problems.found) is (given == 5), given
 
 
 def test_every_setting_a_webhook_takes_is_in_its_answer_and_in_the_description(api, client):

@@ -2,17 +2,21 @@
 
 A shape is a pydantic model. Its fields' types and `Field` limits describe it, and the OpenAPI
 document is made from these classes (blueprints.openapi). The same declarations read input and
-build answers, without pydantic's validators, whose messages are its own:
+build answers, field by field rather than through a pydantic model's validation: the API's
+messages are written for people, a webhook's problems are all answered at once (those that
+need several fields too), and a stored row is shown without being checked again:
 
 - `read` passes each given field through its `Check`, a domain function (webhooks.checks) that
   returns what to keep or raises Invalid with the API's code and a message for a person; every
-  field's problem is recorded at once, in the shape's field order.
+  field's problem is recorded at once, in the shape's field order. A field declared without a
+  Check is checked by its type and limits alone (pydantic, strict), in pydantic's words.
 - `of` builds an answer from a row: each field is the row's attribute of the same name unless
   `Show` says how to get it (a credential masked, say), and a time is ISO 8601 UTC. A field
   declared with `sometimes` is in an answer only when given.
 
 Adding an optional field to webhooks: a column, a migration, and one line in `WebhookInput`
-(its type, limits and check); create, PATCH, every answer and the OpenAPI document follow.
+(its type, limits, default and, for messages of our own, its check); create, PATCH, every
+answer and the OpenAPI document follow.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from functools import partial
 from operator import attrgetter
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 
 from webhooks import catalog, checks, credentials, flow, signing, templates
 from webhooks.config import Settings
@@ -123,6 +128,32 @@ def _shower(name: str, info: Any) -> Callable[[Any], Any]:
     return attrgetter(show)
 
 
+class _ByType:
+    """The check of a field declared without one: its type and limits, by pydantic (strict:
+    no "5" for 5), its problem in pydantic's words. Made when first needed."""
+
+    def __init__(self, name: str, info: FieldInfo) -> None:
+        self.name, self.info = name, info
+        self.adapter: TypeAdapter[Any] | None = None
+
+    def __call__(self, value: Any) -> Any:
+        if self.adapter is None:
+            declared: Any = self.info.annotation
+            # Field's limits (a length, a bound), as pydantic keeps them apart from the type.
+            limits = self.info.metadata
+            self.adapter = TypeAdapter(Annotated[declared, *limits] if limits else declared)
+        try:
+            return self.adapter.validate_python(value, strict=True)
+        except ValidationError as exc:
+            msg = exc.errors(include_url=False)[0]["msg"]
+            raise Invalid("validation_error", f"{self.name}: {msg}", {self.name: msg}) from None
+
+
+def _checker(name: str, info: FieldInfo) -> Check:
+    declared = next((m for m in info.metadata if isinstance(m, Check)), None)
+    return declared or Check(_ByType(name, info))
+
+
 class Shape(BaseModel):
     """A shape of the API; see the module's docstring."""
 
@@ -131,7 +162,7 @@ class Shape(BaseModel):
 
     # What `read` and `of` do with each field, worked out once from the declarations.
     _shows: ClassVar[tuple[tuple[str, Callable[[Any], Any]], ...]] = ()
-    _checks: ClassVar[tuple[tuple[str, Check | None], ...]] = ()
+    _checks: ClassVar[tuple[tuple[str, Check], ...]] = ()
     _required: ClassVar[frozenset[str]] = frozenset()
     _known: ClassVar[frozenset[str] | None] = None  # None: extra fields are ignored
 
@@ -142,10 +173,7 @@ class Shape(BaseModel):
         cls._shows = tuple(
             (name, _shower(name, info)) for name, info in fields.items() if info.exclude_if is None
         )
-        cls._checks = tuple(
-            (name, next((m for m in info.metadata if isinstance(m, Check)), None))
-            for name, info in fields.items()
-        )
+        cls._checks = tuple((name, _checker(name, info)) for name, info in fields.items())
         cls._required = frozenset(name for name, info in fields.items() if info.is_required())
         cls._known = frozenset(fields) if cls.model_config.get("extra") == "forbid" else None
 
@@ -158,7 +186,7 @@ class Shape(BaseModel):
     def read(
         cls, payload: Mapping[str, Any], reading: Reading, *, partial: bool = False
     ) -> dict[str, Any]:
-        """The given fields as their checks take them (as given, for a field without one).
+        """The given fields as their checks take them.
 
         A problem goes to `reading.problems` and its field reads as FAILED; a field the shape
         does not have is one, unless the shape ignores extra fields. A required field that is
@@ -174,11 +202,7 @@ class Shape(BaseModel):
             else:
                 continue
             try:
-                if check is None:
-                    values[name] = value
-                else:
-                    checked = check.check(value, reading) if check.reading else check.check(value)
-                    values[name] = checked
+                values[name] = check.check(value, reading) if check.reading else check.check(value)
             except Invalid as exc:
                 # A check that does not name its field (a plain type check) is named for it.
                 fields = exc.fields or {name: exc.message}
@@ -258,6 +282,15 @@ class EventType(Shape):
 # --------------------------------------------------------------------------- webhooks
 
 
+def _as_given(value: Any) -> Any:
+    return value
+
+
+# A field checked with others, by the domain (a template with its settings and the transform,
+# in webhooks.management): `read` takes it as given.
+TOGETHER = Check(_as_given)
+
+
 def _url(url: Any, reading: Reading) -> str:
     return checks.check_url(url, reading.settings, reading.warnings)
 
@@ -324,14 +357,14 @@ class WebhookInput(Shape):
         Check(checks.check_secret),
     ]
     active: Annotated[bool, Check(partial(checks.check_bool, "active"))] = True
-    # The template, its settings and the transform are checked together (management).
-    template: str | None = None
+    template: Annotated[str | None, TOGETHER] = None
     template_params: Annotated[
         dict[str, Any] | None,
         Field(
             description="credentials (api_token, token, routing_key) masked; a masked value "
             "sent back keeps the stored one; PATCH merges (null removes a key)"
         ),
+        TOGETHER,
         Show(lambda webhook: credentials.mask_params(webhook.template_params)),
     ] = None
     transform: Annotated[
@@ -340,6 +373,7 @@ class WebhookInput(Shape):
             description="what is rendered: its own, or its template's (live; without "
             "credentials, which are set at send time)"
         ),
+        TOGETHER,
         Show(shown_transform),
     ] = None
     rate_limit: Annotated[
