@@ -47,8 +47,7 @@ redis = services.redis
 
 @bp.errorhandler(Invalid)
 def _invalid(exc: Invalid) -> Response:
-    body: dict[str, Any] = {"code": exc.code, "message": exc.message, "fields": exc.fields}
-    response = jsonify({"error": body})
+    response = jsonify(schemas.Error.of(exc))
     response.status_code = exc.status
     return response
 

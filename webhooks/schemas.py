@@ -88,28 +88,14 @@ def _absent(value: Any) -> bool:
     return value is ABSENT
 
 
-def one_of(values: Any, description: str | None = None) -> Any:
-    """A string limited to `values`, which are known only when the catalog is loaded."""
-    return Field(json_schema_extra={"enum": list(values)}, description=description)
+def one_of(values: Any) -> Any:
+    """A string limited to `values` (known when the catalog is loaded, say)."""
+    return Field(json_schema_extra={"enum": list(values)})
 
 
 def each(shape: type[Shape], attribute: str) -> Show:
     """A list of `shape`s, one for each item of the row's `attribute`."""
     return Show(lambda row: [shape.of(item) for item in getattr(row, attribute)])
-
-
-def _needs(kind: type, message: str, value: Any) -> Any:
-    """`value` when it is a `kind`; else `message` (which says what is needed)."""
-    if not isinstance(value, kind):
-        raise Invalid("validation_error", message)
-    return value
-
-
-def _is(kind: type, value: Any) -> Any:
-    """`value` when it is null or a `kind`; else what it is instead."""
-    if value is not None and not isinstance(value, kind):
-        raise Invalid("validation_error", f"must be {kind.__name__}, got {value!r}")
-    return value
 
 
 def _unknown_fields(payload: Mapping[str, Any], known: frozenset[str]) -> None:
@@ -614,6 +600,20 @@ class NotificationSettings(Shape):
 
 
 # --------------------------------------------------------------------------- the signature debugger
+
+
+def _needs(kind: type, message: str, value: Any) -> Any:
+    """`value` when it is a `kind`; else `message` (which says what is needed)."""
+    if not isinstance(value, kind):
+        raise Invalid("validation_error", message)
+    return value
+
+
+def _is(kind: type, value: Any) -> Any:
+    """`value` when it is null or a `kind`; else what it is instead."""
+    if value is not None and not isinstance(value, kind):
+        raise Invalid("validation_error", f"must be {kind.__name__}, got {value!r}")
+    return value
 
 
 def _received_headers(headers: Any) -> dict[str, str]:
