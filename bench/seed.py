@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from app import create_app  # noqa: E402
 from webhooks import accounts, management, services  # noqa: E402
 from webhooks.models import db  # noqa: E402
+from webhooks.schemas import Reading  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +40,7 @@ def main() -> None:
                     "events": ["*"],
                     "active": ws_spec.get("active", True),
                 }
-                webhook, _ = management.create(db.session, ws.id, payload, settings)
+                webhook, _ = management.create(db.session, ws.id, payload, Reading(settings))
                 ids.append(webhook.id)
             out["workspaces"][name] = {"id": ws.id, "key": key, "webhooks": ids}
         user = spec.get("user")

@@ -15,20 +15,23 @@ from werkzeug.exceptions import HTTPException
 from blueprints import security
 from blueprints.lookup import Missing, delivery_or_404, owned_or_404, webhook_or_404
 from blueprints.security import limiter
-from blueprints.serialize import attempt_json, delivery_json, envelope_json, webhook_json
+from blueprints.serialize import envelope_json
 from webhooks import (
     bulk,
     catalog,
+    checks,
     listeners,
     logs,
     management,
     notification_settings,
     publishing,
+    schemas,
     services,
     verification,
 )
 from webhooks.errors import Invalid
 from webhooks.models import BulkJob, Delivery, Event, db, utcnow
+from webhooks.schemas import Reading
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 limiter.limit(lambda: current_app.config["WEBHOOK_API_RATE_LIMIT"])(bp)
@@ -44,8 +47,7 @@ redis = services.redis
 
 @bp.errorhandler(Invalid)
 def _invalid(exc: Invalid) -> Response:
-    body: dict[str, Any] = {"code": exc.code, "message": exc.message, "fields": exc.fields}
-    response = jsonify({"error": body})
+    response = jsonify(schemas.Error.of(exc))
     response.status_code = exc.status
     return response
 
@@ -116,39 +118,37 @@ def json_body(*, optional: bool = False) -> dict[str, Any]:
 @bp.get("/event-types")
 def event_types() -> ResponseReturnValue:
     """List the event catalog."""
-    return {"data": [event.as_dict() for event in catalog.CATALOG]}
+    return {"data": [schemas.EventType.of(event) for event in catalog.CATALOG]}
 
 
 @bp.post("/webhooks")
 def create_webhook() -> ResponseReturnValue:
     """Create a webhook; the answer carries its secret."""
-    warnings: list[str] = []
-    webhook, secret = management.create(
-        db.session, g.workspace_id, json_body(), settings(), warnings
-    )
-    return {**webhook_json(webhook), "secret": secret, **_warned(warnings)}, 201
+    reading = Reading(settings())
+    webhook, secret = management.create(db.session, g.workspace_id, json_body(), reading)
+    return {**schemas.Webhook.of(webhook, secret=secret), **_warned(reading.warnings)}, 201
 
 
 @bp.get("/webhooks")
 def list_webhooks() -> ResponseReturnValue:
     """List the workspace's webhooks, newest first."""
     webhooks = management.listed(db.session, g.workspace_id)
-    return {"data": [webhook_json(w) for w in webhooks]}
+    return {"data": [schemas.Webhook.of(w) for w in webhooks]}
 
 
 @bp.get("/webhooks/<webhook_id>")
 def get_webhook(webhook_id: str) -> ResponseReturnValue:
     """Show one webhook (without its secret)."""
-    return webhook_json(webhook_or_404(webhook_id))
+    return schemas.Webhook.of(webhook_or_404(webhook_id))
 
 
 @bp.patch("/webhooks/<webhook_id>")
 def update_webhook(webhook_id: str) -> ResponseReturnValue:
     """Change any field of a webhook."""
     webhook = webhook_or_404(webhook_id)
-    warnings: list[str] = []
-    management.update(db.session, webhook, json_body(), settings(), warnings)
-    return {**webhook_json(webhook), **_warned(warnings)}
+    reading = Reading(settings())
+    management.update(db.session, webhook, json_body(), reading)
+    return {**schemas.Webhook.of(webhook), **_warned(reading.warnings)}
 
 
 def _warned(warnings: list[str]) -> dict[str, list[str]]:
@@ -166,7 +166,7 @@ def delete_webhook(webhook_id: str) -> ResponseReturnValue:
 @bp.get("/webhooks/<webhook_id>/secret")
 def get_secret(webhook_id: str) -> ResponseReturnValue:
     """Reveal the current signing secret."""
-    return {"secret": management.current_secret(webhook_or_404(webhook_id))}
+    return schemas.Secret.of(secret=management.current_secret(webhook_or_404(webhook_id)))
 
 
 @bp.post("/webhooks/<webhook_id>/rotate-secret")
@@ -174,7 +174,7 @@ def rotate_secret(webhook_id: str) -> ResponseReturnValue:
     """Make a new secret current; the old one signs alongside for 24 hours."""
     webhook = webhook_or_404(webhook_id)
     secret = management.rotate(db.session, webhook, json_body(optional=True).get("secret"))
-    return {"secret": secret, "webhook": webhook_json(webhook)}
+    return schemas.Rotated.of(secret=secret, webhook=schemas.Webhook.of(webhook))
 
 
 @bp.post("/webhooks/<webhook_id>/test")
@@ -185,35 +185,26 @@ def send_test(webhook_id: str) -> ResponseReturnValue:
     if not isinstance(event_type, str) or event_type not in catalog.BY_TYPE:
         raise fail("unknown_event_type", f"unknown event type {event_type!r}", type="unknown type")
     event, delivery_id = publishing.send_test(db.session, redis(), webhook, event_type, settings())
-    return {"event": envelope_json(event), "delivery_id": delivery_id}, 202
+    return schemas.TestSent.of(event=envelope_json(event), delivery_id=delivery_id), 202
 
 
 @bp.post("/webhooks/<webhook_id>/verify-signature")
 def verify_signature(webhook_id: str) -> ResponseReturnValue:
     """Say whether a received request verifies, per signature header, and why not."""
     webhook = webhook_or_404(webhook_id)
-    payload = json_body()
-    body, headers = payload.get("body"), payload.get("headers")
-    errors = {}
-    if not isinstance(body, str):
-        errors["body"] = "required: the raw body as the receiver read it, as a string"
-    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
-        errors["headers"] = "required: an object of the headers as received, values strings"
-    for name in ("secret", "computed"):
-        if payload.get(name) is not None and not isinstance(payload[name], str):
-            errors[name] = f"must be a string, got {type(payload[name]).__name__}"
-    if errors:
-        raise Invalid("validation_error", "; ".join(f"{k}: {v}" for k, v in errors.items()), errors)
+    reading = Reading(settings())
+    given = schemas.SignatureCheckInput.read(json_body(), reading)
+    reading.problems.raise_listed()
     report = verification.check(
         db.session,
         webhook,
-        cast(str, body),  # checked above
-        cast(dict[str, str], headers),
+        given["body"],
+        given["headers"],
         utcnow(),
-        secret=payload.get("secret"),
-        computed=payload.get("computed"),
+        secret=given.get("secret"),
+        computed=given.get("computed"),
     )
-    return report.as_dict()
+    return schemas.SignatureReport.of(report)
 
 
 @bp.post("/events")
@@ -380,15 +371,10 @@ def listener_or_404(listener_id: str) -> listeners.Listener:
 def create_listener() -> ResponseReturnValue:
     """Open a listener for the `listen` command: a webhook whose deliveries go to its stream."""
     payload = json_body(optional=True)
-    events = management.check_events(payload.get("events", ["*"]))
+    events = checks.check_events(payload.get("events", ["*"]))
     listener, secret = listeners.create(db.session, g.workspace_id, events)
     stream_url = f"/api/v1/listeners/{listener.id}/stream"
-    return {
-        "id": listener.id,
-        "webhook_id": listener.webhook_id,
-        "secret": secret,
-        "stream_url": stream_url,
-    }, 201
+    return schemas.Listener.of(listener, secret=secret, stream_url=stream_url), 201
 
 
 @bp.get("/listeners/<listener_id>/stream")
@@ -444,26 +430,11 @@ def _listener_events(listener_id: str, streams: listeners.Streams) -> Iterator[s
 def listener_result(listener_id: str) -> ResponseReturnValue:
     """Record the outcome of an attempt the `listen` command made."""
     listener = listener_or_404(listener_id)
-    payload = json_body()
-    delivery_id, number = payload.get("delivery_id"), payload.get("attempt")
-    types = {"status_code": int, "headers": dict, "body": str, "duration_ms": int, "error": str}
-    errors = {
-        name: f"must be {kind.__name__}, got {payload[name]!r}"
-        for name, kind in types.items()
-        if payload.get(name) is not None and not isinstance(payload[name], kind)
-    }
-    if not isinstance(delivery_id, str):
-        errors["delivery_id"] = "required: the delivery id (dlv_…)"
-    if not isinstance(number, int):
-        errors["attempt"] = "required: the attempt number"
-    if errors:
-        raise Invalid("validation_error", "; ".join(f"{k}: {v}" for k, v in errors.items()), errors)
-    attempt_id = listeners.attempt_in_flight(
-        db.session,
-        listener,
-        cast(str, delivery_id),
-        cast(int, number),  # checked above
-    )
+    reading = Reading(settings())
+    given = schemas.ListenerResultInput.read(json_body(), reading)
+    reading.problems.raise_listed()
+    delivery_id, number = given.pop("delivery_id"), given.pop("attempt")
+    attempt_id = listeners.attempt_in_flight(db.session, listener, delivery_id, number)
     if attempt_id is None:
         raise fail(
             "not_found",
@@ -471,9 +442,10 @@ def listener_result(listener_id: str) -> ResponseReturnValue:
             "(it timed out, or it is not this listener's)",
             404,
         )
-    fields = {k: payload.get(k) for k in types}
-    listeners.report(redis(), attempt_id, fields, settings())
-    return {"delivery_id": delivery_id, "attempt": number, "accepted": True}, 202
+    # Every field of the outcome, null where the command reported none.
+    outcome = {**dict.fromkeys(schemas.ListenerResultInput.defaults()), **given}
+    listeners.report(redis(), attempt_id, outcome, settings())
+    return schemas.ListenerResult.of(delivery_id=delivery_id, attempt=number, accepted=True), 202
 
 
 @bp.delete("/listeners/<listener_id>")
@@ -495,7 +467,7 @@ def get_event(event_id: str) -> ResponseReturnValue:
     return {
         **envelope_json(event),
         "delivery_count": len(deliveries),
-        "deliveries": [delivery_json(d) for d in deliveries],
+        "deliveries": [schemas.Delivery.of(d) for d in deliveries],
     }
 
 
@@ -517,7 +489,7 @@ def list_deliveries() -> ResponseReturnValue:
         )
     except logs.BadFilter as exc:
         raise Invalid("validation_error", str(exc), {exc.field: str(exc)}) from None
-    return {"data": [delivery_json(d) for d in rows], "next_cursor": next_cursor}
+    return {"data": [schemas.Delivery.of(d) for d in rows], "next_cursor": next_cursor}
 
 
 @bp.get("/deliveries/<delivery_id>")
@@ -525,9 +497,9 @@ def get_delivery(delivery_id: str) -> ResponseReturnValue:
     """Show a delivery with its event and every attempt."""
     delivery = delivery_or_404(delivery_id)
     return {
-        **delivery_json(delivery),
+        **schemas.Delivery.of(delivery),
         "event": envelope_json(delivery.event),
-        "attempts": [attempt_json(a) for a in delivery.attempts],
+        "attempts": [schemas.Attempt.of(a) for a in delivery.attempts],
     }
 
 
@@ -535,13 +507,13 @@ def get_delivery(delivery_id: str) -> ResponseReturnValue:
 def redeliver(delivery_id: str) -> ResponseReturnValue:
     """Send the same event to the same webhook again, as a new delivery."""
     new_id = publishing.redeliver(db.session, redis(), delivery_or_404(delivery_id), settings())
-    return delivery_json(db.session.get_one(Delivery, new_id)), 202
+    return schemas.Delivery.of(db.session.get_one(Delivery, new_id)), 202
 
 
 @bp.get("/egress-ips")
 def egress_ips() -> ResponseReturnValue:
     """The addresses deliveries come from, for firewall allowlists."""
-    return {"ips": list(current_app.config["WEBHOOK_EGRESS_IPS"])}
+    return schemas.EgressIps.of(ips=list(current_app.config["WEBHOOK_EGRESS_IPS"]))
 
 
 def _time(payload: dict[str, Any], name: str, *, required: bool = False) -> datetime | None:
@@ -557,42 +529,40 @@ def _time(payload: dict[str, Any], name: str, *, required: bool = False) -> date
         raise Invalid("validation_error", str(exc), {name: str(exc)}) from None
 
 
-def _bulk(webhook_id: str, kind: str, until_allowed: bool) -> ResponseReturnValue:
+def _bulk(webhook_id: str, kind: str, shape: type[schemas.Shape]) -> ResponseReturnValue:
     webhook = webhook_or_404(webhook_id)
     payload = json_body()
-    allowed = {"since", "until"} if until_allowed else {"since"}
-    extra = sorted(set(payload) - allowed)
+    extra = sorted(set(payload) - set(shape.model_fields))
     if extra:
         raise fail_field("validation_error", f"unknown field {extra[0]!r}", extra[0], "unknown")
     since = cast(datetime, _time(payload, "since", required=True))  # required: never None
-    until = _time(payload, "until") if until_allowed else None
+    until = _time(payload, "until") if "until" in shape.model_fields else None
     job = bulk.start(db.session, redis(), webhook, kind, since, until, settings())
-    body: dict[str, Any] = {"job_id": job.id, "count": job.total}
-    if job.total >= bulk.MAX_PER_CALL:
-        body["message"] = (
-            f"at most {bulk.MAX_PER_CALL} deliveries per call; once this job is done, "
-            "call again for the rest"
-        )
-    return body, 202
+    capped = {
+        "message": f"at most {bulk.MAX_PER_CALL} deliveries per call; once this job is done, "
+        "call again for the rest"
+    }
+    more = capped if job.total >= bulk.MAX_PER_CALL else {}
+    return schemas.BulkStarted.of(job_id=job.id, count=job.total, **more), 202
 
 
 @bp.post("/webhooks/<webhook_id>/recover")
 def recover(webhook_id: str) -> ResponseReturnValue:
     """Deliver again each event whose deliveries in a window failed and never got through."""
-    return _bulk(webhook_id, bulk.RECOVER, until_allowed=True)
+    return _bulk(webhook_id, bulk.RECOVER, schemas.RecoverInput)
 
 
 @bp.post("/webhooks/<webhook_id>/replay-missed")
 def replay_missed(webhook_id: str) -> ResponseReturnValue:
     """Deliver each event of its types published since a time that it never got."""
-    return _bulk(webhook_id, bulk.REPLAY, until_allowed=False)
+    return _bulk(webhook_id, bulk.REPLAY, schemas.ReplayInput)
 
 
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str) -> ResponseReturnValue:
     """Show a bulk job's progress."""
     job = owned_or_404(BulkJob, job_id, "job")
-    return bulk.as_json(job)
+    return schemas.BulkJob.of(job)
 
 
 @bp.get("/notifications")
@@ -604,8 +574,6 @@ def get_notifications() -> ResponseReturnValue:
 @bp.put("/notifications")
 def put_notifications() -> ResponseReturnValue:
     """Replace the workspace's e-mail addresses and alert URL."""
-    warnings: list[str] = []
-    saved = notification_settings.save(
-        db.session, g.workspace_id, json_body(), settings(), warnings
-    )
-    return {**saved, **_warned(warnings)}
+    reading = Reading(settings())
+    saved = notification_settings.save(db.session, g.workspace_id, json_body(), reading)
+    return {**saved, **_warned(reading.warnings)}

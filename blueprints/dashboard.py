@@ -91,16 +91,14 @@ def create() -> ResponseReturnValue:
     problems = management.Problems()  # the form's own reading, then the domain's checks
     try:
         payload = webhook_form.payload(request.form, creating=True, problems=problems)
-        warnings: list[str] = []
-        webhook, _ = management.create(
-            db.session, g.workspace_id, payload, settings(), warnings, problems=problems
-        )
+        reading = management.Reading(settings(), problems=problems)
+        webhook, _ = management.create(db.session, g.workspace_id, payload, reading)
     except Invalid as exc:
         db.session.rollback()
         values = webhook_form.redisplay(request.form, None)
         return render_form(None, values, exc.fields or {"form": exc.message})
     flash(f"Webhook “{webhook.name}” created. Send a test event to try it.", "success")
-    for warning in warnings:
+    for warning in reading.warnings:
         flash(warning, "info")
     return redirect(url_for("dashboard.show", webhook_id=webhook.id))
 
@@ -114,7 +112,8 @@ def edit(webhook_id: str) -> ResponseReturnValue:
     problems = management.Problems()
     try:
         payload = webhook_form.payload(request.form, creating=False, problems=problems)
-        management.update(db.session, webhook, payload, settings(), problems=problems)
+        reading = management.Reading(settings(), problems=problems)
+        management.update(db.session, webhook, payload, reading)
     except Invalid as exc:
         db.session.rollback()
         values = webhook_form.redisplay(request.form, webhook)
@@ -165,7 +164,7 @@ def toggle_active(webhook_id: str) -> ResponseReturnValue:
     marks = [t for t in (webhook.failing_since, webhook.disabled_at) if t is not None]
     anchor = min(marks) if turning_on and not webhook.active and marks else None
     paused_at = webhook.disabled_at if turning_on and not webhook.active else None
-    management.update(db.session, webhook, {"active": turning_on}, settings())
+    management.update(db.session, webhook, {"active": turning_on}, management.Reading(settings()))
     offer = bulk.recover_offer(db.session, webhook, anchor, settings()) if anchor else None
     missed = bulk.replay_offer(db.session, webhook, paused_at) if paused_at else 0
     return render_template(

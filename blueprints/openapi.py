@@ -1,52 +1,58 @@
-"""The OpenAPI 3.1 description of the REST API, served at /api/v1/openapi.json."""
+"""The OpenAPI 3.1 description of the REST API, served at /api/v1/openapi.json.
+
+Its schemas are made from the shapes that the API reads and answers with (webhooks.schemas);
+this module says which shape each operation takes and answers with, and in what words.
+"""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from flask import Blueprint
 from flask.typing import ResponseReturnValue
+from pydantic.json_schema import GenerateJsonSchema, models_json_schema
+from pydantic_core import core_schema
 
-from webhooks import catalog
+from webhooks import schemas
 from webhooks.models import DeliveryStatus
 from webhooks.publishing import MAX_BATCH
+from webhooks.schemas import Shape
 
 bp = Blueprint("openapi", __name__, url_prefix="/api/v1")
 
-ERROR_CODES = [
-    "invalid_json",
-    "validation_error",
-    "invalid_url",
-    "target_not_allowed",
-    "invalid_headers",
-    "invalid_secret",
-    "invalid_transform",
-    "invalid_rate_limit",
-    "invalid_ordering_key",
-    "unknown_event_type",
-    "idempotency_conflict",
-    "payload_too_large",
-    "webhook_inactive",
-    "not_found",
-    "unauthorized",
-    "rate_limited",
-    "quota_exceeded",
-    "method_not_allowed",
-    "bad_request",
-    "internal_error",
-    "unavailable",
-]
+
+class Body:
+    """A request body's shape: described as the API reads it."""
+
+    def __init__(self, shape: type[Shape], *, required: bool = True) -> None:
+        self.shape, self.required = shape, required
+
+
+# The shapes named in components/schemas; the others are written out where they are used.
+COMPONENTS = (
+    schemas.Error,
+    schemas.EventType,
+    schemas.Webhook,
+    Body(schemas.WebhookInput),
+    schemas.Envelope,
+    schemas.Delivery,
+    schemas.Attempt,
+    schemas.BulkStarted,
+    schemas.BulkJob,
+    schemas.NotificationSettings,
+)
 
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json(schema: dict[str, Any]) -> dict[str, Any]:
+def _json(schema: Any) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
 
-def _answer(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+def _answer(description: str, schema: Any = None) -> dict[str, Any]:
     return {"description": description, **(_json(schema) if schema else {})}
 
 
@@ -60,7 +66,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         413: "request body too large",
         429: "rate limited",
     }
-    return {str(c): _answer(words[c], _ref("Error")) for c in (401, 429, *codes)}
+    return {str(c): _answer(words[c], schemas.Error) for c in (401, 429, *codes)}
 
 
 def _id(name: str, prefix: str) -> dict[str, Any]:
@@ -73,278 +79,17 @@ def _id(name: str, prefix: str) -> dict[str, Any]:
     }
 
 
-TIME = {"type": "string", "format": "date-time"}
-NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
-# Flow control (API.md section 8).
-RATE_LIMIT = {
-    "type": ["number", "null"],
-    "minimum": 0.01,
-    "maximum": 10000,
-    "description": "at most this many attempts start per second, in bursts of at most "
-    "max(1, ceil(rate_limit)); null: no limit (the slack template sets 1)",
-}
-ORDERING_KEY = {
-    "type": ["string", "null"],
-    "maxLength": 1000,
-    "description": "a template rendered against the envelope: deliveries whose keys are equal "
-    "go one at a time, in publish order; null: no ordering (the pagerduty template sets its "
-    "dedup_key)",
-}
-
-WEBHOOK_INPUT = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "minLength": 1, "maxLength": 200},
-        "url": {"type": "string", "maxLength": 2048, "description": "https:// only"},
-        "events": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-        "secret": {"type": ["string", "null"]},
-        "headers": {
-            "type": "object",
-            "additionalProperties": {"type": "string"},
-            "maxProperties": 20,
-        },
-        "active": {"type": "boolean"},
-        "template": {"type": ["string", "null"]},
-        "template_params": {"type": ["object", "null"]},
-        "transform": {"type": ["object", "null"]},
-        "rate_limit": RATE_LIMIT,
-        "ordering_key": ORDERING_KEY,
-    },
-    "additionalProperties": False,
-}
-
-SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message", "fields"],
-                "properties": {
-                    "code": {"type": "string", "enum": ERROR_CODES},
-                    "message": {"type": "string"},
-                    "fields": {"type": "object", "additionalProperties": {"type": "string"}},
-                },
-            }
-        },
-    },
-    "EventType": {
-        "type": "object",
-        "required": ["type", "category", "description", "example"],
-        "properties": {
-            "type": {"type": "string", "enum": [e.type for e in catalog.CATALOG]},
-            "category": {"type": "string", "enum": [key for key, _ in catalog.CATEGORIES]},
-            "description": {"type": "string"},
-            "example": {"type": "object"},
-        },
-    },
-    "Webhook": {
-        "type": "object",
-        "required": [
-            "id",
-            "name",
-            "url",
-            "events",
-            "headers",
-            "active",
-            "disabled_reason",
-            "has_secret",
-            "template",
-            "transform",
-            "created_at",
-            "updated_at",
-        ],  # fmt: skip
-        "properties": {
-            "id": {"type": "string"},
-            "name": {"type": "string"},
-            "url": {"type": "string"},
-            "events": {"type": "array", "items": {"type": "string"}},
-            "headers": {
-                "type": "object",
-                "description": "its own custom headers; credential values masked (••••1234)",
-            },
-            "template_headers": {
-                "type": "object",
-                "description": "headers its template adds when it sends; credentials masked",
-            },
-            "active": {"type": "boolean"},
-            "disabled_reason": {"type": ["string", "null"]},
-            "has_secret": {"type": "boolean"},
-            "template": {"type": ["string", "null"]},
-            "template_params": {
-                "type": ["object", "null"],
-                "description": "credentials (api_token, token, routing_key) masked; a masked "
-                "value sent back keeps the stored one; PATCH merges (null removes a key)",
-            },
-            "transform": {
-                "type": ["object", "null"],
-                "description": "what is rendered: its own, or its template's (live; without "
-                "credentials, which are set at send time)",
-            },
-            "transform_source": {
-                "type": ["string", "null"],
-                "enum": ["template", "custom", None],
-                "description": "template: follows its template's settings; custom: its own "
-                "(sending a transform other than the template's detaches; null follows again)",
-            },
-            "rate_limit": RATE_LIMIT,
-            "ordering_key": ORDERING_KEY,
-            "created_at": TIME,
-            "updated_at": TIME,
-            "secret": {"type": ["string", "null"], "description": "only when created"},
-        },
-    },
-    "WebhookInput": {**WEBHOOK_INPUT, "required": ["name", "url", "events"]},
-    "WebhookPatch": WEBHOOK_INPUT,
-    "Envelope": {
-        "type": "object",
-        "required": ["id", "type", "timestamp", "workspace_id", "data"],
-        "properties": {
-            "id": {"type": "string"},
-            "type": {"type": "string"},
-            "timestamp": TIME,
-            "workspace_id": {"type": "string"},
-            "data": {"type": "object"},
-            "test": {"type": "boolean"},
-            "delivery_count": {"type": "integer"},
-        },
-    },
-    "Delivery": {
-        "type": "object",
-        "required": [
-            "id",
-            "event_id",
-            "event_type",
-            "webhook_id",
-            "status",
-            "attempt_count",
-            "next_attempt_at",
-            "last_status_code",
-            "last_error",
-            "created_at",
-        ],  # fmt: skip
-        "properties": {
-            "id": {"type": "string"},
-            "event_id": {"type": "string"},
-            "event_type": {"type": "string"},
-            "webhook_id": {"type": "string"},
-            "kind": {
-                "type": "string",
-                "enum": ["event", "test", "redelivery", "recover", "replay"],
-            },
-            "status": {"type": "string", "enum": list(DeliveryStatus.ALL)},
-            "attempt_count": {"type": "integer"},
-            "max_attempts": {"type": "integer"},
-            "next_attempt_at": NULLABLE_TIME,
-            "last_status_code": {"type": ["integer", "null"]},
-            "last_error": {"type": ["string", "null"]},
-            "waiting": {
-                "type": ["string", "null"],
-                "enum": ["rate_limit", "order", None],
-                "description": "why a pending delivery is not sent yet: its webhook's rate "
-                "limit (it goes at next_attempt_at), or an earlier delivery with the same "
-                "ordering key (waiting_for)",
-            },
-            "waiting_for": {
-                "type": ["string", "null"],
-                "description": "the earlier delivery with the same ordering key it waits for",
-            },
-            "created_at": TIME,
-            "updated_at": TIME,
-        },
-    },
-    "Attempt": {
-        "type": "object",
-        "required": ["number", "started_at", "duration_ms", "request", "response", "error"],
-        "properties": {
-            "number": {"type": "integer"},
-            "outcome": {"type": "string", "enum": ["in_flight", "success", "failure", "lost"]},
-            "started_at": TIME,
-            "duration_ms": {"type": ["integer", "null"]},
-            "request": {
-                "type": "object",
-                "properties": {
-                    "url": {"type": "string"},
-                    "headers": {"type": "object"},
-                    "body": {"type": "string"},
-                },
-            },
-            "response": {
-                "type": ["object", "null"],
-                "properties": {
-                    "status_code": {"type": "integer"},
-                    "headers": {"type": "object"},
-                    "body": {"type": ["string", "null"]},
-                },
-            },
-            "error": {"type": ["string", "null"]},
-        },
-    },
-}
-
-SCHEMAS.update(
-    {
-        "BulkStarted": {
-            "type": "object",
-            "required": ["job_id", "count"],
-            "properties": {
-                "job_id": {"type": "string"},
-                "count": {"type": "integer", "description": "deliveries it will create"},
-                "message": {"type": "string", "description": "when the 10,000 cap was reached"},
-            },
-        },
-        "BulkJob": {
-            "type": "object",
-            "required": ["id", "kind", "status", "done", "total", "webhook_id", "created_at"],
-            "properties": {
-                "id": {"type": "string"},
-                "kind": {
-                    "type": "string",
-                    "enum": ["recover", "replay", "redeliver"],
-                    "description": "redeliver: the dashboard's Redeliver all matching, of the "
-                    "failed deliveries a logs filter matched when it started",
-                },
-                "status": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
-                "done": {"type": "integer", "description": "deliveries created so far"},
-                "total": {"type": "integer", "description": "deliveries to create in all"},
-                "webhook_id": {
-                    "type": ["string", "null"],
-                    "description": "null for a redeliver job whose filter named no webhook",
-                },
-                "created_at": TIME,
-                "error": {"type": ["string", "null"]},
-            },
-        },
-        "NotificationSettings": {
-            "type": "object",
-            "required": ["emails", "alert_url"],
-            "properties": {
-                "emails": {
-                    "type": "array",
-                    "items": {"type": "string", "format": "email"},
-                    "maxItems": 20,
-                },
-                "alert_url": {
-                    "type": ["string", "null"],
-                    "description": 'gets a POST of {"text": …}; the same rules as a webhook URL',
-                },
-                "warnings": {"type": "array", "items": {"type": "string"}},
-            },
-        },
-    }
-)
-
 WEBHOOK_ID = [_id("webhook_id", "wh")]
 DELIVERY_ID = [_id("delivery_id", "dlv")]
 LISTENER_ID = [_id("listener_id", "lst")]
-LIST = {"type": "object", "required": ["data"]}
 
 
-def _list_of(name: str, paged: bool = False) -> dict[str, Any]:
+def _list_of(shape: type[Shape], paged: bool = False) -> dict[str, Any]:
+    """A collection: `{"data": […]}`, plus `next_cursor` where it pages."""
     schema: dict[str, Any] = {
-        **LIST,
-        "properties": {"data": {"type": "array", "items": _ref(name)}},
+        "type": "object",
+        "required": ["data"],
+        "properties": {"data": {"type": "array", "items": shape}},
     }
     if paged:
         schema["properties"]["next_cursor"] = {"type": ["string", "null"]}
@@ -365,33 +110,36 @@ PATHS: dict[str, Any] = {
     "/event-types": {
         "get": {
             "summary": "The event catalog",
-            "responses": {"200": _answer("the 20 types", _list_of("EventType")), **_errors()},
+            "responses": {
+                "200": _answer("the 20 types", _list_of(schemas.EventType)),
+                **_errors(),
+            },
         }
     },
     "/webhooks": {
         "post": {
             "summary": "Create a webhook",
-            "requestBody": {"required": True, **_json(_ref("WebhookInput"))},
+            "requestBody": Body(schemas.WebhookInput),
             "responses": {
-                "201": _answer("created, with its secret", _ref("Webhook")),
+                "201": _answer("created, with its secret", schemas.Webhook),
                 **_errors(400, 403),
             },
         },
         "get": {
             "summary": "List webhooks",
-            "responses": {"200": _answer("newest first", _list_of("Webhook")), **_errors()},
+            "responses": {"200": _answer("newest first", _list_of(schemas.Webhook)), **_errors()},
         },
     },
     "/webhooks/{webhook_id}": {
         "parameters": WEBHOOK_ID,
         "get": {
             "summary": "One webhook",
-            "responses": {"200": _answer("it", _ref("Webhook")), **_errors(404)},
+            "responses": {"200": _answer("it", schemas.Webhook), **_errors(404)},
         },
         "patch": {
             "summary": "Change any field; active false pauses",
             "requestBody": {"required": True, **_json(_ref("WebhookPatch"))},
-            "responses": {"200": _answer("changed", _ref("Webhook")), **_errors(400, 404)},
+            "responses": {"200": _answer("changed", schemas.Webhook), **_errors(400, 404)},
         },
         "delete": {
             "summary": "Delete with its logs",
@@ -402,55 +150,23 @@ PATHS: dict[str, Any] = {
         "parameters": WEBHOOK_ID,
         "get": {
             "summary": "The current secret",
-            "responses": {
-                "200": _answer(
-                    "it", {"type": "object", "properties": {"secret": {"type": ["string", "null"]}}}
-                ),
-                **_errors(404),
-            },
+            "responses": {"200": _answer("it", schemas.Secret), **_errors(404)},
         },
     },
     "/webhooks/{webhook_id}/rotate-secret": {
         "parameters": WEBHOOK_ID,
         "post": {
             "summary": "New secret; the old one signs alongside for 24 h",
-            "requestBody": {
-                "required": False,
-                **_json({"type": "object", "properties": {"secret": {"type": "string"}}}),
-            },
-            "responses": {
-                "200": _answer(
-                    "rotated",
-                    {
-                        "type": "object",
-                        "properties": {"secret": {"type": "string"}, "webhook": _ref("Webhook")},
-                    },
-                ),
-                **_errors(400, 404),
-            },
+            "requestBody": Body(schemas.RotateSecretInput, required=False),
+            "responses": {"200": _answer("rotated", schemas.Rotated), **_errors(400, 404)},
         },
     },
     "/webhooks/{webhook_id}/test": {
         "parameters": WEBHOOK_ID,
         "post": {
             "summary": "Send a catalog example to this webhook alone, once",
-            "requestBody": {
-                "required": False,
-                **_json({"type": "object", "properties": {"type": {"type": "string"}}}),
-            },
-            "responses": {
-                "202": _answer(
-                    "queued",
-                    {
-                        "type": "object",
-                        "properties": {
-                            "event": _ref("Envelope"),
-                            "delivery_id": {"type": "string"},
-                        },
-                    },
-                ),
-                **_errors(400, 404),
-            },
+            "requestBody": Body(schemas.TestEventInput, required=False),
+            "responses": {"202": _answer("queued", schemas.TestSent), **_errors(400, 404)},
         },
     },
     "/webhooks/{webhook_id}/recover": {
@@ -458,19 +174,9 @@ PATHS: dict[str, Any] = {
         "post": {
             "summary": "A new delivery for each failed one in a window whose event never got "
             "through (at most 10,000 per call)",
-            "requestBody": {
-                "required": True,
-                **_json(
-                    {
-                        "type": "object",
-                        "required": ["since"],
-                        "properties": {"since": TIME, "until": TIME},
-                        "additionalProperties": False,
-                    }
-                ),
-            },
+            "requestBody": Body(schemas.RecoverInput),
             "responses": {
-                "202": _answer("a bulk job was started", _ref("BulkStarted")),
+                "202": _answer("a bulk job was started", schemas.BulkStarted),
                 **_errors(400, 404, 409),
             },
         },
@@ -480,19 +186,9 @@ PATHS: dict[str, Any] = {
         "post": {
             "summary": "A delivery for every event of its types since a time that it never got "
             "(at most 10,000 per call)",
-            "requestBody": {
-                "required": True,
-                **_json(
-                    {
-                        "type": "object",
-                        "required": ["since"],
-                        "properties": {"since": TIME},
-                        "additionalProperties": False,
-                    }
-                ),
-            },
+            "requestBody": Body(schemas.ReplayInput),
             "responses": {
-                "202": _answer("a bulk job was started", _ref("BulkStarted")),
+                "202": _answer("a bulk job was started", schemas.BulkStarted),
                 **_errors(400, 404, 409),
             },
         },
@@ -501,31 +197,19 @@ PATHS: dict[str, Any] = {
         "parameters": [_id("job_id", "job")],
         "get": {
             "summary": "A bulk job's progress",
-            "responses": {"200": _answer("it", _ref("BulkJob")), **_errors(404)},
+            "responses": {"200": _answer("it", schemas.BulkJob), **_errors(404)},
         },
     },
     "/notifications": {
         "get": {
             "summary": "Where the workspace is told about failing webhooks",
-            "responses": {"200": _answer("them", _ref("NotificationSettings")), **_errors()},
+            "responses": {"200": _answer("them", schemas.NotificationSettings), **_errors()},
         },
         "put": {
             "summary": "Replace the e-mail addresses and the alert URL",
-            "requestBody": {
-                "required": True,
-                **_json(
-                    {
-                        "type": "object",
-                        "properties": {
-                            "emails": {"type": "array", "items": {"type": "string"}},
-                            "alert_url": {"type": ["string", "null"]},
-                        },
-                        "additionalProperties": False,
-                    }
-                ),
-            },
+            "requestBody": Body(schemas.NotificationSettingsInput),
             "responses": {
-                "200": _answer("saved", _ref("NotificationSettings")),
+                "200": _answer("saved", schemas.NotificationSettings),
                 **_errors(400),
             },
         },
@@ -541,19 +225,10 @@ PATHS: dict[str, Any] = {
                     "schema": {"type": "string", "maxLength": 255},
                 }
             ],
-            "requestBody": {
-                "required": True,
-                **_json(
-                    {
-                        "type": "object",
-                        "required": ["type"],
-                        "properties": {"type": {"type": "string"}, "data": {"type": "object"}},
-                    }
-                ),
-            },
+            "requestBody": Body(schemas.PublishInput),
             "responses": {
-                "202": _answer("stored and queued", _ref("Envelope")),
-                "200": _answer("the same key and body again: nothing sent", _ref("Envelope")),
+                "202": _answer("stored and queued", schemas.Envelope),
+                "200": _answer("the same key and body again: nothing sent", schemas.Envelope),
                 **_errors(400, 409, 413),
             },
         }
@@ -568,40 +243,11 @@ PATHS: dict[str, Any] = {
             "`idempotency_key` used before with the same body, or earlier in the same batch, "
             "answers as that publish and sends nothing again; with another body the batch is "
             "a 409. The batch counts as one request against the API rate limit.",
-            "requestBody": {
-                "required": True,
-                **_json(
-                    {
-                        "type": "object",
-                        "required": ["events"],
-                        "properties": {
-                            "events": {
-                                "type": "array",
-                                "minItems": 1,
-                                "maxItems": MAX_BATCH,
-                                "items": {
-                                    "type": "object",
-                                    "required": ["type"],
-                                    "properties": {
-                                        "type": {"type": "string"},
-                                        "data": {"type": "object"},
-                                        "idempotency_key": {
-                                            "type": ["string", "null"],
-                                            "maxLength": 255,
-                                        },
-                                    },
-                                    "additionalProperties": False,
-                                },
-                            }
-                        },
-                        "additionalProperties": False,
-                    }
-                ),
-            },
+            "requestBody": Body(schemas.BatchInput),
             "responses": {
                 "202": _answer(
                     "stored and queued: what POST /events answers for each event, in order",
-                    _list_of("Envelope"),
+                    _list_of(schemas.Envelope),
                 ),
                 **_errors(400, 409, 413),
             },
@@ -611,7 +257,7 @@ PATHS: dict[str, Any] = {
         "parameters": [_id("event_id", "evt")],
         "get": {
             "summary": "An event with its deliveries",
-            "responses": {"200": _answer("it", _ref("Envelope")), **_errors(404)},
+            "responses": {"200": _answer("it", schemas.Envelope), **_errors(404)},
         },
     },
     "/deliveries": {
@@ -640,7 +286,7 @@ PATHS: dict[str, Any] = {
                 _query("cursor", "next_cursor of the previous page"),
             ],
             "responses": {
-                "200": _answer("a page", _list_of("Delivery", paged=True)),
+                "200": _answer("a page", _list_of(schemas.Delivery, paged=True)),
                 **_errors(400),
             },
         }
@@ -649,61 +295,23 @@ PATHS: dict[str, Any] = {
         "parameters": DELIVERY_ID,
         "get": {
             "summary": "A delivery with its event and attempts",
-            "responses": {"200": _answer("it", _ref("Delivery")), **_errors(404)},
+            "responses": {"200": _answer("it", schemas.Delivery), **_errors(404)},
         },
     },
     "/deliveries/{delivery_id}/redeliver": {
         "parameters": DELIVERY_ID,
         "post": {
             "summary": "A new delivery of the same event to the same webhook",
-            "responses": {"202": _answer("queued", _ref("Delivery")), **_errors(404)},
+            "responses": {"202": _answer("queued", schemas.Delivery), **_errors(404)},
         },
     },
     "/webhooks/{webhook_id}/verify-signature": {
         "parameters": WEBHOOK_ID,
         "post": {
             "summary": "The signature debugger: does what a receiver got verify, and why not",
-            "requestBody": {
-                "required": True,
-                **_json(
-                    {
-                        "type": "object",
-                        "required": ["body", "headers"],
-                        "properties": {
-                            "body": {"type": "string"},
-                            "headers": {
-                                "type": "object",
-                                "additionalProperties": {"type": "string"},
-                            },
-                            "secret": {"type": "string"},
-                            "computed": {"type": "string"},
-                        },
-                    }
-                ),
-            },
+            "requestBody": Body(schemas.SignatureCheckInput),
             "responses": {
-                "200": _answer(
-                    "the checks",
-                    {
-                        "type": "object",
-                        "required": ["valid", "checks", "problems"],
-                        "properties": {
-                            "valid": {"type": "boolean"},
-                            "checks": {
-                                "type": "array",
-                                "items": {
-                                    "type": "object",
-                                    "properties": {
-                                        "header": {"type": "string"},
-                                        "valid": {"type": "boolean"},
-                                        "reason": {"type": "string"},
-                                    },
-                                },
-                            },
-                            "problems": {"type": "array", "items": {"type": "string"}},
-                        },
-                    },
-                ),
+                "200": _answer("the checks", schemas.SignatureReport),
                 **_errors(400, 404),
             },
         },
@@ -712,30 +320,8 @@ PATHS: dict[str, Any] = {
         "post": {
             "summary": "Open a listener for `flask listen`: a webhook whose deliveries go to "
             "its stream",
-            "requestBody": {
-                "required": False,
-                **_json(
-                    {
-                        "type": "object",
-                        "properties": {"events": {"type": "array", "items": {"type": "string"}}},
-                    }
-                ),
-            },
-            "responses": {
-                "201": _answer(
-                    "opened",
-                    {
-                        "type": "object",
-                        "properties": {
-                            "id": {"type": "string"},
-                            "webhook_id": {"type": "string"},
-                            "secret": {"type": "string"},
-                            "stream_url": {"type": "string"},
-                        },
-                    },
-                ),
-                **_errors(400),
-            },
+            "requestBody": Body(schemas.ListenerInput, required=False),
+            "responses": {"201": _answer("opened", schemas.Listener), **_errors(400)},
         },
     },
     "/listeners/{listener_id}/stream": {
@@ -755,36 +341,9 @@ PATHS: dict[str, Any] = {
         "parameters": LISTENER_ID,
         "post": {
             "summary": "The outcome of an attempt the listener made",
-            "requestBody": {
-                "required": True,
-                **_json(
-                    {
-                        "type": "object",
-                        "required": ["delivery_id", "attempt"],
-                        "properties": {
-                            "delivery_id": {"type": "string"},
-                            "attempt": {"type": "integer"},
-                            "status_code": {"type": "integer"},
-                            "headers": {"type": "object"},
-                            "body": {"type": "string"},
-                            "duration_ms": {"type": "integer"},
-                            "error": {"type": "string"},
-                        },
-                    }
-                ),
-            },
+            "requestBody": Body(schemas.ListenerResultInput),
             "responses": {
-                "202": _answer(
-                    "recorded",
-                    {
-                        "type": "object",
-                        "properties": {
-                            "delivery_id": {"type": "string"},
-                            "attempt": {"type": "integer"},
-                            "accepted": {"type": "boolean"},
-                        },
-                    },
-                ),
+                "202": _answer("recorded", schemas.ListenerResult),
                 **_errors(400, 404),
             },
         },
@@ -799,22 +358,104 @@ PATHS: dict[str, Any] = {
     "/egress-ips": {
         "get": {
             "summary": "Addresses deliveries come from",
-            "responses": {
-                "200": _answer(
-                    "them",
-                    {
-                        "type": "object",
-                        "properties": {"ips": {"type": "array", "items": {"type": "string"}}},
-                    },
-                ),
-                **_errors(),
-            },
+            "responses": {"200": _answer("them", schemas.EgressIps), **_errors()},
         }
     },
 }
 
 
+class _Plain(GenerateJsonSchema):
+    """The shapes' JSON Schema without defaults: what an absent field means is said in words
+    (some defaults are the domain's to choose: a generated secret, a template's events)."""
+
+    def default_schema(self, schema: core_schema.WithDefaultSchema) -> dict[str, Any]:
+        return self.generate_inner(schema["schema"])
+
+
+def _shapes(node: Any) -> list[tuple[type[Shape], Any]]:
+    """Every shape in the table, with the mode it is described in."""
+    if isinstance(node, Body):
+        return [(node.shape, "validation")]
+    if isinstance(node, type) and issubclass(node, Shape):
+        return [(node, "serialization")]
+    if isinstance(node, dict):
+        return [found for value in node.values() for found in _shapes(value)]
+    if isinstance(node, list | tuple):
+        return [found for value in node for found in _shapes(value)]
+    return []
+
+
+NAMED = [shape.__name__ for shape, _ in _shapes(COMPONENTS)]
+
+
+def _tidy(node: Any, defs: dict[str, Any]) -> Any:
+    """A generated schema as this document writes it: no titles; a shape that is not a
+    component written out in place; a nullable type as a list of types, `["string", "null"]`."""
+    if isinstance(node, list):
+        return [_tidy(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref", "").rsplit("/", 1)[-1]
+    if ref in defs and ref not in NAMED:
+        return _tidy({**defs[ref], **{k: v for k, v in node.items() if k != "$ref"}}, defs)
+    tidy: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "title" or (key == "additionalProperties" and value is True):
+            continue
+        if key == "properties":
+            tidy[key] = {name: _tidy(prop, defs) for name, prop in value.items()}
+        else:
+            tidy[key] = _tidy(value, defs)
+    return _nullable(tidy)
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """`anyOf: [X, null]` as X with "null" among its types (and its values, for an enum)."""
+    options = schema.get("anyOf", [])
+    others = [option for option in options if option != {"type": "null"}]
+    if len(options) != 2 or len(others) != 1 or not isinstance(others[0].get("type"), str):
+        return schema
+    (other,) = others
+    rest = {key: value for key, value in schema.items() if key != "anyOf"}
+    merged = {**other, **rest, "type": [other["type"], "null"]}
+    if "enum" in other:
+        merged["enum"] = [*other["enum"], None]
+    return merged
+
+
+def _resolved(node: Any, schema_of: dict[type[Any], Any]) -> Any:
+    """The table with each shape in it replaced by its schema."""
+    if isinstance(node, Body):
+        return {"required": node.required, **_json(schema_of[node.shape])}
+    if isinstance(node, type) and issubclass(node, Shape):
+        return schema_of[node]
+    if isinstance(node, dict):
+        return {key: _resolved(value, schema_of) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_resolved(item, schema_of) for item in node]
+    return node
+
+
+def _schemas() -> tuple[dict[str, Any], dict[type[Any], Any]]:
+    """(components/schemas, each shape's schema where the table uses it)."""
+    used = dict.fromkeys([*_shapes(COMPONENTS), *_shapes(PATHS)])
+    refs, found = models_json_schema(
+        list(used),
+        ref_template="#/components/schemas/{model}",
+        schema_generator=_Plain,
+    )
+    defs = found["$defs"]
+    components = {name: _tidy(defs[name], defs) for name in NAMED}
+    # PATCH takes any of the fields POST takes.
+    components["WebhookPatch"] = {
+        key: value for key, value in components["WebhookInput"].items() if key != "required"
+    }
+    return components, {shape: _tidy(ref, defs) for (shape, _), ref in refs.items()}
+
+
+@functools.cache
 def spec() -> dict[str, Any]:
+    components, schema_of = _schemas()
     return {
         "openapi": "3.1.0",
         "info": {"title": "CloudThinker Webhooks", "version": "1.0.0"},
@@ -822,9 +463,9 @@ def spec() -> dict[str, Any]:
         "security": [{"apiKey": []}],
         "components": {
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
-            "schemas": SCHEMAS,
+            "schemas": components,
         },
-        "paths": PATHS,
+        "paths": _resolved(PATHS, schema_of),
     }
 
 

@@ -28,6 +28,7 @@ from blueprints.ui import guarded, settings
 from webhooks import accounts, catalog, notification_settings, notifications, quotas, services
 from webhooks.errors import Invalid
 from webhooks.models import ApiKey, Notification, db
+from webhooks.schemas import Reading
 
 bp = guarded(Blueprint("settings", __name__, url_prefix="/settings"))
 # A page with a one-time link on it stays out of every cache.
@@ -205,14 +206,14 @@ def notifications_page() -> ResponseReturnValue:
 def save_notifications() -> ResponseReturnValue:
     """Save the e-mail addresses and the alert URL."""
     payload = _form_notification_settings()
-    warnings: list[str] = []
+    reading = Reading(settings())
     try:
-        notification_settings.save(db.session, g.workspace_id, payload, settings(), warnings)
+        notification_settings.save(db.session, g.workspace_id, payload, reading)
     except Invalid as exc:
         db.session.rollback()
         return _notifications_page(payload, exc.fields or {"form": exc.message})
     flash("Notification settings saved.", "success")
-    for warning in warnings:
+    for warning in reading.warnings:
         flash(warning, "info")
     return redirect(url_for("settings.notifications_page"))
 

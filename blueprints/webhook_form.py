@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from webhooks import (
     catalog,
@@ -16,7 +16,7 @@ from webhooks import (
     templates,
     transforms,
 )
-from webhooks.errors import Invalid
+from webhooks.errors import FAILED, Invalid, Problems
 from webhooks.models import Event, Webhook, utcnow
 from webhooks.outgoing import envelope
 
@@ -50,9 +50,7 @@ def parse_transform(text: str) -> dict[str, Any] | None:
     return value
 
 
-def payload(
-    form: Any, *, creating: bool, problems: management.Problems | None = None
-) -> dict[str, Any]:
+def payload(form: Any, *, creating: bool, problems: Problems | None = None) -> dict[str, Any]:
     """The API payload the form describes (validation happens once, in the domain).
 
     A Transform field that is not a JSON object is left out, its problem recorded in
@@ -60,8 +58,7 @@ def payload(
     """
     events = form.getlist("events")
     result: dict[str, Any] = {
-        "name": form.get("name", ""),
-        "url": form.get("url", ""),
+        **{key: form.get(key, "") for key in TEXT},
         "events": ["*"] if "*" in events else events,
         "headers": _headers(form),
         "active": form.get("active") == "on",
@@ -75,26 +72,33 @@ def payload(
         result["template_params"] = _params(form, template)
     text = form.get("transform", "")
     transform = parse_transform(text) if problems is None else problems.run(parse_transform, text)
-    if transform is not management.FAILED and (transform is not None or not creating):
+    if transform is not FAILED and (transform is not None or not creating):
         result["transform"] = transform
-    # Flow control: empty is no limit, no ordering.
+    # Flow control: empty is no limit (and, a text field, no ordering).
     result["rate_limit"] = flow.read_rate_limit(form.get("rate_limit", ""))
-    result["ordering_key"] = form.get("ordering_key", "")
     return result
 
 
-# The form's fields in the order a person meets them: (API field, label, id of its input).
-_FIELDS = (
-    ("name", "Name", "name"),
-    ("url", "URL", "url"),
-    ("events", "Events", "events-all"),
-    ("secret", "Secret", "secret"),
-    ("headers", "Headers", "header-name-first"),
-    ("rate_limit", "Rate limit", "rate_limit"),
-    ("ordering_key", "Ordering key", "ordering_key"),
-    ("transform", "Transform", "transform"),
-    ("active", "Active", "active"),
+class FormField(NamedTuple):
+    key: str  # the API's field (webhooks.schemas.WebhookInput)
+    label: str
+    target: str  # the id of its input
+    text: bool = False  # a text input, sent as typed (the field's check says what empty means)
+
+
+# The form's fields in the order a person meets them.
+FIELDS = (
+    FormField("name", "Name", "name", text=True),
+    FormField("url", "URL", "url", text=True),
+    FormField("events", "Events", "events-all"),
+    FormField("secret", "Secret", "secret"),
+    FormField("headers", "Headers", "header-name-first"),
+    FormField("rate_limit", "Rate limit", "rate_limit"),
+    FormField("ordering_key", "Ordering key", "ordering_key", text=True),
+    FormField("transform", "Transform", "transform"),
+    FormField("active", "Active", "active"),
 )
+TEXT = tuple(field.key for field in FIELDS if field.text)
 
 
 def summary(errors: dict[str, str], template: templates.Template | None) -> list[dict[str, Any]]:
@@ -108,7 +112,7 @@ def summary(errors: dict[str, str], template: templates.Template | None) -> list
         fields += [
             (f"template_params.{p.name}", p.label, f"param_{p.name}") for p in template.params
         ]
-    fields += _FIELDS
+    fields += [(field.key, field.label, field.target) for field in FIELDS]
     known = {key for key, _, _ in fields}
     items = []
     for key, label, target in [*fields, *((k, k, None) for k in errors if k not in known)]:
@@ -134,8 +138,7 @@ def values(webhook: Webhook | None, template_name: str | None = None) -> dict[st
         secret = management.current_secret(webhook) or ""
         template = templates.get(webhook.template or "")
         return {
-            "name": webhook.name,
-            "url": webhook.url,
+            **{key: getattr(webhook, key) or "" for key in TEXT},
             "events": list(webhook.events),
             "headers": credentials.mask_headers(webhook.headers),
             "active": webhook.active,
@@ -150,12 +153,11 @@ def values(webhook: Webhook | None, template_name: str | None = None) -> dict[st
             else {},
             "transform": json.dumps(webhook.transform, indent=2) if webhook.transform else "",
             "rate_limit": _rate(webhook.rate_limit),
-            "ordering_key": webhook.ordering_key or "",
         }
     template = templates.get(template_name or "")
     return {
+        **dict.fromkeys(TEXT, ""),
         "name": template.label if template and template.name != "generic" else "",
-        "url": "",
         "events": list(template.default_events) if template else [],
         "headers": {},
         "active": True,
@@ -173,8 +175,7 @@ def redisplay(form: Any, webhook: Webhook | None) -> dict[str, Any]:
     """The form's values as submitted, to show again next to its errors."""
     events = form.getlist("events")
     return {
-        "name": form.get("name", ""),
-        "url": form.get("url", ""),
+        **{key: form.get(key, "") for key in TEXT},
         "events": events,
         "headers": _headers(form),
         "active": form.get("active") == "on",
@@ -184,7 +185,6 @@ def redisplay(form: Any, webhook: Webhook | None) -> dict[str, Any]:
         "params": {k[len("param_") :]: v for k, v in form.items() if k.startswith("param_")},
         "transform": form.get("transform", ""),
         "rate_limit": form.get("rate_limit", ""),
-        "ordering_key": form.get("ordering_key", ""),
     }
 
 

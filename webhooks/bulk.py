@@ -33,7 +33,6 @@ from webhooks.models import (
     changed,
     utcnow,
 )
-from webhooks.outgoing import iso
 
 log = logging.getLogger(__name__)
 
@@ -389,19 +388,6 @@ def requeue_stalled(session: Session, redis: Redis, settings: Settings) -> int:
     for job_id in stalled:
         enqueue(redis, settings, job_id)
     return len(stalled)
-
-
-def as_json(job: BulkJob) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "kind": job.kind,
-        "status": job.status,
-        "done": job.done,
-        "total": job.total,
-        "webhook_id": job.webhook_id,
-        "created_at": iso(job.created_at),
-        "error": job.error,
-    }
 
 
 def recover_offer(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,15 +17,6 @@ class EventType:
     category: str
     description: str
     example: dict[str, Any] = field(hash=False)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The catalog entry as `GET /event-types` shows it (the example is a copy)."""
-        return {
-            "type": self.type,
-            "category": self.category,
-            "description": self.description,
-            "example": copy.deepcopy(self.example),
-        }
 
 
 # The one approval that `approval.requested` and `approval.granted` show, asked for and then given.

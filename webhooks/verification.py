@@ -64,9 +64,6 @@ class Check:
     reason: str
     signed: str | None = None  # the exact string the service signed for this header
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"header": self.header, "valid": self.valid, "reason": self.reason}
-
 
 @dataclass
 class Report:
@@ -80,13 +77,6 @@ class Report:
     def problem(self, code: str) -> None:
         if code not in self.problems:
             self.problems.append(code)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "valid": self.valid,
-            "checks": [c.as_dict() for c in self.checks],
-            "problems": list(self.problems),
-        }
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:
