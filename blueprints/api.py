@@ -102,6 +102,15 @@ def _authenticate() -> None:
     g.workspace_id = workspace_id
 
 
+def _given(shape: type[schemas.Shape]) -> dict[str, Any]:
+    """The request body read by `shape`: its fields as their checks take them, or a 400 that
+    names every problem."""
+    reading = Reading(settings())
+    given = shape.read(json_body(), reading)
+    reading.problems.raise_listed()
+    return given
+
+
 def json_body(*, optional: bool = False) -> dict[str, Any]:
     raw = request.get_data(cache=True)
     if not raw.strip() and optional:
@@ -192,9 +201,7 @@ def send_test(webhook_id: str) -> ResponseReturnValue:
 def verify_signature(webhook_id: str) -> ResponseReturnValue:
     """Say whether a received request verifies, per signature header, and why not."""
     webhook = webhook_or_404(webhook_id)
-    reading = Reading(settings())
-    given = schemas.SignatureCheckInput.read(json_body(), reading)
-    reading.problems.raise_listed()
+    given = _given(schemas.SignatureCheckInput)
     report = verification.check(
         db.session,
         webhook,
@@ -430,9 +437,7 @@ def _listener_events(listener_id: str, streams: listeners.Streams) -> Iterator[s
 def listener_result(listener_id: str) -> ResponseReturnValue:
     """Record the outcome of an attempt the `listen` command made."""
     listener = listener_or_404(listener_id)
-    reading = Reading(settings())
-    given = schemas.ListenerResultInput.read(json_body(), reading)
-    reading.problems.raise_listed()
+    given = _given(schemas.ListenerResultInput)
     delivery_id, number = given.pop("delivery_id"), given.pop("attempt")
     attempt_id = listeners.attempt_in_flight(db.session, listener, delivery_id, number)
     if attempt_id is None:
