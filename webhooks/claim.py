@@ -23,6 +23,7 @@ from sqlalchemy import bindparam, insert, select, update
 from webhooks import delivery, flow, outgoing
 from webhooks.config import Settings
 from webhooks.models import (
+    UNLEASED,
     Attempt,
     AttemptOutcome,
     Delivery,
@@ -106,11 +107,7 @@ def _candidates(session: Session, now: datetime, count: int, lane: Lane) -> list
     """Due, unleased deliveries in the order they fell due (the (status, next_attempt_at)
     index is walked in order; rows leased meanwhile by another worker are skipped on
     PostgreSQL, and SQLite has one writer at a time)."""
-    query = select(_D.id, _D.webhook_id, _D.waiting).where(
-        _D.status == DeliveryStatus.PENDING,
-        _D.next_attempt_at <= now,
-        _D.lease_token.is_(None),
-    )
+    query = select(_D.id, _D.webhook_id, _D.waiting).where(*UNLEASED, _D.next_attempt_at <= now)
     if lane.only is not None:
         query = query.where(_D.webhook_id.in_(lane.only))
     if lane.skip:
@@ -156,11 +153,7 @@ def _lease(
     delivery ours alone), in the order they were chosen."""
     taken = session.execute(
         update(_DELIVERIES)
-        .where(
-            _D.id.in_(ids),
-            _D.status == DeliveryStatus.PENDING,
-            _D.lease_token.is_(None),
-        )
+        .where(_D.id.in_(ids), *UNLEASED)
         .values(
             lease_token=token,
             lease_expires_at=now + timedelta(seconds=settings.timeout + settings.lease_margin),

@@ -23,6 +23,7 @@ from webhooks import signing, transport
 from webhooks.config import Settings
 from webhooks.ids import new_id
 from webhooks.models import (
+    UNLEASED,
     Attempt,
     AttemptOutcome,
     Delivery,
@@ -119,11 +120,7 @@ def close_stale(session: Session, now: datetime) -> int:
     # ends `failed` with the same reason.
     session.execute(
         update(Delivery)
-        .where(
-            Delivery.webhook_id.in_(webhook_ids),
-            Delivery.status == DeliveryStatus.PENDING,
-            Delivery.lease_token.is_(None),
-        )
+        .where(Delivery.webhook_id.in_(webhook_ids), *UNLEASED)
         .values(
             status=DeliveryStatus.FAILED,
             next_attempt_at=None,

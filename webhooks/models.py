@@ -347,6 +347,11 @@ class Delivery(Model):
     )
 
 
+# A delivery that is due or waiting and that no worker holds: what a claim may lease, and what
+# may be ended without waiting for an attempt's result.
+UNLEASED = (Delivery.status == DeliveryStatus.PENDING, Delivery.lease_token.is_(None))
+
+
 class AttemptOutcome:
     IN_FLIGHT = "in_flight"
     SUCCESS = "success"
