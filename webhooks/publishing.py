@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from redis import Redis
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from webhooks import catalog, flow, outgoing, queueing
@@ -22,6 +22,12 @@ from webhooks.models import Delivery, DeliveryStatus, Event, Session, Webhook, t
 _EVENTS = table(Event)
 _DELIVERIES = table(Delivery)
 _W = table(Webhook).c
+# Built once: each publish runs them.
+_INSERT_EVENTS = insert(_EVENTS)
+_INSERT_DELIVERIES = insert(_DELIVERIES)
+_SUBSCRIBERS = select(_W.id, _W.events, _W.ordering_key).where(
+    _W.workspace_id == bindparam("workspace_id"), _W.active.is_(True)
+)
 MAX_BATCH = 100  # events per batch: one short transaction, one answer a client can read
 
 
@@ -160,11 +166,7 @@ def _event_values(
 def _subscribers(session: Session, workspace_id: str) -> list[tuple[str, list[str], str | None]]:
     """The workspace's active webhooks as (id, patterns, ordering key): who gets what is
     published now, and in which lines."""
-    rows = session.execute(
-        select(_W.id, _W.events, _W.ordering_key).where(
-            _W.workspace_id == workspace_id, _W.active.is_(True)
-        )
-    ).all()
+    rows = session.execute(_SUBSCRIBERS, {"workspace_id": workspace_id}).all()
     return [(wid, patterns, ordering) for wid, patterns, ordering in rows]
 
 
@@ -227,7 +229,7 @@ def publish(
     # transaction, holding the write lock until the request ends).
     event = Event(**values)
     try:
-        session.execute(insert(_EVENTS), [values])
+        session.execute(_INSERT_EVENTS, [values])
     except IntegrityError:
         # The same key published concurrently: the other request's event is the answer.
         session.rollback()
@@ -239,7 +241,7 @@ def publish(
     rows = _event_deliveries(event, _subscribed(webhooks, event_type), now, settings)
     if rows:
         _line_up(session, webhooks, {event.id: event}, rows)
-        session.execute(insert(_DELIVERIES), rows)
+        session.execute(_INSERT_DELIVERIES, rows)
     session.commit()
     return Published(event=event, delivery_ids=[r["id"] for r in rows])
 
@@ -304,7 +306,7 @@ def _write_batch(
             fresh.append(values)
             answers.append(Published(event=Event(**values)))
     if fresh:
-        session.execute(insert(_EVENTS), fresh)
+        session.execute(_INSERT_EVENTS, fresh)
         _add_deliveries(session, workspace_id, [a for a in answers if a.created], now, settings)
     session.commit()
     return answers
@@ -333,7 +335,7 @@ def _add_deliveries(
         p.delivery_ids.extend(r["id"] for r in rows_of_event)
     if rows:
         _line_up(session, webhooks, {p.event.id: p.event for p in published}, rows)
-        session.execute(insert(_DELIVERIES), rows)
+        session.execute(_INSERT_DELIVERIES, rows)
 
 
 def _first_uses(items: list[Item]) -> dict[str, int]:
