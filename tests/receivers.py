@@ -90,6 +90,20 @@ class Receiver:
                     reply.after()
 
         class Server(ThreadingHTTPServer):
+            # Room for a burst of connections (a fresh worker opens one per POST thread at
+            # once): past the default 5, a connection waited a second for the SYN's resend.
+            request_queue_size = 128
+
+            def finish_request(self, request: Any, client_address: Any) -> None:
+                # The TLS handshake runs on the connection's own thread, not on the one that
+                # accepts, so a slow or broken handshake keeps no other client waiting.
+                if isinstance(request, ssl.SSLSocket):
+                    try:
+                        request.do_handshake()
+                    except OSError:  # the client gave up or refused the certificate
+                        return
+                super().finish_request(request, client_address)
+
             def handle_error(self, request: Any, client_address: Any) -> None:
                 if not receiver._closed.is_set():
                     super().handle_error(request, client_address)
@@ -97,7 +111,9 @@ class Receiver:
         self.server = Server((host, 0), Handler)
         self.server.daemon_threads = True
         if tls is not None:
-            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+            self.server.socket = tls.wrap_socket(
+                self.server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self.scheme = "https" if tls else "http"
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

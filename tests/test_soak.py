@@ -52,7 +52,7 @@ def test_soak_with_killed_workers_and_flushed_redis(
     assert len(deliveries) == EVENTS * len(healthy) + task_events  # none lost
     by_hook = Counter((d["webhook_id"], d["status"]) for d in deliveries)
     for hook in healthy:
-        assert by_hook[(hook["id"], "succeeded")] == EVENTS
+        assert by_hook[(hook["id"], "succeeded")] == EVENTS, not_succeeded(api, deliveries, hook)
     assert by_hook[(failing["id"], "failed")] == task_events
     sample = [d for d in deliveries if d["webhook_id"] == failing["id"]][:20]
     for d in sample:
@@ -110,6 +110,15 @@ def each_post_again_was_a_lost_attempt(api, posts: Counter, kills: int) -> None:
         if n > 1:
             attempts = api.delivery(delivery_id)["attempts"]
             assert sum(a["outcome"] == "lost" for a in attempts) >= n - 1, attempts
+
+
+def not_succeeded(api, deliveries: list[dict], hook: dict) -> list[dict]:  # type: ignore[no-untyped-def]
+    """What a healthy webhook's deliveries that did not succeed show: their attempts."""
+    return [
+        api.delivery(d["id"])
+        for d in deliveries
+        if d["webhook_id"] == hook["id"] and d["status"] != "succeeded"
+    ]
 
 
 def all_deliveries(api) -> list[dict]:  # type: ignore[no-untyped-def]
