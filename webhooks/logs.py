@@ -91,14 +91,16 @@ class LogFilter:
         }
         return {key: value for key, value in args.items() if value}
 
-    def clauses(
-        self, workspace_id: str, *, by_key: bool = False, by_webhook: bool = False
-    ) -> list[Any]:
+    def clauses(self, workspace_id: str, *, sqlite: bool, by_key: bool = False) -> list[Any]:
         """The filter as SQL; `by_key`: the rows come by primary key, and no other index may
-        be read instead (the columns are written `+column`, which SQLite never indexes);
-        `by_webhook`: likewise, the rows come from the webhook's index, which holds their
-        status and event type."""
+        be read instead (the columns are written `+column`, which SQLite never indexes).
+
+        On SQLite a webhook's log is read from its index (ix_deliveries_webhook_log), status
+        and event type checked in each entry: at most that webhook's rows, none looked up in
+        the table. SQLite keeps no statistics, and given that index it read the status index
+        instead, looking up every failed delivery of the workspace to find one webhook's."""
         c = _Unindexed() if by_key else Delivery
+        by_webhook = sqlite and bool(self.webhook_id)
         kept = _Unindexed() if by_key or by_webhook else Delivery
         clauses: list[Any] = [c.workspace_id == workspace_id]
         if self.webhook_id:
@@ -115,6 +117,10 @@ class LogFilter:
         if self.until:
             clauses.append(c.created_at < self.until)
         return clauses
+
+
+def _on_sqlite(session: Session) -> bool:
+    return session.get_bind().dialect.name == "sqlite"
 
 
 class _Unindexed:
@@ -156,7 +162,7 @@ def _by_event(session: Session, event_ids: Any, scan: Any) -> _Search:
 
 def _search(session: Session, q: str, workspace_id: str) -> _Search:
     """An id matches exactly; other text matches the events whose title has every word of it."""
-    sqlite = session.get_bind().dialect.name == "sqlite"
+    sqlite = _on_sqlite(session)
     if re.fullmatch(r"dlv_\w+", q):
         return _Search(Delivery.id == q)
     if re.fullmatch(r"evt_\w+", q):
@@ -193,7 +199,7 @@ def _search(session: Session, q: str, workspace_id: str) -> _Search:
 def matching(session: Session, workspace_id: str, filters: LogFilter) -> list[Any]:
     """Every clause of the filter, its search included, on the deliveries' own columns: what
     an action over all the rows the log shows (not one page of them) selects."""
-    clauses = filters.clauses(workspace_id)
+    clauses = filters.clauses(workspace_id, sqlite=_on_sqlite(session))
     if filters.q:
         clauses.append(_search(session, filters.q, workspace_id).clause)
     return clauses
@@ -231,12 +237,7 @@ def page(
         filters = replace(filters, until=None)
     search = _search(session, filters.q, workspace_id) if filters.q else None
     by_key = search is not None and search.few
-    # On SQLite, a webhook's log is read from its index (ix_deliveries_webhook_log), status
-    # and event type checked in each entry: at most that webhook's rows, none looked up in the
-    # table. SQLite keeps no statistics, and given the wider index it read the status index
-    # instead, looking up every failed delivery of the workspace to find one webhook's.
-    by_webhook = bool(filters.webhook_id) and session.get_bind().dialect.name == "sqlite"
-    clauses = filters.clauses(workspace_id, by_key=by_key, by_webhook=by_webhook)
+    clauses = filters.clauses(workspace_id, sqlite=_on_sqlite(session), by_key=by_key)
     if search is not None:
         clauses.append(search.clause)
     created_at = _Unindexed().created_at if by_key else Delivery.created_at
