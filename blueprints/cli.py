@@ -12,7 +12,7 @@ from typing import Any
 import click
 from flask import Blueprint, current_app
 
-from webhooks import accounts, quotas
+from webhooks import accounts, quotas, services
 from webhooks.models import Workspace, db
 
 bp = Blueprint("cli", __name__, cli_group=None)
@@ -65,7 +65,7 @@ def create_api_key(workspace_id: str, name: str) -> None:
         raise click.ClickException(f"no workspace {workspace_id!r}")
     try:
         key, plain = accounts.create_api_key(
-            db.session, workspace_id, name, limit=current_app.config["WEBHOOK_MAX_API_KEYS"]
+            db.session, workspace_id, name, limit=services.settings().max_api_keys
         )
     except quotas.QuotaExceeded as exc:
         raise click.ClickException(exc.message) from None
@@ -168,7 +168,7 @@ def listen(
         api_key,
         forward_to,
         list(events) or ["*"],
-        timeout=current_app.config["WEBHOOK_TIMEOUT_SECONDS"] * 0.9,
+        timeout=services.settings().timeout * 0.9,
     )
     info = client.open()
     click.echo(f"Listening as {info['id']} (webhook {info['webhook_id']}, named CLI listener).")

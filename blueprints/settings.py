@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import timedelta
 from typing import Any
@@ -9,7 +10,6 @@ from typing import Any
 from flask import (
     Blueprint,
     abort,
-    current_app,
     flash,
     g,
     redirect,
@@ -29,6 +29,8 @@ from webhooks import accounts, catalog, notification_settings, notifications, qu
 from webhooks.errors import Invalid
 from webhooks.models import ApiKey, Notification, db
 from webhooks.schemas import Reading
+
+log = logging.getLogger(__name__)
 
 bp = guarded(Blueprint("settings", __name__, url_prefix="/settings"))
 # A page with a one-time link on it stays out of every cache.
@@ -62,7 +64,7 @@ def create_api_key() -> ResponseReturnValue:
         ), 422
     try:
         key, plain = accounts.create_api_key(
-            db.session, g.workspace_id, name, limit=current_app.config["WEBHOOK_MAX_API_KEYS"]
+            db.session, g.workspace_id, name, limit=settings().max_api_keys
         )
     except quotas.QuotaExceeded as exc:
         db.session.rollback()
@@ -88,8 +90,8 @@ def _users_page(status: int = 200, **shown: Any) -> tuple[str, int]:
         "invite_email": "",
         "invite_error": None,
         "password_errors": {},
-        "invite_days": current_app.config["WEBHOOK_INVITE_DAYS"],
-        "smtp_configured": bool(current_app.config["SMTP_URL"]),
+        "invite_days": settings().invite_days,
+        "smtp_configured": bool(settings().smtp_url),
         **shown,
     }
     return render_template("settings/users.html", **context), status
@@ -105,15 +107,15 @@ def users() -> ResponseReturnValue:
 def invite_user() -> ResponseReturnValue:
     """Add a user with a one-time link to choose a password: shown once, e-mailed if possible."""
     email = request.form.get("email", "").strip()
-    days = current_app.config["WEBHOOK_INVITE_DAYS"]
+    days = settings().invite_days
     try:
         user, token = accounts.invite_user(db.session, g.workspace_id, email, timedelta(days=days))
     except accounts.AccountError as exc:
         db.session.rollback()
         return _users_page(422, invite_email=email, invite_error=str(exc))
-    scheme = "https" if current_app.config["WEBHOOK_FORCE_HTTPS"] else request.scheme
+    scheme = "https" if settings().force_https else request.scheme
     link = url_for("auth.accept_invite", token=token, _external=True, _scheme=scheme)
-    mailed = _mail_invitation(user.email, link, days) if current_app.config["SMTP_URL"] else None
+    mailed = _mail_invitation(user.email, link, days) if settings().smtp_url else None
     page, status = _users_page(invited={"email": user.email, "link": link, "mailed": mailed})
     return page, status, NO_STORE
 
@@ -132,7 +134,7 @@ def _mail_invitation(email: str, link: str, days: float) -> tuple[bool, str]:
         error = f"{type(exc).__name__}: {exc}"
     if error is None:
         return True, f"It was also e-mailed to {email}."
-    current_app.logger.warning("invitation e-mail to a new user not sent: %s", error)
+    log.warning("invitation e-mail to a new user not sent: %s", error)
     return False, f"E-mailing it failed ({error}), so pass it on yourself."
 
 
@@ -192,7 +194,7 @@ def _notifications_page(values: dict[str, Any], errors: dict[str, str]) -> tuple
         values=values,
         errors=errors,
         recent=_recent_notifications(),
-        smtp_configured=bool(current_app.config["SMTP_URL"]),
+        smtp_configured=bool(settings().smtp_url),
     ), 422 if errors else 200
 
 

@@ -185,6 +185,17 @@ def _public_url(name: str, raw: str) -> str:
     return raw
 
 
+# The two commonest rules: a count (threads, batch rows, bytes) and a duration in seconds.
+_count = partial(_integer, minimum=1)
+_seconds = partial(_decimal, minimum=0.1)
+_interval = partial(_decimal, minimum=0.05)  # a scan's period
+_wait = partial(_decimal, minimum=1)  # before something is tried again
+_days = partial(_decimal, minimum=0.001)
+_megabytes = partial(_integer, minimum=16)
+_redis_url = _url(("redis", "rediss", "unix"))
+_smtp_url = _url(("smtp", "smtps"))
+
+
 @dataclass(frozen=True)
 class Var:
     name: str
@@ -195,8 +206,18 @@ class Var:
 
 # The contract's variables (docs/API.md section 3), then our own tuning knobs.
 VARIABLES: tuple[Var, ...] = (
-    Var("DATABASE_URL", "", _text, "any SQLAlchemy URL; default SQLite in the instance folder"),
-    Var("REDIS_URL", "redis://127.0.0.1:6379/0", _url(("redis", "rediss", "unix")), "RQ broker"),
+    Var(
+        "DATABASE_URL",
+        "",
+        _text,
+        "any SQLAlchemy URL; default SQLite in the instance folder",
+    ),
+    Var(
+        "REDIS_URL",
+        "redis://127.0.0.1:6379/0",
+        _redis_url,
+        "RQ broker",
+    ),
     Var(
         "SECRET_KEY",
         "",
@@ -226,32 +247,57 @@ VARIABLES: tuple[Var, ...] = (
     Var(
         "WEBHOOK_TIMEOUT_SECONDS",
         "30",
-        partial(_decimal, minimum=0.1),
+        _seconds,
         "whole exchange per attempt",
     ),
-    Var("WEBHOOK_ALLOW_HTTP", "0", _flag, "1 allows http:// targets (development only)"),
+    Var(
+        "WEBHOOK_ALLOW_HTTP",
+        "0",
+        _flag,
+        "1 allows http:// targets (development only)",
+    ),
     Var(
         "WEBHOOK_ALLOWED_PRIVATE_NETWORKS",
         "",
         _networks,
         "CIDRs exempt from the private-address block",
     ),
-    Var("WEBHOOK_CA_BUNDLE", "", _existing_file, "CA bundle trusted for target TLS"),
+    Var(
+        "WEBHOOK_CA_BUNDLE",
+        "",
+        _existing_file,
+        "CA bundle trusted for target TLS",
+    ),
     Var(
         "WEBHOOK_PROXY_URL",
         "",
         _proxy_url,
         "outbound CONNECT proxy (http:// or https://; SOCKS is refused)",
     ),
-    Var("WEBHOOK_EGRESS_IPS", "", _ips, "addresses shown to users for firewall allowlists"),
+    Var(
+        "WEBHOOK_EGRESS_IPS",
+        "",
+        _ips,
+        "addresses shown to users for firewall allowlists",
+    ),
     Var(
         "WEBHOOK_MAX_PAYLOAD_BYTES",
         "262144",
-        partial(_integer, minimum=1),
+        _count,
         "largest POST /events body accepted",
     ),
-    Var("WEBHOOK_RETENTION_DAYS", "30", _decimal, "delivery logs older than this are purged"),
-    Var("WEBHOOK_DISABLE_AFTER_HOURS", "120", _decimal, "auto-disable window; 0 never disables"),
+    Var(
+        "WEBHOOK_RETENTION_DAYS",
+        "30",
+        _decimal,
+        "delivery logs older than this are purged",
+    ),
+    Var(
+        "WEBHOOK_DISABLE_AFTER_HOURS",
+        "120",
+        _decimal,
+        "auto-disable window; 0 never disables",
+    ),
     Var(
         "WEBHOOK_ALLOWED_PORTS",
         "443,1024-65535",
@@ -261,18 +307,27 @@ VARIABLES: tuple[Var, ...] = (
     Var(
         "SMTP_URL",
         "",
-        _url(("smtp", "smtps")),
+        _smtp_url,
         "SMTP server for notification e-mails; credentials are sent only over TLS",
     ),
-    Var("NOTIFY_FROM", "webhooks@localhost", _text, "sender of notification e-mails"),
+    Var(
+        "NOTIFY_FROM",
+        "webhooks@localhost",
+        _text,
+        "sender of notification e-mails",
+    ),
     Var(
         "PUBLIC_URL",
         "",
         _public_url,
         "the dashboard's address in notifications; default http://127.0.0.1:$PORT",
     ),
-    # Our own knobs, beyond the contract.
-    Var("WEBHOOK_QUEUE", "webhooks", _text, "RQ queue name (a prefix keeps deployments apart)"),
+    Var(
+        "WEBHOOK_QUEUE",
+        "webhooks",
+        _text,
+        "RQ queue name (a prefix keeps deployments apart)",
+    ),
     Var(
         "WEBHOOK_WEB",
         "1",
@@ -282,25 +337,25 @@ VARIABLES: tuple[Var, ...] = (
     Var(
         "WEBHOOK_SCHEDULER_INTERVAL",
         "0.5",
-        partial(_decimal, minimum=0.05),
+        _interval,
         "seconds between scans for due retries",
     ),
     Var(
         "WEBHOOK_RECONCILE_INTERVAL",
         "5",
-        partial(_decimal, minimum=0.1),
+        _seconds,
         "seconds between scans for lost jobs and expired leases (at most 30)",
     ),
     Var(
         "WEBHOOK_REQUEUE_AFTER_SECONDS",
         "30",
-        partial(_decimal, minimum=1),
+        _wait,
         "a due delivery queued this long ago without being claimed is queued again",
     ),
     Var(
         "WEBHOOK_LEASE_MARGIN_SECONDS",
         "5",
-        partial(_decimal, minimum=0),
+        _decimal,
         "a claim lasts the timeout plus this margin",
     ),
     Var(
@@ -333,7 +388,12 @@ VARIABLES: tuple[Var, ...] = (
         _rate,
         "test notifications per signed-in person (each goes to every saved address)",
     ),
-    Var("WEBHOOK_LOGIN_RATE_LIMIT", "10 per minute", _rate, "sign-in attempts per address"),
+    Var(
+        "WEBHOOK_LOGIN_RATE_LIMIT",
+        "10 per minute",
+        _rate,
+        "sign-in attempts per address",
+    ),
     Var(
         "WEBHOOK_LOGIN_ACCOUNT_RATE_LIMIT",
         "10 per 15 minutes",
@@ -343,7 +403,7 @@ VARIABLES: tuple[Var, ...] = (
     Var(
         "WEBHOOK_INVITE_DAYS",
         "7",
-        partial(_decimal, minimum=0.001),
+        _days,
         "days an invitation link from Settings › Users stays usable (once)",
     ),
     Var(
@@ -358,7 +418,12 @@ VARIABLES: tuple[Var, ...] = (
         _flag,
         "1 marks session cookies Secure and sends HSTS on every answer (TLS ends at a proxy)",
     ),
-    Var("METRICS_ENABLED", "1", _flag, "0 turns GET /metrics off (it answers 404)"),
+    Var(
+        "METRICS_ENABLED",
+        "1",
+        _flag,
+        "0 turns GET /metrics off (it answers 404)",
+    ),
     Var(
         "METRICS_TOKEN",
         "",
@@ -374,61 +439,61 @@ VARIABLES: tuple[Var, ...] = (
     Var(
         "WEBHOOK_NOTIFY_RESEND_SECONDS",
         "60",
-        partial(_decimal, minimum=1),
+        _wait,
         "a notification not sent this long after it was written (or tried) is tried again, 3 tries",
     ),
     Var(
         "WEBHOOK_RETENTION_INTERVAL",
         "300",
-        partial(_decimal, minimum=0.1),
+        _seconds,
         "seconds between the scheduler's retention passes",
     ),
     Var(
         "WEBHOOK_BATCH_SIZE",
         "50",
-        partial(_integer, minimum=1),
+        _count,
         "deliveries one worker job claims, sends and records together",
     ),
     Var(
         "WEBHOOK_WORKER_THREADS",
         "32",
-        partial(_integer, minimum=1),
+        _count,
         "POSTs one worker process keeps in flight at once",
     ),
     Var(
         "WEBHOOK_RENDER_PROCESSES",
         "2",
-        partial(_integer, minimum=1),
+        _count,
         "child processes that render transforms, per process that renders (started on first use)",
     ),
     Var(
         "WEBHOOK_RENDER_MEMORY_MB",
         "64",
-        partial(_integer, minimum=16),
+        _megabytes,
         "MiB of memory one transform render may use (RLIMIT_AS above the child's baseline)",
     ),
     Var(
         "WEBHOOK_RENDER_CPU_SECONDS",
         "1",
-        partial(_decimal, minimum=0.1),
+        _seconds,
         "seconds of CPU one transform render may use",
     ),
     Var(
         "WEBHOOK_SLOW_AFTER_SECONDS",
         "2",
-        partial(_decimal, minimum=0.1),
+        _seconds,
         "a target that keeps a POST waiting this long moves to the slow lane for 10 minutes",
     ),
     Var(
         "WEBHOOK_SQLITE_BUSY_TIMEOUT",
         "30",
-        partial(_decimal, minimum=0),
+        _decimal,
         "seconds SQLite waits for a lock",
     ),
     Var(
         "WEBHOOK_LISTENER_STREAMS",
         "2",
-        partial(_integer, minimum=0),
+        _integer,
         "`listen` streams one web process serves at once (each holds one of its threads)",
     ),
     Var(
@@ -469,6 +534,10 @@ class Settings:
     slow_after: float
     # Quotas per workspace (0: no limit).
     max_webhooks: int
+    max_api_keys: int
+    # Users: how long an invitation link lasts; links are https behind a TLS proxy.
+    invite_days: float
+    force_https: bool
     # Egress: target ports allowed, as (first, last) ranges.
     allowed_ports: tuple[tuple[int, int], ...]
     redis_url: str
@@ -497,6 +566,9 @@ class Settings:
             worker_threads=config["WEBHOOK_WORKER_THREADS"],
             slow_after=config["WEBHOOK_SLOW_AFTER_SECONDS"],
             max_webhooks=config["WEBHOOK_MAX_WEBHOOKS"],
+            max_api_keys=config["WEBHOOK_MAX_API_KEYS"],
+            invite_days=config["WEBHOOK_INVITE_DAYS"],
+            force_https=config["WEBHOOK_FORCE_HTTPS"],
             allowed_ports=config["WEBHOOK_ALLOWED_PORTS"],
             redis_url=config["REDIS_URL"],
         )
