@@ -16,6 +16,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from webhooks import quotas, sqlite
 from webhooks.models import (
+    API_KEYS,
     ApiKey,
     Invitation,
     Session,
@@ -23,7 +24,6 @@ from webhooks.models import (
     Workspace,
     changed,
     memberships,
-    table,
     utcnow,
 )
 
@@ -44,7 +44,7 @@ def create_api_key(
 ) -> tuple[ApiKey, str]:
     """A new key for the workspace; the plain key is returned once and stored only hashed.
 
-    With a `limit` (WEBHOOK_MAX_API_KEYS), a workspace holding that many unrevoked keys gets
+    With a `limit` (WEBHOOK_MAX_APIAPI_KEYS), a workspace holding that many unrevoked keys gets
     quotas.QuotaExceeded instead.
     """
     quotas.check_api_keys(session, workspace_id, limit)
@@ -61,15 +61,16 @@ def revoke_api_key(session: Session, key: ApiKey) -> None:
     session.commit()
 
 
-_KEYS = table(ApiKey)
 # Built once: this runs on every API call.
 _KEY_BY_DIGEST = (
-    select(_KEYS.c.id, _KEYS.c.workspace_id, _KEYS.c.key_hash, _KEYS.c.last_used_at)
-    .where(_KEYS.c.key_hash == bindparam("digest"), _KEYS.c.revoked_at.is_(None))
+    select(API_KEYS.c.id, API_KEYS.c.workspace_id, API_KEYS.c.key_hash, API_KEYS.c.last_used_at)
+    .where(API_KEYS.c.key_hash == bindparam("digest"), API_KEYS.c.revoked_at.is_(None))
     .limit(1)
 )
 _KEY_USED = (
-    update(_KEYS).where(_KEYS.c.id == bindparam("key_id")).values(last_used_at=bindparam("now"))
+    update(API_KEYS)
+    .where(API_KEYS.c.id == bindparam("key_id"))
+    .values(last_used_at=bindparam("now"))
 )
 
 

@@ -23,28 +23,24 @@ from sqlalchemy import bindparam, insert, select, update
 from webhooks import delivery, flow, outgoing
 from webhooks.config import Settings
 from webhooks.models import (
+    ATTEMPTS,
+    DELIVERIES,
+    EVENTS,
     UNLEASED,
-    Attempt,
+    WEBHOOK_SECRETS,
+    WEBHOOKS,
     AttemptOutcome,
-    Delivery,
     DeliveryStatus,
-    Event,
     Session,
-    Webhook,
     WebhookSecret,
-    table,
     utcnow,
 )
 from webhooks.outgoing import Prepared, RenderLater, Target
 
-# The tables as Core sees them: these statements run once per batch on the hot path, and
-# the ORM's per-object work would cost more than the POSTs.
-_DELIVERIES = table(Delivery)
-_ATTEMPTS = table(Attempt)
-_D = _DELIVERIES.c
-_E = table(Event).c
-_W = table(Webhook).c
-_S = table(WebhookSecret).c
+_D = DELIVERIES.c
+_E = EVENTS.c
+_W = WEBHOOKS.c
+_S = WEBHOOK_SECRETS.c
 # Candidates read per delivery asked for: room for the rows `_choose` leaves to a webhook that
 # has used its share, without a second walk.
 OVERFETCH = 2
@@ -152,7 +148,7 @@ def _lease(
     """Lease the chosen rows (still pending and unleased: the compare-and-set that makes a
     delivery ours alone), in the order they were chosen."""
     taken = session.execute(
-        update(_DELIVERIES)
+        update(DELIVERIES)
         .where(_D.id.in_(ids), *UNLEASED)
         .values(
             lease_token=token,
@@ -236,7 +232,7 @@ def _write_attempts(session: Session, ready: list[tuple[Any, Target]], now: date
         }
         for row, webhook in ready
     ]
-    statement = insert(_ATTEMPTS).returning(_ATTEMPTS.c.id, sort_by_parameter_order=True)
+    statement = insert(ATTEMPTS).returning(ATTEMPTS.c.id, sort_by_parameter_order=True)
     return list(session.scalars(statement, rows))
 
 
@@ -282,7 +278,7 @@ def targets(session: Session, webhook_ids: set[str]) -> dict[str, Target]:
 def _fail_inactive(session: Session, rows: list[dict[str, Any]], now: datetime) -> None:
     """Deliveries that fell due while their webhook was paused end `failed`, unattempted."""
     session.execute(
-        update(_DELIVERIES)
+        update(DELIVERIES)
         .where(_D.id == bindparam("b_id"))
         .values(
             **delivery.ENDED,

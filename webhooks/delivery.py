@@ -16,14 +16,14 @@ from sqlalchemy import bindparam, select, text, update
 from webhooks import failures, flow, notifications, outgoing, queueing, retry, transport
 from webhooks.config import Settings
 from webhooks.models import (
-    Attempt,
+    ATTEMPTS,
+    DELIVERIES,
     AttemptOutcome,
     Delivery,
     DeliveryStatus,
     Session,
     Webhook,
     changed,
-    table,
     utcnow,
 )
 from webhooks.outgoing import Prepared
@@ -38,9 +38,7 @@ ENDED = {
     "enqueued_at": None,
 }
 
-_DELIVERIES = table(Delivery)
-_ATTEMPTS = table(Attempt)
-_D = _DELIVERIES.c
+_D = DELIVERIES.c
 
 MAX_LOST_ATTEMPTS = 3
 
@@ -192,7 +190,7 @@ def _write_attempts(
     sent: dict[int, tuple[dict[str, str], str]],
 ) -> None:
     """Each attempt's request (built after the claim) and result, in one statement."""
-    table = _ATTEMPTS
+    table = ATTEMPTS
     session.execute(
         update(table)
         .where(table.c.id == bindparam("b_id"), table.c.outcome == AttemptOutcome.IN_FLIGHT)
@@ -226,7 +224,7 @@ def _write_attempts(
 def _succeed(
     session: Session, succeeded: list[tuple[Prepared, transport.Result]], now: datetime
 ) -> None:
-    table = _DELIVERIES
+    table = DELIVERIES
     session.execute(
         update(table)
         .where(table.c.id == bindparam("b_id"), table.c.lease_token == bindparam("b_token"))

@@ -15,7 +15,7 @@ from sqlalchemy import update
 
 from webhooks import notifications
 from webhooks.config import Settings
-from webhooks.models import Delivery, Session, Webhook, changed, table
+from webhooks.models import WEBHOOKS, Delivery, Session, Webhook, changed
 
 # Test deliveries and redeliveries neither start, extend nor end the auto-disable window, and
 # their failures are not reported: they were asked for by a person who sees the result.
@@ -32,11 +32,10 @@ def succeeded(session: Session, deliveries: Sequence[Any]) -> None:  # Delivery-
     webhook_ids = {d.webhook_id for d in deliveries if counts(d)}
     if not webhook_ids:
         return
-    webhooks = table(Webhook)  # a Core statement: this runs after every batch of successes
-    session.execute(
-        update(webhooks)
-        .where(webhooks.c.id.in_(webhook_ids), webhooks.c.failing_since.is_not(None))
-        .values(failing_since=None, updated_at=webhooks.c.updated_at)
+    session.execute(  # a Core statement: this runs after every batch of successes
+        update(WEBHOOKS)
+        .where(WEBHOOKS.c.id.in_(webhook_ids), WEBHOOKS.c.failing_since.is_not(None))
+        .values(failing_since=None, updated_at=WEBHOOKS.c.updated_at)
     )
 
 

@@ -31,7 +31,14 @@ from sqlalchemy import and_, bindparam, exists, func, select, text, update
 from sqlalchemy.orm import aliased
 
 from webhooks import renderpool, transforms
-from webhooks.models import Delivery, DeliveryStatus, Session, Webhook, changed, table
+from webhooks.models import (
+    DELIVERIES,
+    WEBHOOKS,
+    Delivery,
+    DeliveryStatus,
+    Session,
+    changed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +57,8 @@ RATES_TTL = 1.0
 # The most waiting deliveries one claim gives a start time (the rest get theirs next claim).
 DEFER_BATCH = 5000
 
-_D = table(Delivery).c
-_W = table(Webhook).c
+_D = DELIVERIES.c
+_W = WEBHOOKS.c
 
 
 class FlowError(ValueError):
@@ -150,7 +157,7 @@ def settings_changed(
     with the ordering key removed, every delivery waiting for its turn goes now."""
     if rate_changed:
         session.execute(
-            update(table(Delivery))
+            update(DELIVERIES)
             .where(
                 _D.webhook_id == webhook_id,
                 _D.waiting == RATE_LIMIT,
@@ -161,9 +168,7 @@ def settings_changed(
         # The bucket starts full under the new limit (what was spent under the old one, in
         # its own units, would hold the new one back for as long as the old one would have).
         session.execute(
-            update(table(Webhook))
-            .where(_W.id == webhook_id)
-            .values(rate_tat=None, rate_horizon=None)
+            update(WEBHOOKS).where(_W.id == webhook_id).values(rate_tat=None, rate_horizon=None)
         )
     if ordering_removed:
         _let_go(session, now, _D.webhook_id == webhook_id)
@@ -276,7 +281,7 @@ def ration(
         .order_by(_W.id)
     )
     if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(of=table(Webhook))
+        query = query.with_for_update(of=WEBHOOKS)
     for row in session.execute(query):
         if row.rate_limit is None:
             continue
@@ -335,7 +340,7 @@ def settle(session: Session, ration_: Ration, chosen: Sequence[str], now: dateti
                 _give_start_times(session, slots)
                 deferred += len(slots)
         session.execute(
-            update(table(Webhook))
+            update(WEBHOOKS)
             .where(_W.id == webhook_id)
             # Bookkeeping, not an edit: updated_at keeps what the user last changed.
             .values(rate_tat=tat, rate_horizon=horizon, updated_at=_W.updated_at)
@@ -360,13 +365,13 @@ def _due_of(
         .limit(DEFER_BATCH + len(chosen))
     )
     if is_pg:
-        query = query.with_for_update(skip_locked=True, of=table(Delivery))
+        query = query.with_for_update(skip_locked=True, of=DELIVERIES)
     return [row for row in session.execute(query) if row.id not in chosen][:DEFER_BATCH]
 
 
 def _give_start_times(session: Session, slots: list[dict[str, Any]]) -> None:
     session.execute(
-        update(table(Delivery))
+        update(DELIVERIES)
         .where(_D.id == bindparam("b_id"))
         .values(next_attempt_at=bindparam("b_at"), waiting=RATE_LIMIT),
         slots,
@@ -447,7 +452,7 @@ def tails(session: Session, pairs: Collection[tuple[str, str]]) -> dict[tuple[st
             # A result being written for the tail waits for this publish to commit (then its
             # release sees the new delivery), or this waits for it (then the tail has ended
             # and drops out of the answer).
-            query = query.with_for_update(of=table(Delivery))
+            query = query.with_for_update(of=DELIVERIES)
         for delivery_id, order_key in session.execute(query):
             found[(webhook_id, str(order_key))] = delivery_id  # one of `keys`, never null
     return found
@@ -485,7 +490,7 @@ def _let_go(session: Session, now: datetime, *where: Any) -> int:
     """Deliveries waiting for their turn (and matching `where`) become due now; how many."""
     result = changed(
         session,
-        update(table(Delivery))
+        update(DELIVERIES)
         .where(_D.waiting == ORDER, _D.status == DeliveryStatus.PENDING, *where)
         .values(waiting=None, waiting_for=None, next_attempt_at=now, updated_at=now),
     )

@@ -472,3 +472,13 @@ class Listener(Model):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # When its stream was last seen connected; 60 s later without a stream it closes.
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+# The tables as Core sees them: the hot paths' statements run once per batch, where the ORM's
+# per-object work would cost more than the POSTs.
+API_KEYS = table(ApiKey)
+WEBHOOKS = table(Webhook)
+WEBHOOK_SECRETS = table(WebhookSecret)
+EVENTS = table(Event)
+DELIVERIES = table(Delivery)
+ATTEMPTS = table(Attempt)

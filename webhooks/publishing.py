@@ -15,16 +15,23 @@ from sqlalchemy.exc import IntegrityError
 from webhooks import catalog, flow, outgoing, queueing
 from webhooks.config import Settings
 from webhooks.ids import new_id
-from webhooks.models import Delivery, DeliveryStatus, Event, Session, Webhook, table, utcnow
+from webhooks.models import (
+    DELIVERIES,
+    EVENTS,
+    WEBHOOKS,
+    Delivery,
+    DeliveryStatus,
+    Event,
+    Session,
+    Webhook,
+    utcnow,
+)
 
-# Core tables: publishing runs on every API call, and ORM-enabled inserts cost more than
-# the rows they write.
-_EVENTS = table(Event)
-_DELIVERIES = table(Delivery)
-_W = table(Webhook).c
-# Built once: each publish runs them.
-_INSERT_EVENTS = insert(_EVENTS)
-_INSERT_DELIVERIES = insert(_DELIVERIES)
+# Core statements, built once: publishing runs on every API call, and ORM-enabled inserts
+# cost more than the rows they write.
+_W = WEBHOOKS.c
+_INSERT_EVENTS = insert(EVENTS)
+_INSERT_DELIVERIES = insert(DELIVERIES)
 _SUBSCRIBERS = select(_W.id, _W.events, _W.ordering_key).where(
     _W.workspace_id == bindparam("workspace_id"), _W.active.is_(True)
 )
