@@ -7,6 +7,7 @@ this module says which shape each operation takes and answers with, and in what 
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 from flask import Blueprint
@@ -79,9 +80,24 @@ def _id(name: str, prefix: str) -> dict[str, Any]:
     }
 
 
-WEBHOOK_ID = [_id("webhook_id", "wh")]
-DELIVERY_ID = [_id("delivery_id", "dlv")]
-LISTENER_ID = [_id("listener_id", "lst")]
+# The prefix of each id a path may name: `/webhooks/{webhook_id}` takes a `wh_…`.
+ID_PREFIXES = {
+    "webhook_id": "wh",
+    "event_id": "evt",
+    "delivery_id": "dlv",
+    "job_id": "job",
+    "listener_id": "lst",
+}
+
+
+def _with_ids(paths: dict[str, Any]) -> dict[str, Any]:
+    """Each path item, with its path's `{…_id}` parameters described first."""
+    described = {}
+    for path, item in paths.items():
+        names = re.findall(r"{(\w+)}", path)
+        ids = [_id(name, ID_PREFIXES[name]) for name in names]
+        described[path] = {"parameters": ids, **item} if ids else item
+    return described
 
 
 def _list_of(shape: type[Shape], paged: bool = False) -> dict[str, Any]:
@@ -105,6 +121,18 @@ def _query(name: str, description: str, **schema: Any) -> dict[str, Any]:
         "description": description,
     }
 
+
+def _action(summary: str, responses: dict[str, Any], body: Body | None = None) -> dict[str, Any]:
+    """A path that is one POST on a resource: what it reads, and answers."""
+    post: dict[str, Any] = {"summary": summary}
+    if body is not None:
+        post["requestBody"] = body
+    post["responses"] = responses
+    return {"post": post}
+
+
+# What recover and replay answer: a bulk job to poll.
+BULK_STARTED = {"202": _answer("a bulk job was started", schemas.BulkStarted)}
 
 PATHS: dict[str, Any] = {
     "/event-types": {
@@ -131,7 +159,6 @@ PATHS: dict[str, Any] = {
         },
     },
     "/webhooks/{webhook_id}": {
-        "parameters": WEBHOOK_ID,
         "get": {
             "summary": "One webhook",
             "responses": {"200": _answer("it", schemas.Webhook), **_errors(404)},
@@ -147,54 +174,34 @@ PATHS: dict[str, Any] = {
         },
     },
     "/webhooks/{webhook_id}/secret": {
-        "parameters": WEBHOOK_ID,
         "get": {
             "summary": "The current secret",
             "responses": {"200": _answer("it", schemas.Secret), **_errors(404)},
         },
     },
-    "/webhooks/{webhook_id}/rotate-secret": {
-        "parameters": WEBHOOK_ID,
-        "post": {
-            "summary": "New secret; the old one signs alongside for 24 h",
-            "requestBody": Body(schemas.RotateSecretInput, required=False),
-            "responses": {"200": _answer("rotated", schemas.Rotated), **_errors(400, 404)},
-        },
-    },
-    "/webhooks/{webhook_id}/test": {
-        "parameters": WEBHOOK_ID,
-        "post": {
-            "summary": "Send a catalog example to this webhook alone, once",
-            "requestBody": Body(schemas.TestEventInput, required=False),
-            "responses": {"202": _answer("queued", schemas.TestSent), **_errors(400, 404)},
-        },
-    },
-    "/webhooks/{webhook_id}/recover": {
-        "parameters": WEBHOOK_ID,
-        "post": {
-            "summary": "A new delivery for each failed one in a window whose event never got "
-            "through (at most 10,000 per call)",
-            "requestBody": Body(schemas.RecoverInput),
-            "responses": {
-                "202": _answer("a bulk job was started", schemas.BulkStarted),
-                **_errors(400, 404, 409),
-            },
-        },
-    },
-    "/webhooks/{webhook_id}/replay-missed": {
-        "parameters": WEBHOOK_ID,
-        "post": {
-            "summary": "A delivery for every event of its types since a time that it never got "
-            "(at most 10,000 per call)",
-            "requestBody": Body(schemas.ReplayInput),
-            "responses": {
-                "202": _answer("a bulk job was started", schemas.BulkStarted),
-                **_errors(400, 404, 409),
-            },
-        },
-    },
+    "/webhooks/{webhook_id}/rotate-secret": _action(
+        "New secret; the old one signs alongside for 24 h",
+        {"200": _answer("rotated", schemas.Rotated), **_errors(400, 404)},
+        Body(schemas.RotateSecretInput, required=False),
+    ),
+    "/webhooks/{webhook_id}/test": _action(
+        "Send a catalog example to this webhook alone, once",
+        {"202": _answer("queued", schemas.TestSent), **_errors(400, 404)},
+        Body(schemas.TestEventInput, required=False),
+    ),
+    "/webhooks/{webhook_id}/recover": _action(
+        "A new delivery for each failed one in a window whose event never got through "
+        "(at most 10,000 per call)",
+        {**BULK_STARTED, **_errors(400, 404, 409)},
+        Body(schemas.RecoverInput),
+    ),
+    "/webhooks/{webhook_id}/replay-missed": _action(
+        "A delivery for every event of its types since a time that it never got "
+        "(at most 10,000 per call)",
+        {**BULK_STARTED, **_errors(400, 404, 409)},
+        Body(schemas.ReplayInput),
+    ),
     "/jobs/{job_id}": {
-        "parameters": [_id("job_id", "job")],
         "get": {
             "summary": "A bulk job's progress",
             "responses": {"200": _answer("it", schemas.BulkJob), **_errors(404)},
@@ -254,7 +261,6 @@ PATHS: dict[str, Any] = {
         }
     },
     "/events/{event_id}": {
-        "parameters": [_id("event_id", "evt")],
         "get": {
             "summary": "An event with its deliveries",
             "responses": {"200": _answer("it", schemas.Envelope), **_errors(404)},
@@ -292,30 +298,20 @@ PATHS: dict[str, Any] = {
         }
     },
     "/deliveries/{delivery_id}": {
-        "parameters": DELIVERY_ID,
         "get": {
             "summary": "A delivery with its event and attempts",
             "responses": {"200": _answer("it", schemas.Delivery), **_errors(404)},
         },
     },
-    "/deliveries/{delivery_id}/redeliver": {
-        "parameters": DELIVERY_ID,
-        "post": {
-            "summary": "A new delivery of the same event to the same webhook",
-            "responses": {"202": _answer("queued", schemas.Delivery), **_errors(404)},
-        },
-    },
-    "/webhooks/{webhook_id}/verify-signature": {
-        "parameters": WEBHOOK_ID,
-        "post": {
-            "summary": "The signature debugger: does what a receiver got verify, and why not",
-            "requestBody": Body(schemas.SignatureCheckInput),
-            "responses": {
-                "200": _answer("the checks", schemas.SignatureReport),
-                **_errors(400, 404),
-            },
-        },
-    },
+    "/deliveries/{delivery_id}/redeliver": _action(
+        "A new delivery of the same event to the same webhook",
+        {"202": _answer("queued", schemas.Delivery), **_errors(404)},
+    ),
+    "/webhooks/{webhook_id}/verify-signature": _action(
+        "The signature debugger: does what a receiver got verify, and why not",
+        {"200": _answer("the checks", schemas.SignatureReport), **_errors(400, 404)},
+        Body(schemas.SignatureCheckInput),
+    ),
     "/listeners": {
         "post": {
             "summary": "Open a listener for `flask listen`: a webhook whose deliveries go to "
@@ -325,7 +321,6 @@ PATHS: dict[str, Any] = {
         },
     },
     "/listeners/{listener_id}/stream": {
-        "parameters": LISTENER_ID,
         "get": {
             "summary": "Server-Sent Events: one `delivery` event per attempt",
             "responses": {
@@ -338,7 +333,6 @@ PATHS: dict[str, Any] = {
         },
     },
     "/listeners/{listener_id}/results": {
-        "parameters": LISTENER_ID,
         "post": {
             "summary": "The outcome of an attempt the listener made",
             "requestBody": Body(schemas.ListenerResultInput),
@@ -349,7 +343,6 @@ PATHS: dict[str, Any] = {
         },
     },
     "/listeners/{listener_id}": {
-        "parameters": LISTENER_ID,
         "delete": {
             "summary": "Close a listener; its webhook goes with it",
             "responses": {"204": _answer("closed"), **_errors(404)},
@@ -465,7 +458,7 @@ def spec() -> dict[str, Any]:
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
             "schemas": components,
         },
-        "paths": _resolved(PATHS, schema_of),
+        "paths": _resolved(_with_ids(PATHS), schema_of),
     }
 
 
