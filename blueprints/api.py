@@ -207,7 +207,7 @@ def verify_signature(webhook_id: str) -> ResponseReturnValue:
         webhook,
         given["body"],
         given["headers"],
-        utcnow(),
+        now=utcnow(),
         secret=given.get("secret"),
         computed=given.get("computed"),
     )

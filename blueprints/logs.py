@@ -195,7 +195,7 @@ def check_signature(delivery_id: str) -> ResponseReturnValue:
         delivery.webhook,
         request.form.get("body", ""),
         verification.parse_header_lines(headers_text),
-        utcnow(),
+        now=utcnow(),
         secret=request.form.get("secret") or None,
         computed=request.form.get("computed") or None,
     )

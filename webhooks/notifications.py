@@ -42,8 +42,6 @@ from webhooks.models import (
     utcnow,
 )
 
-log = logging.getLogger(__name__)
-
 PENDING, SENT, FAILED = "pending", "sent", "failed"
 HELD = "held"  # an exhaustion inside a webhook's quiet time, counted for its summary
 EXHAUSTED, SUMMARY, DISABLED, TEST = "exhausted", "summary", "disabled", "test"
@@ -54,6 +52,8 @@ RESEND_HORIZON = timedelta(days=1)
 SMTP_TIMEOUT = 10.0
 SEND_JOB = "jobs.notify.send"
 BATCH = 500
+
+log = logging.getLogger(__name__)
 
 
 # -- where messages go ------------------------------------------------------------------------

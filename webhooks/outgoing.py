@@ -184,8 +184,8 @@ def target_of(row: Any) -> Target:
         active=row.active,
         disabled_reason=row.disabled_reason,
         headers=out.headers,
+        secrets=[],  # the claim adds them, read for the whole batch at once
         transform=out.transform,
-        secrets=[],
         body_fields=out.body_fields,
         template_error=out.error,
     )

@@ -573,8 +573,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     bounded_concat = staticmethod(_bounded_concat)
 
     def __init__(self) -> None:
-        super().__init__(
-            autoescape=False,
+        super().__init__(  # autoescape stays off, its default: the output is JSON, not HTML
             undefined=_LenientUndefined,
             finalize=_finalize,
             keep_trailing_newline=True,

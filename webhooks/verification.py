@@ -527,10 +527,10 @@ def check(
     webhook: Webhook,
     body: str,
     headers: Mapping[str, str],
-    now: datetime,
     *,
     secret: str | None = None,
     computed: str | None = None,
+    now: datetime,
 ) -> Report:
     """The debugger's answer for a request a receiver of `webhook` got."""
     logged = sent_for(
