@@ -41,6 +41,7 @@ _D = DELIVERIES.c
 _E = EVENTS.c
 _W = WEBHOOKS.c
 _S = WEBHOOK_SECRETS.c
+_INSERT_ATTEMPTS = insert(ATTEMPTS).returning(ATTEMPTS.c.delivery_id, ATTEMPTS.c.id)
 # Candidates read per delivery asked for: room for the rows `_choose` leaves to a webhook that
 # has used its share, without a second walk.
 OVERFETCH = 2
@@ -232,8 +233,10 @@ def _write_attempts(session: Session, ready: list[tuple[Any, Target]], now: date
         }
         for row, webhook in ready
     ]
-    statement = insert(ATTEMPTS).returning(ATTEMPTS.c.id, sort_by_parameter_order=True)
-    return list(session.scalars(statement, rows))
+    # Matched back by delivery (one attempt each here): asking the database to return them in
+    # the rows' order would make SQLAlchemy send one INSERT a row where it cannot promise it.
+    ids: dict[str, int] = {d: i for d, i in session.execute(_INSERT_ATTEMPTS, rows)}
+    return [ids[row.id] for row, _webhook in ready]
 
 
 def _events(session: Session, event_ids: set[str]) -> dict[str, Any]:
