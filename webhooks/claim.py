@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
 
-from webhooks import delivery, flow, outgoing
+from webhooks import delivery, flow, outgoing, sqlite
 from webhooks.config import Settings
 from webhooks.models import (
     ATTEMPTS,
@@ -148,9 +148,11 @@ def _lease(
 ) -> list[Any]:
     """Lease the chosen rows (still pending and unleased: the compare-and-set that makes a
     delivery ours alone), in the order they were chosen."""
+    # By key: on SQLite, `status = 'pending'` would walk every due row of the backlog instead.
+    status = sqlite.unindexed(_D.status) if sqlite.used_by(session) else _D.status
     taken = session.execute(
         update(DELIVERIES)
-        .where(_D.id.in_(ids), *UNLEASED)
+        .where(_D.id.in_(ids), status == DeliveryStatus.PENDING, _D.lease_token.is_(None))
         .values(
             lease_token=token,
             lease_expires_at=now + timedelta(seconds=settings.timeout + settings.lease_margin),

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import and_, case, exists, func, literal_column, or_, select, text, tuple_
 from sqlalchemy.orm import aliased
 
+from webhooks import sqlite
 from webhooks.models import (
     TITLE_SEARCH,
     Attempt,
@@ -119,16 +120,11 @@ class LogFilter:
         return clauses
 
 
-def _on_sqlite(session: Session) -> bool:
-    return session.get_bind().dialect.name == "sqlite"
-
-
 class _Unindexed:
-    """`Delivery.<column>` as `+deliveries.<column>`: the same value, no index behind it."""
+    """`Delivery.<column>` as `+deliveries.<column>` (`sqlite.unindexed`)."""
 
     def __getattr__(self, name: str) -> Any:
-        column = table(Delivery).c[name]
-        return literal_column(f"+{column.table.name}.{column.name}", type_=column.type)
+        return sqlite.unindexed(table(Delivery).c[name])
 
 
 def words(q: str) -> list[str]:
@@ -162,17 +158,17 @@ def _by_event(session: Session, event_ids: Any, scan: Any) -> _Search:
 
 def _search(session: Session, q: str, workspace_id: str) -> _Search:
     """An id matches exactly; other text matches the events whose title has every word of it."""
-    sqlite = _on_sqlite(session)
+    on_sqlite = sqlite.used_by(session)
     if re.fullmatch(r"dlv_\w+", q):
         return _Search(Delivery.id == q)
     if re.fullmatch(r"evt_\w+", q):
         scan = Delivery.event_id == q
-        return _by_event(session, [q], scan) if sqlite else _Search(scan)
+        return _by_event(session, [q], scan) if on_sqlite else _Search(scan)
     found = words(q)
     if not found:
         return _Search(Delivery.id.is_(None))  # nothing to look for: nothing matches
     in_workspace = Event.workspace_id == workspace_id
-    if not sqlite:
+    if not on_sqlite:
         # The GIN index on this very expression (models.TITLE_SEARCH) answers it.
         matches = text(f"{TITLE_SEARCH} @@ plainto_tsquery('simple', :words)")
         matching = select(Event.id).where(in_workspace, matches).params(words=" ".join(found))
@@ -199,7 +195,7 @@ def _search(session: Session, q: str, workspace_id: str) -> _Search:
 def matching(session: Session, workspace_id: str, filters: LogFilter) -> list[Any]:
     """Every clause of the filter, its search included, on the deliveries' own columns: what
     an action over all the rows the log shows (not one page of them) selects."""
-    clauses = filters.clauses(workspace_id, sqlite=_on_sqlite(session))
+    clauses = filters.clauses(workspace_id, sqlite=sqlite.used_by(session))
     if filters.q:
         clauses.append(_search(session, filters.q, workspace_id).clause)
     return clauses
@@ -237,7 +233,7 @@ def page(
         filters = replace(filters, until=None)
     search = _search(session, filters.q, workspace_id) if filters.q else None
     by_key = search is not None and search.few
-    clauses = filters.clauses(workspace_id, sqlite=_on_sqlite(session), by_key=by_key)
+    clauses = filters.clauses(workspace_id, sqlite=sqlite.used_by(session), by_key=by_key)
     if search is not None:
         clauses.append(search.clause)
     created_at = _Unindexed().created_at if by_key else Delivery.created_at

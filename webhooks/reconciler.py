@@ -9,10 +9,11 @@ from datetime import datetime
 from redis import Redis
 from sqlalchemy import select, update
 
-from webhooks import bulk, failures, flow, listeners, notifications, queueing, retention
+from webhooks import bulk, failures, flow, listeners, notifications, queueing, retention, sqlite
 from webhooks.config import Settings
 from webhooks.delivery import MAX_LOST_ATTEMPTS
 from webhooks.models import (
+    DELIVERIES,
     Attempt,
     AttemptOutcome,
     Delivery,
@@ -59,11 +60,13 @@ def queue_due(
 def expire_leases(session: Session, settings: Settings, redis: Redis | None = None) -> int:
     """Deliveries whose worker died mid-attempt: record the attempt as lost and make them due."""
     now = utcnow()
+    # Through the lease index: on SQLite, `status = 'pending'` would walk the whole backlog.
+    status = sqlite.unindexed(DELIVERIES.c.status) if sqlite.used_by(session) else Delivery.status
     rows = session.execute(
         select(Delivery.id, Delivery.lease_token, Delivery.lost_count)
         .where(
             Delivery.lease_expires_at < now,
-            Delivery.status == DeliveryStatus.PENDING,
+            status == DeliveryStatus.PENDING,
             Delivery.lease_token.is_not(None),
         )
         .limit(BATCH)

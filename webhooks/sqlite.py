@@ -15,7 +15,7 @@ import sqlite3
 import time
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import ColumnElement, event, literal_column
 from sqlalchemy.engine import Connection as SAConnection
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import scoped_session
@@ -76,6 +76,21 @@ class Connection(sqlite3.Connection):
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
+
+
+def used_by(session: Any) -> bool:
+    """The session's database is SQLite."""
+    return bool(session.get_bind().dialect.name == "sqlite")
+
+
+def unindexed(column: Any) -> ColumnElement[Any]:
+    """`+table.column`: the same value, but SQLite's planner will not search an index on it.
+
+    SQLite keeps no statistics (the service never runs ANALYZE), so given `id IN (…)` and
+    `status = 'pending'` it may walk every pending row through the status index rather than
+    look the ids up by key; this says which index not to use (SQLite only: PostgreSQL has no
+    unary plus on text)."""
+    return literal_column(f"+{column.table.name}.{column.name}", type_=column.type)
 
 
 def install(engine: Engine) -> None:
