@@ -15,6 +15,9 @@ from urllib.parse import urlsplit
 
 import pytest
 import trustme
+from hypothesis import given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 from urllib3.util import connection as urllib3_connection
 
 from tests.receivers import LOOPBACK, RawServer, Receiver, Reply, read_request, send
@@ -812,3 +815,41 @@ def test_a_hanging_lookup_at_save_time_answers_within_seconds(dns, api, hanging)
         "when a delivery is sent"
     ]
     assert took < egress.SAVE_LOOKUP_SECONDS + 1.5
+
+
+# -- the URL as it is sent ---------------------------------------------------------------------
+
+_URL_PIECES = st.sampled_from(
+    ["", "/", "%", "%2", "%41", "%7e", "%zz", "%2F", " ", "é", "ü", "a b", "?", "#", "@", ":",
+     "[", "]", "*", ".", "~", "\t", "%25", "+", "xn--", "日本", "\u200b", "%E2%82%AC", "/a/../b"]
+)  # fmt: skip
+
+
+@examples(max_examples=400, deadline=None)
+@given(
+    scheme=st.sampled_from(["https://", "http://", "HTTPS://", "Http://", "ftp://", "", "//"]),
+    auth=st.sampled_from(["", "user@", "u:p@", "ü:%40@"]),
+    host=st.lists(st.sampled_from(["example", "com", "bücher", "*", "", "日本", "xn--nxasmq6b",
+                                   "1", "127.0.0.1", "[::1]", "EXAMPLE", "a-b"]),
+                  min_size=0, max_size=3).map(".".join),
+    port=st.sampled_from(["", ":443", ":8443", ":", ":99999", ":x"]),
+    rest=st.lists(_URL_PIECES, max_size=6).map("".join),
+)  # fmt: skip
+def test_a_url_is_made_canonical_exactly_as_requests_makes_it(scheme, auth, host, port, rest):
+    """The guard checks the URL the client will send; requests' own preparation is the
+    reference (the service no longer loads requests to send)."""
+    import requests
+
+    url = f"{scheme}{auth}{host}{port}{rest}"
+    prepared = requests.models.PreparedRequest()
+    try:
+        prepared.prepare_url(url, None)
+        expected: tuple[str, str | None] = ("ok", prepared.url)
+    except ValueError as exc:
+        expected = ("refused", str(exc))
+    try:
+        got: tuple[str, str | None] = ("ok", egress.canonical_url(url))
+    except ValueError as exc:
+        got = ("refused", str(exc))
+
+    assert got == expected, url
