@@ -217,7 +217,7 @@ def verify_signature(webhook_id: str) -> ResponseReturnValue:
 @bp.post("/events")
 def publish_event() -> ResponseReturnValue:
     """Publish an event to every active webhook subscribed to its type."""
-    _body_within(current_app.config["WEBHOOK_MAX_PAYLOAD_BYTES"])
+    _body_within(settings().max_payload_bytes)
     payload = json_body()
     event_type, data = payload.get("type"), payload.get("data", {})
     if not isinstance(event_type, str) or not event_type:
@@ -253,7 +253,7 @@ def _body_within(limit: int, why: str = "") -> None:
 @bp.post("/events/batch")
 def publish_events_batch() -> ResponseReturnValue:
     """Publish up to 100 events in one call: all of them stored, or none."""
-    per_event = current_app.config["WEBHOOK_MAX_PAYLOAD_BYTES"]
+    per_event = settings().max_payload_bytes
     # Room for MAX_BATCH events of the largest size one POST /events takes: more than the
     # app-wide cap on request bodies, which werkzeug would enforce first.
     request.max_content_length = MAX_BATCH * per_event
@@ -390,10 +390,10 @@ def listener_stream(listener_id: str) -> ResponseReturnValue:
     WEBHOOK_LISTENER_HEARTBEAT_SECONDS (10 s) while there is none."""
     listener_or_404(listener_id)
     streams = current_app.extensions.setdefault(
-        "listener_streams", listeners.Streams(current_app.config["WEBHOOK_LISTENER_STREAMS"])
+        "listener_streams", listeners.Streams(settings().listener_streams)
     )
     if not streams.take():
-        limit = current_app.config["WEBHOOK_LISTENER_STREAMS"]
+        limit = settings().listener_streams
         refused = _invalid(
             fail(
                 "unavailable",
@@ -415,8 +415,8 @@ def listener_stream(listener_id: str) -> ResponseReturnValue:
 
 
 def _listener_events(listener_id: str, streams: listeners.Streams) -> Iterator[str]:
-    heartbeat = current_app.config["WEBHOOK_LISTENER_HEARTBEAT_SECONDS"]
-    conn = listeners.stream_redis(current_app.config["REDIS_URL"], heartbeat)
+    heartbeat = settings().listener_heartbeat
+    conn = listeners.stream_redis(settings().redis_url, heartbeat)
     try:
         yield "retry: 1000\n" + listeners.sse(None, comment="connected")
         while listeners.touch(db.session, listener_id, utcnow()):
@@ -518,7 +518,7 @@ def redeliver(delivery_id: str) -> ResponseReturnValue:
 @bp.get("/egress-ips")
 def egress_ips() -> ResponseReturnValue:
     """The addresses deliveries come from, for firewall allowlists."""
-    return schemas.EgressIps.of(ips=list(current_app.config["WEBHOOK_EGRESS_IPS"]))
+    return schemas.EgressIps.of(ips=list(settings().egress_ips))
 
 
 def _time(payload: dict[str, Any], name: str, *, required: bool = False) -> datetime | None:

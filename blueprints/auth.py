@@ -24,7 +24,7 @@ from werkzeug.exceptions import HTTPException
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired
 
-from webhooks import accounts, throttle
+from webhooks import accounts, services, throttle
 from webhooks.models import User, Workspace, db
 
 bp = Blueprint("auth", __name__)
@@ -74,7 +74,7 @@ def client_address() -> str:
     return throttle.client_address(
         request.remote_addr,
         request.headers.getlist("X-Forwarded-For"),
-        current_app.config["WEBHOOK_TRUSTED_PROXIES"],
+        services.settings().trusted_proxies,
     )
 
 

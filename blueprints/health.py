@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 
-from flask import Blueprint, abort, current_app, redirect, request, url_for
+from flask import Blueprint, abort, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 from prometheus_client.exposition import choose_encoder
 from redis.exceptions import RedisError
@@ -38,12 +38,13 @@ def healthz() -> ResponseReturnValue:
 @bp.get("/metrics")
 def metrics() -> ResponseReturnValue:
     """Count the work of every process: attempts, deliveries, latencies, queue and backlog."""
-    if not current_app.config["METRICS_ENABLED"]:
+    settings = services.settings()
+    if not settings.metrics_enabled:
         abort(404)
-    token = current_app.config["METRICS_TOKEN"]
+    token = settings.metrics_token
     if token and not _bearer_matches(token):
         return "a bearer token is required\n", 401, {"WWW-Authenticate": 'Bearer realm="metrics"'}
-    collector = Collector(db.session, services.redis(), current_app.config["WEBHOOK_QUEUE"])
+    collector = Collector(db.session, services.redis(), settings.queue)
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
     return encode(collector), 200, {"Content-Type": content_type, "Cache-Control": "no-store"}
 

@@ -12,7 +12,7 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_login import current_user
 
-from webhooks import accounts, logthrottle
+from webhooks import accounts, logthrottle, services
 from webhooks.models import db
 
 # Only our own static files may run or style a page; nothing may frame it.
@@ -118,6 +118,6 @@ def install(app: Flask) -> None:
         if not request.path.startswith("/api/"):
             headers.setdefault("Content-Security-Policy", CSP)
             headers.setdefault("X-Frame-Options", "DENY")
-        if request.is_secure or app.config["WEBHOOK_FORCE_HTTPS"]:
+        if request.is_secure or services.of(app).settings.force_https:
             headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
         return response

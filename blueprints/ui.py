@@ -152,12 +152,10 @@ def install(app: Flask) -> None:
 
     @app.context_processor
     def _workspace() -> dict[str, Any]:
+        egress_ips = services.of(app).settings.egress_ips
         if current_user.is_authenticated:
-            return {
-                "workspace": current_workspace(),
-                "egress_ips": app.config["WEBHOOK_EGRESS_IPS"],
-            }
-        return {"egress_ips": app.config["WEBHOOK_EGRESS_IPS"]}
+            return {"workspace": current_workspace(), "egress_ips": egress_ips}
+        return {"egress_ips": egress_ips}
 
     @app.errorhandler(403)
     @app.errorhandler(404)

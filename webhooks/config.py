@@ -538,6 +538,15 @@ class Settings:
     # Users: how long an invitation link lasts; links are https behind a TLS proxy.
     invite_days: float
     force_https: bool
+    # The API and the web process: body cap, addresses shown, proxies trusted, /metrics, the
+    # `listen` streams.
+    max_payload_bytes: int
+    egress_ips: tuple[Any, ...]
+    trusted_proxies: tuple[Any, ...]
+    metrics_enabled: bool
+    metrics_token: str
+    listener_streams: int
+    listener_heartbeat: float
     # Egress: target ports allowed, as (first, last) ranges.
     allowed_ports: tuple[tuple[int, int], ...]
     redis_url: str
@@ -569,6 +578,13 @@ class Settings:
             max_api_keys=config["WEBHOOK_MAX_API_KEYS"],
             invite_days=config["WEBHOOK_INVITE_DAYS"],
             force_https=config["WEBHOOK_FORCE_HTTPS"],
+            max_payload_bytes=config["WEBHOOK_MAX_PAYLOAD_BYTES"],
+            egress_ips=tuple(config["WEBHOOK_EGRESS_IPS"]),
+            trusted_proxies=tuple(config["WEBHOOK_TRUSTED_PROXIES"]),
+            metrics_enabled=config["METRICS_ENABLED"],
+            metrics_token=config["METRICS_TOKEN"],
+            listener_streams=config["WEBHOOK_LISTENER_STREAMS"],
+            listener_heartbeat=config["WEBHOOK_LISTENER_HEARTBEAT_SECONDS"],
             allowed_ports=config["WEBHOOK_ALLOWED_PORTS"],
             redis_url=config["REDIS_URL"],
         )
