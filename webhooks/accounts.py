@@ -44,7 +44,7 @@ def create_api_key(
 ) -> tuple[ApiKey, str]:
     """A new key for the workspace; the plain key is returned once and stored only hashed.
 
-    With a `limit` (WEBHOOK_MAX_APIAPI_KEYS), a workspace holding that many unrevoked keys gets
+    With a `limit` (WEBHOOK_MAX_API_KEYS), a workspace holding that many unrevoked keys gets
     quotas.QuotaExceeded instead.
     """
     quotas.check_api_keys(session, workspace_id, limit)

@@ -149,7 +149,7 @@ def _lease(
     """Lease the chosen rows (still pending and unleased: the compare-and-set that makes a
     delivery ours alone), in the order they were chosen."""
     # By key: on SQLite, `status = 'pending'` would walk every due row of the backlog instead.
-    status = sqlite.unindexed(_D.status) if sqlite.used_by(session) else _D.status
+    status = sqlite.unindexed_on(session, _D.status)
     taken = session.execute(
         update(DELIVERIES)
         .where(_D.id.in_(ids), status == DeliveryStatus.PENDING, _D.lease_token.is_(None))

@@ -408,7 +408,7 @@ class Target:
 def canonical_url(url: str) -> str:
     """The URL as the HTTP client will send it (IDNA-encoded host, lowercase scheme and host):
     what requests' `PreparedRequest.prepare_url` makes of it, without loading requests in a
-    worker for it (4 MB). Raises ValueError with requests' words for a URL it refuses."""
+    worker for it (3 MB). Raises ValueError with requests' words for a URL it refuses."""
     url = url.lstrip()
     if ":" in url and not url.lower().startswith("http"):
         return url  # not HTTP: left as it is (the scheme check refuses it)

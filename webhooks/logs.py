@@ -15,6 +15,7 @@ from sqlalchemy.orm import aliased
 
 from webhooks import sqlite
 from webhooks.models import (
+    DELIVERIES,
     TITLE_SEARCH,
     Attempt,
     AttemptOutcome,
@@ -23,7 +24,6 @@ from webhooks.models import (
     Event,
     Session,
     Webhook,
-    table,
 )
 
 RETRYING = "retrying"  # a filter, not a status: pending with at least one failed attempt
@@ -124,7 +124,7 @@ class _Unindexed:
     """`Delivery.<column>` as `+deliveries.<column>` (`sqlite.unindexed`)."""
 
     def __getattr__(self, name: str) -> Any:
-        return sqlite.unindexed(table(Delivery).c[name])
+        return sqlite.unindexed(DELIVERIES.c[name])
 
 
 def words(q: str) -> list[str]:

@@ -61,7 +61,7 @@ def expire_leases(session: Session, settings: Settings, redis: Redis | None = No
     """Deliveries whose worker died mid-attempt: record the attempt as lost and make them due."""
     now = utcnow()
     # Through the lease index: on SQLite, `status = 'pending'` would walk the whole backlog.
-    status = sqlite.unindexed(DELIVERIES.c.status) if sqlite.used_by(session) else Delivery.status
+    status = sqlite.unindexed_on(session, DELIVERIES.c.status)
     rows = session.execute(
         select(Delivery.id, Delivery.lease_token, Delivery.lost_count)
         .where(

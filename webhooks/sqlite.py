@@ -93,6 +93,11 @@ def unindexed(column: Any) -> ColumnElement[Any]:
     return literal_column(f"+{column.table.name}.{column.name}", type_=column.type)
 
 
+def unindexed_on(session: Any, column: Any) -> Any:
+    """`column`, written `unindexed` when the session's database is SQLite."""
+    return unindexed(column) if used_by(session) else column
+
+
 def install(engine: Engine) -> None:
     """Give a SQLite engine's connections these settings and its transactions the lock queue
     (the app factory calls it for the app's engine; other databases are left as they are)."""
