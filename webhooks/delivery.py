@@ -39,6 +39,33 @@ ENDED = {
 }
 
 _D = DELIVERIES.c
+_A = ATTEMPTS.c
+# Built once: the recorder runs them for every batch of results.
+_RECORD_ATTEMPT = (
+    update(ATTEMPTS)
+    .where(_A.id == bindparam("b_id"), _A.outcome == AttemptOutcome.IN_FLIGHT)
+    .values(
+        request_headers=bindparam("b_request_headers"),
+        request_body=bindparam("b_request_body"),
+        outcome=bindparam("b_outcome"),
+        duration_ms=bindparam("b_duration"),
+        response_status=bindparam("b_status"),
+        response_headers=bindparam("b_headers"),
+        response_body=bindparam("b_body"),
+        error=bindparam("b_error"),
+    )
+)
+_SUCCEED = (
+    update(DELIVERIES)
+    .where(_D.id == bindparam("b_id"), _D.lease_token == bindparam("b_token"))
+    .values(
+        **ENDED,
+        status=DeliveryStatus.SUCCEEDED,
+        updated_at=bindparam("b_now"),
+        last_status_code=bindparam("b_code"),
+        last_error=None,
+    )
+)
 
 MAX_LOST_ATTEMPTS = 3
 
@@ -190,20 +217,8 @@ def _write_attempts(
     sent: dict[int, tuple[dict[str, str], str]],
 ) -> None:
     """Each attempt's request (built after the claim) and result, in one statement."""
-    table = ATTEMPTS
     session.execute(
-        update(table)
-        .where(table.c.id == bindparam("b_id"), table.c.outcome == AttemptOutcome.IN_FLIGHT)
-        .values(
-            request_headers=bindparam("b_request_headers"),
-            request_body=bindparam("b_request_body"),
-            outcome=bindparam("b_outcome"),
-            duration_ms=bindparam("b_duration"),
-            response_status=bindparam("b_status"),
-            response_headers=bindparam("b_headers"),
-            response_body=bindparam("b_body"),
-            error=bindparam("b_error"),
-        ),
+        _RECORD_ATTEMPT,
         [
             {
                 "b_id": prepared.attempt_id,
@@ -224,19 +239,10 @@ def _write_attempts(
 def _succeed(
     session: Session, succeeded: list[tuple[Prepared, transport.Result]], now: datetime
 ) -> None:
-    table = DELIVERIES
     session.execute(
-        update(table)
-        .where(table.c.id == bindparam("b_id"), table.c.lease_token == bindparam("b_token"))
-        .values(
-            **ENDED,
-            status=DeliveryStatus.SUCCEEDED,
-            updated_at=now,
-            last_status_code=bindparam("b_code"),
-            last_error=None,
-        ),
+        _SUCCEED,
         [
-            {"b_id": p.delivery_id, "b_token": p.token, "b_code": r.status_code}
+            {"b_id": p.delivery_id, "b_token": p.token, "b_code": r.status_code, "b_now": now}
             for p, r in succeeded
         ],
     )
