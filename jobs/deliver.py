@@ -87,8 +87,7 @@ class _Pump:
                 )
             finally:  # the slots of what is not sent
                 self.sender.release(slots - len(claimed.prepared))
-            for prepared in claimed.prepared:
-                self.sender.start(prepared, self.settings)
+            self.sender.start_all(claimed.prepared, self.settings)
             if time.monotonic() > until:
                 queueing.safe("queue the next wake-up", self._again)
                 return

@@ -1,17 +1,21 @@
-"""A worker process's POSTs in flight: a fixed set of threads, a slot per thread, and one
-thread that records their results.
+"""A worker process's POSTs in flight: a fixed number of slots, an event loop that makes the
+POSTs, and one thread that records their results.
 
 A wake-up claims only as many deliveries as there are free slots (`take`; so a claimed
-delivery never waits for a thread while its lease runs) and starts their POSTs. Results are
-recorded together, as they come in, by the recorder thread, and a slot is free again only once
-its result is recorded: a worker holds at most `threads` deliveries between claim and record,
-so a worker killed at any moment repeats at most that many POSTs. A webhook may hold at most a
-quarter of the threads, so a target that hangs until the timeout leaves the others most of
-them; `hanging` tells which targets keep POSTs waiting.
-"""
+delivery never waits for a slot while its lease runs) and hands them to the loop together
+(`start_all`). The POSTs run on that loop (`webhooks.aiotransport`): a thread per POST in flight
+cost three times the CPU, as every blocking call handed Python's lock to another thread. Work
+that blocks (a transform's render, a `listen` stream, a proxied POST) runs on threads instead,
+as many as the slots. Results are handed to the recorder thread in batches and recorded
+together, and a slot is free again only once its result is recorded: a worker holds at most
+`threads` deliveries between claim and record, so a worker killed at any moment repeats at
+most that many POSTs. A webhook may hold at most a quarter of the slots, so a target that
+hangs until the timeout leaves the others most of them; `hanging` tells which targets keep
+POSTs waiting."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -20,9 +24,9 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from webhooks import transport
+from webhooks import aiotransport, listeners, transport
 from webhooks.config import Settings
-from webhooks.outgoing import Prepared, send
+from webhooks.outgoing import Prepared, render, send
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +50,19 @@ class Sender:
         self.threads = threads
         self.per_webhook = max(1, threads // WEBHOOK_SHARE)
         self._record = record
+        # The POSTs run on one event loop; blocking work (a transform's render, a `listen`
+        # stream, the proxy) on threads, as many as the slots.
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="post")
-        self._slots = threading.BoundedSemaphore(threads)
-        self._results: queue.SimpleQueue[tuple[Prepared, transport.Result] | None] = (
-            queue.SimpleQueue()
+        self._client = aiotransport.Client()
+        self._loop = asyncio.new_event_loop()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._done: Results = []  # results on the loop, not yet handed to the recorder
+        self._looping = threading.Thread(
+            target=self._loop.run_forever, name="post-loop", daemon=True
         )
+        self._looping.start()
+        self._slots = threading.BoundedSemaphore(threads)
+        self._results: queue.SimpleQueue[Results | None] = queue.SimpleQueue()
         self._lock = threading.Condition()
         self._flying: dict[int, tuple[str, float]] = {}  # attempt id -> (webhook id, start)
         self._by_webhook: Counter[str] = Counter()
@@ -122,16 +134,34 @@ class Sender:
     # -- sending -------------------------------------------------------------------------------
 
     def start(self, prepared: Prepared, settings: Settings) -> None:
-        """POST on a thread (its slot was taken by `take`); the result goes to the recorder."""
-        with self._lock:
-            self._outstanding += 1
-            self._by_webhook[prepared.webhook_id] += 1
-            self._flying[prepared.attempt_id] = (prepared.webhook_id, time.monotonic())
-        self._pool.submit(self._send, prepared, settings)
+        """POST one claimed delivery (its slot was taken by `take`)."""
+        self.start_all([prepared], settings)
 
-    def _send(self, prepared: Prepared, settings: Settings) -> None:
+    def start_all(self, batch: list[Prepared], settings: Settings) -> None:
+        """POST claimed deliveries on the loop (their slots were taken by `take`); each result
+        goes to the recorder."""
+        if not batch:
+            return
+        now = time.monotonic()
+        with self._lock:
+            self._outstanding += len(batch)
+            for prepared in batch:
+                self._by_webhook[prepared.webhook_id] += 1
+                self._flying[prepared.attempt_id] = (prepared.webhook_id, now)
+        self._loop.call_soon_threadsafe(self._launch, batch, settings)
+
+    def _launch(self, batch: list[Prepared], settings: Settings) -> None:
+        for prepared in batch:
+            task = self._loop.create_task(self._send(prepared, settings))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, prepared: Prepared, settings: Settings) -> None:
         try:
-            result = send(prepared, settings)
+            if _on_loop(prepared, settings):
+                result = await self._post(prepared, settings)
+            else:  # a transform's render, a `listen` stream or the proxy: blocking work
+                result = await self._loop.run_in_executor(self._pool, send, prepared, settings)
         except Exception:  # never expected; the attempt is recorded as failed and retried
             log.exception("sending %s failed unexpectedly", prepared.delivery_id)
             result = transport.Result(error="internal error while sending")
@@ -141,26 +171,49 @@ class Sender:
                 if self._by_webhook[prepared.webhook_id] <= 0:
                     del self._by_webhook[prepared.webhook_id]
                 self._flying.pop(prepared.attempt_id, None)
-        self._results.put((prepared, result))  # its slot is given back once recorded
+        self._done.append((prepared, result))  # its slot is given back once recorded
+        if len(self._done) >= RECORD_BATCH:
+            self._hand_over()
+        elif len(self._done) == 1:
+            self._loop.call_later(RECORD_LINGER, self._hand_over)
+
+    async def _post(self, prepared: Prepared, settings: Settings) -> transport.Result:
+        render(prepared)
+        if prepared.render_error is not None:
+            return transport.Result(error=prepared.render_error)
+        return await self._client.post(
+            prepared.url,
+            prepared.body,
+            prepared.headers,
+            timeout=settings.timeout,
+            ca_bundle=settings.ca_bundle,
+            allowed_networks=settings.allowed_private_networks,
+            allow_http=settings.allow_http,
+            allowed_ports=settings.allowed_ports,
+        )
+
+    def _hand_over(self) -> None:
+        """The results gathered on the loop go to the recorder, together."""
+        if self._done:
+            self._results.put(self._done)
+            self._done = []
 
     # -- recording -----------------------------------------------------------------------------
 
     def _record_loop(self) -> None:
         while True:
-            first = self._results.get()
-            if first is None:
+            batch = self._results.get()
+            if batch is None:
                 return
-            batch = [first]
-            until = time.monotonic() + RECORD_LINGER
             while len(batch) < RECORD_BATCH:
                 try:
-                    item = self._results.get(timeout=max(0.0, until - time.monotonic()))
+                    more = self._results.get_nowait()
                 except queue.Empty:
                     break
-                if item is None:
+                if more is None:
                     self._results.put(None)  # stop after this batch
                     break
-                batch.append(item)
+                batch += more
             try:
                 self._record(batch)
             except Exception:  # their leases run out and the scheduler makes them due again
@@ -180,9 +233,24 @@ class Sender:
     def close(self) -> None:
         """Let the POSTs out end and be recorded, then stop the threads."""
         self.idle()
+        asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._looping.join()
+        self._loop.close()
         self._pool.shutdown(wait=True)
         self._results.put(None)
         self._recorder.join()
+
+
+def _on_loop(prepared: Prepared, settings: Settings) -> bool:
+    """Whether the POST runs on the loop: nothing in it blocks (a plain envelope, no proxy, a
+    URL and not a `listen` stream)."""
+    later = prepared.later
+    return (
+        settings.proxy_url is None
+        and (later is None or later.webhook.transform is None)
+        and listeners.listener_id_of(prepared.url) is None
+    )
 
 
 # One per worker process: its threads and connections are the process's, like its database

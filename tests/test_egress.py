@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohappyeyeballs
 import pytest
 import trustme
 from hypothesis import given
@@ -283,6 +284,14 @@ def connects(monkeypatch) -> list[tuple[str, int]]:  # type: ignore[no-untyped-d
         return real(address, *args, **kwargs)
 
     monkeypatch.setattr(urllib3_connection, "create_connection", record)
+    # The worker's POSTs go through aiohttp, which connects through aiohappyeyeballs.
+    start = aiohappyeyeballs.start_connection
+
+    async def record_aio(addr_infos, *args, **kwargs):  # type: ignore[no-untyped-def]
+        opened.extend((info[4][0], info[4][1]) for info in addr_infos)
+        return await start(addr_infos, *args, **kwargs)
+
+    monkeypatch.setattr(aiohappyeyeballs, "start_connection", record_aio)
     return opened
 
 

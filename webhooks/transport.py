@@ -6,9 +6,11 @@ every address must be allowed, and the connection then goes to one of those chec
 Through WEBHOOK_PROXY_URL the proxy is asked to `CONNECT` to that checked address, never to
 the name, so it cannot resolve the name again.
 
-The POST threads share urllib3's pools (one PoolManager per CA bundle and proxy), so a
-kept-alive connection serves whichever thread posts to its host next. urllib3 is used alone:
-through requests a POST cost about 2.5 times its CPU (bench/transport_cpu.py).
+Threads share urllib3's pools (one PoolManager per CA bundle and proxy), so a kept-alive
+connection serves whichever thread posts to its host next. urllib3 is used alone: through
+requests a POST cost about 2.5 times its CPU (bench/transport_cpu.py). The worker's own POSTs
+go through `webhooks.aiotransport`, on an event loop, under the same rules (and through this
+module when a proxy is configured).
 """
 
 from __future__ import annotations
@@ -207,7 +209,7 @@ def _shut(sock: Any) -> None:
         pass
 
 
-def _normal_host(host: str) -> str:
+def normal_host(host: str) -> str:
     return host.strip("[]").rstrip(".").lower()
 
 
@@ -234,7 +236,7 @@ class _Tracked:
         if (
             exchange is None
             or exchange.host is None
-            or _normal_host(self.host) != exchange.host
+            or normal_host(self.host) != exchange.host
             or not exchange.addresses
         ):
             raise NewConnectionError(self, f"{self.host} was not checked by the egress guard")  # type: ignore[arg-type]  # a mixin of an HTTPConnection
@@ -312,7 +314,7 @@ class _HTTPSPool(_Pinned, HTTPSConnectionPool):
         """CONNECT to a checked address, tried in turn, while TLS checks the certificate for the
         name (SNI and hostname): the proxy never sees the name, so it cannot resolve it again."""
         exchange: _Exchange | None = getattr(_local, "exchange", None)
-        name = _normal_host(self.host)
+        name = normal_host(self.host)
         if exchange is None or exchange.host != name or not exchange.addresses:
             raise NewConnectionError(conn, f"{self.host} was not checked by the egress guard")
         scheme = "https" if self.proxy and self.proxy.scheme == "https" else "http"
@@ -342,7 +344,7 @@ POOL_MAXSIZE = 32
 POOL_HOSTS = 128  # hosts whose kept-alive connections are kept, the least recently used dropped
 
 
-def _tls_context(cafile: str) -> ssl.SSLContext:
+def tls_context(cafile: str) -> ssl.SSLContext:
     """Verification against `cafile` alone: nothing read from the environment
     (REQUESTS_CA_BUNDLE, SSL_CERT_FILE, SSL_CERT_DIR) can widen or replace it."""
     context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
@@ -361,7 +363,7 @@ def _proxy_headers(proxy_url: str) -> dict[str, str]:
 
 
 def _manager(cafile: str, proxy_url: str | None) -> urllib3.PoolManager:
-    context = _tls_context(cafile)
+    context = tls_context(cafile)
     options: dict[str, Any] = {
         "num_pools": POOL_HOSTS,
         "maxsize": POOL_MAXSIZE,
@@ -506,7 +508,7 @@ def _forwarded(url: str, target: egress.Target) -> tuple[str, str]:
     return parts._replace(host=literal, port=None, auth=None).url, host
 
 
-def _elapsed_ms(started: float) -> int:
+def elapsed_ms(started: float) -> int:
     return round((time.monotonic() - started) * 1000)
 
 
@@ -531,14 +533,14 @@ def post(
     """
     started = time.monotonic()
     exchange = _Exchange(started + timeout)
-    checked = _check(url, timeout, exchange.deadline, allowed_networks, allow_http, allowed_ports)
+    checked = vetted(url, timeout, exchange.deadline, allowed_networks, allow_http, allowed_ports)
     if isinstance(checked, str):
-        return Result(duration_ms=_elapsed_ms(started), error=checked)
+        return Result(duration_ms=elapsed_ms(started), error=checked)
     url, target = checked
-    exchange.host = _normal_host(target.host)
+    exchange.host = normal_host(target.host)
     exchange.addresses = target.addresses
     exchange.proxied = bool(proxy_url)
-    headers = _request_headers(headers)
+    headers = request_headers(headers)
     if proxy_url and target.scheme == "http":
         url, host_header = _forwarded(url, target)
         headers["Host"] = host_header
@@ -546,11 +548,11 @@ def post(
         manager = _managers.get(ca_bundle, proxy_url)
     except (OSError, ssl.SSLError) as exc:
         error = f"the CA bundle {ca_bundle or certifi.where()} cannot be loaded: {exc}"
-        return Result(duration_ms=_elapsed_ms(started), error=error)
+        return Result(duration_ms=elapsed_ms(started), error=error)
     return _exchange(manager, url, body, headers, timeout, exchange, started)
 
 
-def _check(
+def vetted(
     url: str,
     timeout: float,
     deadline: float,
@@ -586,7 +588,7 @@ def _canonical_url(url: str) -> str:
     return egress.canonical_url(url)
 
 
-def _request_headers(headers: dict[str, str]) -> dict[str, str]:
+def request_headers(headers: dict[str, str]) -> dict[str, str]:
     """The caller's headers over the ones every POST has always sent (those of requests,
     with our User-Agent); a name in any case replaces the default."""
     given = {name.lower() for name in headers}
@@ -639,7 +641,7 @@ def _exchange(
             status_code=response.status,
             headers=kept_headers(response.headers.items()),
             body=raw[:RESPONSE_BODY_CAP].decode("utf-8", errors="replace"),
-            duration_ms=_elapsed_ms(started),
+            duration_ms=elapsed_ms(started),
         )
     except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
         # What arrived before a failure is kept, unless the deadline cut it (then a fragment).
@@ -647,7 +649,7 @@ def _exchange(
         return Result(
             status_code=answer.status if answer is not None else None,
             headers=kept_headers(answer.headers.items()) if answer is not None else {},
-            duration_ms=_elapsed_ms(started),
+            duration_ms=elapsed_ms(started),
             error=_describe(exc, timeout, exchange.expired),
         )
     finally:
