@@ -23,6 +23,7 @@ checked address is urllib3's.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import os
 import ssl
 from typing import Any
@@ -41,6 +42,9 @@ MAX_HEADERS = 100
 # A session left for a replaced CA bundle closes once its POSTs have had their time.
 CLOSE_AFTER = 120.0
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# asyncio gives every TLS connection a read buffer of 256 KiB, written whole when it is made:
+# 8 MB of a worker's memory for 32 kept-alive connections. A TLS record holds at most 16 KiB.
+asyncio.sslproto.SSLProtocol.max_size = 16 * 1024
 
 
 class Client:
