@@ -1,4 +1,5 @@
-"""CPU per HTTPS POST: `transport.post` beside a bare requests Session and a bare urllib3 pool.
+"""CPU per HTTPS POST: `transport.post` beside a bare requests Session and a bare urllib3 pool,
+and the worker's event loop (`aiotransport`) with as many POSTs in flight as there are threads.
 
     .venv/bin/python bench/transport_cpu.py [--n 3000] [--threads 8] [--rounds 3]
 
@@ -6,10 +7,10 @@ A local HTTPS receiver (http.server, threaded, HTTP/1.1 keep-alive, answering 20
 certificate from a throwaway trustme CA) runs in a child process, so that the CPU counted here
 (time.process_time of this process) is the sender's alone. Each client posts N times from
 `--threads` threads after a warm-up that opens its kept-alive connections; the clients take
-turns round by round, and each one's best round is shown, as ms of CPU per POST. The last line
+turns round by round, and each one's best round is shown, as ms of CPU per POST. One line
 is the egress guard's check alone (URL parsing and the address check, no network), which
-transport.post does before every POST. The delivery worker's senders are threads in one
-process, so this is the cost each attempt adds to a worker's CPU.
+transport.post does before every POST. The delivery worker now posts on one event loop: the
+last line is what each attempt adds to a worker's CPU.
 """
 
 from __future__ import annotations
@@ -139,6 +140,36 @@ def cpu_per_post(post: Callable[[], int | None], n: int, threads: int) -> tuple[
     return cpu * 1000 / n, wall * 1000 / n
 
 
+def aio_cpu_per_post(url: str, ca_bundle: str, n: int, in_flight: int) -> tuple[float, float]:
+    """The worker's own way: `aiotransport.Client.post` on one event loop, `in_flight` POSTs
+    at a time; (ms of CPU, ms of wall time) per POST."""
+    import asyncio
+
+    from webhooks import aiotransport
+
+    async def run() -> tuple[float, float]:
+        client = aiotransport.Client()
+        slots = asyncio.Semaphore(in_flight)
+
+        async def post() -> int | None:
+            async with slots:
+                result = await client.post(
+                    url, BODY, HEADERS, timeout=30, ca_bundle=ca_bundle, allowed_networks=LOOPBACK
+                )
+            assert result.ok, result.error
+            return result.status_code
+
+        await asyncio.gather(*(post() for _ in range(in_flight * 4)))  # warm up
+        cpu, wall = time.process_time(), time.perf_counter()
+        statuses = await asyncio.gather(*(post() for _ in range(n)))
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        await client.close()
+        assert statuses.count(204) == n, statuses[:5]
+        return cpu * 1000 / n, wall * 1000 / n
+
+    return asyncio.run(run())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=3000, help="POSTs per round and client")
@@ -159,9 +190,12 @@ def main() -> None:
             print(f"{'client':<22} {'CPU ms/POST':>12} {'wall ms/POST':>13}")
             posts = {name: make(url, ca_bundle) for name, make in clients.items()}
             rounds: dict[str, list[tuple[float, float]]] = {name: [] for name in posts}
+            loop_name = "aiotransport (a loop)"
+            rounds[loop_name] = []
             for _ in range(args.rounds):  # in turn, so that a slow spell of the machine is shared
                 for name, post in posts.items():
                     rounds[name].append(cpu_per_post(post, args.n, args.threads))
+                rounds[loop_name].append(aio_cpu_per_post(url, ca_bundle, args.n, args.threads))
             for name, measured in rounds.items():
                 cpu, wall = min(measured)
                 print(f"{name:<22} {cpu:>12.3f} {wall:>13.3f}")

@@ -151,7 +151,10 @@ class Sender:
         self._loop.call_soon_threadsafe(self._launch, batch, settings)
 
     def _launch(self, batch: list[Prepared], settings: Settings) -> None:
+        envelopes: dict[str, bytes] = {}  # one body per event for the plain ones
         for prepared in batch:
+            if _on_loop(prepared, settings):
+                render(prepared, envelopes)
             task = self._loop.create_task(self._send(prepared, settings))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

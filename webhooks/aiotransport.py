@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.sslproto
+import functools
 import os
 import ssl
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -99,10 +102,10 @@ class Client:
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + timeout
-        check = (url, timeout, deadline, allowed_networks, allow_http, allowed_ports)
-        if egress.parse_literal(urllib3.util.parse_url(url).host or "") is not None:
-            checked = transport.vetted(*check)
-        else:  # a lookup blocks: on a thread, as `transport` bounds it
+        rules = (allowed_networks, allow_http, allowed_ports)
+        checked = _literal(url, *rules)
+        if checked is None:  # a name: its lookup blocks, on a thread, as `transport` bounds it
+            check = (url, timeout, deadline, *rules)
             checked = await loop.run_in_executor(None, transport.vetted, *check)
         if isinstance(checked, str):
             return Result(duration_ms=elapsed_ms(started), error=checked)
@@ -112,17 +115,52 @@ class Client:
         except (OSError, ssl.SSLError) as exc:
             error = f"the CA bundle {ca_bundle or certifi.where()} cannot be loaded: {exc}"
             return Result(duration_ms=elapsed_ms(started), error=error)
-        parts = urllib3.util.parse_url(url)
+        route = _route(url, target)
         headers = transport.request_headers(headers)
-        headers["Host"] = _host_header(parts, target)
-        name = transport.normal_host(target.host)
-        sni = None if egress.parse_literal(name) is not None else name
-        exchange = _Exchange(session, body, headers, sni, timeout, started)
-        return await exchange.run([_pinned(parts, ip) for ip in target.addresses], deadline)
+        headers["Host"] = route.host
+        exchange = _Exchange(session, body, headers, route.sni, timeout, started)
+        return await exchange.run(route.urls, deadline)
 
 
 def _close_later(session: aiohttp.ClientSession) -> None:
     asyncio.ensure_future(session.close())
+
+
+@functools.lru_cache(maxsize=256)
+def _literal(
+    url: str, allowed_networks: Any, allow_http: bool, allowed_ports: Any
+) -> tuple[str, egress.Target] | str | None:
+    """The egress guard's verdict on a URL whose host is an address: nothing to look up, so
+    the same at every POST under the same rules (a worker posts to the same few URLs again and
+    again); None for a name, whose addresses are looked up at every POST."""
+    try:
+        host = urllib3.util.parse_url(url).host or ""
+    except urllib3.exceptions.LocationParseError:
+        return None  # `transport.vetted` says what is wrong with it
+    if egress.parse_literal(host) is None:
+        return None
+    return transport.vetted(url, 0.0, time.monotonic(), allowed_networks, allow_http, allowed_ports)
+
+
+@dataclass(frozen=True)
+class _Route:
+    """Where a checked URL's POST goes: the URL at each checked address, the Host header, and
+    the name for SNI and the certificate (None for an address)."""
+
+    urls: tuple[URL, ...]
+    host: str
+    sni: str | None
+
+
+@functools.lru_cache(maxsize=256)
+def _route(url: str, target: egress.Target) -> _Route:
+    parts = urllib3.util.parse_url(url)
+    name = transport.normal_host(target.host)
+    return _Route(
+        urls=tuple(_pinned(parts, ip) for ip in target.addresses),
+        host=_host_header(parts, target),
+        sni=None if egress.parse_literal(name) is not None else name,
+    )
 
 
 class _Exchange:
@@ -141,7 +179,7 @@ class _Exchange:
         self.timeout, self.started = timeout, started
         self.response: aiohttp.ClientResponse | None = None
 
-    async def run(self, urls: list[URL], deadline: float) -> Result:
+    async def run(self, urls: tuple[URL, ...], deadline: float) -> Result:
         error: BaseException | None = None
         expired = False
         try:

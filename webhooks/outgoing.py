@@ -136,16 +136,24 @@ class Prepared:
     ordered: bool = False
 
 
-def render(prepared: Prepared) -> None:
+def render(prepared: Prepared, envelopes: dict[str, bytes] | None = None) -> None:
     """Build a claimed delivery's body (a transform renders in a render process) and sign it.
 
-    Runs after the claim has committed, on the thread that then POSTs it; a render that fails
-    or hits a bound leaves `render_error`, and the attempt fails with it."""
+    Runs after the claim has committed, before the POST; a render that fails or hits a bound
+    leaves `render_error`, and the attempt fails with it. `envelopes` keeps the plain bodies
+    built so far by event id: the deliveries of one event to webhooks without a transform
+    send the same bytes."""
     later = prepared.later
     if later is None or prepared.headers:
         return
+    webhook = later.webhook
+    plain = webhook.transform is None and webhook.template_error is None
+    memo = envelopes if plain and envelopes is not None else {}
     try:
-        prepared.body = render_body(later.webhook, later.event)
+        body = memo.get(later.event.id)
+        if body is None:
+            body = memo[later.event.id] = render_body(webhook, later.event)
+        prepared.body = body
     except RenderError as exc:
         prepared.body, prepared.render_error = b"", str(exc)
     prepared.headers = build_headers(later.delivery, later.webhook, prepared.body, utcnow())
