@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
 
-from webhooks import delivery, flow, outgoing, sqlite
+from webhooks import delivery, flow, outgoing, pgbatch, sqlite
 from webhooks.config import Settings
 from webhooks.models import (
     ATTEMPTS,
@@ -223,6 +223,11 @@ def _write_attempts(session: Session, ready: list[tuple[Any, Target]], now: date
     request is logged with the result: it is built after the commit, on the POST thread."""
     if not ready:
         return []
+    if pgbatch.used_by(session):
+        found = pgbatch.insert_attempts(
+            session, [(row.id, row.attempt_count, webhook.url) for row, webhook in ready], now
+        )
+        return [found[row.id] for row, _webhook in ready]
     rows = [
         {
             "delivery_id": row.id,

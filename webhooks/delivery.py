@@ -13,7 +13,7 @@ from typing import Any
 from redis import Redis
 from sqlalchemy import bindparam, select, text, update
 
-from webhooks import failures, flow, notifications, outgoing, queueing, retry, transport
+from webhooks import failures, flow, notifications, outgoing, pgbatch, queueing, retry, transport
 from webhooks.config import Settings
 from webhooks.models import (
     ATTEMPTS,
@@ -217,35 +217,37 @@ def _write_attempts(
     sent: dict[int, tuple[dict[str, str], str]],
 ) -> None:
     """Each attempt's request (built after the claim) and result, in one statement."""
-    session.execute(
-        _RECORD_ATTEMPT,
-        [
-            {
-                "b_id": prepared.attempt_id,
-                "b_request_headers": sent[prepared.attempt_id][0],
-                "b_request_body": sent[prepared.attempt_id][1],
-                "b_outcome": AttemptOutcome.SUCCESS if error is None else AttemptOutcome.FAILURE,
-                "b_duration": result.duration_ms,
-                "b_status": result.status_code,
-                "b_headers": result.headers or None,
-                "b_body": result.body if result.status_code is not None else None,
-                "b_error": error,
-            }
-            for prepared, result, error in written
-        ],
-    )
+    rows = [
+        {
+            "b_id": prepared.attempt_id,
+            "b_request_headers": sent[prepared.attempt_id][0],
+            "b_request_body": sent[prepared.attempt_id][1],
+            "b_outcome": AttemptOutcome.SUCCESS if error is None else AttemptOutcome.FAILURE,
+            "b_duration": result.duration_ms,
+            "b_status": result.status_code,
+            "b_headers": result.headers or None,
+            "b_body": result.body if result.status_code is not None else None,
+            "b_error": error,
+        }
+        for prepared, result, error in written
+    ]
+    if pgbatch.used_by(session):
+        pgbatch.record_attempts(session, rows)
+    else:
+        session.execute(_RECORD_ATTEMPT, rows)
 
 
 def _succeed(
     session: Session, succeeded: list[tuple[Prepared, transport.Result]], now: datetime
 ) -> None:
-    session.execute(
-        _SUCCEED,
-        [
-            {"b_id": p.delivery_id, "b_token": p.token, "b_code": r.status_code, "b_now": now}
-            for p, r in succeeded
-        ],
-    )
+    rows = [
+        {"b_id": p.delivery_id, "b_token": p.token, "b_code": r.status_code, "b_now": now}
+        for p, r in succeeded
+    ]
+    if pgbatch.used_by(session):
+        pgbatch.succeed(session, rows, now)
+    else:
+        session.execute(_SUCCEED, rows)
 
 
 def _schedule_next(

@@ -1,0 +1,115 @@
+"""The worker's per-batch writes on PostgreSQL: one statement of fixed text over arrays.
+
+SQLAlchemy writes a batch as one INSERT with a VALUES row per item (its text grows with the
+batch) or as an executemany (one EXECUTE per row in psycopg's pipeline). psycopg parses every
+statement's text in Python to find its parameters and remembers only texts under 4 KB: a claim's
+INSERT of 32 attempts was parsed anew each time, half of the claiming thread's CPU. Here each
+write is one statement whose text never changes, its rows passed as one array per column and
+spread by `unnest`, so psycopg parses it once and sends it once.
+
+SQLite keeps the Core statements (`webhooks.claim`, `webhooks.delivery`): its driver has no
+such cost, and no arrays.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+
+from webhooks.credentials import mask_body
+from webhooks.models import AttemptOutcome, DeliveryStatus, Session
+
+ENDED_COLUMNS = ("next_attempt_at", "lease_token", "lease_expires_at", "enqueued_at")
+
+_INSERT_ATTEMPTS = text(
+    "INSERT INTO attempts (delivery_id, number, outcome, started_at, request_url, "
+    "request_headers, request_body) "
+    "SELECT t.delivery_id, t.number, :outcome, :now, t.url, '{}'::jsonb, '' "
+    "FROM unnest(CAST(:delivery_ids AS text[]), CAST(:numbers AS integer[]), "
+    "CAST(:urls AS text[])) AS t(delivery_id, number, url) "
+    "RETURNING attempts.delivery_id, attempts.id"
+)
+
+_RECORD_ATTEMPTS = text(
+    "UPDATE attempts AS a SET request_headers = t.request_headers::jsonb, "
+    "request_body = t.request_body, outcome = t.outcome, duration_ms = t.duration_ms, "
+    "response_status = t.status, response_headers = t.headers::jsonb, "
+    "response_body = t.body, error = t.error "
+    "FROM unnest(CAST(:ids AS integer[]), CAST(:request_headers AS text[]), "
+    "CAST(:request_bodies AS text[]), CAST(:outcomes AS text[]), "
+    "CAST(:durations AS integer[]), CAST(:statuses AS integer[]), CAST(:headers AS text[]), "
+    "CAST(:bodies AS text[]), CAST(:errors AS text[])) "
+    "AS t(id, request_headers, request_body, outcome, duration_ms, status, headers, body, error) "
+    f"WHERE a.id = t.id AND a.outcome = '{AttemptOutcome.IN_FLIGHT}'"
+)
+
+_SUCCEED = text(
+    f"UPDATE deliveries AS d SET status = '{DeliveryStatus.SUCCEEDED}', "
+    + "".join(f"{column} = NULL, " for column in ENDED_COLUMNS)
+    + "updated_at = :now, last_status_code = t.code, last_error = NULL "
+    "FROM unnest(CAST(:ids AS text[]), CAST(:tokens AS text[]), CAST(:codes AS integer[])) "
+    "AS t(id, token, code) WHERE d.id = t.id AND d.lease_token = t.token"
+)
+
+
+def used_by(session: Session) -> bool:
+    """The session's database is PostgreSQL."""
+    return bool(session.get_bind().dialect.name == "postgresql")
+
+
+def insert_attempts(
+    session: Session, rows: Sequence[tuple[str, int, str]], now: datetime
+) -> dict[str, int]:
+    """In-flight attempts for (delivery id, number, URL) rows: each delivery's attempt id."""
+    delivery_ids, numbers, urls = (list(column) for column in zip(*rows, strict=True))
+    found = session.execute(
+        _INSERT_ATTEMPTS,
+        {
+            "outcome": AttemptOutcome.IN_FLIGHT,
+            "now": now,
+            "delivery_ids": delivery_ids,
+            "numbers": numbers,
+            "urls": urls,
+        },
+    )
+    return {delivery_id: attempt_id for delivery_id, attempt_id in found}
+
+
+def record_attempts(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Results of in-flight attempts, rows as `webhooks.delivery` builds them (`b_…` keys): the
+    request's headers come masked, its body is masked here (as `LoggedBody` does)."""
+    session.execute(
+        _RECORD_ATTEMPTS,
+        {
+            "ids": [r["b_id"] for r in rows],
+            "request_headers": [_json(r["b_request_headers"]) for r in rows],
+            "request_bodies": [mask_body(r["b_request_body"]) for r in rows],
+            "outcomes": [r["b_outcome"] for r in rows],
+            "durations": [r["b_duration"] for r in rows],
+            "statuses": [r["b_status"] for r in rows],
+            "headers": [_json(r["b_headers"]) for r in rows],
+            "bodies": [r["b_body"] for r in rows],
+            "errors": [r["b_error"] for r in rows],
+        },
+    )
+
+
+def succeed(session: Session, rows: Sequence[dict[str, Any]], now: datetime) -> None:
+    """Deliveries whose lease still holds end `succeeded` (`b_id`, `b_token`, `b_code`)."""
+    session.execute(
+        _SUCCEED,
+        {
+            "now": now,
+            "ids": [r["b_id"] for r in rows],
+            "tokens": [r["b_token"] for r in rows],
+            "codes": [r["b_code"] for r in rows],
+        },
+    )
+
+
+def _json(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else json.dumps(value)
