@@ -65,8 +65,14 @@ class Client:
         if held is not None and held[0] == version:
             return held[1]
         session = aiohttp.ClientSession(
+            # At most as many connections to one host as `transport` keeps (a POST beyond
+            # them waits for one to be free, inside its deadline): each costs the worker about
+            # 100 KB while it is kept alive.
             connector=aiohttp.TCPConnector(
-                ssl=transport.tls_context(cafile), limit=0, use_dns_cache=False
+                ssl=transport.tls_context(cafile),
+                limit=0,
+                limit_per_host=transport.POOL_MAXSIZE,
+                use_dns_cache=False,
             ),
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Content-Type", "Accept", "Accept-Encoding"),

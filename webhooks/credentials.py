@@ -10,6 +10,7 @@ unchanged keeps the stored one (`unmask`).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -43,9 +44,11 @@ def is_masked(value: Any) -> bool:
     return isinstance(value, str) and value.startswith(DOTS)
 
 
+@functools.lru_cache(maxsize=512)
 def is_credential_header(name: str) -> bool:
     """`Authorization`, `Proxy-Authorization`, `Cookie`, or a name that contains token, secret,
-    key, auth or password (in any case)."""
+    key, auth or password (in any case). Remembered: every logged attempt asks it of the same
+    few names."""
     lower = name.lower()
     return lower in _HEADER_NAMES or any(word in lower for word in _HEADER_WORDS)
 
