@@ -3,6 +3,7 @@ error, and never a worker tied up past the timeout."""
 
 from __future__ import annotations
 
+import gzip
 import socket
 import ssl
 import time
@@ -38,6 +39,9 @@ def ok(body: bytes, status: str = "200 OK", extra: str = "") -> bytes:
 
 
 REDIRECT = "Location: /x\r\n"
+# 50 MB of zeros in 49 KB: read to the cap, never inflated whole.
+GZIP_BOMB = gzip.compress(b"\0" * 50_000_000)
+HEADER_FLOOD = "".join(f"X-Flood-{i}: {i}\r\n" for i in range(150))
 TLS_REFUSED = "TLS certificate not accepted"
 CASES = {
     # name: (handler, tls, expected status, expected error fragment or None)
@@ -50,6 +54,20 @@ CASES = {
     "307": (respond(ok(b"", "307 Temporary Redirect", REDIRECT)), None, "failed", "not followed"),
     "plain HTTP on https": (lambda conn: conn.sendall(ok(b"hi")), "plain", "failed", "TLS"),
     "certificate for another name": (respond(ok(b"hi")), "other-name", "failed", TLS_REFUSED),
+    "NUL bytes in the body": (respond(ok(b"a\x00b", "500 Oops")), None, "failed", "HTTP 500"),
+    "gzip bomb": (
+        respond(ok(GZIP_BOMB, extra="Content-Encoding: gzip\r\n")),
+        None,
+        "succeeded",
+        None,
+    ),
+    "150 headers": (respond(ok(b"", extra=HEADER_FLOOD)), None, "failed", "connection broken"),
+    "a 70 KB header line": (
+        respond(ok(b"", extra=f"X-Long: {'a' * 70_000}\r\n")),
+        None,
+        "failed",
+        "connection broken",
+    ),
 }
 
 

@@ -60,9 +60,24 @@ class Result:
     duration_ms: int = 0
     error: str | None = None
 
+    def __post_init__(self) -> None:
+        # PostgreSQL's text and JSON cannot hold NUL: one receiver answering with a NUL byte
+        # failed the whole batch of results recorded with its own. Kept as U+FFFD, as bytes
+        # that are not UTF-8 are.
+        if "\x00" in self.body:
+            self.body = _no_nul(self.body)
+        if self.error is not None and "\x00" in self.error:
+            self.error = _no_nul(self.error)
+        if any("\x00" in name or "\x00" in value for name, value in self.headers.items()):
+            self.headers = {_no_nul(name): _no_nul(value) for name, value in self.headers.items()}
+
     @property
     def ok(self) -> bool:
         return self.error is None and self.status_code is not None and 200 <= self.status_code < 300
+
+
+def _no_nul(text: str) -> str:
+    return text.replace("\x00", "\ufffd")
 
 
 class _Watchdog:
@@ -591,10 +606,17 @@ def _canonical_url(url: str) -> str:
 def request_headers(headers: dict[str, str]) -> dict[str, str]:
     """The caller's headers over the ones every POST has always sent (those of requests,
     with our User-Agent); a name in any case replaces the default."""
-    given = {name.lower() for name in headers}
-    merged = {name: value for name, value in _DEFAULT_HEADERS.items() if name.lower() not in given}
+    merged = dict(_defaults_left(tuple(headers)))
     merged.update(headers)
     return merged
+
+
+@functools.lru_cache(maxsize=256)
+def _defaults_left(names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """The default headers that none of `names` replaces (deliveries send the same names
+    every time: remembered)."""
+    given = {name.lower() for name in names}
+    return tuple((n, v) for n, v in _DEFAULT_HEADERS.items() if n.lower() not in given)
 
 
 _DEFAULT_HEADERS = {
