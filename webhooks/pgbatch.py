@@ -7,18 +7,26 @@ INSERT of 32 attempts was parsed anew each time, half of the claiming thread's C
 write is one statement whose text never changes, its rows passed as one array per column and
 spread by `unnest`, so psycopg parses it once and sends it once.
 
-SQLite keeps the Core statements (`webhooks.claim`, `webhooks.delivery`): its driver has no
-such cost, and no arrays.
+Publishing's INSERT of an event's deliveries (19 columns a row) is such a statement too: psycopg
+remembers no text with more than 50 parameters. `insert_rows` writes any rows of plain columns
+that way.
+
+SQLite keeps the Core statements (`webhooks.claim`, `webhooks.delivery`, `webhooks.publishing`):
+its driver has no such cost, and no arrays.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Table, text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.types import JSON, TypeDecorator
 
 from webhooks.credentials import mask_body
 from webhooks.models import AttemptOutcome, DeliveryStatus, Session
@@ -111,5 +119,31 @@ def succeed(session: Session, rows: Sequence[dict[str, Any]], now: datetime) -> 
     )
 
 
-def _json(value: dict[str, Any] | None) -> str | None:
+def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """INSERT `rows` (dicts with the same keys, the table's own values: no column of it may
+    transform them on the way in) into `table` in one statement of fixed text."""
+    columns = tuple(rows[0])
+    params = {f"c{i}": [row[name] for row in rows] for i, name in enumerate(columns)}
+    for i, name in enumerate(columns):
+        if isinstance(table.c[name].type, JSON):
+            params[f"c{i}"] = [_json(value) for value in params[f"c{i}"]]
+    session.execute(_insert_text(table, columns), params)
+
+
+@functools.lru_cache(maxsize=32)
+def _insert_text(table: Table, columns: tuple[str, ...]) -> TextClause:
+    dialect = postgresql.dialect()
+    arrays = []
+    for i, name in enumerate(columns):
+        column_type = table.c[name].type
+        if isinstance(column_type, TypeDecorator):
+            raise TypeError(f"{table.name}.{name} transforms its values: not for insert_rows")
+        sql_type = "jsonb" if isinstance(column_type, JSON) else column_type.compile(dialect)
+        arrays.append(f"CAST(:c{i} AS {sql_type}[])")
+    return text(
+        f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({', '.join(arrays)})"
+    )
+
+
+def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
