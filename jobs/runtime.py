@@ -18,11 +18,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import ssl
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+
+import aiohttp
 
 from webhooks import aiotransport, listeners, transport
 from webhooks.config import Settings
@@ -152,17 +155,25 @@ class Sender:
 
     def _launch(self, batch: list[Prepared], settings: Settings) -> None:
         envelopes: dict[str, bytes] = {}  # one body per event for the plain ones
+        # The CA bundle is looked at once a batch (replaced on disk, it is trusted from the
+        # next batch on); one that cannot be read fails each POST with the reason.
+        try:
+            session: aiohttp.ClientSession | None = self._client.session(settings.ca_bundle)
+        except (OSError, ssl.SSLError):
+            session = None
         for prepared in batch:
             if _on_loop(prepared, settings):
                 render(prepared, envelopes)
-            task = self._loop.create_task(self._send(prepared, settings))
+            task = self._loop.create_task(self._send(prepared, settings, session))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, prepared: Prepared, settings: Settings) -> None:
+    async def _send(
+        self, prepared: Prepared, settings: Settings, session: aiohttp.ClientSession | None
+    ) -> None:
         try:
             if _on_loop(prepared, settings):
-                result = await self._post(prepared, settings)
+                result = await self._post(prepared, settings, session)
             else:  # a transform's render, a `listen` stream or the proxy: blocking work
                 result = await self._loop.run_in_executor(self._pool, send, prepared, settings)
         except Exception:  # never expected; the attempt is recorded as failed and retried
@@ -180,7 +191,9 @@ class Sender:
         elif len(self._done) == 1:
             self._loop.call_later(RECORD_LINGER, self._hand_over)
 
-    async def _post(self, prepared: Prepared, settings: Settings) -> transport.Result:
+    async def _post(
+        self, prepared: Prepared, settings: Settings, session: aiohttp.ClientSession | None
+    ) -> transport.Result:
         render(prepared)
         if prepared.render_error is not None:
             return transport.Result(error=prepared.render_error)
@@ -193,6 +206,7 @@ class Sender:
             allowed_networks=settings.allowed_private_networks,
             allow_http=settings.allow_http,
             allowed_ports=settings.allowed_ports,
+            session=session,
         )
 
     def _hand_over(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -17,8 +18,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.receivers import RawServer, Receiver, Reply, read_request, send
-from webhooks import transport
+from tests.receivers import LOOPBACK, RawServer, Receiver, Reply, read_request, send
+from webhooks import aiotransport, transport
 
 
 @pytest.fixture
@@ -37,13 +38,47 @@ def raw_server() -> Iterator[Callable[..., RawServer]]:
         server.close()
 
 
-def post(url: str, ca_bundle: str | None = None, timeout: float = 2) -> transport.Result:
-    """`send`, http:// allowed: these tests are about the exchange, not the scheme."""
+Post = Callable[..., transport.Result]
+
+
+def threaded_post(url: str, ca_bundle: str | None = None, timeout: float = 2) -> transport.Result:
+    """`transport.post`, for the tests of its threads' shared pools."""
     return send(url, ca_bundle, timeout, allow_http=True)
 
 
+@pytest.fixture(params=["transport", "aiotransport"])
+def post(request: pytest.FixtureRequest) -> Iterator[Post]:
+    """`send`, http:// allowed (these tests are about the exchange, not the scheme), through
+    `transport.post` (threads) or through the worker's event loop (`aiotransport`), which
+    keep the same rules."""
+    if request.param == "transport":
+        yield threaded_post
+        return
+    loop = asyncio.new_event_loop()
+    client = aiotransport.Client()
+
+    def on_loop(url: str, ca_bundle: str | None = None, timeout: float = 2) -> transport.Result:
+        return loop.run_until_complete(
+            client.post(
+                url,
+                b"{}",
+                {"Content-Type": "application/json"},
+                timeout=timeout,
+                ca_bundle=ca_bundle,
+                allowed_networks=LOOPBACK,
+                allow_http=True,
+            )
+        )
+
+    yield on_loop
+    loop.run_until_complete(client.close())
+    loop.close()
+
+
 @pytest.mark.parametrize("scheme", ["http", "https"])
-def test_trickling_response_is_cut_at_the_deadline(raw_server, ca_bundle, tls_context, scheme):
+def test_trickling_response_is_cut_at_the_deadline(
+    raw_server, ca_bundle, tls_context, scheme, post
+):
     def trickle(conn: socket.socket) -> None:
         read_request(conn)
         for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100:
@@ -59,7 +94,7 @@ def test_trickling_response_is_cut_at_the_deadline(raw_server, ca_bundle, tls_co
     assert not result.ok and result.error == "timed out after 1.5 s (connect and response)"
 
 
-def test_huge_body_is_read_only_to_the_cap(receiver, ca_bundle):
+def test_huge_body_is_read_only_to_the_cap(receiver, ca_bundle, post):
     receiver.answer(Reply(status=200, body=b"a" * 5_000_000))
 
     result = post(receiver.url(), ca_bundle)
@@ -67,13 +102,13 @@ def test_huge_body_is_read_only_to_the_cap(receiver, ca_bundle):
     assert result.ok and len(result.body) == transport.RESPONSE_BODY_CAP
 
 
-def test_invalid_utf8_is_kept_readable(receiver, ca_bundle):
+def test_invalid_utf8_is_kept_readable(receiver, ca_bundle, post):
     receiver.answer(Reply(status=500, body=b"bad \xff\xfe bytes"))
     result = post(receiver.url(), ca_bundle)
     assert result.status_code == 500 and result.body == "bad \ufffd\ufffd bytes"
 
 
-def test_refused_connection(ca_bundle):
+def test_refused_connection(ca_bundle, post):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -81,12 +116,12 @@ def test_refused_connection(ca_bundle):
     assert post(f"https://127.0.0.1:{port}/", ca_bundle).error == "connection refused"
 
 
-def test_unknown_certificate_authority_is_refused(receiver):
+def test_unknown_certificate_authority_is_refused(receiver, post):
     result = post(receiver.url())  # the system's CAs do not know the test CA
     assert result.status_code is None and "TLS certificate not accepted" in result.error
 
 
-def test_certificate_for_another_name_is_refused(raw_server, ca_bundle, ca: trustme.CA):
+def test_certificate_for_another_name_is_refused(raw_server, ca_bundle, ca: trustme.CA, post):
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("other.example").configure_cert(context)
     server = raw_server(lambda conn: read_request(conn), tls=context)
@@ -96,7 +131,7 @@ def test_certificate_for_another_name_is_refused(raw_server, ca_bundle, ca: trus
     assert "TLS certificate not accepted" in result.error and "127.0.0.1" in result.error
 
 
-def test_reset_mid_response(raw_server):
+def test_reset_mid_response(raw_server, post):
     def reset(conn: socket.socket) -> None:
         read_request(conn)
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\npartial")
@@ -159,8 +194,12 @@ def test_thirty_two_threads_keep_their_connections_to_one_host(raw_server):
     url = f"http://127.0.0.1:{server.port}/hook"
 
     with ThreadPoolExecutor(32) as threads:
-        first = list(threads.map(lambda _: post(url), range(32)))  # 32 at once: 32 connections
-        second = list(threads.map(lambda _: post(url), range(32)))  # all of them kept alive
+        first = list(
+            threads.map(lambda _: threaded_post(url), range(32))
+        )  # 32 at once: 32 connections
+        second = list(
+            threads.map(lambda _: threaded_post(url), range(32))
+        )  # all of them kept alive
 
     assert [r.status_code for r in first + second] == [204] * 64
     assert len(accepted) == 32
@@ -186,7 +225,7 @@ def test_a_connection_is_reused_after_a_whole_answer_but_not_after_a_capped_one(
     big = Reply(status=200, body=b"a" * 5_000_000)
     receiver.answer(Reply(body=b"small"), Reply(body=b"small"), big, Reply(body=b"small"))
 
-    results = [post(receiver.url(), ca_bundle) for _ in range(4)]
+    results = [threaded_post(receiver.url(), ca_bundle) for _ in range(4)]
 
     assert [len(r.body) for r in results] == [5, 5, transport.RESPONSE_BODY_CAP, 5]
     assert all(r.ok for r in results)
@@ -238,7 +277,9 @@ def test_the_environment_does_not_change_which_cas_are_trusted(
         assert outcome.startswith("TLS certificate not accepted") and receiver.requests == []
 
 
-def test_a_ca_bundle_replaced_on_disk_decides_from_the_next_post(receiver, ca_bundle, tmp_path):
+def test_a_ca_bundle_replaced_on_disk_decides_from_the_next_post(
+    receiver, ca_bundle, tmp_path, post
+):
     bundle = tmp_path / "bundle.pem"
     shutil.copy(ca_bundle, bundle)
     other = tmp_path / "other.pem"

@@ -55,6 +55,7 @@ class Client:
 
     def __init__(self) -> None:
         self._sessions: dict[str, tuple[tuple[int, ...], aiohttp.ClientSession]] = {}
+        self._retired: set[aiohttp.ClientSession] = set()  # replaced, closed a while later
 
     def session(self, ca_bundle: str | None) -> aiohttp.ClientSession:
         """Raises OSError or ssl.SSLError if the CA file cannot be read."""
@@ -83,14 +84,20 @@ class Client:
             trust_env=False,
         )
         if held is not None:  # idle connections of the old bundle close when it does
-            asyncio.get_running_loop().call_later(CLOSE_AFTER, _close_later, held[1])
+            self._retired.add(held[1])
+            asyncio.get_running_loop().call_later(CLOSE_AFTER, self._close_retired, held[1])
         self._sessions[cafile] = (version, session)
         return session
 
+    def _close_retired(self, session: aiohttp.ClientSession) -> None:
+        self._retired.discard(session)
+        asyncio.ensure_future(session.close())
+
     async def close(self) -> None:
-        for _version, session in self._sessions.values():
+        for session in [*(held[1] for held in self._sessions.values()), *self._retired]:
             await session.close()
         self._sessions.clear()
+        self._retired.clear()
 
     async def post(
         self,
@@ -103,8 +110,10 @@ class Client:
         allowed_networks: Any = (),
         allow_http: bool = False,
         allowed_ports: Any = egress.DEFAULT_PORTS,
+        session: aiohttp.ClientSession | None = None,
     ) -> Result:
-        """`transport.post` without a proxy, on the running loop."""
+        """`transport.post` without a proxy, on the running loop. `session` is what
+        `session(ca_bundle)` answered for this batch of POSTs (default: asked now)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + timeout
@@ -117,7 +126,7 @@ class Client:
             return Result(duration_ms=elapsed_ms(started), error=checked)
         url, target = checked
         try:
-            session = self.session(ca_bundle)
+            session = session or self.session(ca_bundle)
         except (OSError, ssl.SSLError) as exc:
             error = f"the CA bundle {ca_bundle or certifi.where()} cannot be loaded: {exc}"
             return Result(duration_ms=elapsed_ms(started), error=error)
@@ -126,10 +135,6 @@ class Client:
         headers["Host"] = route.host
         exchange = _Exchange(session, body, headers, route.sni, timeout, started)
         return await exchange.run(route.urls, deadline)
-
-
-def _close_later(session: aiohttp.ClientSession) -> None:
-    asyncio.ensure_future(session.close())
 
 
 @functools.lru_cache(maxsize=256)
