@@ -82,6 +82,9 @@ _LIBS = (
     ("http/client.py", "requests/urllib3/http.client (Python)"),
     ("webhooks/egress.py", "egress guard"),
     ("webhooks/transport.py", "transport (watchdog, sockets)"),
+    ("aiohttp/", "aiohttp (Python)"),
+    ("asyncio/", "asyncio (event loop, TLS)"),
+    ("webhooks/aiotransport.py", "app code (webhooks/)"),
     ("redis/", "redis-py (Python)"),
     ("rq/", "RQ (Python)"),
     ("json/", "JSON"),
@@ -187,8 +190,12 @@ def thread_of(frames: list[tuple[str, str]]) -> str:
     if _main_thread(frames):
         return "job thread: " + step_of(frames)
     names = {fn.rsplit(".", 1)[-1] for fn, _ in frames}
+    if "run_forever" in names and any("jobs/runtime.py" in f for _, f in frames):
+        return "POST loop: render, aiotransport.post"
+    if "run_forever" in names:
+        return "POST loop: asyncio, TLS, aiohttp's reading"
     if "_send" in names and any("jobs/runtime.py" in f for _, f in frames):
-        return "POST threads: transport.post"
+        return "POST threads: transport.post (transforms, listen, proxy)"
     if "_record_loop" in names:
         return "recorder thread: record results"
     if "_run" in names and any("webhooks/transport.py" in f for _, f in frames):
