@@ -5,7 +5,7 @@
 are kept (the transport's watchdog thread idles on a condition and would double the wall time).
 
 A second profile (`--gil`: a sample only when a thread holds Python's lock, so CPU spent in
-Python) covers every thread: the job thread (RQ, claim), the POST threads and the recorder
+Python) covers every thread: the job thread (RQ, claim), the POST loop and the recorder
 thread (`analyse_cpu`, `render_cpu`).
 
 Two views of the same samples:

@@ -1,5 +1,5 @@
 """The delivery job: a wake-up. It claims due deliveries from the database, a batch at a
-time, and starts their POSTs on the worker's threads, until none of its lane is left."""
+time, and starts their POSTs on the worker's event loop, until none of its lane is left."""
 
 from __future__ import annotations
 

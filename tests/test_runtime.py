@@ -1,4 +1,4 @@
-"""A worker's POST threads: slots, a webhook's share of them, and results recorded together."""
+"""A worker's POST slots: a webhook's share of them, and results recorded together."""
 
 from __future__ import annotations
 

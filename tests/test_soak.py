@@ -2,7 +2,7 @@
 
 Every (event, webhook) pair must end succeeded or failed with the right attempts, none lost,
 and a healthy target sees a POST again only for an attempt a killed worker had claimed and not
-yet recorded (one per POST thread of that worker at most), each one shown in the log as a lost
+yet recorded (one per POST slot of that worker at most), each one shown in the log as a lost
 attempt.
 """
 
@@ -103,7 +103,7 @@ def publish_through_chaos(app, api, processes) -> int:  # type: ignore[no-untype
 
 def each_post_again_was_a_lost_attempt(api, posts: Counter, kills: int) -> None:  # type: ignore[no-untyped-def]
     """A delivery POSTed more than once lost that many attempts to killed workers: at most one
-    per POST thread of each."""
+    per POST slot of each."""
     duplicates = sum(n - 1 for n in posts.values())
     assert duplicates <= kills * THREADS, (duplicates, kills)
     for delivery_id, n in posts.items():

@@ -2,12 +2,12 @@
 
 The database is the queue. A claim walks the due deliveries in the order they fell due
 (`_candidates`), decides which of them may go now (`_choose`: each webhook's share of the
-worker's threads, and its rate limit: `flow.ration`; a delivery over the limit is given a start
+worker's POST slots, and its rate limit: `flow.ration`; a delivery over the limit is given a start
 time of its own instead, `flow.settle`), leases those with one conditional update
 (`_lease`: a delivery is leased once, so a second wake-up never sends it twice), then reads
 their webhooks and events, ends those whose webhook is paused, and writes an in-flight attempt
 for each of the others (`_prepare`). Bodies, headers and signatures are built after the commit
-on the POST threads (`outgoing.render`), never while this transaction holds its locks.
+before their POSTs (`outgoing.render`), never while this transaction holds its locks.
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ def _paused_text(row: Any, webhook: Target) -> str:
 
 def _write_attempts(session: Session, ready: list[tuple[Any, Target]], now: datetime) -> list[int]:
     """One in-flight attempt per delivery to send, in one statement; their ids in order. The
-    request is logged with the result: it is built after the commit, on the POST thread."""
+    request is logged with the result: it is built after the commit, before the POST."""
     if not ready:
         return []
     if pgbatch.used_by(session):

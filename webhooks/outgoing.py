@@ -120,7 +120,7 @@ class RenderLater:
 class Prepared:
     """A claimed delivery with its attempt row written: everything needed to send.
 
-    With `later`, the body and headers are built by `render` on the POST thread (outside any
+    With `later`, the body and headers are built by `render` before the POST (outside any
     transaction, signed at send time); the attempt's request is written with its result."""
 
     delivery_id: str

@@ -353,7 +353,7 @@ class _HTTPSPool(_Pinned, HTTPSConnectionPool):
 _POOL_CLASSES = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
-# Connections kept per host: as many as a worker's POST threads (32), so that a host that many
+# Connections kept per host: as many as a worker's POST slots (32), so that a host that many
 # webhooks share (a chat service's incoming hooks) does not make urllib3 discard connections.
 POOL_MAXSIZE = 32
 POOL_HOSTS = 128  # hosts whose kept-alive connections are kept, the least recently used dropped
