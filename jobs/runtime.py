@@ -163,7 +163,10 @@ class Sender:
             session = None
         for prepared in batch:
             if _on_loop(prepared, settings):
-                render(prepared, envelopes)
+                try:
+                    render(prepared, envelopes)
+                except Exception:  # never expected: `_send` renders again, and records why
+                    log.exception("rendering %s failed unexpectedly", prepared.delivery_id)
             task = self._loop.create_task(self._send(prepared, settings, session))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
