@@ -142,6 +142,24 @@ def test_reset_mid_response(raw_server, post):
     assert not result.ok and result.error.startswith(("connection broken", "connection reset"))
 
 
+@pytest.mark.parametrize("count, accepted", [(99, True), (100, False)])
+def test_a_hundred_response_headers_are_refused_by_both_transports(
+    raw_server, post, count, accepted
+):
+    def answer(conn: socket.socket) -> None:
+        read_request(conn)
+        extra = "".join(f"X-H{i}: {i}\r\n" for i in range(count - 1))
+        conn.sendall(f"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n{extra}\r\n".encode())
+
+    server = raw_server(answer)
+    result = post(f"http://127.0.0.1:{server.port}/")
+
+    if accepted:
+        assert result.status_code == 204 and len(result.headers) == count
+    else:
+        assert result.status_code is None and result.error.startswith("connection broken")
+
+
 def test_the_watchdog_lets_go_of_exchanges_that_ended_in_time():
     from webhooks.transport import _Watchdog
 
