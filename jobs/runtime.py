@@ -162,20 +162,25 @@ class Sender:
         except (OSError, ssl.SSLError):
             session = None
         for prepared in batch:
-            if _on_loop(prepared, settings):
+            on_loop = _on_loop(prepared, settings)
+            if on_loop:
                 try:
                     render(prepared, envelopes)
-                except Exception:  # never expected: `_send` renders again, and records why
+                except Exception:  # never expected: `_post` renders again, and records why
                     log.exception("rendering %s failed unexpectedly", prepared.delivery_id)
-            task = self._loop.create_task(self._send(prepared, settings, session))
+            task = self._loop.create_task(self._send(prepared, settings, session, on_loop))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _send(
-        self, prepared: Prepared, settings: Settings, session: aiohttp.ClientSession | None
+        self,
+        prepared: Prepared,
+        settings: Settings,
+        session: aiohttp.ClientSession | None,
+        on_loop: bool,
     ) -> None:
         try:
-            if _on_loop(prepared, settings):
+            if on_loop:
                 result = await self._post(prepared, settings, session)
             else:  # a transform's render, a `listen` stream or the proxy: blocking work
                 result = await self._loop.run_in_executor(self._pool, send, prepared, settings)

@@ -25,6 +25,7 @@ from webhooks.config import Settings
 from webhooks.models import (
     ATTEMPTS,
     DELIVERIES,
+    ENDED,
     EVENTS,
     UNLEASED,
     WEBHOOK_SECRETS,
@@ -291,7 +292,7 @@ def _fail_inactive(session: Session, rows: list[dict[str, Any]], now: datetime) 
         update(DELIVERIES)
         .where(_D.id == bindparam("b_id"))
         .values(
-            **delivery.ENDED,
+            **ENDED,
             status=DeliveryStatus.FAILED,
             attempt_count=_D.attempt_count - 1,
             updated_at=now,

@@ -18,6 +18,7 @@ from webhooks.config import Settings
 from webhooks.models import (
     ATTEMPTS,
     DELIVERIES,
+    ENDED,
     AttemptOutcome,
     Delivery,
     DeliveryStatus,
@@ -29,14 +30,6 @@ from webhooks.models import (
 from webhooks.outgoing import Prepared
 
 log = logging.getLogger(__name__)
-
-# What ending a delivery clears (`_end` on an object, `**ENDED` in a Core update).
-ENDED = {
-    "next_attempt_at": None,
-    "lease_token": None,
-    "lease_expires_at": None,
-    "enqueued_at": None,
-}
 
 _D = DELIVERIES.c
 _A = ATTEMPTS.c

@@ -367,6 +367,14 @@ class Delivery(Model):
 # A delivery that is due or waiting and that no worker holds: what a claim may lease, and what
 # may be ended without waiting for an attempt's result.
 UNLEASED = (Delivery.status == DeliveryStatus.PENDING, Delivery.lease_token.is_(None))
+# What ending a delivery clears (`delivery._end` on an object, `**ENDED` in a Core update, the
+# SET of `pgbatch`'s array statement).
+ENDED = {
+    "next_attempt_at": None,
+    "lease_token": None,
+    "lease_expires_at": None,
+    "enqueued_at": None,
+}
 
 
 class AttemptOutcome:

@@ -29,9 +29,7 @@ from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.types import JSON, TypeDecorator
 
 from webhooks.credentials import mask_body
-from webhooks.models import AttemptOutcome, DeliveryStatus, Session
-
-ENDED_COLUMNS = ("next_attempt_at", "lease_token", "lease_expires_at", "enqueued_at")
+from webhooks.models import ENDED, AttemptOutcome, DeliveryStatus, Session
 
 _INSERT_ATTEMPTS = text(
     "INSERT INTO attempts (delivery_id, number, outcome, started_at, request_url, "
@@ -57,7 +55,7 @@ _RECORD_ATTEMPTS = text(
 
 _SUCCEED = text(
     f"UPDATE deliveries AS d SET status = '{DeliveryStatus.SUCCEEDED}', "
-    + "".join(f"{column} = NULL, " for column in ENDED_COLUMNS)
+    + "".join(f"{column} = NULL, " for column in ENDED)
     + "updated_at = :now, last_status_code = t.code, last_error = NULL "
     "FROM unnest(CAST(:ids AS text[]), CAST(:tokens AS text[]), CAST(:codes AS integer[])) "
     "AS t(id, token, code) WHERE d.id = t.id AND d.lease_token = t.token"
