@@ -1189,7 +1189,7 @@ class Bench:
         try:
             time.sleep(0.5)  # attached
             t0 = time.time()
-            self.load(svc, ws, k, events=events, deadline=seconds + 0.5)
+            loaded = self.load(svc, ws, k, events=events, deadline=seconds + 0.5)
             done = svc.db.succeeded(ws["id"]) - before
             wall = time.time() - t0
             _, err = spy_proc.communicate(timeout=seconds + 30)
@@ -1198,8 +1198,10 @@ class Bench:
             for proc in (spy_proc, cpu_proc):
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGKILL)
-        end = time.monotonic() + self.args.deadline  # drain what is left before going on
-        while svc.db.succeeded(ws["id"]) < before + events * k and time.monotonic() < end:
+        # Drain what was published before going on (the publishers stop at the deadline).
+        published = (events - loaded["unpublished"]) * k
+        end = time.monotonic() + self.args.deadline
+        while svc.db.succeeded(ws["id"]) < before + published and time.monotonic() < end:
             time.sleep(0.2)
         if not out.exists():
             log(f"py-spy failed: {err.decode()[-500:]}")

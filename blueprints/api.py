@@ -14,7 +14,6 @@ from werkzeug.exceptions import HTTPException
 
 from blueprints import security
 from blueprints.lookup import Missing, delivery_or_404, owned_or_404, webhook_or_404
-from blueprints.security import limiter
 from blueprints.serialize import envelope_json
 from webhooks import (
     bulk,
@@ -34,7 +33,6 @@ from webhooks.models import BulkJob, Delivery, Event, db, utcnow
 from webhooks.schemas import Reading
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
-limiter.limit(lambda: current_app.config["WEBHOOK_API_RATE_LIMIT"])(bp)
 
 MAX_PAGE = 100
 MAX_BATCH = publishing.MAX_BATCH
@@ -96,7 +94,8 @@ def fail_field(code: str, message: str, field: str, problem: str) -> Invalid:
 def _authenticate() -> None:
     if security.has_nul(request):
         raise fail("validation_error", "the request URL must not contain NUL characters")
-    workspace_id = security.api_workspace_id()  # the rate limit's key has looked it up
+    workspace_id = security.api_workspace_id()
+    security.api_limit()  # per workspace, or per address for a call without a valid key
     if workspace_id is None:
         raise fail("unauthorized", "missing or invalid API key (Authorization: Bearer <key>)", 401)
     g.workspace_id = workspace_id
