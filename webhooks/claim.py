@@ -12,6 +12,7 @@ before their POSTs (`outgoing.render`), never while this transaction holds its l
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -105,15 +106,29 @@ def _candidates(session: Session, now: datetime, count: int, lane: Lane) -> list
     """Due, unleased deliveries in the order they fell due (the (status, next_attempt_at)
     index is walked in order; rows leased meanwhile by another worker are skipped on
     PostgreSQL, and SQLite has one writer at a time)."""
-    query = select(_D.id, _D.webhook_id, _D.waiting).where(*UNLEASED, _D.next_attempt_at <= now)
+    query = _due_query(
+        session.get_bind().dialect.name == "postgresql", lane.only is not None, bool(lane.skip)
+    )
+    params: dict[str, Any] = {"now": now, "count": count}
     if lane.only is not None:
-        query = query.where(_D.webhook_id.in_(lane.only))
+        params["only"] = list(lane.only)
     if lane.skip:
-        query = query.where(_D.webhook_id.not_in(lane.skip))
-    query = query.order_by(_D.next_attempt_at).limit(count)
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    return list(session.execute(query))
+        params["skip"] = list(lane.skip)
+    return list(session.execute(query, params))
+
+
+@functools.lru_cache(maxsize=8)
+def _due_query(skip_locked: bool, only: bool, skip: bool) -> Any:
+    """The candidates' query, built once per kind of lane (a claim runs many times a second)."""
+    query = select(_D.id, _D.webhook_id, _D.waiting).where(
+        *UNLEASED, _D.next_attempt_at <= bindparam("now")
+    )
+    if only:
+        query = query.where(_D.webhook_id.in_(bindparam("only", expanding=True)))
+    if skip:
+        query = query.where(_D.webhook_id.not_in(bindparam("skip", expanding=True)))
+    query = query.order_by(_D.next_attempt_at).limit(bindparam("count"))
+    return query.with_for_update(skip_locked=True) if skip_locked else query
 
 
 def _choose(
@@ -149,16 +164,32 @@ def _lease(
 ) -> list[Any]:
     """Lease the chosen rows (still pending and unleased: the compare-and-set that makes a
     delivery ours alone), in the order they were chosen."""
-    # By key: on SQLite, `status = 'pending'` would walk every due row of the backlog instead.
-    status = sqlite.unindexed_on(session, _D.status)
     taken = session.execute(
+        _LEASE[sqlite.used_by(session)],
+        {
+            "ids": ids,
+            "token": token,
+            "expires": now + timedelta(seconds=settings.timeout + settings.lease_margin),
+            "now": now,
+        },
+    ).all()
+    order = {delivery_id: i for i, delivery_id in enumerate(ids)}
+    return sorted(taken, key=lambda r: order[r.id])
+
+
+def _lease_statement(status: Any) -> Any:
+    return (
         update(DELIVERIES)
-        .where(_D.id.in_(ids), status == DeliveryStatus.PENDING, _D.lease_token.is_(None))
+        .where(
+            _D.id.in_(bindparam("ids", expanding=True)),
+            status == DeliveryStatus.PENDING,
+            _D.lease_token.is_(None),
+        )
         .values(
-            lease_token=token,
-            lease_expires_at=now + timedelta(seconds=settings.timeout + settings.lease_margin),
+            lease_token=bindparam("token"),
+            lease_expires_at=bindparam("expires"),
             enqueued_at=None,
-            updated_at=now,
+            updated_at=bindparam("now"),
             attempt_count=_D.attempt_count + 1,
             waiting=None,
         )
@@ -171,9 +202,12 @@ def _lease(
             _D.ignores_pause,
             _D.order_key,
         )
-    ).all()
-    order = {delivery_id: i for i, delivery_id in enumerate(ids)}
-    return sorted(taken, key=lambda r: order[r.id])
+    )
+
+
+# By key, on SQLite (True): there `status = 'pending'` would walk every due row of the backlog
+# instead.
+_LEASE = {False: _lease_statement(_D.status), True: _lease_statement(sqlite.unindexed(_D.status))}
 
 
 def _prepare(session: Session, taken: list[Any], token: str, now: datetime) -> list[Prepared]:
@@ -248,42 +282,43 @@ def _write_attempts(session: Session, ready: list[tuple[Any, Target]], now: date
 
 
 def _events(session: Session, event_ids: set[str]) -> dict[str, Any]:
-    return {
-        e.id: e
-        for e in session.execute(
-            select(_E.id, _E.type, _E.occurred_at, _E.workspace_id, _E.data).where(
-                _E.id.in_(event_ids)
-            )
-        )
-    }
+    return {e.id: e for e in session.execute(_EVENTS, {"ids": list(event_ids)})}
+
+
+_EVENTS = select(_E.id, _E.type, _E.occurred_at, _E.workspace_id, _E.data).where(
+    _E.id.in_(bindparam("ids", expanding=True))
+)
 
 
 def targets(session: Session, webhook_ids: set[str]) -> dict[str, Target]:
     """The webhooks as sending needs them, with their secrets (newest first), in one query."""
     found: dict[str, Target] = {}
-    for row in session.execute(
-        select(
-            _W.id,
-            _W.url,
-            _W.active,
-            _W.disabled_reason,
-            _W.headers,
-            _W.transform,
-            _W.template,
-            _W.template_params,
-            _S.secret,
-            _S.expires_at,
-        )
-        .outerjoin(WebhookSecret, _S.webhook_id == _W.id)
-        .where(_W.id.in_(webhook_ids))
-        .order_by(_S.id.desc())
-    ):
+    for row in session.execute(_TARGETS, {"ids": list(webhook_ids)}):
         target = found.get(row.id)
         if target is None:
             target = found[row.id] = outgoing.target_of(row)
         if row.secret is not None:
             target.secrets.append(row)
     return found
+
+
+_TARGETS = (
+    select(
+        _W.id,
+        _W.url,
+        _W.active,
+        _W.disabled_reason,
+        _W.headers,
+        _W.transform,
+        _W.template,
+        _W.template_params,
+        _S.secret,
+        _S.expires_at,
+    )
+    .outerjoin(WebhookSecret, _S.webhook_id == _W.id)
+    .where(_W.id.in_(bindparam("ids", expanding=True)))
+    .order_by(_S.id.desc())
+)
 
 
 def _fail_inactive(session: Session, rows: list[dict[str, Any]], now: datetime) -> None:

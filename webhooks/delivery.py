@@ -139,8 +139,12 @@ def record(
 
 def _leases(session: Session, delivery_ids: list[str]) -> dict[str, Any]:
     """Each delivery's lease, status, kind and webhook as the database has them now."""
-    query = select(_D.id, _D.lease_token, _D.status, _D.kind, _D.webhook_id)
-    return {row.id: row for row in session.execute(query.where(_D.id.in_(delivery_ids)))}
+    return {row.id: row for row in session.execute(_LEASES, {"ids": delivery_ids})}
+
+
+_LEASES = select(_D.id, _D.lease_token, _D.status, _D.kind, _D.webhook_id).where(
+    _D.id.in_(bindparam("ids", expanding=True))
+)
 
 
 def _still_ours(

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 
 from webhooks import notifications
 from webhooks.config import Settings
@@ -32,11 +32,17 @@ def succeeded(session: Session, deliveries: Sequence[Any]) -> None:  # Delivery-
     webhook_ids = {d.webhook_id for d in deliveries if counts(d)}
     if not webhook_ids:
         return
-    session.execute(  # a Core statement: this runs after every batch of successes
-        update(WEBHOOKS)
-        .where(WEBHOOKS.c.id.in_(webhook_ids), WEBHOOKS.c.failing_since.is_not(None))
-        .values(failing_since=None, updated_at=WEBHOOKS.c.updated_at)
+    # Built once: this runs after every batch of successes.
+    session.execute(_STREAK_ENDED, {"ids": list(webhook_ids)})
+
+
+_STREAK_ENDED = (
+    update(WEBHOOKS)
+    .where(
+        WEBHOOKS.c.id.in_(bindparam("ids", expanding=True)), WEBHOOKS.c.failing_since.is_not(None)
     )
+    .values(failing_since=None, updated_at=WEBHOOKS.c.updated_at)
+)
 
 
 def exhausted(session: Session, delivery: Delivery, now: datetime, settings: Settings) -> list[str]:
