@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
 
-from webhooks import delivery, flow, outgoing, pgbatch, sqlite
+from webhooks import batchsql, delivery, flow, outgoing, sqlite
 from webhooks.config import Settings
 from webhooks.models import (
     ATTEMPTS,
@@ -31,7 +31,6 @@ from webhooks.models import (
     UNLEASED,
     WEBHOOK_SECRETS,
     WEBHOOKS,
-    AttemptOutcome,
     DeliveryStatus,
     Session,
     WebhookSecret,
@@ -258,27 +257,10 @@ def _write_attempts(session: Session, ready: list[tuple[Any, Target]], now: date
     request is logged with the result: it is built after the commit, before the POST."""
     if not ready:
         return []
-    if pgbatch.used_by(session):
-        found = pgbatch.insert_attempts(
-            session, [(row.id, row.attempt_count, webhook.url) for row, webhook in ready], now
-        )
-        return [found[row.id] for row, _webhook in ready]
-    rows = [
-        {
-            "delivery_id": row.id,
-            "number": row.attempt_count,
-            "outcome": AttemptOutcome.IN_FLIGHT,
-            "started_at": now,
-            "request_url": webhook.url,
-            "request_headers": {},
-            "request_body": "",
-        }
-        for row, webhook in ready
-    ]
-    # Matched back by delivery (one attempt each here): asking the database to return them in
-    # the rows' order would make SQLAlchemy send one INSERT a row where it cannot promise it.
-    ids: dict[str, int] = {d: i for d, i in session.execute(_INSERT_ATTEMPTS, rows)}
-    return [ids[row.id] for row, _webhook in ready]
+    found = batchsql.of(session).insert_attempts(
+        session, [(row.id, row.attempt_count, webhook.url) for row, webhook in ready], now
+    )
+    return [found[row.id] for row, _webhook in ready]
 
 
 def _events(session: Session, event_ids: set[str]) -> dict[str, Any]:

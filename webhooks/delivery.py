@@ -13,7 +13,16 @@ from typing import Any
 from redis import Redis
 from sqlalchemy import bindparam, select, text, update
 
-from webhooks import failures, flow, notifications, outgoing, pgbatch, queueing, retry, transport
+from webhooks import (
+    batchsql,
+    failures,
+    flow,
+    notifications,
+    outgoing,
+    queueing,
+    retry,
+    transport,
+)
 from webhooks.config import Settings
 from webhooks.models import (
     ATTEMPTS,
@@ -33,33 +42,6 @@ log = logging.getLogger(__name__)
 
 _D = DELIVERIES.c
 _A = ATTEMPTS.c
-# Built once: the recorder runs them for every batch of results.
-_RECORD_ATTEMPT = (
-    update(ATTEMPTS)
-    .where(_A.id == bindparam("b_id"), _A.outcome == AttemptOutcome.IN_FLIGHT)
-    .values(
-        request_headers=bindparam("b_request_headers"),
-        request_body=bindparam("b_request_body"),
-        outcome=bindparam("b_outcome"),
-        duration_ms=bindparam("b_duration"),
-        response_status=bindparam("b_status"),
-        response_headers=bindparam("b_headers"),
-        response_body=bindparam("b_body"),
-        error=bindparam("b_error"),
-    )
-)
-_SUCCEED = (
-    update(DELIVERIES)
-    .where(_D.id == bindparam("b_id"), _D.lease_token == bindparam("b_token"))
-    .values(
-        **ENDED,
-        status=DeliveryStatus.SUCCEEDED,
-        updated_at=bindparam("b_now"),
-        last_status_code=bindparam("b_code"),
-        last_error=None,
-    )
-)
-
 MAX_LOST_ATTEMPTS = 3
 
 
@@ -228,10 +210,7 @@ def _write_attempts(
         }
         for prepared, result, error in written
     ]
-    if pgbatch.used_by(session):
-        pgbatch.record_attempts(session, rows)
-    else:
-        session.execute(_RECORD_ATTEMPT, rows)
+    batchsql.of(session).record_attempts(session, rows)
 
 
 def _succeed(
@@ -241,10 +220,7 @@ def _succeed(
         {"b_id": p.delivery_id, "b_token": p.token, "b_code": r.status_code, "b_now": now}
         for p, r in succeeded
     ]
-    if pgbatch.used_by(session):
-        pgbatch.succeed(session, rows, now)
-    else:
-        session.execute(_SUCCEED, rows)
+    batchsql.of(session).succeed(session, rows, now)
 
 
 def _schedule_next(

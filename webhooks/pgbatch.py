@@ -11,8 +11,7 @@ Publishing's INSERT of an event's deliveries (19 columns a row) is such a statem
 remembers no text with more than 50 parameters. `insert_rows` writes any rows of plain columns
 that way.
 
-SQLite keeps the Core statements (`webhooks.claim`, `webhooks.delivery`, `webhooks.publishing`):
-its driver has no such cost, and no arrays.
+SQLite has no arrays: `webhooks.litebatch` has the same functions for it (`webhooks.batchsql`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from redis import Redis
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from webhooks import catalog, flow, outgoing, pgbatch, queueing
+from webhooks import batchsql, catalog, flow, outgoing, queueing
 from webhooks.config import Settings
 from webhooks.ids import new_id
 from webhooks.models import (
@@ -31,7 +31,6 @@ from webhooks.models import (
 # cost more than the rows they write.
 _W = WEBHOOKS.c
 _INSERT_EVENTS = insert(EVENTS)
-_INSERT_DELIVERIES = insert(DELIVERIES)
 _SUBSCRIBERS = select(_W.id, _W.events, _W.ordering_key).where(
     _W.workspace_id == bindparam("workspace_id"), _W.active.is_(True)
 )
@@ -84,11 +83,8 @@ ASKED_FOR = ("test", "redelivery")
 
 
 def _insert_deliveries(session: Session, rows: list[dict[str, Any]]) -> None:
-    """New delivery rows, in one statement (on PostgreSQL one of fixed text: `pgbatch`)."""
-    if pgbatch.used_by(session):
-        pgbatch.insert_rows(session, DELIVERIES, rows)
-    else:
-        session.execute(_INSERT_DELIVERIES, rows)
+    """New delivery rows, in one statement (`batchsql`)."""
+    batchsql.of(session).insert_rows(session, DELIVERIES, rows)
 
 
 def delivery_row(

@@ -1,0 +1,161 @@
+"""The batch writes (`webhooks/batchsql.py`: arrays on PostgreSQL, tuples on SQLite) store what
+the Core statements would.
+
+A published event's deliveries, a claim's in-flight attempts and a batch of recorded results
+go through them: rows of every column type (text, integers, booleans, times, JSON, NULLs) must
+read back exactly as written, times must compare with the ones SQLAlchemy binds, and a logged
+request body is masked as the `LoggedBody` column masks it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from webhooks import batchsql, litebatch, pgbatch
+from webhooks.models import ATTEMPTS, DELIVERIES, EVENTS, Workspace, db
+
+
+@pytest.fixture
+def session(app: Any) -> Any:
+    with app.app_context():
+        yield db.session
+
+
+def _workspace(session: Any) -> str:
+    workspace = Workspace(name="arrays")
+    session.add(workspace)
+    session.flush()
+    return workspace.id
+
+
+def test_rows_of_every_column_type_read_back_as_written(session: Any) -> None:
+    workspace_id = _workspace(session)
+    when = datetime(2026, 12, 6, 12, 30, 15, 123456)
+    rows = [
+        {
+            "id": f"evt_arrays{i}",
+            "workspace_id": workspace_id,
+            "type": "incident.created",
+            "data": data,
+            "occurred_at": when,
+            "created_at": when,
+            "idempotency_key": key,
+            "request_hash": "0" * 64,
+            "is_test": i == 1,
+        }
+        for i, (data, key) in enumerate(
+            [
+                ({"title": 'O\'Brien "quoted" ünïcode', "n": [1, 2.5, None]}, None),
+                ({}, "key-1"),
+                ({"nested": {"deep": True}}, "key, with {braces}"),
+            ]
+        )
+    ]
+    batchsql.of(session).insert_rows(session, EVENTS, rows)
+    session.commit()
+
+    stored = {
+        r.id: dict(r._mapping)
+        for r in session.execute(select(EVENTS).where(EVENTS.c.workspace_id == workspace_id))
+    }
+    assert {row["id"]: {k: stored[row["id"]][k] for k in row} for row in rows} == {
+        row["id"]: row for row in rows
+    }
+
+
+def test_a_column_that_transforms_its_values_is_refused() -> None:
+    with pytest.raises(TypeError, match="request_headers"):
+        pgbatch._insert_text(ATTEMPTS, ("delivery_id", "request_headers"))
+    with pytest.raises(TypeError, match="request_headers"):
+        litebatch._insert_plan(ATTEMPTS, ("delivery_id", "request_headers"))
+
+
+def test_times_written_in_a_batch_compare_with_times_bound_by_sqlalchemy(
+    session: Any, api: Any, webhook: dict[str, Any]
+) -> None:
+    """The claim finds due deliveries with `next_attempt_at <= now`: on SQLite that compares
+    text, so a time on a whole second must be written as SQLAlchemy writes it."""
+    event = api.publish()
+    [delivery_id] = session.scalars(
+        select(DELIVERIES.c.id).where(DELIVERIES.c.event_id == event["id"])
+    ).all()
+    whole = datetime(2026, 12, 6, 12, 30, 15)
+    found = batchsql.of(session).insert_attempts(
+        session, [(delivery_id, 7, "https://example.com/")], whole
+    )
+    session.commit()
+
+    started = ATTEMPTS.c.started_at
+    assert session.scalar(select(func.count()).where(started <= whole)) == 1
+    assert session.scalar(select(func.count()).where(started < whole)) == 0
+    assert (
+        session.scalar(select(func.count()).where(started > whole - timedelta(microseconds=1))) == 1
+    )
+    assert session.scalar(select(started).where(ATTEMPTS.c.id == found[delivery_id])) == whole
+
+
+def test_recorded_results_mask_the_request_body_and_keep_nulls(
+    session: Any, api: Any, webhook: dict[str, Any]
+) -> None:
+    event = api.publish()
+    [delivery_id] = session.scalars(
+        select(DELIVERIES.c.id).where(DELIVERIES.c.event_id == event["id"])
+    ).all()
+    batch = batchsql.of(session)
+    found = batch.insert_attempts(
+        session, [(delivery_id, 1, "https://example.com/")], datetime.now()
+    )
+    body = '{"routing_key":"R0123456789abcdef0123456789abcdef","event_action":"trigger"}'
+    batch.record_attempts(
+        session,
+        [
+            {
+                "b_id": found[delivery_id],
+                "b_request_headers": {"Content-Type": "application/json"},
+                "b_request_body": body,
+                "b_outcome": "failure",
+                "b_duration": 12,
+                "b_status": None,
+                "b_headers": None,
+                "b_body": None,
+                "b_error": "connection refused",
+            }
+        ],
+    )
+    session.commit()
+
+    row = session.execute(select(ATTEMPTS).where(ATTEMPTS.c.id == found[delivery_id])).one()
+    assert "R0123456789abcdef0123456789abcdef" not in row.request_body
+    assert '"event_action":"trigger"' in row.request_body
+    assert row.request_headers == {"Content-Type": "application/json"}
+    assert (row.outcome, row.duration_ms, row.error) == ("failure", 12, "connection refused")
+    assert row.response_status is None and row.response_headers is None
+    assert row.response_body is None
+
+
+def test_a_success_ends_the_delivery_only_while_its_lease_holds(
+    session: Any, api: Any, webhook: dict[str, Any]
+) -> None:
+    event = api.publish()
+    [delivery_id] = session.scalars(
+        select(DELIVERIES.c.id).where(DELIVERIES.c.event_id == event["id"])
+    ).all()
+    session.execute(
+        DELIVERIES.update().where(DELIVERIES.c.id == delivery_id).values(lease_token="mine")
+    )
+    batch = batchsql.of(session)
+    now = datetime(2026, 12, 6, 12, 30, 15, 500)
+    batch.succeed(session, [{"b_id": delivery_id, "b_token": "stale", "b_code": 200}], now)
+    assert session.scalar(select(DELIVERIES.c.status).where(DELIVERIES.c.id == delivery_id)) == (
+        "pending"
+    )
+    batch.succeed(session, [{"b_id": delivery_id, "b_token": "mine", "b_code": 204}], now)
+    session.commit()
+
+    row = session.execute(select(DELIVERIES).where(DELIVERIES.c.id == delivery_id)).one()
+    assert (row.status, row.last_status_code, row.updated_at) == ("succeeded", 204, now)
+    assert row.lease_token is None and row.next_attempt_at is None
