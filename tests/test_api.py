@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import Api
-from webhooks import accounts, credentials
+from webhooks import accounts, credentials, publishing
 from webhooks.models import ApiKey, Event, db, utcnow
 
 WEBHOOK_FIELDS = {
@@ -217,6 +217,27 @@ def test_patch_active_false_pauses_with_a_reason_and_true_clears_it(api):
     resumed = api.patch(f"/webhooks/{webhook['id']}", {"active": True}).json
     assert resumed["active"] is True and resumed["disabled_reason"] is None
     assert api.publish()["delivery_count"] == 1
+
+
+def test_a_webhook_deleted_while_an_event_is_published_only_loses_its_own_delivery(
+    api, monkeypatch
+):
+    """On SQLite the subscribers are read before the write lock is taken; one deleted in
+    between (here: read but never there) makes the write read them again, inside it."""
+    kept = api.create_webhook(URL, name="Kept")
+    read_first = publishing._read_first
+
+    def read_a_deleted_one_too(session, workspace_id):  # type: ignore[no-untyped-def]
+        return [*(read_first(session, workspace_id) or []), ("wh_deleted", ["*"], None)]
+
+    monkeypatch.setattr(publishing, "_read_first", read_a_deleted_one_too)
+    event = api.publish()
+
+    assert event["delivery_count"] == 1
+    assert [d["webhook_id"] for d in api.deliveries() if d["event_id"] == event["id"]] == [
+        kept["id"]
+    ]
+    assert len(api.deliveries()) == 1  # published once, not twice
 
 
 def test_refused_patch_changes_nothing(api):

@@ -12,7 +12,7 @@ from redis import Redis
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from webhooks import batchsql, catalog, flow, outgoing, queueing
+from webhooks import batchsql, catalog, flow, outgoing, queueing, sqlite
 from webhooks.config import Settings
 from webhooks.ids import new_id
 from webhooks.models import (
@@ -30,7 +30,6 @@ from webhooks.models import (
 # Core statements, built once: publishing runs on every API call, and ORM-enabled inserts
 # cost more than the rows they write.
 _W = WEBHOOKS.c
-_INSERT_EVENTS = insert(EVENTS)
 _SUBSCRIBERS = select(_W.id, _W.events, _W.ordering_key).where(
     _W.workspace_id == bindparam("workspace_id"), _W.active.is_(True)
 )
@@ -233,14 +232,55 @@ def publish(
         found = _existing(session, workspace_id, idempotency_key, digest)
         if found:
             return found
+    webhooks = None if idempotency_key else _read_first(session, workspace_id)
+    asked = (workspace_id, event_type, data, settings, digest)
+    try:
+        return _write(session, *asked, webhooks, idempotency_key)
+    except IntegrityError:
+        if webhooks is None:
+            raise
+        # A webhook read first was deleted before the write: read them again, in it.
+        session.rollback()
+        return _write(session, *asked, None, idempotency_key)
+
+
+def _read_first(
+    session: Session, workspace_id: str
+) -> list[tuple[str, list[str], str | None]] | None:
+    """On SQLite, the subscribers read before the write lock is taken (a read waits for no
+    one, and sees the last commit): the lock is then held for the two INSERTs alone, not for
+    this query and the building of every row. None elsewhere: the write reads them."""
+    if not sqlite.reading(session):
+        return None
+    try:
+        return _subscribers(session, workspace_id)
+    finally:
+        session.rollback()
+
+
+def _write(
+    session: Session,
+    workspace_id: str,
+    event_type: str,
+    data: dict[str, Any],
+    settings: Settings,
+    digest: str,
+    webhooks: list[tuple[str, list[str], str | None]] | None,
+    idempotency_key: str | None = None,
+) -> Published:
+    """`publish`'s transaction: the event and its deliveries, committed (the subscribers read
+    in it unless `webhooks` were read first)."""
     now = utcnow()
     values = _event_values(workspace_id, event_type, data, now, idempotency_key, digest)
     # Written with a plain INSERT; the answer is built from `event`, never attached to the
     # session, so nothing is reloaded after the commit (on SQLite that would open a new
     # transaction, holding the write lock until the request ends).
     event = Event(**values)
+    rows = None
+    if webhooks is not None:
+        rows = _event_deliveries(event, _subscribed(webhooks, event_type), now, settings)
     try:
-        session.execute(_INSERT_EVENTS, [values])
+        batchsql.of(session).insert_rows(session, EVENTS, [values])
     except IntegrityError:
         # The same key published concurrently: the other request's event is the answer.
         session.rollback()
@@ -248,13 +288,14 @@ def publish(
         if found is None:
             raise
         return found
-    webhooks = _subscribers(session, workspace_id)
-    rows = _event_deliveries(event, _subscribed(webhooks, event_type), now, settings)
+    if webhooks is None:
+        webhooks = _subscribers(session, workspace_id)
+        rows = _event_deliveries(event, _subscribed(webhooks, event_type), now, settings)
     if rows:
         _line_up(session, webhooks, {event.id: event}, rows)
         _insert_deliveries(session, rows)
     session.commit()
-    return Published(event=event, delivery_ids=[r["id"] for r in rows])
+    return Published(event=event, delivery_ids=[r["id"] for r in rows or ()])
 
 
 # A batch whose key another request publishes meanwhile is written again, as a replay then.
@@ -317,7 +358,7 @@ def _write_batch(
             fresh.append(values)
             answers.append(Published(event=Event(**values)))
     if fresh:
-        session.execute(_INSERT_EVENTS, fresh)
+        batchsql.of(session).insert_rows(session, EVENTS, fresh)
         _add_deliveries(session, workspace_id, [a for a in answers if a.created], now, settings)
     session.commit()
     return answers
