@@ -64,7 +64,8 @@ class Sender:
             target=self._loop.run_forever, name="post-loop", daemon=True
         )
         self._looping.start()
-        self._slots = threading.BoundedSemaphore(threads)
+        self._freed = threading.Condition(threading.Lock())  # slots given back
+        self._free = threads  # slots neither claimed nor holding an unrecorded result
         self._results: queue.SimpleQueue[Results | None] = queue.SimpleQueue()
         self._lock = threading.Condition()
         self._flying: dict[int, tuple[str, float]] = {}  # attempt id -> (webhook id, start)
@@ -84,23 +85,25 @@ class Sender:
         `linger` seconds more until at least `least` are taken (under a backlog a claim of
         one or two rows costs the database nearly what a full one does); how many were taken.
         What a claim does not use is given back with `release`."""
-        if most <= 0 or not self._slots.acquire(timeout=timeout):
+        if most <= 0:
             return 0
-        taken = 1
-        until = time.monotonic() + linger
-        while taken < most:
-            if self._slots.acquire(blocking=False):
-                taken += 1
-                continue
-            left = until - time.monotonic()
-            if taken >= least or left <= 0 or not self._slots.acquire(timeout=left):
-                break
-            taken += 1
-        return taken
+        with self._freed:
+            if not self._freed.wait_for(lambda: self._free > 0, timeout=timeout):
+                return 0
+            until = time.monotonic() + linger
+            want = min(least, most)
+            while self._free < want and self._freed.wait(until - time.monotonic()):
+                pass
+            taken = min(most, self._free)
+            self._free -= taken
+            return taken
 
     def release(self, count: int) -> None:
-        for _ in range(count):
-            self._slots.release()
+        """Give back `count` slots at once (a batch of results recorded, a claim's unused)."""
+        if count > 0:
+            with self._freed:
+                self._free += count
+                self._freed.notify_all()
 
     def room(self, webhook_id: str) -> int:
         """How many more POSTs to this webhook may start now."""
