@@ -74,23 +74,26 @@ _KEY_USED = (
 )
 
 
-def authenticate_key(session: Session, plain: str) -> Any | None:
+def authenticate_key(session: Session, plain: str, *, keep_reading: bool = False) -> Any | None:
     """The live key matching `plain` (its `id` and `workspace_id`), or None.
 
     On SQLite the look-up is a transaction of its own that only reads (it waits for no
-    writer), ended before this returns. The key's `last_used_at` is written at most once a
+    writer), ended before this returns unless `keep_reading` (the caller reads more in it,
+    then ends it: `sqlite.reading_now`). The key's `last_used_at` is written at most once a
     minute."""
     if not plain.startswith(KEY_PREFIX) or len(plain) > 200:
         return None
     digest = _digest(plain)
     read_only = sqlite.reading(session)
     key = session.execute(_KEY_BY_DIGEST, {"digest": digest}).first()
-    if read_only:
-        session.rollback()
-    if key is None or not hmac.compare_digest(key.key_hash, digest):
-        return None
+    found = key is not None and hmac.compare_digest(key.key_hash, digest)
     now = utcnow()
-    if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
+    stale = found and (key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION)
+    if read_only and (stale or not keep_reading):
+        session.rollback()
+    if not found:
+        return None
+    if stale:
         session.execute(_KEY_USED, {"key_id": key.id, "now": now})
         session.commit()
     return key

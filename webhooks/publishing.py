@@ -229,6 +229,8 @@ def publish(
     """Store the event and its deliveries in one transaction; enqueue them with `dispatch`."""
     digest = request_hash(event_type, data)
     if idempotency_key:
+        if sqlite.reading_now(session):
+            session.rollback()  # the API key's read; an Idempotency-Key is looked up in the write
         found = _existing(session, workspace_id, idempotency_key, digest)
         if found:
             return found
@@ -248,9 +250,10 @@ def _read_first(
     session: Session, workspace_id: str
 ) -> list[tuple[str, list[str], str | None]] | None:
     """On SQLite, the subscribers read before the write lock is taken (a read waits for no
-    one, and sees the last commit): the lock is then held for the two INSERTs alone, not for
-    this query and the building of every row. None elsewhere: the write reads them."""
-    if not sqlite.reading(session):
+    one, and sees the last commit), in the API key's look-up's transaction when it is still
+    open: the lock is then held for the two INSERTs alone, not for this query and the
+    building of every row. None elsewhere: the write reads them."""
+    if not (sqlite.reading_now(session) or sqlite.reading(session)):
         return None
     try:
         return _subscribers(session, workspace_id)

@@ -132,6 +132,15 @@ def reading(session: Any) -> bool:
     return True
 
 
+def reading_now(session: Any) -> bool:
+    """The session is in a transaction begun by `reading` (SQLite, only reads so far)."""
+    if isinstance(session, scoped_session):
+        session = session()
+    if not session.in_transaction() or session.get_bind().dialect.name != "sqlite":
+        return False
+    return bool(session.connection().get_execution_options().get(READ_ONLY))
+
+
 def _on_begin(conn: SAConnection) -> None:
     if conn.get_execution_options().get(READ_ONLY):
         conn.exec_driver_sql("BEGIN")
