@@ -10,8 +10,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import click
-from flask import Flask, request
-from flask.sessions import SecureCookieSessionInterface
+from flask import Flask, Request, request
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from redis import Redis
 from redis.exceptions import RedisError
 
@@ -26,10 +26,16 @@ CONFIG_ERROR_EXIT = 4
 
 
 class _SessionInterface(SecureCookieSessionInterface):
-    """The session cookie is `Secure` whenever the page was served over HTTPS."""
+    """The session cookie is `Secure` whenever the page was served over HTTPS. The API has none:
+    it authenticates by key, and reading the cookie cost every API call a signer."""
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return bool(app.config["SESSION_COOKIE_SECURE"] or request.is_secure)
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if request.path.startswith("/api/"):
+            return None  # Flask's null session: nothing read, nothing written
+        return super().open_session(app, request)
 
 
 class _MigrationCommands(click.Group):
