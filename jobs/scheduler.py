@@ -1,7 +1,7 @@
-"""The scheduler process: due retries, lost jobs and expired leases, from the database; and,
-on every full pass, the periodic work (notification summaries and re-sends, stalled bulk jobs,
-retention every WEBHOOK_RETENTION_INTERVAL). One loop in one process kind: nothing else runs
-on a timer."""
+"""The scheduler process: due retries, lost jobs and expired leases, from the database;
+SQLite's checkpoints; and, on every full pass, the periodic work (notification summaries and
+re-sends, stalled bulk jobs, retention every WEBHOOK_RETENTION_INTERVAL). One loop in one
+process kind: nothing else runs on a timer."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from flask import Flask
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from webhooks import reconciler, services
+from webhooks import reconciler, services, sqlite
 from webhooks.models import db
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,9 @@ def run(app: Flask, *, stop_after: float | None = None) -> None:
         with app.app_context():
             try:
                 reconciler.tick(db.session, redis, settings, full=full)
+                # On SQLite, the write-ahead log goes back into the database here rather than
+                # in a request's or a worker's commit, under the write lock.
+                sqlite.checkpoint(db.engine)
                 outages["redis"].ok()
                 outages["db"].ok()
                 if full:

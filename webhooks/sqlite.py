@@ -106,6 +106,13 @@ def install(engine: Engine) -> None:
         event.listen(engine, "begin", _on_begin)
 
 
+# SQLite copies the write-ahead log back into the database in the commit that takes it past
+# this many pages, fsync included, while that commit still holds the write lock (every 60
+# publishes or so at its default of 1,000). The scheduler copies it twice a second instead
+# (`checkpoint`); this is the backstop for when no scheduler runs (40 MB of log).
+AUTOCHECKPOINT_PAGES = 10_000
+
+
 def _on_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
     # We issue BEGIN ourselves (below); pysqlite's own transaction handling is turned off.
     dbapi_connection.isolation_level = None
@@ -113,7 +120,22 @@ def _on_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
     cursor.close()
+
+
+def checkpoint(engine: Engine) -> tuple[int, int, int] | None:
+    """Copy the log's committed pages into the database file, waiting for and blocking no
+    writer (a PASSIVE checkpoint, outside any transaction and the lock queue): (busy, pages in
+    the log, pages copied), or None for another database."""
+    if engine.dialect.name != "sqlite":
+        return None
+    raw = engine.raw_connection()
+    try:
+        busy, logged, copied = raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return busy, logged, copied
+    finally:
+        raw.close()
 
 
 # The execution option of a transaction that only reads (`reading`).
