@@ -31,6 +31,10 @@ _RATES = flow.Rates()
 # waits up to this long for half of the threads to be free, rather than claiming a row or two
 # each time one POST ends.
 BACKLOG_LINGER = 0.02
+# While due deliveries wait only for a webhook's share of the threads (its POSTs hang), how
+# long a wake-up waits for one of them to end before it claims again. It waited until a
+# target counted as slow (2 s), and healthy deliveries published meanwhile waited with it.
+RECHECK = 0.05
 
 
 def deliver(*_legacy_ids: str) -> None:
@@ -100,8 +104,9 @@ class _Pump:
                 return
             backlog = True
             # Due deliveries wait for a webhook's share of the threads: claim again once a
-            # POST has ended (or once more targets may have turned out slow).
-            self.sender.wait_recorded(recorded, timeout=self.settings.slow_after)
+            # POST has ended, or after RECHECK (deliveries published meanwhile may go at once:
+            # their wake-up waits for this job to end; and more targets may have turned slow).
+            self.sender.wait_recorded(recorded, timeout=RECHECK)
 
     def _again(self) -> None:
         queueing.wake(self.redis, self.queue_name, hold=self.settings.requeue_after, force=True)
