@@ -25,6 +25,15 @@ def session(app: Any) -> Any:
         yield db.session
 
 
+def _published_delivery(session: Any, api: Any) -> str:
+    """The id of the one delivery of an event published to the test's one webhook."""
+    event = api.publish()
+    [delivery_id] = session.scalars(
+        select(DELIVERIES.c.id).where(DELIVERIES.c.event_id == event["id"])
+    ).all()
+    return str(delivery_id)
+
+
 def _workspace(session: Any) -> str:
     workspace = Workspace(name="arrays")
     session.add(workspace)
@@ -79,10 +88,7 @@ def test_times_written_in_a_batch_compare_with_times_bound_by_sqlalchemy(
 ) -> None:
     """The claim finds due deliveries with `next_attempt_at <= now`: on SQLite that compares
     text, so a time on a whole second must be written as SQLAlchemy writes it."""
-    event = api.publish()
-    [delivery_id] = session.scalars(
-        select(DELIVERIES.c.id).where(DELIVERIES.c.event_id == event["id"])
-    ).all()
+    delivery_id = _published_delivery(session, api)
     whole = datetime(2026, 12, 6, 12, 30, 15)
     found = batchsql.of(session).insert_attempts(
         session, [(delivery_id, 7, "https://example.com/")], whole
@@ -101,10 +107,7 @@ def test_times_written_in_a_batch_compare_with_times_bound_by_sqlalchemy(
 def test_recorded_results_mask_the_request_body_and_keep_nulls(
     session: Any, api: Any, webhook: dict[str, Any]
 ) -> None:
-    event = api.publish()
-    [delivery_id] = session.scalars(
-        select(DELIVERIES.c.id).where(DELIVERIES.c.event_id == event["id"])
-    ).all()
+    delivery_id = _published_delivery(session, api)
     batch = batchsql.of(session)
     found = batch.insert_attempts(
         session, [(delivery_id, 1, "https://example.com/")], datetime.now()
@@ -140,10 +143,7 @@ def test_recorded_results_mask_the_request_body_and_keep_nulls(
 def test_a_success_ends_the_delivery_only_while_its_lease_holds(
     session: Any, api: Any, webhook: dict[str, Any]
 ) -> None:
-    event = api.publish()
-    [delivery_id] = session.scalars(
-        select(DELIVERIES.c.id).where(DELIVERIES.c.event_id == event["id"])
-    ).all()
+    delivery_id = _published_delivery(session, api)
     session.execute(
         DELIVERIES.update().where(DELIVERIES.c.id == delivery_id).values(lease_token="mine")
     )
