@@ -106,7 +106,9 @@ class _Pump:
             # Due deliveries wait for a webhook's share of the threads: claim again once a
             # POST has ended, or after RECHECK (deliveries published meanwhile may go at once:
             # their wake-up waits for this job to end; and more targets may have turned slow).
-            self.sender.wait_recorded(recorded, timeout=RECHECK)
+            # The slow lane's targets all keep POSTs waiting: it looks again less often.
+            recheck = self.settings.slow_after if self.slow_lane else RECHECK
+            self.sender.wait_recorded(recorded, timeout=recheck)
 
     def _again(self) -> None:
         queueing.wake(self.redis, self.queue_name, hold=self.settings.requeue_after, force=True)
