@@ -124,11 +124,10 @@ def retry_after() -> int:
     return max(1, math.ceil(current.reset_at - time.time()))
 
 
-def _not_for_the_api(check: Callable[[], None]) -> Callable[[], None]:
+def _not_for_the_api(check: Callable[[], Any]) -> Callable[[], Any]:
     @functools.wraps(check)
-    def unless_api() -> None:
-        if not request.path.startswith("/api/"):
-            check()
+    def unless_api() -> Any:
+        return None if request.path.startswith("/api/") else check()
 
     return unless_api
 

@@ -86,13 +86,14 @@ def authenticate_key(session: Session, plain: str, *, keep_reading: bool = False
     digest = _digest(plain)
     read_only = sqlite.reading(session)
     key = session.execute(_KEY_BY_DIGEST, {"digest": digest}).first()
-    found = key is not None and hmac.compare_digest(key.key_hash, digest)
+    if key is None or not hmac.compare_digest(key.key_hash, digest):
+        if read_only:
+            session.rollback()
+        return None
     now = utcnow()
-    stale = found and (key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION)
+    stale = key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION
     if read_only and (stale or not keep_reading):
         session.rollback()
-    if not found:
-        return None
     if stale:
         session.execute(_KEY_USED, {"key_id": key.id, "now": now})
         session.commit()
