@@ -117,15 +117,8 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
     transform them on the way in) into `table`, one `executemany`."""
     columns = tuple(rows[0])
     sql, convert = _insert_plan(table, columns)
-    if convert:
-        values = [
-            tuple(
-                f(row[name]) if f else row[name] for name, f in zip(columns, convert, strict=True)
-            )
-            for row in rows
-        ]
-    else:
-        values = [tuple(row[name] for name in columns) for row in rows]
+    plan = tuple(zip(columns, convert, strict=True))
+    values = [tuple(f(row[name]) if f else row[name] for name, f in plan) for row in rows]
     session.connection().exec_driver_sql(sql, values)
 
 
@@ -146,4 +139,4 @@ def _insert_plan(table: Table, columns: tuple[str, ...]) -> tuple[str, tuple[Any
     sql = (
         f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
     )
-    return sql, tuple(convert) if any(convert) else ()
+    return sql, tuple(convert)
