@@ -125,3 +125,27 @@ def test_a_slot_is_free_again_only_once_its_result_is_recorded(app, receiver):
         sender.close()
 
     assert sorted(p.attempt_id for p, _ in recorded.results) == [0, 1, 2]
+
+
+def test_a_batch_is_recorded_as_soon_as_its_last_post_ends(app, receiver, monkeypatch):
+    """Results linger for more only while other POSTs are still out: a batch whose POSTs have
+    all ended is recorded at once, in one transaction, and its slots are free again."""
+    from jobs import runtime
+
+    monkeypatch.setattr(runtime, "RECORD_LINGER", 5.0)
+    settings = Settings.from_config(app.config)
+    recorded = Recorded()
+    sender = Sender(8, recorded)
+    try:
+        assert sender.take(8) == 8
+        started = time.monotonic()
+        sender.start_all([prepared(n, receiver.url(f"/n{n}")) for n in range(8)], settings)
+
+        assert sender.idle(timeout=4)
+        assert time.monotonic() - started < 2  # not after the 5 s linger
+    finally:
+        sender.close()
+
+    assert [sorted(p.attempt_id for p, _ in batch) for batch in recorded.batches] == [
+        list(range(8))
+    ]
