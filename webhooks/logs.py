@@ -96,14 +96,15 @@ class LogFilter:
         """The filter as SQL; `by_key`: the rows come by primary key, and no other index may
         be read instead (the columns are written `+column`, which SQLite never indexes).
 
-        On SQLite a webhook's log is read from its index (ix_deliveries_webhook_log), status
-        and event type checked in each entry: at most that webhook's rows, none looked up in
-        the table. SQLite keeps no statistics, and given that index it read the status index
-        instead, looking up every failed delivery of the workspace to find one webhook's."""
+        On SQLite a webhook's log is read from its index (ix_deliveries_webhook_log), status,
+        event type and workspace checked in each entry: at most that webhook's rows, none
+        looked up in the table. SQLite keeps no statistics, and given that index it read the
+        status index instead, looking up every failed delivery of the workspace to find one
+        webhook's."""
         c = _Unindexed() if by_key else Delivery
         by_webhook = sqlite and bool(self.webhook_id)
         kept = _Unindexed() if by_key or by_webhook else Delivery
-        clauses: list[Any] = [c.workspace_id == workspace_id]
+        clauses: list[Any] = [kept.workspace_id == workspace_id]
         if self.webhook_id:
             clauses.append(c.webhook_id == self.webhook_id)
         if self.status == RETRYING:

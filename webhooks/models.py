@@ -282,19 +282,20 @@ class Delivery(Model):
         # The logs: newest first, by workspace, with each filter.
         Index(None, "workspace_id", "created_at", "id"),
         Index(None, "workspace_id", "status", "created_at", "id"),
-        # A webhook's log, with each row's status and event type in its entry: filtered by
-        # them, SQLite reads only the index, not each row (`logs.page`).
+        # A webhook's log, with each row's status, event type and workspace in its entry:
+        # filtered by them, SQLite reads only the index, not each row (`logs.page`). It also
+        # finds a webhook's newest deliveries (`logs.last_errors`) and its rows for a cascade:
+        # one index led by the webhook, as each costs a publish a page per webhook it reaches.
         Index(
             "ix_deliveries_webhook_log",
-            "workspace_id",
             "webhook_id",
             "created_at",
             "id",
             "status",
             "event_type",
+            "workspace_id",
         ),
         Index(None, "workspace_id", "event_type", "created_at", "id"),
-        Index(None, "webhook_id", "created_at", "id"),
         # The scheduler and the reconciler. Only leased rows are in the lease index: with
         # every finished delivery in it, each lease and each result moved an entry among
         # millions of empty ones, and on SQLite a claim over a big log took twice as long.
