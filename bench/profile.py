@@ -82,7 +82,7 @@ _LIBS = (
     ("http/client.py", "requests/urllib3/http.client (Python)"),
     ("webhooks/egress.py", "egress guard"),
     ("webhooks/transport.py", "transport (watchdog, sockets)"),
-    ("aiohttp/", "aiohttp (Python)"),
+    ("httptools/", "httptools (llhttp)"),
     ("asyncio/", "asyncio (event loop, TLS)"),
     ("webhooks/aiotransport.py", "app code (webhooks/)"),
     ("redis/", "redis-py (Python)"),
@@ -193,7 +193,7 @@ def thread_of(frames: list[tuple[str, str]]) -> str:
     if "run_forever" in names and any("jobs/runtime.py" in f for _, f in frames):
         return "POST loop: render, aiotransport.post"
     if "run_forever" in names:
-        return "POST loop: asyncio, TLS, aiohttp's reading"
+        return "POST loop: asyncio, TLS, reading answers"
     if "_send" in names and any("jobs/runtime.py" in f for _, f in frames):
         return "POST threads: transport.post (transforms, listen, proxy)"
     if "_record_loop" in names:

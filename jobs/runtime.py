@@ -25,8 +25,6 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import aiohttp
-
 from webhooks import aiotransport, listeners, transport
 from webhooks.config import Settings
 from webhooks.outgoing import Prepared, render, send
@@ -165,7 +163,7 @@ class Sender:
         # The CA bundle is looked at once a batch (replaced on disk, it is trusted from the
         # next batch on); one that cannot be read fails each POST with the reason.
         try:
-            session: aiohttp.ClientSession | None = self._client.session(settings.ca_bundle)
+            session: aiotransport.Pool | None = self._client.session(settings.ca_bundle)
         except (OSError, ssl.SSLError):
             session = None
         for prepared in batch:
@@ -183,7 +181,7 @@ class Sender:
         self,
         prepared: Prepared,
         settings: Settings,
-        session: aiohttp.ClientSession | None,
+        session: aiotransport.Pool | None,
         on_loop: bool,
     ) -> None:
         try:
@@ -208,7 +206,7 @@ class Sender:
             self._loop.call_later(RECORD_LINGER, self._hand_over)
 
     async def _post(
-        self, prepared: Prepared, settings: Settings, session: aiohttp.ClientSession | None
+        self, prepared: Prepared, settings: Settings, session: aiotransport.Pool | None
     ) -> transport.Result:
         render(prepared)
         if prepared.render_error is not None:

@@ -13,7 +13,6 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohappyeyeballs
 import pytest
 import trustme
 from hypothesis import given
@@ -22,7 +21,7 @@ from hypothesis import strategies as st
 from urllib3.util import connection as urllib3_connection
 
 from tests.receivers import LOOPBACK, RawServer, Receiver, Reply, read_request, send
-from webhooks import egress, services, transport
+from webhooks import aiotransport, egress, services, transport
 
 ONLY_127_0_0_1 = (ipaddress.ip_network("127.0.0.1/32"),)
 
@@ -284,14 +283,14 @@ def connects(monkeypatch) -> list[tuple[str, int]]:  # type: ignore[no-untyped-d
         return real(address, *args, **kwargs)
 
     monkeypatch.setattr(urllib3_connection, "create_connection", record)
-    # The worker's POSTs go through aiohttp, which connects through aiohappyeyeballs.
-    start = aiohappyeyeballs.start_connection
+    # The worker's POSTs on its event loop open their connections through one function.
+    start = aiotransport._connect
 
-    async def record_aio(addr_infos, *args, **kwargs):  # type: ignore[no-untyped-def]
-        opened.extend((info[4][0], info[4][1]) for info in addr_infos)
-        return await start(addr_infos, *args, **kwargs)
+    async def record_aio(factory, host, port, **kwargs):  # type: ignore[no-untyped-def]
+        opened.append((host, port))
+        return await start(factory, host, port, **kwargs)
 
-    monkeypatch.setattr(aiohappyeyeballs, "start_connection", record_aio)
+    monkeypatch.setattr(aiotransport, "_connect", record_aio)
     return opened
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
 import shutil
 import socket
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -313,3 +315,131 @@ def test_a_ca_bundle_replaced_on_disk_decides_from_the_next_post(
     assert trusted.ok and again.ok, (trusted.error, again.error)
     assert refused.error.startswith("TLS certificate not accepted")
     assert len(receiver.requests) == 2
+
+
+# -- answers framed every way HTTP/1.1 allows ----------------------------------------------------
+
+GZIPPED = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "answer, status, body",
+    [
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", 204, ""),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end", 200, "until the end"),
+        (
+            b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            202,
+            "hello world",
+        ),
+        (GZIPPED % len(gzip.compress(b"small")) + gzip.compress(b"small"), 200, "small"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: deflate\r\nContent-Length: %d\r\n\r\n"
+            % len(zlib.compress(b"deflated"))
+            + zlib.compress(b"deflated"),
+            200,
+            "deflated",
+        ),
+    ],
+    ids=["interim 100", "body until close", "chunked", "gzip", "deflate"],
+)
+def test_every_framing_of_an_answer_is_read_whole(raw_server, post, answer, status, body):
+    def handle(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(answer)
+
+    server = raw_server(handle)
+    result = post(f"http://127.0.0.1:{server.port}/")
+
+    assert (result.status_code, result.body, result.error) == (status, body, None)
+
+
+def test_a_compressed_answer_is_inflated_only_to_the_cap(raw_server, post):
+    bomb = gzip.compress(b"\0" * 20_000_000)
+
+    def handle(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(GZIPPED % len(bomb) + bomb)
+
+    server = raw_server(handle)
+    result = post(f"http://127.0.0.1:{server.port}/")
+
+    assert result.ok and len(result.body) == transport.RESPONSE_BODY_CAP
+
+
+def test_the_loop_keeps_at_most_a_pool_of_connections_to_one_host_and_reuses_them(raw_server):
+    """64 POSTs at once to one host: 32 connections (the others wait for one to be free),
+    and the next 64 reuse them."""
+    accepted: list[int] = []
+    server = raw_server(keep_alive(accepted))
+    url = f"http://127.0.0.1:{server.port}/hook"
+    client = aiotransport.Client()
+
+    async def post() -> int | None:
+        result = await client.post(
+            url, b"{}", {}, timeout=10, allowed_networks=LOOPBACK, allow_http=True
+        )
+        return result.status_code
+
+    async def rounds() -> list[int | None]:
+        first = await asyncio.gather(*(post() for _ in range(64)))
+        second = await asyncio.gather(*(post() for _ in range(64)))
+        await client.close()
+        return [*first, *second]
+
+    assert asyncio.run(rounds()) == [204] * 128
+    assert len(accepted) == transport.POOL_MAXSIZE
+
+
+def test_the_loop_reuses_a_connection_after_a_whole_answer_but_not_after_a_capped_one(
+    receiver, ca_bundle
+):
+    accepted = accepted_by(receiver)
+    big = Reply(status=200, body=b"a" * 5_000_000)
+    receiver.answer(Reply(body=b"small"), Reply(body=b"small"), big, Reply(body=b"small"))
+    client = aiotransport.Client()
+
+    async def four() -> list[transport.Result]:
+        results = [
+            await client.post(
+                receiver.url(),
+                b"{}",
+                {},
+                timeout=10,
+                ca_bundle=ca_bundle,
+                allowed_networks=LOOPBACK,
+            )
+            for _ in range(4)
+        ]
+        await client.close()
+        return results
+
+    results = asyncio.run(four())
+
+    assert [len(r.body) for r in results] == [5, 5, transport.RESPONSE_BODY_CAP, 5]
+    assert all(r.ok for r in results)
+    assert len(accepted) == 2  # one for the first three POSTs, one after the capped answer
+
+
+def test_a_header_that_would_split_the_request_is_refused_before_sending(raw_server):
+    requests: list[bytes] = []
+    server = raw_server(lambda conn: requests.append(read_request(conn)))
+    client = aiotransport.Client()
+
+    async def send() -> transport.Result:
+        result = await client.post(
+            f"http://127.0.0.1:{server.port}/",
+            b"{}",
+            {"X-Note": "a\r\nX-Injected: 1"},
+            timeout=5,
+            allowed_networks=LOOPBACK,
+            allow_http=True,
+        )
+        await client.close()
+        return result
+
+    result = asyncio.run(send())
+
+    assert result.status_code is None and "cannot be sent" in (result.error or "")
+    assert requests == []
