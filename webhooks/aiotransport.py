@@ -54,7 +54,6 @@ MAX_HEAD = (MAX_HEADERS + 1) * MAX_LINE  # what the parser may hold before the h
 KEEP_ALIVE = 15.0
 # A pool left for a replaced CA bundle closes once its POSTs have had their time.
 CLOSE_AFTER = 120.0
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 # asyncio gives every TLS connection a read buffer of 256 KiB, written whole when it is made:
 # 8 MB of a worker's memory for 32 kept-alive connections. A TLS record holds at most 16 KiB.
 asyncio.sslproto.SSLProtocol.max_size = 16 * 1024
@@ -178,18 +177,10 @@ def _route(url: str, target: egress.Target) -> _Route:
         addresses=tuple(str(ip) for ip in target.addresses),
         port=target.port,
         path=f"{path}?{parts.query}" if parts.query is not None else path,
-        host=_host_header(parts, target),
+        host=transport.host_header(parts, target),
         tls=parts.scheme == "https",
         sni=None if egress.parse_literal(name) is not None else name,
     )
-
-
-def _host_header(parts: urllib3.util.Url, target: egress.Target) -> str:
-    """`Host` as http.client writes it: the name, with the port unless it is the scheme's."""
-    host = f"[{target.host}]" if ":" in target.host else target.host
-    if parts.port is not None and parts.port != _DEFAULT_PORTS.get(parts.scheme or ""):
-        return f"{host}:{parts.port}"
-    return host
 
 
 def _head(route: _Route, headers: dict[str, str], length: int) -> bytes:
@@ -594,22 +585,17 @@ class _NotConnected(OSError):
 
 
 def describe(exc: BaseException | None, timeout: float, expired: bool) -> str:
-    """The sentence `transport` writes for the same failure."""
-    if expired or isinstance(exc, TimeoutError):
-        return f"timed out after {timeout:g} s (connect and response)"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        reason = exc.verify_message or exc.reason or exc
-        return f"TLS certificate not accepted: {reason}"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed: {exc.reason or exc}"
-    if isinstance(exc, _NotConnected):
-        if isinstance(exc.last, ConnectionRefusedError):
-            return "connection refused"
-        return "could not connect to the target"
-    if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
-        return "connection reset by the target"
+    """The sentence `transport` writes for the same failure (`transport.describe`), and ours
+    for what only this client meets: an answer it could not read, and a connection that
+    broke under a request it was writing."""
     if isinstance(exc, Broken):
         return f"connection broken: {exc}"
+    if isinstance(exc, _NotConnected):
+        if isinstance(exc.last, ConnectionRefusedError):
+            return transport.describe(exc.last, timeout, expired)
+        return "could not connect to the target"
+    if isinstance(exc, BrokenPipeError | ConnectionAbortedError):
+        return "connection reset by the target"
     if exc is None:
         return "could not connect to the target"
-    return f"{type(exc).__name__}: {exc}"
+    return transport.describe(exc, timeout, expired)

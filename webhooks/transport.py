@@ -434,8 +434,9 @@ _managers = _Managers()
 _TUNNEL_FAILED = "Tunnel connection failed: "  # http.client's words for a CONNECT refused
 
 
-def _describe(exc: BaseException, timeout: float, expired: bool) -> str:
-    """A sentence a person understands for a failed exchange."""
+def describe(exc: BaseException, timeout: float, expired: bool) -> str:
+    """A sentence a person understands for a failed exchange (the worker's loop words its own
+    failures with it too: `aiotransport.describe`)."""
     if expired or _timed_out(exc):
         return f"timed out after {timeout:g} s (connect and response)"
     chain: list[BaseException] = []
@@ -517,10 +518,20 @@ def _forwarded(url: str, target: egress.Target) -> tuple[str, str]:
     parts = urllib3.util.parse_url(egress.canonical_url(url))
     ip = target.addresses[0]
     literal = f"[{ip}]" if ip.version == 6 else str(ip)
-    host = f"[{target.host}]" if ":" in target.host else target.host
     if parts.port is not None:
-        literal, host = f"{literal}:{parts.port}", f"{host}:{parts.port}"
-    return parts._replace(host=literal, port=None, auth=None).url, host
+        literal = f"{literal}:{parts.port}"
+    return parts._replace(host=literal, port=None, auth=None).url, host_header(parts, target)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def host_header(parts: urllib3.util.Url, target: egress.Target) -> str:
+    """`Host` as http.client writes it: the name, with the port unless it is the scheme's."""
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    if parts.port is not None and parts.port != _DEFAULT_PORTS.get(parts.scheme or ""):
+        return f"{host}:{parts.port}"
+    return host
 
 
 def elapsed_ms(started: float) -> int:
@@ -672,7 +683,7 @@ def _exchange(
             status_code=answer.status if answer is not None else None,
             headers=kept_headers(answer.headers.items()) if answer is not None else {},
             duration_ms=elapsed_ms(started),
-            error=_describe(exc, timeout, exchange.expired),
+            error=describe(exc, timeout, exchange.expired),
         )
     finally:
         exchange.end()
