@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
 
-from webhooks import batchsql, delivery, flow, outgoing, sqlite
+from webhooks import batchsql, delivery, flow, outgoing, pgbatch, sqlite
 from webhooks.config import Settings
 from webhooks.models import (
     ATTEMPTS,
@@ -105,9 +105,7 @@ def _candidates(session: Session, now: datetime, count: int, lane: Lane) -> list
     """Due, unleased deliveries in the order they fell due (the (status, next_attempt_at)
     index is walked in order; rows leased meanwhile by another worker are skipped on
     PostgreSQL, and SQLite has one writer at a time)."""
-    query = _due_query(
-        session.get_bind().dialect.name == "postgresql", lane.only is not None, bool(lane.skip)
-    )
+    query = _due_query(pgbatch.used_by(session), lane.only is not None, bool(lane.skip))
     params: dict[str, Any] = {"now": now, "count": count}
     if lane.only is not None:
         params["only"] = list(lane.only)
