@@ -34,9 +34,10 @@ log = logging.getLogger(__name__)
 Results = list[tuple[Prepared, transport.Result]]
 RecordFn = Callable[[Results], None]
 # How many results the recorder writes in one transaction at most, and how long it waits for
-# more after the first while other POSTs are still out: each transaction costs more than the
-# rows it writes. Once none is out, the results go at once: lingering then only kept the
-# batch's slots from the next claim (a third of a worker's deliveries per second).
+# more after the first while POSTs of their batch are still out: each transaction costs more
+# than the rows it writes. Once a batch's last POST has ended, the results go at once:
+# lingering then only kept its slots from the next claim (a third of a worker's deliveries
+# per second), and a target that hangs keeps POSTs of other batches out all the time.
 RECORD_BATCH = 200
 RECORD_LINGER = 0.005
 # A webhook may hold at most 1/WEBHOOK_SHARE of the threads: what a target that hangs until the
@@ -60,7 +61,6 @@ class Sender:
         self._loop = asyncio.new_event_loop()
         self._tasks: set[asyncio.Task[None]] = set()
         self._done: Results = []  # results on the loop, not yet handed to the recorder
-        self._posting = 0  # POSTs started on the loop whose result is not yet in `_done`
         self._looping = threading.Thread(
             target=self._loop.run_forever, name="post-loop", daemon=True
         )
@@ -158,7 +158,7 @@ class Sender:
         self._loop.call_soon_threadsafe(self._launch, batch, settings)
 
     def _launch(self, batch: list[Prepared], settings: Settings) -> None:
-        self._posting += len(batch)
+        left = [len(batch)]  # the batch's POSTs whose result is not yet in `_done`
         envelopes: dict[str, bytes] = {}  # one body per event for the plain ones
         # The CA bundle is looked at once a batch (replaced on disk, it is trusted from the
         # next batch on); one that cannot be read fails each POST with the reason.
@@ -173,7 +173,7 @@ class Sender:
                     render(prepared, envelopes)
                 except Exception:  # never expected: `_post` renders again, and records why
                     log.exception("rendering %s failed unexpectedly", prepared.delivery_id)
-            task = self._loop.create_task(self._send(prepared, settings, session, on_loop))
+            task = self._loop.create_task(self._send(prepared, settings, session, on_loop, left))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -183,6 +183,7 @@ class Sender:
         settings: Settings,
         session: aiotransport.Pool | None,
         on_loop: bool,
+        left: list[int],
     ) -> None:
         try:
             if on_loop:
@@ -199,8 +200,8 @@ class Sender:
                     del self._by_webhook[prepared.webhook_id]
                 self._flying.pop(prepared.attempt_id, None)
         self._done.append((prepared, result))  # its slot is given back once recorded
-        self._posting -= 1
-        if len(self._done) >= RECORD_BATCH or not self._posting:
+        left[0] -= 1
+        if len(self._done) >= RECORD_BATCH or not left[0]:
             self._hand_over()
         elif len(self._done) == 1:
             self._loop.call_later(RECORD_LINGER, self._hand_over)

@@ -149,3 +149,29 @@ def test_a_batch_is_recorded_as_soon_as_its_last_post_ends(app, receiver, monkey
     assert [sorted(p.attempt_id for p, _ in batch) for batch in recorded.batches] == [
         list(range(8))
     ]
+
+
+def test_a_batch_is_recorded_at_once_while_another_batchs_post_hangs(app, receiver, monkeypatch):
+    """A target that hangs keeps a POST out all the time: the batches after it are still
+    recorded as soon as their own POSTs have ended, not after the linger."""
+    from jobs import runtime
+
+    monkeypatch.setattr(runtime, "RECORD_LINGER", 5.0)
+    settings = Settings.from_config(app.config)
+    receiver.answer(Reply(status=200, delay=4), Reply(status=200))
+    recorded = Recorded()
+    sender = Sender(8, recorded)
+    try:
+        assert sender.take(1) == 1
+        sender.start_all([prepared(0, receiver.url("/hangs"), "wh_slow")], settings)
+        receiver.wait_for(1)
+        assert sender.take(4) == 4
+        started = time.monotonic()
+        sender.start_all([prepared(n, receiver.url(f"/n{n}")) for n in range(1, 5)], settings)
+
+        wait_until(lambda: recorded.results, 3)
+        assert time.monotonic() - started < 2  # not after the 5 s linger
+        assert sorted(p.attempt_id for p, _ in recorded.results) == [1, 2, 3, 4]
+        assert sender.idle(timeout=10)
+    finally:
+        sender.close()
