@@ -456,7 +456,7 @@ VARIABLES: tuple[Var, ...] = (
     ),
     Var(
         "WEBHOOK_WORKER_THREADS",
-        "32",
+        "48",
         _count,
         "POSTs one worker process keeps in flight at once",
     ),
