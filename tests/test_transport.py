@@ -322,6 +322,16 @@ def test_a_ca_bundle_replaced_on_disk_decides_from_the_next_post(
 GZIPPED = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"
 
 
+def answer_and_close(conn: socket.socket, answer: bytes) -> None:
+    """Send `answer`, then end with a FIN and read what the client still sends: closed with
+    the request's body unread, the socket would reset the connection under the answer."""
+    conn.sendall(answer)
+    conn.shutdown(socket.SHUT_WR)
+    conn.settimeout(5)
+    while conn.recv(65536):
+        pass
+
+
 @pytest.mark.parametrize(
     "answer, status, body",
     [
@@ -347,7 +357,7 @@ GZIPPED = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\
 def test_every_framing_of_an_answer_is_read_whole(raw_server, post, answer, status, body):
     def handle(conn: socket.socket) -> None:
         read_request(conn)
-        conn.sendall(answer)
+        answer_and_close(conn, answer)
 
     server = raw_server(handle)
     result = post(f"http://127.0.0.1:{server.port}/")
@@ -360,7 +370,7 @@ def test_a_compressed_answer_is_inflated_only_to_the_cap(raw_server, post):
 
     def handle(conn: socket.socket) -> None:
         read_request(conn)
-        conn.sendall(GZIPPED % len(bomb) + bomb)
+        answer_and_close(conn, GZIPPED % len(bomb) + bomb)
 
     server = raw_server(handle)
     result = post(f"http://127.0.0.1:{server.port}/")
