@@ -239,13 +239,13 @@ def accepted_by(receiver: Receiver) -> list[object]:
 
 
 def test_a_connection_is_reused_after_a_whole_answer_but_not_after_a_capped_one(
-    receiver, ca_bundle
+    receiver, ca_bundle, post
 ):
     accepted = accepted_by(receiver)
     big = Reply(status=200, body=b"a" * 5_000_000)
     receiver.answer(Reply(body=b"small"), Reply(body=b"small"), big, Reply(body=b"small"))
 
-    results = [threaded_post(receiver.url(), ca_bundle) for _ in range(4)]
+    results = [post(receiver.url(), ca_bundle) for _ in range(4)]
 
     assert [len(r.body) for r in results] == [5, 5, transport.RESPONSE_BODY_CAP, 5]
     assert all(r.ok for r in results)
@@ -400,36 +400,6 @@ def test_the_loop_keeps_at_most_a_pool_of_connections_to_one_host_and_reuses_the
 
     assert asyncio.run(rounds()) == [204] * 128
     assert len(accepted) == transport.POOL_MAXSIZE
-
-
-def test_the_loop_reuses_a_connection_after_a_whole_answer_but_not_after_a_capped_one(
-    receiver, ca_bundle
-):
-    accepted = accepted_by(receiver)
-    big = Reply(status=200, body=b"a" * 5_000_000)
-    receiver.answer(Reply(body=b"small"), Reply(body=b"small"), big, Reply(body=b"small"))
-    client = aiotransport.Client()
-
-    async def four() -> list[transport.Result]:
-        results = [
-            await client.post(
-                receiver.url(),
-                b"{}",
-                {},
-                timeout=10,
-                ca_bundle=ca_bundle,
-                allowed_networks=LOOPBACK,
-            )
-            for _ in range(4)
-        ]
-        await client.close()
-        return results
-
-    results = asyncio.run(four())
-
-    assert [len(r.body) for r in results] == [5, 5, transport.RESPONSE_BODY_CAP, 5]
-    assert all(r.ok for r in results)
-    assert len(accepted) == 2  # one for the first three POSTs, one after the capped answer
 
 
 def test_a_header_that_would_split_the_request_is_refused_before_sending(raw_server):

@@ -234,14 +234,15 @@ class Pool:
                 raise
 
     def give_back(self, conn: _Connection, reuse: bool) -> None:
-        """The exchange is over: keep the connection for the next POST, or close it."""
+        """The exchange is over: keep the connection for the next POST, or drop it (an
+        exchange that was cut or failed leaves nothing worth closing gracefully)."""
         if reuse and not self.closed and conn.usable():
             conn.idle_since = time.monotonic()
             self._idle.setdefault(conn.key, []).append(conn)
             if self._sweep is None:
                 self._sweep = asyncio.get_running_loop().call_later(KEEP_ALIVE, self._close_idle)
         else:
-            conn.close()
+            conn.abort()
             self._gone(conn.key)
         self._wake(conn.key)
 
@@ -315,7 +316,7 @@ class _Connection(asyncio.Protocol):
         self.status: int | None = None
         self.headers: list[tuple[str, str]] = []
         self._line = 0  # bytes of the status line or header being read
-        self._length: str | None = None  # Content-Length, Transfer-Encoding as received
+        self._sized = False  # the answer has a Content-Length
         self._chunked = False
         self._body: list[bytes] = []
         self._size = 0
@@ -404,7 +405,7 @@ class _Connection(asyncio.Protocol):
 
     def _until_close(self) -> bool:
         """The answer's body runs until the connection closes (no length, not chunked)."""
-        return self._length is None and not self._chunked
+        return not (self._sized or self._chunked)
 
     # -- llhttp's callbacks -------------------------------------------------------------------
 
@@ -420,7 +421,7 @@ class _Connection(asyncio.Protocol):
         self.headers.append((text_name, text_value))
         lowered = text_name.lower()
         if lowered == "content-length":
-            self._length = text_value
+            self._sized = True
         elif lowered == "transfer-encoding" and "chunked" in text_value.lower():
             self._chunked = True
         elif lowered == "content-encoding":
@@ -534,8 +535,6 @@ class _Exchange:
         finally:
             if self.conn is not None:
                 reuse = error is None and answer is not None and answer.whole
-                if not reuse:
-                    self.conn.abort()
                 self.pool.give_back(self.conn, reuse)
         if answer is not None:
             return Result(
@@ -560,17 +559,16 @@ class _Exchange:
         for address in route.addresses:
             key = (address, route.port, route.tls, route.sni)
             conn = self.conn = await self.pool.connection(key)
-            if conn.transport is not None:
-                return await conn.exchange(self.head, self.body)
-            try:
-                await conn.open(address)
-            except ssl.SSLError:
-                raise  # the address answered, with a certificate or a handshake we refuse
-            except OSError as exc:  # this address does not answer: the next one
-                self.conn = None
-                self.pool.give_back(conn, reuse=False)
-                refused = exc
-                continue
+            if conn.transport is None:  # a new one
+                try:
+                    await conn.open(address)
+                except ssl.SSLError:
+                    raise  # the address answered, with a certificate or a handshake we refuse
+                except OSError as exc:  # this address does not answer: the next one
+                    self.conn = None
+                    self.pool.give_back(conn, reuse=False)
+                    refused = exc
+                    continue
             return await conn.exchange(self.head, self.body)
         assert refused is not None
         raise _NotConnected(refused)
