@@ -266,15 +266,10 @@ class Database:
             sql = sql.replace("%s", "?")
         return self.connect().execute(sql, params).fetchone()
 
-    def succeeded(self, workspace_id: str, since: datetime | None = None) -> int:
+    def succeeded(self, workspace_id: str, since: datetime = datetime.min) -> int:
         """The workspace's succeeded deliveries (made `since` then, a naive UTC time: a run's
         own, read from the (workspace, status, created_at) index however many runs came
         before; its polls cost the database as little as they can)."""
-        if since is None:
-            return self.scalar(
-                "SELECT count(*) FROM deliveries WHERE workspace_id = %s AND status = 'succeeded'",
-                workspace_id,
-            )
         return self.scalar(
             "SELECT count(*) FROM deliveries WHERE workspace_id = %s AND status = 'succeeded'"
             " AND created_at >= %s",
