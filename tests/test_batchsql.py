@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from webhooks import batchsql, litebatch, pgbatch
 from webhooks.models import ATTEMPTS, DELIVERIES, EVENTS, Workspace, db
@@ -159,3 +159,52 @@ def test_a_success_ends_the_delivery_only_while_its_lease_holds(
     row = session.execute(select(DELIVERIES).where(DELIVERIES.c.id == delivery_id)).one()
     assert (row.status, row.last_status_code, row.updated_at) == ("succeeded", 204, now)
     assert row.lease_token is None and row.next_attempt_at is None
+
+
+def test_a_list_bound_whole_selects_its_rows_and_on_postgresql_keeps_one_text(
+    session: Any,
+) -> None:
+    """`among` is `IN (…)` for a list of any length (none, one, several), and its negation is
+    `NOT IN`; on PostgreSQL the list travels as one array, so the statement sent is the same
+    text for every length (psycopg prepares it once, PostgreSQL plans it once)."""
+    workspace_id = _workspace(session)
+    ids = [f"evt_among{i}" for i in range(5)]
+    when = datetime(2026, 12, 7, 6, 0, 0)
+    batchsql.of(session).insert_rows(
+        session,
+        EVENTS,
+        [
+            {
+                "id": event_id,
+                "workspace_id": workspace_id,
+                "type": "incident.created",
+                "data": {},
+                "occurred_at": when,
+                "created_at": when,
+                "idempotency_key": None,
+                "request_hash": "0" * 64,
+                "is_test": False,
+            }
+            for event_id in ids
+        ],
+    )
+    session.commit()
+    postgres = pgbatch.used_by(session)
+    mine = EVENTS.c.workspace_id == workspace_id
+    chosen = select(EVENTS.c.id).where(mine, batchsql.among(EVENTS.c.id, "ids", postgres=postgres))
+    others = select(EVENTS.c.id).where(mine, ~batchsql.among(EVENTS.c.id, "ids", postgres=postgres))
+    sent: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        sent.append(statement)
+
+    engine = session.get_bind()
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        for asked in ([], [ids[2]], [ids[0], ids[3], ids[4], "evt_elsewhere"]):
+            assert sorted(session.scalars(chosen, {"ids": asked})) == sorted(set(asked) & set(ids))
+            assert sorted(session.scalars(others, {"ids": asked})) == sorted(set(ids) - set(asked))
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    if postgres:
+        assert len(set(sent)) == 2  # one text for `chosen`, one for `others`

@@ -115,17 +115,18 @@ def _candidates(session: Session, now: datetime, count: int, lane: Lane) -> list
 
 
 @functools.lru_cache(maxsize=8)
-def _due_query(skip_locked: bool, only: bool, skip: bool) -> Any:
-    """The candidates' query, built once per kind of lane (a claim runs many times a second)."""
+def _due_query(postgres: bool, only: bool, skip: bool) -> Any:
+    """The candidates' query, built once per database and kind of lane (a claim runs many
+    times a second)."""
     query = select(_D.id, _D.webhook_id, _D.waiting).where(
         *UNLEASED, _D.next_attempt_at <= bindparam("now")
     )
     if only:
-        query = query.where(_D.webhook_id.in_(bindparam("only", expanding=True)))
+        query = query.where(batchsql.among(_D.webhook_id, "only", postgres=postgres))
     if skip:
-        query = query.where(_D.webhook_id.not_in(bindparam("skip", expanding=True)))
+        query = query.where(~batchsql.among(_D.webhook_id, "skip", postgres=postgres))
     query = query.order_by(_D.next_attempt_at).limit(bindparam("count"))
-    return query.with_for_update(skip_locked=True) if skip_locked else query
+    return query.with_for_update(skip_locked=True) if postgres else query
 
 
 def _choose(
@@ -174,11 +175,11 @@ def _lease(
     return sorted(taken, key=lambda r: order[r.id])
 
 
-def _lease_statement(status: Any) -> Any:
+def _lease_statement(status: Any, *, postgres: bool) -> Any:
     return (
         update(DELIVERIES)
         .where(
-            _D.id.in_(bindparam("ids", expanding=True)),
+            batchsql.among(_D.id, "ids", postgres=postgres),
             status == DeliveryStatus.PENDING,
             _D.lease_token.is_(None),
         )
@@ -204,7 +205,10 @@ def _lease_statement(status: Any) -> Any:
 
 # By key, on SQLite (True): there `status = 'pending'` would walk every due row of the backlog
 # instead.
-_LEASE = {False: _lease_statement(_D.status), True: _lease_statement(sqlite.unindexed(_D.status))}
+_LEASE = {
+    False: _lease_statement(_D.status, postgres=True),
+    True: _lease_statement(sqlite.unindexed(_D.status), postgres=False),
+}
 
 
 def _prepare(session: Session, taken: list[Any], token: str, now: datetime) -> list[Prepared]:
@@ -262,18 +266,22 @@ def _write_attempts(session: Session, ready: list[tuple[Any, Target]], now: date
 
 
 def _events(session: Session, event_ids: set[str]) -> dict[str, Any]:
-    return {e.id: e for e in session.execute(_EVENTS, {"ids": list(event_ids)})}
+    query = _EVENTS[pgbatch.used_by(session)]
+    return {e.id: e for e in session.execute(query, {"ids": list(event_ids)})}
 
 
-_EVENTS = select(_E.id, _E.type, _E.occurred_at, _E.workspace_id, _E.data).where(
-    _E.id.in_(bindparam("ids", expanding=True))
-)
+_EVENTS = {
+    postgres: select(_E.id, _E.type, _E.occurred_at, _E.workspace_id, _E.data).where(
+        batchsql.among(_E.id, "ids", postgres=postgres)
+    )
+    for postgres in (False, True)
+}
 
 
 def targets(session: Session, webhook_ids: set[str]) -> dict[str, Target]:
     """The webhooks as sending needs them, with their secrets (newest first), in one query."""
     found: dict[str, Target] = {}
-    for row in session.execute(_TARGETS, {"ids": list(webhook_ids)}):
+    for row in session.execute(_TARGETS[pgbatch.used_by(session)], {"ids": list(webhook_ids)}):
         target = found.get(row.id)
         if target is None:
             target = found[row.id] = outgoing.target_of(row)
@@ -282,8 +290,8 @@ def targets(session: Session, webhook_ids: set[str]) -> dict[str, Target]:
     return found
 
 
-_TARGETS = (
-    select(
+_TARGETS = {
+    postgres: select(
         _W.id,
         _W.url,
         _W.active,
@@ -296,9 +304,10 @@ _TARGETS = (
         _S.expires_at,
     )
     .outerjoin(WebhookSecret, _S.webhook_id == _W.id)
-    .where(_W.id.in_(bindparam("ids", expanding=True)))
+    .where(batchsql.among(_W.id, "ids", postgres=postgres))
     .order_by(_S.id.desc())
-)
+    for postgres in (False, True)
+}
 
 
 def _fail_inactive(session: Session, rows: list[dict[str, Any]], now: datetime) -> None:

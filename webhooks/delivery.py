@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from redis import Redis
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import select, text, update
 
 from webhooks import (
     batchsql,
@@ -19,6 +19,7 @@ from webhooks import (
     flow,
     notifications,
     outgoing,
+    pgbatch,
     queueing,
     retry,
     transport,
@@ -121,12 +122,16 @@ def record(
 
 def _leases(session: Session, delivery_ids: list[str]) -> dict[str, Any]:
     """Each delivery's lease, status, kind and webhook as the database has them now."""
-    return {row.id: row for row in session.execute(_LEASES, {"ids": delivery_ids})}
+    query = _LEASES[pgbatch.used_by(session)]
+    return {row.id: row for row in session.execute(query, {"ids": delivery_ids})}
 
 
-_LEASES = select(_D.id, _D.lease_token, _D.status, _D.kind, _D.webhook_id).where(
-    _D.id.in_(bindparam("ids", expanding=True))
-)
+_LEASES = {
+    postgres: select(_D.id, _D.lease_token, _D.status, _D.kind, _D.webhook_id).where(
+        batchsql.among(_D.id, "ids", postgres=postgres)
+    )
+    for postgres in (False, True)
+}
 
 
 def _still_ours(

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import update
 
-from webhooks import notifications
+from webhooks import batchsql, notifications, pgbatch
 from webhooks.config import Settings
 from webhooks.models import WEBHOOKS, Delivery, Session, Webhook, changed
 
@@ -33,16 +33,18 @@ def succeeded(session: Session, deliveries: Sequence[Any]) -> None:  # Delivery-
     if not webhook_ids:
         return
     # Built once: this runs after every batch of successes.
-    session.execute(_STREAK_ENDED, {"ids": list(webhook_ids)})
+    session.execute(_STREAK_ENDED[pgbatch.used_by(session)], {"ids": list(webhook_ids)})
 
 
-_STREAK_ENDED = (
-    update(WEBHOOKS)
+_STREAK_ENDED = {
+    postgres: update(WEBHOOKS)
     .where(
-        WEBHOOKS.c.id.in_(bindparam("ids", expanding=True)), WEBHOOKS.c.failing_since.is_not(None)
+        batchsql.among(WEBHOOKS.c.id, "ids", postgres=postgres),
+        WEBHOOKS.c.failing_since.is_not(None),
     )
     .values(failing_since=None, updated_at=WEBHOOKS.c.updated_at)
-)
+    for postgres in (False, True)
+}
 
 
 def exhausted(session: Session, delivery: Delivery, now: datetime, settings: Settings) -> list[str]:
