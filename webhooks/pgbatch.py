@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, text
+from sqlalchemy import Table, literal_column, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.types import JSON, TypeDecorator
@@ -67,6 +67,15 @@ _SUCCEED = text(
 def used_by(session: Session) -> bool:
     """The session's database is PostgreSQL."""
     return bool(session.get_bind().dialect.name == "postgresql")
+
+
+def unindexed(column: Any) -> Any:
+    """`(table.column || '')`: the same text, but no index matches it, so the planner cannot
+    choose one for it (`sqlite.unindexed` is SQLite's way). Given `id = ANY(…)` and
+    `status = 'pending'` on a table whose statistics are missing or stale (a new database, a
+    burst since the last ANALYZE), PostgreSQL walked every pending row through the status index
+    to find the 32 ids instead of looking them up by key."""
+    return literal_column(f"({column.table.name}.{column.name} || '')", type_=column.type)
 
 
 def insert_attempts(
