@@ -4,11 +4,13 @@ statement of fixed text over arrays (`webhooks.pgbatch`), on SQLite plain SQL ov
 
 from __future__ import annotations
 
+import json
 from types import ModuleType
 from typing import Any
 
-from sqlalchemy import String, any_, bindparam
+from sqlalchemy import String, any_, bindparam, func, select
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.types import TypeDecorator
 
 from webhooks import litebatch, pgbatch
 from webhooks.models import Session
@@ -20,10 +22,23 @@ def of(session: Session) -> ModuleType:
 
 
 def among(column: Any, name: str, *, postgres: bool) -> Any:
-    """`column IN (…)` with the list bound as `name`. On PostgreSQL `column = ANY(:name)`, one
-    array parameter: the statement's text is the same for every length of the list, so psycopg
-    prepares it once and PostgreSQL plans it once, where an IN list is written out anew for each
-    execution (its text, its casts, a plan for each length)."""
+    """`column IN (…)` with the list bound whole as `name`, one parameter: the statement's text
+    is the same for every length of the list. An IN list is written out anew for each
+    execution (a placeholder per item, by SQLAlchemy in Python), then parsed anew by the
+    driver and planned anew by the database. On PostgreSQL the list is an array
+    (`column = ANY(:name)`); on SQLite a JSON array read by `json_each`, which SQLite's planner
+    turns into look-ups by key like an IN list's."""
     if postgres:
         return column == any_(bindparam(name, type_=ARRAY(String)))
-    return column.in_(bindparam(name, expanding=True))
+    items = func.json_each(bindparam(name, type_=_JsonList())).table_valued("value")
+    return column.in_(select(items.c.value))
+
+
+class _JsonList(TypeDecorator[list[str]]):
+    """A list of strings bound as one JSON array (for SQLite's `json_each`)."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> str:
+        return json.dumps(list(value))
