@@ -9,7 +9,6 @@ from types import ModuleType
 from typing import Any
 
 from sqlalchemy import String, any_, bindparam, func, select
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import TypeDecorator
 
 from webhooks import litebatch, pgbatch
@@ -29,9 +28,24 @@ def among(column: Any, name: str, *, postgres: bool) -> Any:
     (`column = ANY(:name)`); on SQLite a JSON array read by `json_each`, which SQLite's planner
     turns into look-ups by key like an IN list's."""
     if postgres:
-        return column == any_(bindparam(name, type_=ARRAY(String)))
+        return column == any_(func.string_to_array(bindparam(name, type_=_Joined()), ","))
     items = func.json_each(bindparam(name, type_=_JsonList())).table_valued("value")
     return column.in_(select(items.c.value))
+
+
+class _Joined(TypeDecorator[list[str]]):
+    """A list of ids bound as one comma-separated string (for PostgreSQL's `string_to_array`):
+    psycopg writes a list as an array element by element in Python, quoting each; a join is
+    one call in C. Ids never hold a comma; one that did would be refused, not split."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> str:
+        items = list(value)
+        if any("," in item for item in items):
+            raise ValueError("an id with a comma cannot be bound as a list")
+        return ",".join(items)
 
 
 class _JsonList(TypeDecorator[list[str]]):
