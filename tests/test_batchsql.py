@@ -163,9 +163,9 @@ def test_a_success_ends_the_delivery_only_while_its_lease_holds(
 
 def test_a_list_bound_whole_selects_its_rows_and_keeps_one_text(session: Any) -> None:
     """`among` is `IN (…)` for a list of any length (none, one, several), and its negation is
-    `NOT IN`; the list travels as one parameter (an array on PostgreSQL, a JSON array on
-    SQLite), so the statement sent is the same text for every length: the driver prepares it
-    once and the database plans it once."""
+    `NOT IN`; the list travels as one parameter (the ids joined by commas on PostgreSQL, a
+    JSON array on SQLite), so the statement sent is the same text for every length: the
+    driver prepares it once and the database plans it once."""
     workspace_id = _workspace(session)
     ids = [f"evt_among{i}" for i in range(5)]
     when = datetime(2026, 12, 7, 6, 0, 0)

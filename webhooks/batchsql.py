@@ -24,9 +24,9 @@ def among(column: Any, name: str, *, postgres: bool) -> Any:
     """`column IN (…)` with the list bound whole as `name`, one parameter: the statement's text
     is the same for every length of the list. An IN list is written out anew for each
     execution (a placeholder per item, by SQLAlchemy in Python), then parsed anew by the
-    driver and planned anew by the database. On PostgreSQL the list is an array
-    (`column = ANY(:name)`); on SQLite a JSON array read by `json_each`, which SQLite's planner
-    turns into look-ups by key like an IN list's."""
+    driver and planned anew by the database. On PostgreSQL the ids go joined by commas, read
+    by `string_to_array` (`column = ANY(…)`); on SQLite as a JSON array read by `json_each`.
+    Both databases still look each id up by key, as for an IN list."""
     if postgres:
         return column == any_(func.string_to_array(bindparam(name, type_=_Joined()), ","))
     items = func.json_each(bindparam(name, type_=_JsonList())).table_valued("value")
