@@ -66,20 +66,27 @@ def backlog(app, api, webhook, postgres_url):  # type: ignore[no-untyped-def]
     return app
 
 
-def _plans(app: Any, run: Any, *words: str) -> list[str]:
-    """SQLite's plan for each statement with all these `words` that `run()` sends."""
+def _sent(run: Any, wanted: Any) -> list[tuple[str, Any]]:
+    """The statements `run()` sends that `wanted(statement)` picks, with their parameters (in
+    an app context)."""
     sent: list[tuple[str, Any]] = []
 
     def keep(_conn, _cursor, statement, parameters, _context, _many):  # type: ignore[no-untyped-def]
-        if all(word in statement for word in words):
+        if wanted(statement):
             sent.append((statement, parameters))
 
+    event.listen(db.engine, "before_cursor_execute", keep)
+    try:
+        run()
+    finally:
+        event.remove(db.engine, "before_cursor_execute", keep)
+    return sent
+
+
+def _plans(app: Any, run: Any, *words: str) -> list[str]:
+    """SQLite's plan for each statement with all these `words` that `run()` sends."""
     with app.app_context():
-        event.listen(db.engine, "before_cursor_execute", keep)
-        try:
-            run()
-        finally:
-            event.remove(db.engine, "before_cursor_execute", keep)
+        sent = _sent(run, lambda statement: all(word in statement for word in words))
         raw = db.engine.raw_connection()
         try:
             return [
@@ -145,18 +152,11 @@ def burst(app, api, webhook, postgres_url):  # type: ignore[no-untyped-def]
 def _postgres_plans(app: Any, run: Any, *words: str) -> list[str]:
     """PostgreSQL's plan for each statement with all these `words` that `run()` sends, under
     the settings the same transaction gave itself before it (`set_config`)."""
-    sent: list[tuple[str, Any]] = []
-
-    def keep(_conn, _cursor, statement, parameters, _context, _many):  # type: ignore[no-untyped-def]
-        if "set_config" in statement or all(word in statement for word in words):
-            sent.append((statement, parameters))
-
     with app.app_context():
-        event.listen(db.engine, "before_cursor_execute", keep)
-        try:
-            run()
-        finally:
-            event.remove(db.engine, "before_cursor_execute", keep)
+        sent = _sent(
+            run,
+            lambda statement: "set_config" in statement or all(w in statement for w in words),
+        )
         raw = db.engine.raw_connection()
         plans = []
         try:
