@@ -399,12 +399,13 @@ class Service:
 
     def roles(self) -> dict[str, list[int]]:
         """pids per role: `web` (gunicorn master and its workers), `worker`, `scheduler`…"""
-        out: dict[str, list[int]] = {}
-        for name, ps in self.procs.items():
-            for p in ps:
-                if p.poll() is None:
-                    out.setdefault(name, []).extend(procs.tree(p.pid))
-        return out
+        live = {name: [p.pid for p in ps if p.poll() is None] for name, ps in self.procs.items()}
+        found = procs.trees([pid for pids in live.values() for pid in pids])
+        return {
+            name: [pid for root in roots for pid in found[root]]
+            for name, roots in live.items()
+            if roots
+        }
 
     def statements(self, timeout: float = 3.0) -> dict[str, list[int]]:
         """[statements, transactions, pool checkouts] so far per role, from the files every
@@ -1691,7 +1692,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help=f"comma-separated phases among {', '.join(PHASES)} (default: all)",
     )
     p.add_argument("--skip", default="", help="comma-separated phases to leave out")
-    p.add_argument("--db", default="sqlite,postgres", help="sqlite, postgres or both")
+    p.add_argument(
+        "--db", default="sqlite,postgres", help="sqlite, postgres, both, or sqlite,postgres"
+    )
     p.add_argument(
         "--pg-url",
         default=os.environ.get(
@@ -1751,7 +1754,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown phases: {', '.join(sorted(unknown))}")
     a.only = only - skip
-    a.db = [x.strip() for x in a.db.split(",") if x.strip()]
+    names = [x.strip() for x in a.db.split(",") if x.strip()]
+    a.db = ["sqlite", "postgres"] if names == ["both"] else names
+    if not a.db or set(a.db) - {"sqlite", "postgres"}:
+        p.error(f"--db takes sqlite, postgres or both, not {a.db!r}")
     return a
 
 
