@@ -117,7 +117,21 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
     transform them on the way in) into `table`, one `executemany`."""
     columns = tuple(rows[0])
     sql, convert = _insert_plan(table, columns)
-    plan = tuple(zip(columns, convert, strict=True))
+    # The rows of a batch share their few moments: each is formatted once (isoformat made
+    # four strings a delivery: 4.5 % of the instructions of a publish call).
+    texts: dict[datetime, str | None] = {}
+
+    def moment(value: datetime | None) -> str | None:
+        if value is None:
+            return None
+        text = texts.get(value)
+        if text is None:
+            text = texts[value] = when(value)
+        return text
+
+    plan = tuple(
+        (name, moment if f is when else f) for name, f in zip(columns, convert, strict=True)
+    )
     values = [tuple(f(row[name]) if f else row[name] for name, f in plan) for row in rows]
     session.connection().exec_driver_sql(sql, values)
 

@@ -139,9 +139,16 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
     """INSERT `rows` (dicts with the same keys, the table's own values: no column of it may
     transform them on the way in) into `table` in one statement of fixed text."""
     columns = tuple(rows[0])
-    session.execute(
-        _insert_text(table, columns), {"rows": json.dumps(list(rows), default=_json_time)}
-    )
+    # The rows of a batch share their few moments: each is formatted once.
+    texts: dict[datetime, str] = {}
+
+    def moment(value: Any) -> str:
+        text = texts.get(value)
+        if text is None:
+            text = texts[value] = _json_time(value)
+        return text
+
+    session.execute(_insert_text(table, columns), {"rows": json.dumps(list(rows), default=moment)})
 
 
 @functools.lru_cache(maxsize=32)

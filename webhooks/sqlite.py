@@ -13,7 +13,8 @@ import fcntl
 import os
 import sqlite3
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 from sqlalchemy import ColumnElement, event, literal_column
 from sqlalchemy.engine import Connection as SAConnection
@@ -104,6 +105,23 @@ def install(engine: Engine) -> None:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _on_connect)
         event.listen(engine, "begin", _on_begin)
+        _adapt_as_they_are()
+
+
+def _adapt_as_they_are() -> None:
+    """Let sqlite3 bind None, bools and bytes without asking their types for an adapter.
+
+    sqlite3 looks for an adapter for every parameter that is not exactly an int, a float, a
+    str or a bytearray; for None, a bool and bytes the search fails on the way by formatting
+    an AttributeError's message and throwing it away (`type object 'PrepareProtocol' has no
+    attribute '__adapt__'`). A delivery's rows carry a dozen such values: the misses were 9 %
+    of the worker's instructions for a claim, render and record, and 3 % of a publish call's.
+    Registered adapters are found first, and these bind the same values as before: None as
+    NULL (`{}.get` answers None for anything), a bool as its int, bytes as themselves."""
+    nothing: dict[None, None] = {}
+    sqlite3.register_adapter(type(None), cast(Callable[[None], None], nothing.get))
+    sqlite3.register_adapter(bool, int)
+    sqlite3.register_adapter(bytes, bytes)
 
 
 # SQLite copies the write-ahead log back into the database in the commit that takes it past
