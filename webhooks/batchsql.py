@@ -4,7 +4,9 @@ statement of fixed text over arrays (`webhooks.pgbatch`), on SQLite plain SQL ov
 
 from __future__ import annotations
 
+import functools
 import json
+from collections import namedtuple
 from types import ModuleType
 from typing import Any
 
@@ -18,6 +20,19 @@ from webhooks.models import Session
 def of(session: Session) -> ModuleType:
     """The batch writes for the session's database."""
     return pgbatch if pgbatch.used_by(session) else litebatch
+
+
+def plain(result: Any) -> list[Any]:
+    """A result's rows as named tuples, for the rows the worker reads each field of several
+    times. A SQLAlchemy row finds a field by name only once Python's own look-up has failed,
+    and that failure formats an AttributeError message first: 0.5 µs a field, ten times an
+    index. A named tuple's fields are found in C."""
+    return list(map(_row_type(tuple(result.keys()))._make, result))
+
+
+@functools.lru_cache(maxsize=64)
+def _row_type(fields: tuple[str, ...]) -> Any:
+    return namedtuple("Row", fields)  # noqa: PYI024 - fields known only at run time
 
 
 def among(column: Any, name: str, *, postgres: bool) -> Any:

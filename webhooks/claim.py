@@ -131,7 +131,7 @@ def _candidates(session: Session, now: datetime, count: int, lane: Lane) -> list
         params["only"] = list(lane.only)
     if lane.skip:
         params["skip"] = list(lane.skip)
-    return list(session.execute(query, params))
+    return batchsql.plain(session.execute(query, params))
 
 
 @functools.lru_cache(maxsize=8)
@@ -182,15 +182,17 @@ def _lease(
 ) -> list[Any]:
     """Lease the chosen rows (still pending and unleased: the compare-and-set that makes a
     delivery ours alone), in the order they were chosen."""
-    taken = session.execute(
-        _LEASE[sqlite.used_by(session)],
-        {
-            "ids": ids,
-            "token": token,
-            "expires": now + timedelta(seconds=settings.timeout + settings.lease_margin),
-            "now": now,
-        },
-    ).all()
+    taken = batchsql.plain(
+        session.execute(
+            _LEASE[sqlite.used_by(session)],
+            {
+                "ids": ids,
+                "token": token,
+                "expires": now + timedelta(seconds=settings.timeout + settings.lease_margin),
+                "now": now,
+            },
+        )
+    )
     order = {delivery_id: i for i, delivery_id in enumerate(ids)}
     return sorted(taken, key=lambda r: order[r.id])
 
@@ -287,7 +289,7 @@ def _write_attempts(session: Session, ready: list[tuple[Any, Target]], now: date
 
 def _events(session: Session, event_ids: set[str]) -> dict[str, Any]:
     query = _EVENTS[pgbatch.used_by(session)]
-    return {e.id: e for e in session.execute(query, {"ids": list(event_ids)})}
+    return {e.id: e for e in batchsql.plain(session.execute(query, {"ids": list(event_ids)}))}
 
 
 _EVENTS = {
@@ -301,7 +303,8 @@ _EVENTS = {
 def targets(session: Session, webhook_ids: set[str]) -> dict[str, Target]:
     """The webhooks as sending needs them, with their secrets (newest first), in one query."""
     found: dict[str, Target] = {}
-    for row in session.execute(_TARGETS[pgbatch.used_by(session)], {"ids": list(webhook_ids)}):
+    rows = session.execute(_TARGETS[pgbatch.used_by(session)], {"ids": list(webhook_ids)})
+    for row in batchsql.plain(rows):
         target = found.get(row.id)
         if target is None:
             target = found[row.id] = outgoing.target_of(row)

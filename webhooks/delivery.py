@@ -123,7 +123,7 @@ def record(
 def _leases(session: Session, delivery_ids: list[str]) -> dict[str, Any]:
     """Each delivery's lease, status, kind and webhook as the database has them now."""
     query = _LEASES[pgbatch.used_by(session)]
-    return {row.id: row for row in session.execute(query, {"ids": delivery_ids})}
+    return {row.id: row for row in batchsql.plain(session.execute(query, {"ids": delivery_ids}))}
 
 
 _LEASES = {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import secrets as _secrets
 
@@ -42,15 +41,14 @@ def standard_key(secret: str) -> bytes:
 
 def cloudthinker_signature(body: bytes, secret: str) -> str:
     """`sha256=<hex>`: HMAC-SHA256 of the raw body keyed by the secret's UTF-8 bytes."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return "sha256=" + hmac.digest(secret.encode(), body, "sha256").hex()
 
 
 def standard_signature(msg_id: str, timestamp: int, body: bytes, secrets: list[str]) -> str:
     """`v1,<base64>` for each secret, space-separated (several during a rotation)."""
     signed = f"{msg_id}.{timestamp}.".encode() + body
     return " ".join(
-        "v1,"
-        + base64.b64encode(hmac.new(standard_key(s), signed, hashlib.sha256).digest()).decode()
+        "v1," + base64.b64encode(hmac.digest(standard_key(s), signed, "sha256")).decode()
         for s in secrets
     )
 
