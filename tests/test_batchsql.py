@@ -88,8 +88,8 @@ def test_rows_read_plain_keep_their_fields_by_name_and_by_place(session: Any) ->
 
 
 def test_sqlite_binds_none_bools_and_bytes_as_it_always_did(session: Any) -> None:
-    """`webhooks.sqlite` registers adapters for them (a failed look-up per value was a tenth of
-    the worker's instructions): NULL, 1 and 0, and a blob, as before."""
+    """`webhooks.sqlite` registers adapters for them (sparing a failed look-up per value):
+    NULL, 1 and 0, and a blob, as before."""
     if session.get_bind().dialect.name != "sqlite":
         pytest.skip("sqlite3's adapters")
     got = session.execute(
