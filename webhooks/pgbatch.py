@@ -140,14 +140,7 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
     transform them on the way in) into `table` in one statement of fixed text."""
     columns = tuple(rows[0])
     # The rows of a batch share their few moments: each is formatted once.
-    texts: dict[datetime, str] = {}
-
-    def moment(value: Any) -> str:
-        text = texts.get(value)
-        if text is None:
-            text = texts[value] = _json_time(value)
-        return text
-
+    moment = functools.lru_cache(maxsize=None)(_json_time)
     session.execute(_insert_text(table, columns), {"rows": json.dumps(list(rows), default=moment)})
 
 
