@@ -55,28 +55,14 @@ def per(run: Callable[[], int]) -> float:
     return (counted() - before) / units
 
 
-def database(kind: str, work: str) -> tuple[str, Callable[[], None]]:
-    if kind == "sqlite":
-        return f"sqlite:///{work}/instructions.db", lambda: None
-    import psycopg
-
-    name = f"instructions_{os.getpid()}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", drop
-
-
 def measure(args: argparse.Namespace) -> None:
+    from bench.run import Database  # the bench's fresh database, made and dropped alike
+
     work = tempfile.mkdtemp(prefix="instructions-")
-    url, drop = database(args.db, work)
+    db = Database(args.db, Path(work), ADMIN_URL)
     os.environ.update(
         {
-            "DATABASE_URL": url,
+            "DATABASE_URL": db.url,
             "REDIS_URL": "redis://127.0.0.1:6379/9",
             "INSTANCE_PATH": work,
             "SECRET_KEY": "instructions-secret-key-not-for-production",
@@ -92,7 +78,7 @@ def measure(args: argparse.Namespace) -> None:
     try:
         _measure(args)
     finally:
-        drop()
+        db.drop()
         subprocess.run(["redis-cli", "-n", "9", "flushdb"], stdout=subprocess.DEVNULL, check=False)
 
 

@@ -121,11 +121,6 @@ def parents() -> dict[int, int]:
     return found
 
 
-def children(pid: int) -> list[int]:
-    """Direct children of `pid`."""
-    return [child for child, parent in parents().items() if parent == pid]
-
-
 def trees(roots: list[int]) -> dict[int, list[int]]:
     """Each of `roots` with all its descendants, from one pass over /proc: a pass reads every
     process's stat file, and the bench samples while the service it measures shares the cores
