@@ -500,11 +500,24 @@ def test_a_delivery_given_up_after_lost_workers_counts_as_exhausted(
     event = api.publish()
     delivery_id = api.get(f"/events/{event['id']}").json["deliveries"][0]["id"]
     with app.app_context():  # as if workers died mid-attempt twice already, and now again
-        db.session.execute(
+        number = db.session.execute(
             update(Delivery)
             .where(Delivery.id == delivery_id)
             .values(
-                lost_count=2, lease_token="dead", lease_expires_at=utcnow() - timedelta(seconds=1)
+                lost_count=2,
+                lease_token="dead",
+                lease_expires_at=utcnow() - timedelta(seconds=1),
+                attempt_count=Delivery.attempt_count + 1,
+            )
+            .returning(Delivery.attempt_count)
+        ).scalar_one()
+        db.session.add(  # a lease comes with its attempt in flight, as a claim writes them
+            Attempt(
+                delivery_id=delivery_id,
+                number=number,
+                request_url=webhook["url"],
+                request_headers={},
+                request_body="",
             )
         )
         db.session.commit()

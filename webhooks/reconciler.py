@@ -7,7 +7,7 @@ import logging
 from datetime import datetime
 
 from redis import Redis
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from webhooks import bulk, failures, flow, listeners, notifications, queueing, retention, sqlite
 from webhooks.config import Settings
@@ -60,11 +60,17 @@ def queue_due(
 def expire_leases(session: Session, settings: Settings, redis: Redis | None = None) -> int:
     """Deliveries whose worker died mid-attempt: record the attempt as lost and make them due."""
     now = utcnow()
-    # Through the lease index: on SQLite, `status = 'pending'` would walk the whole backlog.
+    # Through the attempts in flight (each lease has one; no index holds a lease, so that the
+    # claim's UPDATE stays heap-only on PostgreSQL): on SQLite, `status = 'pending'` would walk
+    # the whole backlog. The condition is the partial index's own text, which SQLite needs to
+    # use it.
     status = sqlite.unindexed_on(session, DELIVERIES.c.status)
     rows = session.execute(
         select(Delivery.id, Delivery.lease_token, Delivery.lost_count)
+        .select_from(Attempt)
+        .join(Delivery, Delivery.id == Attempt.delivery_id)
         .where(
+            _IN_FLIGHT,
             Delivery.lease_expires_at < now,
             status == DeliveryStatus.PENDING,
             Delivery.lease_token.is_not(None),
@@ -81,6 +87,9 @@ def expire_leases(session: Session, settings: Settings, redis: Redis | None = No
     session.commit()
     notifications.hand_off(redis, settings, notify)
     return expired
+
+
+_IN_FLIGHT = text(f"attempts.outcome = '{AttemptOutcome.IN_FLIGHT}'")
 
 
 def _gave_up(session: Session, delivery_id: str, now: datetime, settings: Settings) -> list[str]:
