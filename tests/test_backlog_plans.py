@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy import event, insert
 
 from tests.processes import flask
-from webhooks import claim, reconciler, services
+from webhooks import claim, fastsql, reconciler, services
 from webhooks.models import DELIVERIES, Event, db, utcnow
 from webhooks.publishing import delivery_row
 
@@ -75,11 +75,17 @@ def _sent(run: Any, wanted: Any) -> list[tuple[str, Any]]:
         if wanted(statement):
             sent.append((statement, parameters))
 
+    def keep_sent(statement, parameters):  # type: ignore[no-untyped-def]
+        if wanted(statement):  # sent straight to the driver (webhooks.fastsql)
+            sent.append((statement, parameters))
+
     event.listen(db.engine, "before_cursor_execute", keep)
+    fastsql.watch(keep_sent)
     try:
         run()
     finally:
         event.remove(db.engine, "before_cursor_execute", keep)
+        fastsql.unwatch(keep_sent)
     return sent
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import ColumnElement, bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from webhooks import quotas, sqlite
+from webhooks import fastsql, quotas, sqlite
 from webhooks.models import (
     API_KEYS,
     ApiKey,
@@ -85,7 +85,8 @@ def authenticate_key(session: Session, plain: str, *, keep_reading: bool = False
         return None
     digest = _digest(plain)
     read_only = sqlite.reading(session)
-    key = session.execute(_KEY_BY_DIGEST, {"digest": digest}).first()
+    found = fastsql.rows(session, _KEY_BY_DIGEST, {"digest": digest})
+    key = found[0] if found else None
     if key is None or not hmac.compare_digest(key.key_hash, digest):
         if read_only:
             session.rollback()

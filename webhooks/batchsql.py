@@ -4,9 +4,7 @@ statement of fixed text over arrays (`webhooks.pgbatch`), on SQLite plain SQL ov
 
 from __future__ import annotations
 
-import functools
 import json
-from collections import namedtuple
 from types import ModuleType
 from typing import Any
 
@@ -14,6 +12,7 @@ from sqlalchemy import String, any_, bindparam, func, select
 from sqlalchemy.types import TypeDecorator
 
 from webhooks import litebatch, pgbatch
+from webhooks.fastsql import row_type
 from webhooks.models import Session
 
 
@@ -27,12 +26,7 @@ def plain(result: Any) -> list[Any]:
     times. A SQLAlchemy row finds a field by name only once Python's own look-up has failed,
     and that failure formats an AttributeError message first: 0.5 µs a field, ten times an
     index. A named tuple's fields are found in C."""
-    return list(map(_row_type(tuple(result.keys()))._make, result))
-
-
-@functools.lru_cache(maxsize=64)
-def _row_type(fields: tuple[str, ...]) -> Any:
-    return namedtuple("Row", fields)  # noqa: PYI024 - fields known only at run time
+    return list(map(row_type(tuple(result.keys()))._make, result))
 
 
 def among(column: Any, name: str, *, postgres: bool) -> Any:

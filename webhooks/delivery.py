@@ -16,6 +16,7 @@ from sqlalchemy import select, text, update
 from webhooks import (
     batchsql,
     failures,
+    fastsql,
     flow,
     notifications,
     outgoing,
@@ -54,7 +55,10 @@ def no_wait_for_disk(session: Session) -> None:
     Here disk flushes took up to 0.7 s under load, on the path of every delivery.
     """
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+        fastsql.execute(session, _NO_WAIT)
+
+
+_NO_WAIT = text("SET LOCAL synchronous_commit TO OFF")
 
 
 def _end(delivery: Delivery, status: str, now: datetime) -> None:
@@ -123,7 +127,7 @@ def record(
 def _leases(session: Session, delivery_ids: list[str]) -> dict[str, Any]:
     """Each delivery's lease, status, kind and webhook as the database has them now."""
     query = _LEASES[pgbatch.used_by(session)]
-    return {row.id: row for row in batchsql.plain(session.execute(query, {"ids": delivery_ids}))}
+    return {row.id: row for row in fastsql.rows(session, query, {"ids": delivery_ids})}
 
 
 _LEASES = {

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import DateTime, Table
 from sqlalchemy.types import JSON, TypeDecorator
 
+from webhooks import fastsql
 from webhooks.credentials import mask_body
 from webhooks.models import ENDED, AttemptOutcome, DeliveryStatus, Session
 
@@ -57,7 +58,7 @@ def insert_attempts(
     session: Session, rows: Sequence[tuple[str, int, str]], now: datetime
 ) -> dict[str, int]:
     """In-flight attempts for (delivery id, number, URL) rows: each delivery's attempt id."""
-    connection = session.connection()
+    cursor = fastsql.driver(session)
     started = when(now)
     found: dict[str, int] = {}
     for at in range(0, len(rows), CHUNK):
@@ -66,8 +67,7 @@ def insert_attempts(
         for delivery_id, number, url in chunk:
             params += (delivery_id, number, started, url)
         found.update(
-            (d, i)
-            for d, i in connection.exec_driver_sql(_insert_attempts_text(len(chunk)), tuple(params))
+            (d, i) for d, i in cursor.execute(_insert_attempts_text(len(chunk)), tuple(params))
         )
     return found
 
@@ -85,7 +85,7 @@ def _insert_attempts_text(count: int) -> str:
 def record_attempts(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Results of in-flight attempts, rows as `webhooks.delivery` builds them (`b_…` keys): the
     request's headers come masked, its body is masked here (as `LoggedBody` does)."""
-    session.connection().exec_driver_sql(
+    fastsql.driver(session).executemany(
         _RECORD_ATTEMPT,
         [
             (
@@ -107,7 +107,7 @@ def record_attempts(session: Session, rows: Sequence[dict[str, Any]]) -> None:
 def succeed(session: Session, rows: Sequence[dict[str, Any]], now: datetime) -> None:
     """Deliveries whose lease still holds end `succeeded` (`b_id`, `b_token`, `b_code`)."""
     ended = when(now)
-    session.connection().exec_driver_sql(
+    fastsql.driver(session).executemany(
         _SUCCEED, [(ended, r["b_code"], r["b_id"], r["b_token"]) for r in rows]
     )
 
@@ -124,7 +124,7 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
         (name, moment if f is when else f) for name, f in zip(columns, convert, strict=True)
     )
     values = [tuple(f(row[name]) if f else row[name] for name, f in plan) for row in rows]
-    session.connection().exec_driver_sql(sql, values)
+    fastsql.driver(session).executemany(sql, values)
 
 
 @functools.lru_cache(maxsize=32)

@@ -32,6 +32,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.types import JSON, TypeDecorator
 
+from webhooks import fastsql
 from webhooks.credentials import mask_body
 from webhooks.models import ENDED, AttemptOutcome, DeliveryStatus, Session
 
@@ -83,7 +84,8 @@ def insert_attempts(
 ) -> dict[str, int]:
     """In-flight attempts for (delivery id, number, URL) rows: each delivery's attempt id."""
     delivery_ids, numbers, urls = (list(column) for column in zip(*rows, strict=True))
-    found = session.execute(
+    found = fastsql.rows(
+        session,
         _INSERT_ATTEMPTS,
         {
             "outcome": AttemptOutcome.IN_FLIGHT,
@@ -99,7 +101,8 @@ def insert_attempts(
 def record_attempts(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Results of in-flight attempts, rows as `webhooks.delivery` builds them (`b_…` keys): the
     request's headers come masked, its body is masked here (as `LoggedBody` does)."""
-    session.execute(
+    fastsql.execute(
+        session,
         _RECORD_ATTEMPTS,
         {
             "rows": json.dumps(
@@ -124,7 +127,8 @@ def record_attempts(session: Session, rows: Sequence[dict[str, Any]]) -> None:
 
 def succeed(session: Session, rows: Sequence[dict[str, Any]], now: datetime) -> None:
     """Deliveries whose lease still holds end `succeeded` (`b_id`, `b_token`, `b_code`)."""
-    session.execute(
+    fastsql.execute(
+        session,
         _SUCCEED,
         {
             "now": now,
@@ -141,7 +145,9 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
     columns = tuple(rows[0])
     # The rows of a batch share their few moments: each is formatted once.
     moment = functools.lru_cache(maxsize=None)(_json_time)
-    session.execute(_insert_text(table, columns), {"rows": json.dumps(list(rows), default=moment)})
+    fastsql.execute(
+        session, _insert_text(table, columns), {"rows": json.dumps(list(rows), default=moment)}
+    )
 
 
 @functools.lru_cache(maxsize=32)

@@ -12,7 +12,7 @@ from redis import Redis
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from webhooks import batchsql, catalog, flow, outgoing, queueing, sqlite
+from webhooks import batchsql, catalog, fastsql, flow, outgoing, queueing, sqlite
 from webhooks.config import Settings
 from webhooks.ids import new_id
 from webhooks.models import (
@@ -176,7 +176,7 @@ def _event_values(
 def _subscribers(session: Session, workspace_id: str) -> list[tuple[str, list[str], str | None]]:
     """The workspace's active webhooks as (id, patterns, ordering key): who gets what is
     published now, and in which lines."""
-    rows = session.execute(_SUBSCRIBERS, {"workspace_id": workspace_id}).all()
+    rows = fastsql.rows(session, _SUBSCRIBERS, {"workspace_id": workspace_id})
     return [(wid, patterns, ordering) for wid, patterns, ordering in rows]
 
 

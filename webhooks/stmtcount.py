@@ -20,6 +20,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
+from webhooks import fastsql
+
 WRITE_EVERY_S = 0.5
 
 
@@ -84,6 +86,7 @@ def install(path: str) -> None:
         return
     counts = _installed = _Counts(path)
     event.listen(Engine, "before_cursor_execute", counts.statement)
+    fastsql.watch(lambda sql, _params: counts.statement(None, None, sql))
     event.listen(Engine, "commit", counts.transaction)
     event.listen(Engine, "rollback", counts.transaction)
     event.listen(Pool, "checkout", counts.checkout)
