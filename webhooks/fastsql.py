@@ -67,6 +67,7 @@ def rows(session: Session, statement: Any, params: Mapping[str, Any] | None = No
     found = cursor.fetchall()
     # SQL text declares no columns: its rows are named as the driver names them.
     row = plan.row or row_type(tuple(column[0] for column in cursor.description))
+    cursor.close()
     if not plan.results:
         return [row._make(r) for r in found]
     convert = plan.results
@@ -76,7 +77,10 @@ def rows(session: Session, statement: Any, params: Mapping[str, Any] | None = No
 def execute(session: Session, statement: Any, params: Mapping[str, Any] | None = None) -> int:
     """Run `statement` (a write without RETURNING) with `params`; how many rows it changed."""
     connection = session.connection()
-    return int(_execute(connection, _plan(statement, connection.dialect), params or {}).rowcount)
+    cursor = _execute(connection, _plan(statement, connection.dialect), params or {})
+    changed = int(cursor.rowcount)
+    cursor.close()
+    return changed
 
 
 def driver(session: Session) -> Any:
