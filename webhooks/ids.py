@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford's base32
-# RFC 4648's base32 alphabet, letter for letter into Crockford's: `base64.b32encode` does the
-# encoding in C (a publish makes eleven ids; digit by digit in Python was a twentieth of it).
-_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
+# Every pair of digits, by the 10 bits it stands for: 13 look-ups make an id's 26 digits. A
+# publish makes eleven ids; `base64.b32encode` (Python code in 3.11, digit groups by bytes)
+# took twice as long (6.3 against 3.1 µs an id).
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
+_SHIFTS = range(120, -1, -10)
 
 
 def encode(value: int) -> str:
     """A 128-bit `value` in 26 Crockford base32 digits, most significant first."""
-    # 20 bytes are 32 digits, no padding: the first 6 hold the 30 leading zero bits.
-    return base64.b32encode(value.to_bytes(20, "big"))[6:].translate(_CROCKFORD).decode()
+    return "".join([_PAIRS[(value >> shift) & 0x3FF] for shift in _SHIFTS])
 
 
 def new_id(prefix: str) -> str:
