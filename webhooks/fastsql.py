@@ -39,7 +39,7 @@ class _Plan:
     defaults: dict[str, Any]  # the statement's own values (literals bound by SQLAlchemy)
     binds: tuple[tuple[str, Callable[[Any], Any]], ...]
     row: Any  # the named tuple of a row (None: the statement returns none)
-    results: tuple[Callable[[Any], Any] | None, ...]
+    results: tuple[tuple[int, Callable[[Any], Any]], ...]  # the columns read otherwise
 
 
 _plans: dict[tuple[int, str], tuple[Any, _Plan]] = {}
@@ -68,10 +68,16 @@ def rows(session: Session, statement: Any, params: Mapping[str, Any] | None = No
     # SQL text declares no columns: its rows are named as the driver names them.
     row = plan.row or row_type(tuple(column[0] for column in cursor.description))
     cursor.close()
+    make = row._make
     if not plan.results:
-        return [row._make(r) for r in found]
-    convert = plan.results
-    return [row._make(f(v) if f else v for f, v in zip(convert, r, strict=True)) for r in found]
+        return list(map(make, found))
+    out = []
+    for values in found:
+        values = list(values)
+        for i, convert in plan.results:
+            values[i] = convert(values[i])
+        out.append(make(values))
+    return out
 
 
 def execute(session: Session, statement: Any, params: Mapping[str, Any] | None = None) -> int:
@@ -186,14 +192,15 @@ def _compile(statement: Any, dialect: Any) -> _Plan:
             binds.append((name, process))
     returned = list(getattr(statement, "exported_columns", ()) or ())
     names = tuple(column.key for column in returned)
-    results = tuple(
+    processors = [
         column.type.dialect_impl(dialect).result_processor(dialect, None) for column in returned
-    )
+    ]
+    results = tuple((i, f) for i, f in enumerate(processors) if f is not None)
     return _Plan(
         sql=compiled.string,
         order=tuple(compiled.positiontup) if compiled.positiontup is not None else None,
         defaults=defaults,
         binds=tuple(binds),
         row=row_type(names) if names else None,
-        results=results if any(results) else (),
+        results=results,
     )
