@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from redis import Redis
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import Text, bindparam, cast, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from webhooks import batchsql, catalog, fastsql, flow, outgoing, queueing, sqlite
@@ -30,7 +32,11 @@ from webhooks.models import (
 # Core statements, built once: publishing runs on every API call, and ORM-enabled inserts
 # cost more than the rows they write.
 _W = WEBHOOKS.c
-_SUBSCRIBERS = select(_W.id, _W.events, _W.ordering_key).where(
+# (webhook id, its event patterns, its ordering key)
+Subscriber = tuple[str, Sequence[str], str | None]
+# A webhook's event patterns as their JSON text, parsed once per distinct text
+# (`_patterns`): every publish reads every webhook of its workspace.
+_SUBSCRIBERS = select(_W.id, cast(_W.events, Text).label("events"), _W.ordering_key).where(
     _W.workspace_id == bindparam("workspace_id"), _W.active.is_(True)
 )
 MAX_BATCH = 100  # events per batch: one short transaction, one answer a client can read
@@ -173,14 +179,20 @@ def _event_values(
     }
 
 
-def _subscribers(session: Session, workspace_id: str) -> list[tuple[str, list[str], str | None]]:
+def _subscribers(session: Session, workspace_id: str) -> list[Subscriber]:
     """The workspace's active webhooks as (id, patterns, ordering key): who gets what is
     published now, and in which lines."""
     rows = fastsql.rows(session, _SUBSCRIBERS, {"workspace_id": workspace_id})
-    return [(wid, patterns, ordering) for wid, patterns, ordering in rows]
+    return [(wid, _patterns(patterns), ordering) for wid, patterns, ordering in rows]
 
 
-def _subscribed(webhooks: list[tuple[str, list[str], str | None]], event_type: str) -> list[str]:
+@functools.lru_cache(maxsize=4096)
+def _patterns(text: str) -> tuple[str, ...]:
+    """The patterns of a webhook's `events` column (JSON), shared: a tuple."""
+    return tuple(json.loads(text))
+
+
+def _subscribed(webhooks: list[Subscriber], event_type: str) -> list[str]:
     """The ids of `webhooks` whose patterns cover `event_type`."""
     return [
         wid
@@ -191,7 +203,7 @@ def _subscribed(webhooks: list[tuple[str, list[str], str | None]], event_type: s
 
 def _line_up(
     session: Session,
-    webhooks: list[tuple[str, list[str], str | None]],
+    webhooks: list[Subscriber],
     events: dict[str, Event],
     rows: list[dict[str, Any]],
 ) -> None:
@@ -246,9 +258,7 @@ def publish(
         return _write(session, *asked, None, idempotency_key)
 
 
-def _read_first(
-    session: Session, workspace_id: str
-) -> list[tuple[str, list[str], str | None]] | None:
+def _read_first(session: Session, workspace_id: str) -> list[Subscriber] | None:
     """On SQLite, the subscribers read before the write lock is taken (a read waits for no
     one, and sees the last commit), in the API key's look-up's transaction when it is still
     open: the lock is then held for the two INSERTs alone, not for this query and the
@@ -268,7 +278,7 @@ def _write(
     data: dict[str, Any],
     settings: Settings,
     digest: str,
-    webhooks: list[tuple[str, list[str], str | None]] | None,
+    webhooks: list[Subscriber] | None,
     idempotency_key: str | None = None,
 ) -> Published:
     """`publish`'s transaction: the event and its deliveries, committed (the subscribers read
