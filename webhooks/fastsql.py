@@ -58,6 +58,20 @@ def unwatch(watcher: Callable[[str, Any], None]) -> None:
     _watchers.remove(watcher)
 
 
+_DIALECT = "webhooks_dialect"
+
+
+def dialect(session: Session) -> str:
+    """The name of the session's database ("sqlite", "postgresql"), asked of its engine once
+    per session: Flask-SQLAlchemy finds a session's engine anew each time (4 µs), and the
+    hot paths ask about ten times a call."""
+    info = session.info
+    name = info.get(_DIALECT)
+    if name is None:
+        name = info[_DIALECT] = session.get_bind().dialect.name
+    return str(name)
+
+
 def rows(session: Session, statement: Any, params: Mapping[str, Any] | None = None) -> list[Any]:
     """Run `statement` (built with SQLAlchemy: a select, or a write with RETURNING) with
     `params`; its rows as named tuples."""

@@ -67,7 +67,7 @@ _SUCCEED = text(
 
 def used_by(session: Session) -> bool:
     """The session's database is PostgreSQL."""
-    return bool(session.get_bind().dialect.name == "postgresql")
+    return fastsql.dialect(session) == "postgresql"
 
 
 def unindexed(column: Any) -> Any:

@@ -21,6 +21,8 @@ from sqlalchemy.engine import Connection as SAConnection
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import scoped_session
 
+from webhooks import fastsql
+
 # Short holds are the rule: look again a few times before queueing in the kernel.
 _QUICK_LOOKS = (0.0, 0.0001, 0.0002)
 
@@ -81,7 +83,7 @@ class Connection(sqlite3.Connection):
 
 def used_by(session: Any) -> bool:
     """The session's database is SQLite."""
-    return bool(session.get_bind().dialect.name == "sqlite")
+    return fastsql.dialect(session) == "sqlite"
 
 
 def unindexed(column: Any) -> ColumnElement[Any]:
@@ -166,7 +168,7 @@ def reading(session: Any) -> bool:
     it did (SQLite, and no transaction begun yet): end that transaction before writing."""
     if isinstance(session, scoped_session):
         session = session()
-    if session.get_bind().dialect.name != "sqlite" or session.in_transaction():
+    if fastsql.dialect(session) != "sqlite" or session.in_transaction():
         return False
     session.connection(execution_options={READ_ONLY: True})
     return True
@@ -176,7 +178,7 @@ def reading_now(session: Any) -> bool:
     """The session is in a transaction begun by `reading` (SQLite, only reads so far)."""
     if isinstance(session, scoped_session):
         session = session()
-    if not session.in_transaction() or session.get_bind().dialect.name != "sqlite":
+    if not session.in_transaction() or fastsql.dialect(session) != "sqlite":
         return False
     return bool(session.connection().get_execution_options().get(READ_ONLY))
 
