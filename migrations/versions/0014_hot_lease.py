@@ -31,7 +31,7 @@ def upgrade():
     op.drop_index(LEASES, table_name="deliveries")
     if op.get_bind().dialect.name == "postgresql":
         # Room on each page for its rows' next versions: PostgreSQL then writes the lease there
-        # (a heap-only tuple) instead of a new entry in each of the table's nine indexes. A
+        # (a heap-only tuple) instead of a new entry in each of the eight indexes it was in. A
         # claim leases rows in the order they were published, so all of a page's rows at
         # once: at 70 % only 57 % of leases fitted, at 50 % 94 %, and the lease's share of
         # PostgreSQL's time per delivery fell from 71 to 16 µs. The price is disk: the table
