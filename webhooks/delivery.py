@@ -54,7 +54,7 @@ def no_wait_for_disk(session: Session) -> None:
     at-least-once delivery allows; an event accepted by the API is never committed this way.
     Here disk flushes took up to 0.7 s under load, on the path of every delivery.
     """
-    if fastsql.dialect(session) == "postgresql":
+    if pgbatch.used_by(session):
         fastsql.execute(session, _NO_WAIT)
 
 

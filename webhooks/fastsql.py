@@ -82,13 +82,22 @@ def rows(session: Session, statement: Any, params: Mapping[str, Any] | None = No
     # SQL text declares no columns: its rows are named as the driver names them.
     row = plan.row or row_type(tuple(column[0] for column in cursor.description))
     cursor.close()
-    make = row._make
-    if not plan.results:
+    return converted(found, plan.results, row._make)
+
+
+def converted(
+    found: Iterable[Sequence[Any]],
+    converters: Sequence[tuple[int, Callable[[Any], Any]]],
+    make: Callable[[Any], Any],
+) -> list[Any]:
+    """Each row of `found` made by `make`, the values at the converters' places converted
+    first: the others stay as they are, taken whole (no Python step per value)."""
+    if not converters:
         return list(map(make, found))
     out = []
-    for values in found:
-        values = list(values)
-        for i, convert in plan.results:
+    for row in found:
+        values = list(row)
+        for i, convert in converters:
             values[i] = convert(values[i])
         out.append(make(values))
     return out

@@ -125,16 +125,10 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
     # Each row's values taken out in C, in the columns' order; only those stored otherwise
     # than as they are (times, JSON) go through Python.
     if len(columns) > 1:
-        values = list(map(operator.itemgetter(*columns), rows))
+        taken = list(map(operator.itemgetter(*columns), rows))
     else:  # an itemgetter of one key gives the value, not a tuple
-        values = [(row[columns[0]],) for row in rows]
-    if converted:
-        for at, row in enumerate(values):
-            out = list(row)
-            for i, f in converted:
-                out[i] = f(out[i])
-            values[at] = tuple(out)
-    fastsql.driver(session).executemany(sql, values)
+        taken = [(row[columns[0]],) for row in rows]
+    fastsql.driver(session).executemany(sql, fastsql.converted(taken, converted, tuple))
 
 
 @functools.lru_cache(maxsize=32)
