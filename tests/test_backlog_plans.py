@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy import event, insert
 
 from tests.processes import flask
-from webhooks import claim, fastsql, reconciler, services
+from webhooks import claim, delivery, fastsql, reconciler, services, transport
 from webhooks.models import DELIVERIES, Event, db, utcnow
 from webhooks.publishing import delivery_row
 
@@ -200,6 +200,32 @@ def test_a_claim_walks_the_due_index_in_order_whatever_postgresql_believes(burst
     for plan in leases:
         assert "Index Scan using pk_deliveries" in plan, plan
         assert "status_next_attempt_at" not in plan, plan
+
+
+def test_results_are_written_by_key_whatever_postgresql_believes(burst):
+    """A batch of results finds its attempts and deliveries by key. The attempts' UPDATE
+    otherwise read every entry of the partial index of attempts in flight, dead ones
+    included (a bitmap cannot skip them), and the deliveries' UPDATE scanned the table when its
+    statistics said it was small: either grew with every delivery ever made until a vacuum."""
+
+    def run() -> None:
+        settings = services.settings()
+        taken = claim.claim(db.session, settings, limit=50)
+        results = [(p, transport.Result(status_code=200)) for p in taken.prepared]
+        statuses = delivery.record(db.session, results, settings)
+        assert list(statuses.values()) == ["succeeded"] * 50
+
+    attempts = _postgres_plans(burst, run, "UPDATE attempts")
+    deliveries = _postgres_plans(burst, run, "UPDATE deliveries AS d")
+
+    assert attempts and deliveries, "the results were not written"
+    for plan in attempts:
+        assert "Index Scan using pk_attempts" in plan, plan
+        assert "ix_attempts_in_flight" not in plan, plan
+        assert "Bitmap" not in plan and "Seq Scan" not in plan, plan
+    for plan in deliveries:
+        assert "Index Scan using pk_deliveries" in plan, plan
+        assert "Seq Scan" not in plan, plan
 
 
 def test_a_lease_is_written_in_place_on_postgresql(burst):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy import bindparam, insert, select, update
 
 from webhooks import batchsql, fastsql, flow, outgoing, pgbatch, sqlite
 from webhooks.config import Settings
@@ -86,7 +86,7 @@ def claim(
     if limit <= 0 or (lane.only is not None and not lane.only):
         return Claimed()
     now = utcnow()
-    _settings_for_claim(session)
+    pgbatch.by_key_without_flush(session)
     rows = _candidates(session, now, limit * OVERFETCH, lane)
     ration = flow.ration(session, rates, {row.webhook_id for row in rows}, now)
     chosen, left = _choose(rows, limit, room, ration)
@@ -99,26 +99,6 @@ def claim(
     prepared = _prepare(session, taken, token, now)
     session.commit()
     return Claimed(prepared=prepared, left=left, seen=len(rows), deferred=deferred)
-
-
-def _settings_for_claim(session: Session) -> None:
-    """On PostgreSQL, for this transaction alone (one statement): its commit does not wait for
-    the disk (`delivery.no_wait_for_disk`), and the planner reads through indexes, neither
-    collecting rows in a bitmap nor scanning the table.
-
-    The candidates must be read by walking the (status, next_attempt_at) index in order until
-    the batch is full, and the leased rows looked up by key. With statistics that say few
-    deliveries are pending (a new database, or an ANALYZE between bursts), the planner chose a
-    bitmap of every due row and sorted it, and scanned the table for the ids: a claim's cost
-    then grew with the backlog (6.5 ms for 12,000 due rows, against 0.1 ms)."""
-    if pgbatch.used_by(session):
-        fastsql.execute(session, _CLAIM_SETTINGS)
-
-
-_CLAIM_SETTINGS = text(
-    "SELECT set_config('synchronous_commit', 'off', true), "
-    "set_config('enable_bitmapscan', 'off', true), set_config('enable_seqscan', 'off', true)"
-)
 
 
 def _candidates(session: Session, now: datetime, count: int, lane: Lane) -> list[Any]:

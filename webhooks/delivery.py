@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from redis import Redis
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 
 from webhooks import (
     batchsql,
@@ -47,20 +47,6 @@ _A = ATTEMPTS.c
 MAX_LOST_ATTEMPTS = 3
 
 
-def no_wait_for_disk(session: Session) -> None:
-    """On PostgreSQL, this transaction's commit returns before its WAL reaches the disk.
-
-    A claim or a result lost in a database crash only means the attempt is made again, which
-    at-least-once delivery allows; an event accepted by the API is never committed this way.
-    Here disk flushes took up to 0.7 s under load, on the path of every delivery.
-    """
-    if pgbatch.used_by(session):
-        fastsql.execute(session, _NO_WAIT)
-
-
-_NO_WAIT = text("SET LOCAL synchronous_commit TO OFF")
-
-
 def _end(delivery: Delivery, status: str, now: datetime) -> None:
     delivery.status = status
     for name, value in ENDED.items():
@@ -93,7 +79,7 @@ def record(
     now = utcnow()
     # The requests as the log shows them (credentials masked), built before the transaction.
     sent = {p.attempt_id: _logged_request(p) for p, _ in results}
-    no_wait_for_disk(session)
+    pgbatch.by_key_without_flush(session)
     current = _leases(session, [p.delivery_id for p, _ in results])
     statuses: dict[str, str] = {}
     written = _still_ours(results, current, statuses)

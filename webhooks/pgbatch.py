@@ -53,7 +53,8 @@ _RECORD_ATTEMPTS = text(
     "FROM json_to_recordset(CAST(:rows AS json)) AS t(id integer, request_headers jsonb, "
     "request_body text, outcome text, duration_ms integer, status integer, headers jsonb, "
     "body text, error text) "
-    f"WHERE a.id = t.id AND a.outcome = '{AttemptOutcome.IN_FLIGHT}'"
+    # The outcome unindexed: not the partial index of the attempts in flight (`unindexed`).
+    f"WHERE a.id = t.id AND (a.outcome || '') = '{AttemptOutcome.IN_FLIGHT}'"
 )
 
 _SUCCEED = text(
@@ -68,6 +69,32 @@ _SUCCEED = text(
 def used_by(session: Session) -> bool:
     """The session's database is PostgreSQL."""
     return fastsql.dialect(session) == "postgresql"
+
+
+def by_key_without_flush(session: Session) -> None:
+    """On PostgreSQL, for the worker's transaction (a claim's, a batch of results'), in one
+    statement: its commit returns before its WAL reaches the disk, and the planner reads
+    through indexes, neither collecting rows in a bitmap nor scanning a table.
+
+    A claim or a result lost in a database crash only means the attempt is made again, which
+    at-least-once delivery allows; an event accepted by the API is never committed this way.
+    Here disk flushes took up to 0.7 s under load, on the path of every delivery.
+
+    The claim must walk the (status, next_attempt_at) index in order until its batch is full,
+    and every other statement look its rows up by key. With statistics that say few rows are
+    pending or in flight (a new database, an ANALYZE between bursts, autovacuum off), the
+    planner chose a bitmap of every due row and sorted it (6.5 ms a claim for 12,000 due rows,
+    against 0.1 ms), scanned the deliveries' table for the results' ids, or read every entry
+    of the attempts in flight, dead ones included, for a batch of results (5 ms a batch after
+    40,000 deliveries). A plan cached while a table was small would keep such a scan."""
+    if used_by(session):
+        fastsql.execute(session, _BY_KEY_WITHOUT_FLUSH)
+
+
+_BY_KEY_WITHOUT_FLUSH = text(
+    "SELECT set_config('synchronous_commit', 'off', true), "
+    "set_config('enable_bitmapscan', 'off', true), set_config('enable_seqscan', 'off', true)"
+)
 
 
 def unindexed(column: Any) -> Any:
