@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import update
 
-from webhooks import batchsql, notifications, pgbatch
+from webhooks import batchsql, fastsql, notifications, pgbatch
 from webhooks.config import Settings
 from webhooks.models import WEBHOOKS, Delivery, Session, Webhook, changed
 
@@ -32,8 +32,8 @@ def succeeded(session: Session, deliveries: Sequence[Any]) -> None:  # Delivery-
     webhook_ids = {d.webhook_id for d in deliveries if counts(d)}
     if not webhook_ids:
         return
-    # Built once: this runs after every batch of successes.
-    session.execute(_STREAK_ENDED[pgbatch.used_by(session)], {"ids": list(webhook_ids)})
+    # Built once and sent to the driver (`fastsql`): this runs after every batch of successes.
+    fastsql.execute(session, _STREAK_ENDED[pgbatch.used_by(session)], {"ids": list(webhook_ids)})
 
 
 _STREAK_ENDED = {

@@ -6,11 +6,10 @@ statement's text in Python to find its parameters and remembers only texts under
 INSERT of 32 attempts was parsed anew each time, half of the claiming thread's CPU. Here each
 write is one statement whose text never changes, so psycopg parses it once and sends it once.
 
-Short values (ids, numbers) travel as one array per column, spread by `unnest`. Rows with text
-(request and response bodies, an event's data) travel as one JSON document, spread by
-`json_to_recordset`: psycopg writes an array of text element by element in Python, escaping
-each quote with a regular expression, which for the recorder's bodies was a fifth of a
-worker's CPU; `json.dumps` writes the document in C, and PostgreSQL reads it in C.
+Rows travel as one JSON document, spread by `json_to_recordset`: psycopg writes an array
+element by element in Python, escaping each quote with a regular expression (for the
+recorder's bodies, a fifth of a worker's CPU; for a batch's ids, numbers and URLs, 0.1 ms a
+statement); `json.dumps` writes the document in C, and PostgreSQL reads it in C.
 
 Publishing's INSERT of an event's deliveries (19 columns a row) is such a statement too: psycopg
 remembers no text with more than 50 parameters. `insert_rows` writes any rows of plain columns
@@ -40,8 +39,8 @@ _INSERT_ATTEMPTS = text(
     "INSERT INTO attempts (delivery_id, number, outcome, started_at, request_url, "
     "request_headers, request_body) "
     "SELECT t.delivery_id, t.number, :outcome, :now, t.url, '{}'::jsonb, '' "
-    "FROM unnest(CAST(:delivery_ids AS text[]), CAST(:numbers AS integer[]), "
-    "CAST(:urls AS text[])) AS t(delivery_id, number, url) "
+    "FROM json_to_recordset(CAST(:rows AS json)) AS t(delivery_id text, number integer, "
+    "url text) "
     "RETURNING attempts.delivery_id, attempts.id"
 )
 
@@ -61,8 +60,8 @@ _SUCCEED = text(
     f"UPDATE deliveries AS d SET status = '{DeliveryStatus.SUCCEEDED}', "
     + "".join(f"{column} = NULL, " for column in ENDED)
     + "updated_at = :now, last_status_code = t.code, last_error = NULL "
-    "FROM unnest(CAST(:ids AS text[]), CAST(:tokens AS text[]), CAST(:codes AS integer[])) "
-    "AS t(id, token, code) WHERE d.id = t.id AND d.lease_token = t.token"
+    "FROM json_to_recordset(CAST(:rows AS json)) AS t(id text, token text, code integer) "
+    "WHERE d.id = t.id AND d.lease_token = t.token"
 )
 
 
@@ -110,16 +109,13 @@ def insert_attempts(
     session: Session, rows: Sequence[tuple[str, int, str]], now: datetime
 ) -> dict[str, int]:
     """In-flight attempts for (delivery id, number, URL) rows: each delivery's attempt id."""
-    delivery_ids, numbers, urls = (list(column) for column in zip(*rows, strict=True))
     found = fastsql.rows(
         session,
         _INSERT_ATTEMPTS,
         {
             "outcome": AttemptOutcome.IN_FLIGHT,
             "now": now,
-            "delivery_ids": delivery_ids,
-            "numbers": numbers,
-            "urls": urls,
+            "rows": json.dumps([{"delivery_id": d, "number": n, "url": url} for d, n, url in rows]),
         },
     )
     return {delivery_id: attempt_id for delivery_id, attempt_id in found}
@@ -159,9 +155,9 @@ def succeed(session: Session, rows: Sequence[dict[str, Any]], now: datetime) -> 
         _SUCCEED,
         {
             "now": now,
-            "ids": [r["b_id"] for r in rows],
-            "tokens": [r["b_token"] for r in rows],
-            "codes": [r["b_code"] for r in rows],
+            "rows": json.dumps(
+                [{"id": r["b_id"], "token": r["b_token"], "code": r["b_code"]} for r in rows]
+            ),
         },
     )
 
