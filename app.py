@@ -16,7 +16,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from webhooks import config as settings_module
-from webhooks import crypto, renderpool, services, sqlite
+from webhooks import crypto, liveness, renderpool, services, sqlite
 from webhooks.models import db
 
 MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
@@ -68,7 +68,8 @@ class _MigrationCommands(click.Group):
 def _engine_options(url: str, busy_timeout: float) -> dict[str, Any]:
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": busy_timeout, "factory": sqlite.Connection}}
-    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
+    # No `pool_pre_ping`: a connection is pinged only when it may be stale (`liveness`).
+    return {"pool_size": 10, "max_overflow": 20}
 
 
 def secrets_keys(config: dict[str, Any]) -> list[str]:
@@ -180,6 +181,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     with app.app_context():
         sqlite.install(db.engine)  # WAL, foreign keys, and write transactions that queue
+        liveness.install(db.engine)  # PostgreSQL: a ping before use when stale
     if os.environ.get("WEBHOOK_COUNT_STATEMENTS"):  # the benchmark's statement counts
         from webhooks import stmtcount
 

@@ -1521,7 +1521,7 @@ def per_delivery_lines(db_title: str, t: dict, nproc: int) -> list[str]:
             + f") in {transactions:.1f} transactions, {checkouts:.1f} pool checkouts, as the "
             "service's processes count them"
             + (
-                f"; PostgreSQL counts {pg:.1f} transactions (each checkout's pre-ping is one)"
+                f"; PostgreSQL counts {pg:.1f} transactions (a ping of an idle connection is one)"
                 if pg
                 else ""
             )

@@ -4,8 +4,9 @@
 where pg_stat_statements needs a server restart to load. When WEBHOOK_COUNT_STATEMENTS names a
 path, the app factory calls `install`: every engine of the process counts what it sends, and
 the counts are written to `<path>.<pid>` (`statements transactions checkouts`) every half
-second and at exit. Pool checkouts are counted because with `pool_pre_ping` (PostgreSQL) each
-one is a round trip of its own (`SELECT 1`, in autocommit) that no statement event sees. An
+second and at exit. Pool checkouts are counted because on PostgreSQL one may be a round trip
+of its own (the ping of a connection that sat idle, `webhooks.liveness`) that no statement
+event sees. An
 executemany counts once. Unset, nothing is installed and nothing is counted.
 """
 
