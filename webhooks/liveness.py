@@ -1,7 +1,7 @@
 """A pooled PostgreSQL connection is pinged before use only when it may have gone stale.
 
 SQLAlchemy's `pool_pre_ping` sends a round trip (`SELECT 1`, in autocommit) at every checkout:
-on PostgreSQL that was one in three of the database's transactions under load, and 2.7 % of a
+on PostgreSQL that was one in three of the database's transactions under load, and 2.4 % of a
 publish call's instructions on the web side (`bench/instructions.py`). A connection handed back
 to the pool a moment ago is as alive as it was then, and a busy service checks its connections
 out again within milliseconds. So a connection is pinged when it has been idle for longer than
