@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, case, func, literal_column, select
 
+from webhooks import pgbatch
 from webhooks.config import Settings
 from webhooks.models import Attempt, AttemptOutcome, Delivery, DeliveryStatus, Session
 from webhooks.sqltime import epoch
@@ -195,7 +196,7 @@ def _add_latencies(
     session: Session, webhook_id: str, now: datetime, settings: Settings, windows: list[Window]
 ) -> None:
     """p50 and p95 of attempt durations per window: in SQL on PostgreSQL, else from a sample."""
-    in_sql = session.get_bind().dialect.name == "postgresql"
+    in_sql = pgbatch.used_by(session)
     columns = []
     for _, span in WINDOWS:
         recent = Attempt.started_at >= now - span

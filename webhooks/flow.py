@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, exists, func, select, text, update
 from sqlalchemy.orm import aliased
 
-from webhooks import renderpool, transforms
+from webhooks import pgbatch, renderpool, transforms
 from webhooks.models import (
     DELIVERIES,
     WEBHOOKS,
@@ -280,7 +280,7 @@ def ration(
         .where(_W.id.in_(sorted(limited)))
         .order_by(_W.id)
     )
-    if session.get_bind().dialect.name == "postgresql":
+    if pgbatch.used_by(session):
         query = query.with_for_update(of=WEBHOOKS)
     for row in session.execute(query):
         if row.rate_limit is None:
@@ -308,7 +308,7 @@ def settle(session: Session, ration_: Ration, chosen: Sequence[str], now: dateti
     if not ration_.buckets:
         return 0
     deferred = 0
-    is_pg = session.get_bind().dialect.name == "postgresql"
+    is_pg = pgbatch.used_by(session)
     chosen_ids = set(chosen)
     for webhook_id, bucket in ration_.buckets.items():
         if not bucket.taken and webhook_id not in ration_.over:
@@ -416,7 +416,7 @@ def render_keys(jobs: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
 def _lock_keys(session: Session, pairs: Iterable[tuple[str, str]]) -> None:
     """PostgreSQL: publishes of one (webhook, key) take turns until their commit, so the line
     is in commit order (SQLite has one writer at a time)."""
-    if session.get_bind().dialect.name != "postgresql":
+    if not pgbatch.used_by(session):
         return
     for webhook_id, key in sorted(set(pairs)):
         digest = hashlib.blake2b(f"{webhook_id}\0{key}".encode(), digest_size=8).digest()
@@ -435,7 +435,7 @@ def tails(session: Session, pairs: Collection[tuple[str, str]]) -> dict[tuple[st
     for webhook_id, key in pairs:
         by_webhook.setdefault(webhook_id, set()).add(key)
     found: dict[tuple[str, str], str] = {}
-    is_pg = session.get_bind().dialect.name == "postgresql"
+    is_pg = pgbatch.used_by(session)
     for webhook_id, keys in by_webhook.items():
         query = select(Delivery.id, Delivery.order_key).where(
             Delivery.webhook_id == webhook_id,

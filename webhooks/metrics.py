@@ -30,7 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstrumentedAttribute
 
-from webhooks import flow
+from webhooks import flow, pgbatch
 from webhooks.models import (
     Attempt,
     AttemptOutcome,
@@ -220,7 +220,7 @@ class Collector:
     def _read_database(self) -> tuple[dict[str, float], dict[str, float]]:
         session = self.session
         session.rollback()
-        if session.get_bind().dialect.name == "postgresql":
+        if pgbatch.used_by(session):
             # One snapshot for every query: a purge committing in between could otherwise be
             # counted twice or not at all, and a counter would seem to jump or reset.
             session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
