@@ -36,10 +36,8 @@ class _Pings:
         self.fresh = fresh
         self.distrust_before = 0.0  # connections idle since before this are pinged
 
-    def connected(self, _dbapi_connection: Any, record: Any) -> None:
-        record.info[_IDLE_SINCE] = time.monotonic()
-
-    def checked_in(self, _dbapi_connection: Any, record: Any) -> None:
+    def idle_from_now(self, _dbapi_connection: Any, record: Any) -> None:
+        """A connection just opened or handed back."""
         record.info[_IDLE_SINCE] = time.monotonic()
 
     def invalidated(self, _dbapi_connection: Any, _record: Any, _exception: Any) -> None:
@@ -64,8 +62,8 @@ def install(engine: Engine, fresh: float = FRESH_SECONDS) -> None:
     if engine.dialect.name == "sqlite":
         return
     pings = _Pings(engine, fresh)
-    event.listen(engine.pool, "connect", pings.connected)
-    event.listen(engine.pool, "checkin", pings.checked_in)
+    event.listen(engine.pool, "connect", pings.idle_from_now)
+    event.listen(engine.pool, "checkin", pings.idle_from_now)
     event.listen(engine.pool, "invalidate", pings.invalidated)
     event.listen(engine.pool, "soft_invalidate", pings.invalidated)
     event.listen(engine.pool, "checkout", pings.checked_out)

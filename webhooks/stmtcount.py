@@ -6,8 +6,7 @@ path, the app factory calls `install`: every engine of the process counts what i
 the counts are written to `<path>.<pid>` (`statements transactions checkouts`) every half
 second and at exit. Pool checkouts are counted because on PostgreSQL one may be a round trip
 of its own (the ping of a connection that sat idle, `webhooks.liveness`) that no statement
-event sees. An
-executemany counts once. Unset, nothing is installed and nothing is counted.
+event sees. An executemany counts once. Unset, nothing is installed and nothing is counted.
 """
 
 from __future__ import annotations
