@@ -14,7 +14,7 @@ from redis import Redis
 from sqlalchemy import Text, bindparam, cast, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from webhooks import batchsql, catalog, fastsql, flow, outgoing, queueing, sqlite
+from webhooks import batchsql, catalog, commitgroup, fastsql, flow, outgoing, queueing, sqlite
 from webhooks.config import Settings
 from webhooks.ids import new_id
 from webhooks.models import (
@@ -248,6 +248,10 @@ def publish(
             return found
     webhooks = None if idempotency_key else _read_first(session, workspace_id)
     asked = (workspace_id, event_type, data, settings, digest)
+    if webhooks is not None:
+        grouped = _write_grouped(session, *asked, webhooks)
+        if grouped is not None:
+            return grouped
     try:
         return _write(session, *asked, webhooks, idempotency_key)
     except IntegrityError:
@@ -269,6 +273,47 @@ def _read_first(session: Session, workspace_id: str) -> list[Subscriber] | None:
         return _subscribers(session, workspace_id)
     finally:
         session.rollback()
+
+
+def _write_grouped(
+    session: Session,
+    workspace_id: str,
+    event_type: str,
+    data: dict[str, Any],
+    settings: Settings,
+    digest: str,
+    webhooks: list[Subscriber],
+) -> Published | None:
+    """The event and its deliveries written with the publish calls of this process that write
+    at the same moment (`commitgroup`), in one transaction; None when this call must write
+    alone (`_write`): its group's transaction failed, or a webhook it goes to has an
+    ordering key (its line is read in the transaction that writes it)."""
+    ordered = {wid for wid, _, key in webhooks if key}
+    subscribed = _subscribed(webhooks, event_type)
+    if ordered.intersection(subscribed):
+        return None
+    now = utcnow()
+    values = _event_values(workspace_id, event_type, data, now, None, digest)
+    event = Event(**values)  # never attached to the session, as in `_write`
+    rows = _event_deliveries(event, subscribed, now, settings)
+    if not _PUBLISHES.write(session, (values, rows)):
+        return None
+    return Published(event=event, delivery_ids=[r["id"] for r in rows])
+
+
+def _write_group(session: Session, items: Sequence[tuple[dict[str, Any], list[Any]]]) -> None:
+    """The events and deliveries of a group of publish calls: one INSERT each, one commit."""
+    batch = batchsql.of(session)
+    batch.insert_rows(session, EVENTS, [values for values, _ in items])
+    rows = [row for _, rows in items for row in rows]
+    if rows:
+        batch.insert_rows(session, DELIVERIES, rows)
+    session.commit()
+
+
+# This process's publish calls that write at the same moment (on SQLite, where the
+# subscribers are read before the write: `_read_first`).
+_PUBLISHES = commitgroup.Group(_write_group)
 
 
 def _write(
