@@ -101,7 +101,13 @@ class _Pump:
                 backlog = True
                 continue
             if not (claimed.left or waiting):
-                return
+                if not claimed.prepared:
+                    return
+                # Work is flowing: claim again after the gap rather than end the wake-up and
+                # have the next publish queue another (a job's round trip through RQ cost
+                # more than a claim).
+                backlog = False
+                continue
             backlog = True
             # Due deliveries wait for a webhook's share of the threads: claim again once a
             # POST has ended, or after RECHECK (deliveries published meanwhile may go at once:
