@@ -6,15 +6,19 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 
 from tests.conftest import wait_until
-from webhooks import publishing
+from webhooks import commitgroup, publishing
 from webhooks.models import db
 
 CALLS = 4
@@ -110,3 +114,55 @@ def test_a_webhook_deleted_while_they_wait_fails_no_call(app, api, workspace, sq
         assert event["delivery_count"] == 1
         stored = api.get(f"/events/{event['id']}").get_json()
         assert [d["webhook_id"] for d in stored["deliveries"]] == [kept["id"]]
+
+
+class _Session:
+    """What a group's leader asks of its session: the write lock (a moment's wait), a rollback."""
+
+    def connection(self) -> None:
+        time.sleep(0.0005)
+
+    def rollback(self) -> None:
+        pass
+
+
+@examples(max_examples=40, deadline=None)
+@given(
+    fails=st.lists(st.booleans(), max_size=20),
+    callers=st.integers(min_value=1, max_value=6),
+    calls=st.integers(min_value=1, max_value=5),
+)
+def test_every_call_is_written_once_by_a_group_or_alone(fails, callers, calls):
+    """Whatever the groups' transactions do (fail or commit, in any order), each call's rows
+    are committed exactly once: by its group (write answers True) or by the caller alone."""
+    outcomes = iter(fails)
+    committed: list[tuple[int, int]] = []
+    lock = threading.Lock()
+
+    def write(_session: Any, items: Any) -> None:
+        with lock:
+            if next(outcomes, False):
+                raise RuntimeError("the group's transaction failed")
+            committed.extend(items)
+
+    group = commitgroup.Group(write)
+    alone: list[tuple[int, int]] = []
+    start = threading.Barrier(callers)
+
+    def caller(n: int) -> None:
+        start.wait()
+        for i in range(calls):
+            if not group.write(_Session(), (n, i)):
+                with lock:
+                    alone.append((n, i))
+
+    threads = [threading.Thread(target=caller, args=(n,), daemon=True) for n in range(callers)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 5
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), "a call never got its answer"
+    every = [(n, i) for n in range(callers) for i in range(calls)]
+    assert sorted(committed + alone) == every
+    assert group.queued() == 0
