@@ -1,8 +1,8 @@
 """Group commit: calls of one process that write at the same moment share one transaction.
 
 SQLite lets one transaction write at a time, and under load that lock is what the service
-waits for: in `make bench` it was held 80-90 % of the time, a publish call's transaction for
-a third of it. A transaction pays for more than its rows: the queue for the lock, the page
+waits for: in `make bench` it was held 80-90 % of the time, publish calls' transactions for
+two fifths of it. A transaction pays for more than its rows: the queue for the lock, the page
 cache that another process's commit made stale, and at its commit every page it touched,
 written once to the log however many rows changed on it. One event to 10 webhooks touched
 about 50 pages (a leaf of each index, ten of the per-webhook log's); two events in one

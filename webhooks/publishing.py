@@ -247,9 +247,9 @@ def publish(
         if found:
             return found
     webhooks = None if idempotency_key else _read_first(session, workspace_id)
-    asked = (workspace_id, event_type, data, settings, digest)
+    asked: Asked = (workspace_id, event_type, data, settings, digest)
     if webhooks is not None:
-        grouped = _write_grouped(session, *asked, webhooks)
+        grouped = _write_grouped(session, asked, webhooks)
         if grouped is not None:
             return grouped
     try:
@@ -275,19 +275,16 @@ def _read_first(session: Session, workspace_id: str) -> list[Subscriber] | None:
         session.rollback()
 
 
-def _write_grouped(
-    session: Session,
-    workspace_id: str,
-    event_type: str,
-    data: dict[str, Any],
-    settings: Settings,
-    digest: str,
-    webhooks: list[Subscriber],
-) -> Published | None:
+# What a publish call asks: (workspace id, event type, data, settings, request digest).
+Asked = tuple[str, str, dict[str, Any], Settings, str]
+
+
+def _write_grouped(session: Session, asked: Asked, webhooks: list[Subscriber]) -> Published | None:
     """The event and its deliveries written with the publish calls of this process that write
     at the same moment (`commitgroup`), in one transaction; None when this call must write
     alone (`_write`): its group's transaction failed, or a webhook it goes to has an
     ordering key (its line is read in the transaction that writes it)."""
+    workspace_id, event_type, data, settings, digest = asked
     ordered = {wid for wid, _, key in webhooks if key}
     subscribed = _subscribed(webhooks, event_type)
     if ordered.intersection(subscribed):
