@@ -302,7 +302,7 @@ def _write_group(session: Session, items: Sequence[tuple[dict[str, Any], list[An
     """The events and deliveries of a group of publish calls: one INSERT each, one commit."""
     batch = batchsql.of(session)
     batch.insert_rows(session, EVENTS, [values for values, _ in items])
-    rows = [row for _, rows in items for row in rows]
+    rows = [row for _, delivery_rows in items for row in delivery_rows]
     if rows:
         batch.insert_rows(session, DELIVERIES, rows)
     session.commit()
