@@ -222,8 +222,9 @@ def test_patch_active_false_pauses_with_a_reason_and_true_clears_it(api):
 def test_a_webhook_deleted_while_an_event_is_published_only_loses_its_own_delivery(
     api, monkeypatch
 ):
-    """On SQLite the subscribers are read before the write lock is taken; one deleted in
-    between (here: read but never there) makes the write read them again, inside it."""
+    """The subscribers are read before the event is written (on SQLite before the write lock
+    is taken); one deleted in between (here: read but never there) makes the write read them
+    again, inside it."""
     kept = api.create_webhook(URL, name="Kept")
     read_first = publishing._read_first
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from sqlalchemy import event, func, select, text
 
-from webhooks import batchsql, litebatch, pgbatch
-from webhooks.models import ATTEMPTS, DELIVERIES, EVENTS, Workspace, db
+from webhooks import batchsql, litebatch, pgbatch, publishing, services
+from webhooks.models import ATTEMPTS, DELIVERIES, EVENTS, Event, Workspace, db
 
 
 @pytest.fixture
@@ -97,6 +97,37 @@ def test_sqlite_binds_none_bools_and_bytes_as_it_always_did(session: Any) -> Non
         {"none": None, "yes": True, "no": False, "blob": b"\x00\xff"},
     ).one()
     assert tuple(got) == (1, 1, "integer", 0, b"\x00\xff", "blob")
+
+
+def test_an_event_published_in_one_statement_stores_what_the_rows_say(
+    session: Any, api: Any, webhook: dict[str, Any]
+) -> None:
+    """On PostgreSQL an event and its deliveries go in one statement that binds a delivery's
+    common columns once: every column must read back as `delivery_row` would write it."""
+    if not pgbatch.used_by(session):
+        pytest.skip("PostgreSQL's one-statement publish")
+    other = api.create_webhook("https://example.com/other", name="Other")
+    published = api.publish("incident.created", {"id": "inc_1", "n": [1, "x"]})
+    event = session.execute(select(EVENTS).where(EVENTS.c.id == published["id"])).one()
+    rows = session.execute(select(DELIVERIES).where(DELIVERIES.c.event_id == published["id"])).all()
+
+    assert event.data == {"id": "inc_1", "n": [1, "x"]} and event.type == "incident.created"
+    assert event.occurred_at == event.created_at and event.is_test is False
+    assert event.idempotency_key is None and len(event.request_hash) == 64
+    assert sorted(r.webhook_id for r in rows) == sorted([webhook["id"], other["id"]])
+    assert published["delivery_count"] == 2
+    settings = services.settings()
+    for row in rows:
+        written = publishing.delivery_row(
+            Event(**event._asdict()),
+            row.webhook_id,
+            event.created_at,
+            kind="event",
+            settings=settings,
+        )
+        assert {k: getattr(row, k) for k in written if k != "id"} == {
+            k: v for k, v in written.items() if k != "id"
+        }
 
 
 def test_a_column_that_transforms_its_values_is_refused() -> None:

@@ -11,9 +11,11 @@ element by element in Python, escaping each quote with a regular expression (for
 recorder's bodies, a fifth of a worker's CPU; for a batch's ids, numbers and URLs, 0.1 ms a
 statement); `json.dumps` writes the document in C, and PostgreSQL reads it in C.
 
-Publishing's INSERT of an event's deliveries (19 columns a row) is such a statement too: psycopg
+A batch's INSERT of its events' deliveries (19 columns a row) is such a statement too: psycopg
 remembers no text with more than 50 parameters. `insert_rows` writes any rows of plain columns
-that way.
+that way. A single published event goes with its deliveries in one statement that binds what
+its rows share once (`publish_event`): built as 19-column rows, a publish call spent a fifth
+of its instructions on them and PostgreSQL a twelfth of its time reading their JSON.
 
 SQLite has neither: `webhooks.litebatch` has the same functions for it (`webhooks.batchsql`).
 """
@@ -62,6 +64,25 @@ _SUCCEED = text(
     + "updated_at = :now, last_status_code = t.code, last_error = NULL "
     "FROM json_to_recordset(CAST(:rows AS json)) AS t(id text, token text, code integer) "
     "WHERE d.id = t.id AND d.lease_token = t.token"
+)
+
+
+# A freshly published event and its deliveries, in one statement. Of a delivery's 19 columns
+# only its id and its webhook differ from one row to the next: the rest is bound once, and the
+# two lists go joined by commas (ids never hold one), read by `string_to_array` in C. The
+# foreign key from the deliveries to the event is checked at the end of the statement, when
+# the event's row is there.
+_PUBLISH_EVENT = text(
+    "WITH event AS (INSERT INTO events (id, workspace_id, type, data, occurred_at, created_at, "
+    "idempotency_key, request_hash, is_test) VALUES (:event_id, :workspace_id, :type, "
+    "CAST(:data AS jsonb), :now, :now, :idempotency_key, :request_hash, false)) "
+    "INSERT INTO deliveries (id, workspace_id, event_id, webhook_id, event_type, kind, status, "
+    "attempt_count, lost_count, max_attempts, ignores_pause, next_attempt_at, enqueued_at, "
+    "created_at, updated_at) "
+    "SELECT d.id, :workspace_id, :event_id, d.webhook_id, :type, 'event', "
+    f"'{DeliveryStatus.PENDING}', 0, 0, :max_attempts, false, :now, :now, :now, :now "
+    "FROM unnest(string_to_array(:ids, ','), string_to_array(:webhook_ids, ',')) "
+    "AS d(id, webhook_id)"
 )
 
 
@@ -195,3 +216,33 @@ def _json_time(value: Any) -> str:
     if isinstance(value, datetime):
         return value.isoformat()
     raise TypeError(f"{type(value).__name__} is not a column value")
+
+
+def publish_event(
+    session: Session,
+    values: dict[str, Any],
+    deliveries: Sequence[tuple[str, str]],
+    max_attempts: int,
+) -> None:
+    """INSERT an event (`values`, its row as `publishing` builds it) and a due delivery of it
+    for each (delivery id, webhook id), in one statement."""
+    ids = [delivery_id for delivery_id, _ in deliveries]
+    webhook_ids = [webhook_id for _, webhook_id in deliveries]
+    if any("," in item for item in ids + webhook_ids):
+        raise ValueError("an id with a comma cannot be bound as a list")
+    fastsql.execute(
+        session,
+        _PUBLISH_EVENT,
+        {
+            "event_id": values["id"],
+            "workspace_id": values["workspace_id"],
+            "type": values["type"],
+            "data": json.dumps(values["data"]),
+            "now": values["created_at"],
+            "idempotency_key": values["idempotency_key"],
+            "request_hash": values["request_hash"],
+            "max_attempts": max_attempts,
+            "ids": ",".join(ids),
+            "webhook_ids": ",".join(webhook_ids),
+        },
+    )

@@ -14,7 +14,17 @@ from redis import Redis
 from sqlalchemy import Text, bindparam, cast, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from webhooks import batchsql, catalog, commitgroup, fastsql, flow, outgoing, queueing, sqlite
+from webhooks import (
+    batchsql,
+    catalog,
+    commitgroup,
+    fastsql,
+    flow,
+    outgoing,
+    pgbatch,
+    queueing,
+    sqlite,
+)
 from webhooks.config import Settings
 from webhooks.ids import new_id
 from webhooks.models import (
@@ -248,7 +258,7 @@ def publish(
             return found
     webhooks = None if idempotency_key else _read_first(session, workspace_id)
     asked: Asked = (workspace_id, event_type, data, settings, digest)
-    if webhooks is not None:
+    if webhooks is not None and not pgbatch.used_by(session):
         grouped = _write_grouped(session, asked, webhooks)
         if grouped is not None:
             return grouped
@@ -263,10 +273,13 @@ def publish(
 
 
 def _read_first(session: Session, workspace_id: str) -> list[Subscriber] | None:
-    """On SQLite, the subscribers read before the write lock is taken (a read waits for no
-    one, and sees the last commit), in the API key's look-up's transaction when it is still
-    open: the lock is then held for the two INSERTs alone, not for this query and the
-    building of every row. None elsewhere: the write reads them."""
+    """The subscribers, read before the event is written. On SQLite before the write lock is
+    taken (a read waits for no one, and sees the last commit), in the API key's look-up's
+    transaction when it is still open: the lock is then held for the two INSERTs alone, not
+    for this query and the building of every row. On PostgreSQL in the transaction that goes
+    on to write (`_write_one`)."""
+    if pgbatch.used_by(session):
+        return _subscribers(session, workspace_id)
     if not (sqlite.reading_now(session) or sqlite.reading(session)):
         return None
     try:
@@ -331,6 +344,12 @@ def _write(
     # session, so nothing is reloaded after the commit (on SQLite that would open a new
     # transaction, holding the write lock until the request ends).
     event = Event(**values)
+    if pgbatch.used_by(session):
+        if webhooks is None:
+            webhooks = _subscribers(session, workspace_id)
+        one = _write_one(session, event, values, webhooks, settings)
+        if one is not None:
+            return one
     rows = None
     if webhooks is not None:
         rows = _event_deliveries(event, _subscribed(webhooks, event_type), now, settings)
@@ -351,6 +370,38 @@ def _write(
         _insert_deliveries(session, rows)
     session.commit()
     return Published(event=event, delivery_ids=[r["id"] for r in rows or ()])
+
+
+def _write_one(
+    session: Session,
+    event: Event,
+    values: dict[str, Any],
+    webhooks: list[Subscriber],
+    settings: Settings,
+) -> Published | None:
+    """On PostgreSQL, the event and its deliveries in one statement (`pgbatch.publish_event`),
+    committed; None when a webhook it goes to has an ordering key (`_write` lines its
+    deliveries up). An event published meanwhile under the same idempotency key is the
+    answer; any other conflict (a webhook deleted since it was read) is raised."""
+    subscribed = _subscribed(webhooks, event.type)
+    if any(key for wid, _, key in webhooks if key and wid in subscribed):
+        return None
+    ids = [new_id("dlv") for _ in subscribed]
+    try:
+        pgbatch.publish_event(
+            session, values, list(zip(ids, subscribed, strict=True)), settings.max_attempts
+        )
+    except IntegrityError:
+        session.rollback()
+        key = event.idempotency_key
+        found = (
+            _existing(session, event.workspace_id, key, event.request_hash or "") if key else None
+        )
+        if found is None:
+            raise
+        return found
+    session.commit()
+    return Published(event=event, delivery_ids=ids)
 
 
 # A batch whose key another request publishes meanwhile is written again, as a replay then.
