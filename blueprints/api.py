@@ -230,7 +230,13 @@ def publish_event() -> ResponseReturnValue:
         raise fail("validation_error", "Idempotency-Key must be at most 255 characters")
     try:
         published = publishing.publish(
-            db.session, g.workspace_id, event_type, data, settings(), idempotency_key=key
+            db.session,
+            g.workspace_id,
+            event_type,
+            data,
+            settings(),
+            idempotency_key=key,
+            webhooks=security.api_webhooks(),
         )
     except publishing.IdempotencyConflict:
         raise fail(

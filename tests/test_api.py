@@ -121,6 +121,7 @@ def test_missing_or_bad_key_is_401_unauthorized(client, workspace, authorization
 
 def test_revoked_key_is_401_unauthorized(app, api, workspace):
     assert api.get("/webhooks").json == {"data": []}
+    api.create_webhook(URL)  # a publish reads the webhooks with the key: none go out
 
     with app.app_context():
         db.session.execute(
@@ -132,6 +133,9 @@ def test_revoked_key_is_401_unauthorized(app, api, workspace):
 
     error = error_of(api.get("/webhooks"), 401, "unauthorized")
     assert error["fields"] == {}
+    error_of(api.post("/events", {"type": "incident.created", "data": {}}), 401, "unauthorized")
+    with app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(Event)) == 0
 
 
 # --- 2. webhooks CRUD ------------------------------------------------------------------------
@@ -228,8 +232,8 @@ def test_a_webhook_deleted_while_an_event_is_published_only_loses_its_own_delive
     kept = api.create_webhook(URL, name="Kept")
     read_first = publishing._read_first
 
-    def read_a_deleted_one_too(session, workspace_id):  # type: ignore[no-untyped-def]
-        return [*(read_first(session, workspace_id) or []), ("wh_deleted", ["*"], None)]
+    def read_a_deleted_one_too(session, workspace_id, given=None):  # type: ignore[no-untyped-def]
+        return [*(read_first(session, workspace_id, given) or []), ("wh_deleted", ["*"], None)]
 
     monkeypatch.setattr(publishing, "_read_first", read_a_deleted_one_too)
     event = api.publish()

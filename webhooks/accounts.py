@@ -10,13 +10,14 @@ import secrets
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, delete, func, select, update
+from sqlalchemy import ColumnElement, Text, and_, bindparam, cast, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from webhooks import fastsql, quotas, sqlite
 from webhooks.models import (
     API_KEYS,
+    WEBHOOKS,
     ApiKey,
     Invitation,
     Session,
@@ -67,6 +68,24 @@ _KEY_BY_DIGEST = (
     .where(API_KEYS.c.key_hash == bindparam("digest"), API_KEYS.c.revoked_at.is_(None))
     .limit(1)
 )
+_KEY_WITH_WEBHOOKS = (
+    select(
+        API_KEYS.c.id,
+        API_KEYS.c.workspace_id,
+        API_KEYS.c.key_hash,
+        API_KEYS.c.last_used_at,
+        WEBHOOKS.c.id.label("webhook_id"),
+        cast(WEBHOOKS.c.events, Text).label("events"),
+        WEBHOOKS.c.ordering_key,
+    )
+    .select_from(
+        API_KEYS.outerjoin(
+            WEBHOOKS,
+            and_(WEBHOOKS.c.workspace_id == API_KEYS.c.workspace_id, WEBHOOKS.c.active.is_(True)),
+        )
+    )
+    .where(API_KEYS.c.key_hash == bindparam("digest"), API_KEYS.c.revoked_at.is_(None))
+)
 _KEY_USED = (
     update(API_KEYS)
     .where(API_KEYS.c.id == bindparam("key_id"))
@@ -81,16 +100,39 @@ def authenticate_key(session: Session, plain: str, *, keep_reading: bool = False
     writer), ended before this returns unless `keep_reading` (the caller reads more in it,
     then ends it: `sqlite.reading_now`). The key's `last_used_at` is written at most once a
     minute."""
+    key, _ = _authenticate(session, plain, _KEY_BY_DIGEST, keep_reading=keep_reading)
+    return key
+
+
+# (webhook id, its event patterns as JSON text, its ordering key): a `publishing.Subscriber`
+# before its patterns are parsed.
+WebhookRow = tuple[str, str, str | None]
+
+
+def authenticate_publisher(session: Session, plain: str) -> tuple[Any | None, list[WebhookRow]]:
+    """`authenticate_key` for a publish call, which goes on reading (`keep_reading`): the
+    live key or None, and its workspace's active webhooks, read in the same query. A publish
+    needs both, and on PostgreSQL each query is a round trip."""
+    key, rows = _authenticate(session, plain, _KEY_WITH_WEBHOOKS, keep_reading=True)
+    if key is None:
+        return None, []
+    return key, [(r.webhook_id, r.events, r.ordering_key) for r in rows if r.webhook_id]
+
+
+def _authenticate(
+    session: Session, plain: str, query: Any, *, keep_reading: bool
+) -> tuple[Any | None, list[Any]]:
+    """The live key matching `plain` by `query` (its first row), or None, and every row."""
     if not plain.startswith(KEY_PREFIX) or len(plain) > 200:
-        return None
+        return None, []
     digest = _digest(plain)
     read_only = sqlite.reading(session)
-    found = fastsql.rows(session, _KEY_BY_DIGEST, {"digest": digest})
+    found = fastsql.rows(session, query, {"digest": digest})
     key = found[0] if found else None
     if key is None or not hmac.compare_digest(key.key_hash, digest):
         if read_only:
             session.rollback()
-        return None
+        return None, []
     now = utcnow()
     stale = key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION
     if read_only and (stale or not keep_reading):
@@ -98,7 +140,7 @@ def authenticate_key(session: Session, plain: str, *, keep_reading: bool = False
     if stale:
         session.execute(_KEY_USED, {"key_id": key.id, "now": now})
         session.commit()
-    return key
+    return key, found
 
 
 def create_workspace(session: Session, name: str) -> tuple[Workspace, str]:

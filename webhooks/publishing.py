@@ -25,6 +25,7 @@ from webhooks import (
     queueing,
     sqlite,
 )
+from webhooks.accounts import WebhookRow
 from webhooks.config import Settings
 from webhooks.ids import new_id
 from webhooks.models import (
@@ -247,8 +248,11 @@ def publish(
     settings: Settings,
     *,
     idempotency_key: str | None = None,
+    webhooks: Sequence[WebhookRow] | None = None,
 ) -> Published:
-    """Store the event and its deliveries in one transaction; enqueue them with `dispatch`."""
+    """Store the event and its deliveries in one transaction; enqueue them with `dispatch`.
+    `webhooks`: the workspace's active webhooks as read with the API key
+    (`accounts.authenticate_publisher`), or None to read them here."""
     digest = request_hash(event_type, data)
     if idempotency_key:
         if sqlite.reading_now(session):
@@ -256,28 +260,36 @@ def publish(
         found = _existing(session, workspace_id, idempotency_key, digest)
         if found:
             return found
-    webhooks = None if idempotency_key else _read_first(session, workspace_id)
+    read = None if idempotency_key else _read_first(session, workspace_id, webhooks)
     asked: Asked = (workspace_id, event_type, data, settings, digest)
-    if webhooks is not None and not pgbatch.used_by(session):
-        grouped = _write_grouped(session, asked, webhooks)
+    if read is not None and not pgbatch.used_by(session):
+        grouped = _write_grouped(session, asked, read)
         if grouped is not None:
             return grouped
     try:
-        return _write(session, *asked, webhooks, idempotency_key)
+        return _write(session, *asked, read, idempotency_key)
     except IntegrityError:
-        if webhooks is None:
+        if read is None:
             raise
         # A webhook read first was deleted before the write: read them again, in it.
         session.rollback()
         return _write(session, *asked, None, idempotency_key)
 
 
-def _read_first(session: Session, workspace_id: str) -> list[Subscriber] | None:
-    """The subscribers, read before the event is written. On SQLite before the write lock is
-    taken (a read waits for no one, and sees the last commit), in the API key's look-up's
-    transaction when it is still open: the lock is then held for the two INSERTs alone, not
-    for this query and the building of every row. On PostgreSQL in the transaction that goes
-    on to write (`_write_one`)."""
+def _read_first(
+    session: Session,
+    workspace_id: str,
+    given: Sequence[WebhookRow] | None = None,
+) -> list[Subscriber] | None:
+    """The subscribers, read before the event is written (or `given`, as read with the API
+    key). On SQLite before the write lock is taken (a read waits for no one, and sees the last
+    commit), in the API key's look-up's transaction when it is still open: the lock is then
+    held for the two INSERTs alone, not for this query and the building of every row. On
+    PostgreSQL in the transaction that goes on to write (`_write_one`)."""
+    if given is not None:
+        if sqlite.reading_now(session):
+            session.rollback()  # the key's read, which read them: the write begins anew
+        return [(wid, _patterns(patterns), ordering) for wid, patterns, ordering in given]
     if pgbatch.used_by(session):
         return _subscribers(session, workspace_id)
     if not (sqlite.reading_now(session) or sqlite.reading(session)):

@@ -46,6 +46,12 @@ def wake(redis: Redis, queue_name: str, *, hold: float = 30.0, force: bool = Fal
     return True
 
 
+def wake_queued(redis: Redis, queue_name: str) -> bool:
+    """A wake-up waits on `queue_name` (its flag is up: `wake` would queue none). Raises
+    RedisError."""
+    return bool(redis.exists(_wake_key(queue_name)))
+
+
 def woken(redis: Redis, queue_name: str) -> None:
     """A worker has taken the wake-up: a publish from now on queues the next one."""
     redis.delete(_wake_key(queue_name))
