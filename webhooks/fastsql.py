@@ -145,29 +145,58 @@ def _execute(connection: Any, plan: _Plan, params: Mapping[str, Any]) -> Any:
     return cursor
 
 
+def execute_and_commit(session: Session, statement: Any, params: Mapping[str, Any]) -> None:
+    """Run `statement` (a write) and commit the session's transaction, on PostgreSQL in one
+    round trip: the statement and the COMMIT go together in psycopg's pipeline mode, and the
+    session's own commit then finds nothing left to do. Errors are raised as `execute`
+    raises them, the transaction left for the caller to roll back."""
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        execute(session, statement, params)
+        session.commit()
+        return
+    plan = _plan(statement, connection.dialect)
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None  # a session's connection is checked out
+    try:
+        with dbapi_connection.pipeline():
+            _execute(connection, plan, params).execute("COMMIT")
+    except connection.dialect.loaded_dbapi.Error as error:
+        raise _raised(connection, None, "execute", plan.sql, params, error) from error
+    session.commit()
+
+
 def _send(connection: Any, cursor: Any, method: str, sql: str, params: Any) -> Any:
     """`cursor.<method>(sql, params)`, watched; a driver's error raised as SQLAlchemy raises
-    it (an IntegrityError is caught as such by the callers), and a connection the database
-    dropped invalidated, as SQLAlchemy does, so that the pool replaces it."""
+    it (`_raised`)."""
     for watcher in _watchers:
         watcher(sql, params)
-    dialect = connection.dialect
     try:
         return getattr(cursor, method)(sql, params)
-    except dialect.loaded_dbapi.Error as error:
-        dbapi_connection = connection.connection.dbapi_connection
-        dropped = bool(dialect.is_disconnect(error, dbapi_connection, cursor))
-        if dropped:
-            connection.invalidate(error)
-        raise exc.DBAPIError.instance(
-            sql,
-            params,
-            error,
-            dialect.loaded_dbapi.Error,
-            connection_invalidated=dropped,
-            dialect=dialect,
-            ismulti=method == "executemany",
-        ) from error
+    except connection.dialect.loaded_dbapi.Error as error:
+        raise _raised(connection, cursor, method, sql, params, error) from error
+
+
+def _raised(
+    connection: Any, cursor: Any, method: str, sql: str, params: Any, error: Exception
+) -> Exception:
+    """A driver's error as SQLAlchemy raises it (an IntegrityError is caught as such by the
+    callers), with a connection the database dropped invalidated, as SQLAlchemy does, so
+    that the pool replaces it."""
+    dialect = connection.dialect
+    dbapi_connection = connection.connection.dbapi_connection
+    dropped = bool(dialect.is_disconnect(error, dbapi_connection, cursor))
+    if dropped:
+        connection.invalidate(error)
+    return exc.DBAPIError.instance(
+        sql,
+        params,
+        error,
+        dialect.loaded_dbapi.Error,
+        connection_invalidated=dropped,
+        dialect=dialect,
+        ismulti=method == "executemany",
+    )
 
 
 @functools.lru_cache(maxsize=64)

@@ -225,12 +225,12 @@ def publish_event(
     max_attempts: int,
 ) -> None:
     """INSERT an event (`values`, its row as `publishing` builds it) and a due delivery of it
-    for each (delivery id, webhook id), in one statement."""
+    for each (delivery id, webhook id), in one statement, and commit (one round trip)."""
     ids = [delivery_id for delivery_id, _ in deliveries]
     webhook_ids = [webhook_id for _, webhook_id in deliveries]
     if any("," in item for item in ids + webhook_ids):
         raise ValueError("an id with a comma cannot be bound as a list")
-    fastsql.execute(
+    fastsql.execute_and_commit(
         session,
         _PUBLISH_EVENT,
         {

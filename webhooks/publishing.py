@@ -392,9 +392,10 @@ def _write_one(
     settings: Settings,
 ) -> Published | None:
     """On PostgreSQL, the event and its deliveries in one statement (`pgbatch.publish_event`),
-    committed; None when a webhook it goes to has an ordering key (`_write` lines its
-    deliveries up). An event published meanwhile under the same idempotency key is the
-    answer; any other conflict (a webhook deleted since it was read) is raised."""
+    committed with it in one round trip; None when a webhook it goes to has an ordering key
+    (`_write` lines its deliveries up). An event published meanwhile under the same
+    idempotency key is the answer; any other conflict (a webhook deleted since it was read) is
+    raised."""
     subscribed = _subscribed(webhooks, event.type)
     if any(key for wid, _, key in webhooks if key and wid in subscribed):
         return None
@@ -412,7 +413,6 @@ def _write_one(
         if found is None:
             raise
         return found
-    session.commit()
     return Published(event=event, delivery_ids=ids)
 
 
