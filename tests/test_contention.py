@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 from rq import Queue
@@ -217,3 +218,41 @@ def test_the_scheduler_copies_sqlites_log_back_so_that_no_commit_has_to(app, api
     assert database.stat().st_mtime_ns != before
     busy, logged, copied = sqlite.checkpoint(engine) or (1, 0, 0)
     assert busy == 0 and copied == logged
+
+
+def test_a_slow_targets_surplus_is_parked_out_of_the_normal_lanes_way(app, api, receiver):
+    """The normal lane walks the due deliveries in order: a dead target's backlog, left due,
+    is walked past on every claim. The scan keeps as many of them due as the slow lane has
+    threads and parks the rest; a leased one and other targets' deliveries stay as they are,
+    and nothing ends."""
+    config = app.config
+    threads = config["WEBHOOK_WORKER_THREADS"]
+    dead = api.create_webhook(receiver.url("/dead"), name="Dead")
+    fine = api.create_webhook(receiver.url("/fine"), name="Fine")
+    for n in range(threads + 5):
+        api.publish("task.completed", {"n": n})
+    redis = services.of(app).redis
+    queueing.mark_slow(redis, dead["id"])
+    with app.app_context():
+        settings = Settings.from_config(app.config)
+        leased = db.session.scalars(
+            select(Delivery).where(Delivery.webhook_id == dead["id"]).order_by(Delivery.id)
+        ).all()[-1]
+        leased.lease_token = "a-worker"
+        db.session.commit()
+
+        reconciler.queue_due(db.session, redis, settings)
+
+        rows = db.session.execute(
+            select(Delivery.webhook_id, Delivery.next_attempt_at, Delivery.status, Delivery.id)
+        ).all()
+        now = reconciler.utcnow()
+        dead_due = [r for r in rows if r.webhook_id == dead["id"] and r.next_attempt_at <= now]
+        parked = [r for r in rows if r.next_attempt_at > now]
+        assert len(dead_due) == threads + 1  # the slow lane's share, and the leased one
+        assert len(parked) == 4 and {r.webhook_id for r in parked} == {dead["id"]}
+        assert all(r.id != leased.id for r in parked)
+        later = now + timedelta(seconds=reconciler.park_seconds(settings))
+        assert all(later - timedelta(seconds=2) < r.next_attempt_at <= later for r in parked)
+        assert all(r.next_attempt_at <= now for r in rows if r.webhook_id == fine["id"])
+        assert {r.status for r in rows} == {"pending"}

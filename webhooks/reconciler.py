@@ -4,7 +4,7 @@ slower periodic duties (notification summaries and re-sends, stalled bulk jobs, 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from redis import Redis
 from sqlalchemy import select, text, update
@@ -42,6 +42,8 @@ def queue_due(
     if not slow and queueing.wake_queued(redis, settings.queue):
         return 0
     now = utcnow()
+    if slow:
+        park_slow(session, slow, settings, now)
     due = session.scalars(
         select(Delivery.webhook_id)
         .where(
@@ -59,6 +61,48 @@ def queue_due(
     for lane in lanes:
         queueing.wake(redis, lane, hold=settings.requeue_after)
     return len(due)
+
+
+def park_slow(session: Session, slow: set[str], settings: Settings, now: datetime) -> int:
+    """Move the due deliveries of slow targets that the slow lane cannot start soon out of the
+    normal lane's way: all but the first `worker_threads` of them fall due again in
+    `park_seconds` (the scan parks them again then if the lane is still full). The normal
+    lane's claim walks the due deliveries in order, passing over the slow targets' ones;
+    left due, a dead target's backlog cost PostgreSQL 5 µs a row on every claim (6 ms a claim
+    with 1,300 of them, a third of the healthy deliveries' rate). How many were parked."""
+    due = (
+        select(Delivery.id)
+        .where(
+            Delivery.status == DeliveryStatus.PENDING,
+            Delivery.next_attempt_at <= now,
+            Delivery.lease_token.is_(None),
+            Delivery.waiting.is_(None),
+            Delivery.webhook_id.in_(sorted(slow)),
+        )
+        .order_by(Delivery.next_attempt_at)
+        .offset(settings.worker_threads)
+        .limit(BATCH)
+    )
+    # The conditions again on the row updated: one leased meanwhile stays as it is.
+    parked = changed(
+        session,
+        update(Delivery)
+        .where(
+            Delivery.id.in_(due.scalar_subquery()),
+            Delivery.status == DeliveryStatus.PENDING,
+            Delivery.lease_token.is_(None),
+        )
+        .values(next_attempt_at=now + timedelta(seconds=park_seconds(settings)))
+        .execution_options(synchronize_session=False),
+    )
+    session.commit()
+    return parked
+
+
+def park_seconds(settings: Settings) -> float:
+    """How long a slow target's surplus due deliveries are parked: five times the wait that
+    makes a target slow (10 s by default)."""
+    return 5 * settings.slow_after
 
 
 def expire_leases(session: Session, settings: Settings, redis: Redis | None = None) -> int:
