@@ -83,14 +83,22 @@ def park_slow(session: Session, slow: set[str], settings: Settings, now: datetim
         .offset(settings.worker_threads)
         .limit(BATCH)
     )
+    # Read first, in a transaction that only reads (on SQLite it takes no write lock): a scan
+    # with nothing to park writes nothing.
+    sqlite.reading(session)
+    ids = session.scalars(due).all()
+    session.rollback()
+    if not ids:
+        return 0
     # The conditions again on the row updated: one leased meanwhile stays as it is.
     parked = changed(
         session,
         update(Delivery)
         .where(
-            Delivery.id.in_(due.scalar_subquery()),
+            Delivery.id.in_(ids),
             Delivery.status == DeliveryStatus.PENDING,
             Delivery.lease_token.is_(None),
+            Delivery.next_attempt_at <= now,
         )
         .values(next_attempt_at=now + timedelta(seconds=park_seconds(settings)))
         .execution_options(synchronize_session=False),
