@@ -63,17 +63,19 @@ def revoke_api_key(session: Session, key: ApiKey) -> None:
 
 
 # Built once: this runs on every API call.
-_KEY_BY_DIGEST = (
-    select(API_KEYS.c.id, API_KEYS.c.workspace_id, API_KEYS.c.key_hash, API_KEYS.c.last_used_at)
-    .where(API_KEYS.c.key_hash == bindparam("digest"), API_KEYS.c.revoked_at.is_(None))
-    .limit(1)
+_KEY_COLUMNS = (
+    API_KEYS.c.id,
+    API_KEYS.c.workspace_id,
+    API_KEYS.c.key_hash,
+    API_KEYS.c.last_used_at,
 )
+_LIVE_KEY = (API_KEYS.c.key_hash == bindparam("digest"), API_KEYS.c.revoked_at.is_(None))
+_KEY_BY_DIGEST = select(*_KEY_COLUMNS).where(*_LIVE_KEY).limit(1)
+# The same key, on each of its workspace's active webhooks (one row without one when it has
+# none): `authenticate_publisher`.
 _KEY_WITH_WEBHOOKS = (
     select(
-        API_KEYS.c.id,
-        API_KEYS.c.workspace_id,
-        API_KEYS.c.key_hash,
-        API_KEYS.c.last_used_at,
+        *_KEY_COLUMNS,
         WEBHOOKS.c.id.label("webhook_id"),
         cast(WEBHOOKS.c.events, Text).label("events"),
         WEBHOOKS.c.ordering_key,
@@ -84,7 +86,7 @@ _KEY_WITH_WEBHOOKS = (
             and_(WEBHOOKS.c.workspace_id == API_KEYS.c.workspace_id, WEBHOOKS.c.active.is_(True)),
         )
     )
-    .where(API_KEYS.c.key_hash == bindparam("digest"), API_KEYS.c.revoked_at.is_(None))
+    .where(*_LIVE_KEY)
 )
 _KEY_USED = (
     update(API_KEYS)

@@ -146,15 +146,11 @@ def _execute(connection: Any, plan: _Plan, params: Mapping[str, Any]) -> Any:
 
 
 def execute_and_commit(session: Session, statement: Any, params: Mapping[str, Any]) -> None:
-    """Run `statement` (a write) and commit the session's transaction, on PostgreSQL in one
-    round trip: the statement and the COMMIT go together in psycopg's pipeline mode, and the
-    session's own commit then finds nothing left to do. Errors are raised as `execute`
+    """Run `statement` (a write) and commit the session's transaction in one round trip, on
+    PostgreSQL (psycopg's pipeline mode: the statement and the COMMIT go together, and the
+    session's own commit then finds nothing left to do). Errors are raised as `execute`
     raises them, the transaction left for the caller to roll back."""
     connection = session.connection()
-    if connection.dialect.name != "postgresql":
-        execute(session, statement, params)
-        session.commit()
-        return
     plan = _plan(statement, connection.dialect)
     dbapi_connection = connection.connection.dbapi_connection
     assert dbapi_connection is not None  # a session's connection is checked out

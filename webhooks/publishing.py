@@ -212,6 +212,12 @@ def _subscribed(webhooks: list[Subscriber], event_type: str) -> list[str]:
     ]
 
 
+def _in_line(webhooks: list[Subscriber], subscribed: list[str]) -> bool:
+    """Some of the `subscribed` webhooks have an ordering key: their deliveries are put in
+    their lines (`_line_up`) in the transaction that writes them."""
+    return not {wid for wid, _, key in webhooks if key}.isdisjoint(subscribed)
+
+
 def _line_up(
     session: Session,
     webhooks: list[Subscriber],
@@ -310,9 +316,8 @@ def _write_grouped(session: Session, asked: Asked, webhooks: list[Subscriber]) -
     alone (`_write`): its group's transaction failed, or a webhook it goes to has an
     ordering key (its line is read in the transaction that writes it)."""
     workspace_id, event_type, data, settings, digest = asked
-    ordered = {wid for wid, _, key in webhooks if key}
     subscribed = _subscribed(webhooks, event_type)
-    if ordered.intersection(subscribed):
+    if _in_line(webhooks, subscribed):
         return None
     now = utcnow()
     values = _event_values(workspace_id, event_type, data, now, None, digest)
@@ -368,9 +373,7 @@ def _write(
     try:
         batchsql.of(session).insert_rows(session, EVENTS, [values])
     except IntegrityError:
-        # The same key published concurrently: the other request's event is the answer.
-        session.rollback()
-        found = _existing(session, workspace_id, idempotency_key or "", digest)
+        found = _published_meanwhile(session, workspace_id, idempotency_key, digest)
         if found is None:
             raise
         return found
@@ -397,7 +400,7 @@ def _write_one(
     idempotency key is the answer; any other conflict (a webhook deleted since it was read) is
     raised."""
     subscribed = _subscribed(webhooks, event.type)
-    if any(key for wid, _, key in webhooks if key and wid in subscribed):
+    if _in_line(webhooks, subscribed):
         return None
     ids = [new_id("dlv") for _ in subscribed]
     try:
@@ -405,15 +408,25 @@ def _write_one(
             session, values, list(zip(ids, subscribed, strict=True)), settings.max_attempts
         )
     except IntegrityError:
-        session.rollback()
-        key = event.idempotency_key
-        found = (
-            _existing(session, event.workspace_id, key, event.request_hash or "") if key else None
+        found = _published_meanwhile(
+            session, event.workspace_id, event.idempotency_key, event.request_hash or ""
         )
         if found is None:
             raise
         return found
     return Published(event=event, delivery_ids=ids)
+
+
+def _published_meanwhile(
+    session: Session, workspace_id: str, idempotency_key: str | None, digest: str
+) -> Published | None:
+    """After a write failed on a conflict (rolled back here): the event another request
+    published meanwhile under the same idempotency key, the answer to this one; None when
+    the call has no key or none was published (another conflict, for the caller to raise)."""
+    session.rollback()
+    if not idempotency_key:
+        return None
+    return _existing(session, workspace_id, idempotency_key, digest)
 
 
 # A batch whose key another request publishes meanwhile is written again, as a replay then.
