@@ -1183,7 +1183,8 @@ class Bench:
         if not spy.exists():
             log("py-spy is missing (pip install py-spy into .venv): profile skipped")
             return
-        worker = svc.procs["worker"][0].pid
+        worker = svc.procs[self.args.profile_role][0].pid
+        sub = ["--subprocesses"] if self.args.profile_role == "web" else []  # gunicorn's workers
         out = self.work / f"profile-{svc.db.kind}.txt"
         k = len(ws["webhooks"])
         seconds = self.args.profile_seconds
@@ -1196,7 +1197,8 @@ class Bench:
         cpu_out = self.work / f"profile-cpu-{svc.db.kind}.txt"
         cpu_proc = subprocess.Popen(
             [str(spy), "record", "--pid", str(worker), "--duration", str(int(seconds)),
-             "--rate", "200", "--gil", "--nonblocking", "--format", "raw", "-o", str(cpu_out)],
+             "--rate", "200", "--gil", "--nonblocking", "--format", "raw", "-o", str(cpu_out),
+             *sub],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         runs = res.get("throughput", {}).get("runs")
@@ -1741,6 +1743,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="a dedicated long run of this many deliveries (e.g. 100000)",
     )
     p.add_argument("--profile-seconds", type=float, default=8.0)
+    p.add_argument(
+        "--profile-role",
+        default="worker",
+        choices=("worker", "web"),
+        help="the process the profile phase samples (web: gunicorn's workers)",
+    )
     p.add_argument(
         "--out",
         default=str(ROOT / "bench" / "results"),
