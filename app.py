@@ -16,7 +16,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from webhooks import config as settings_module
-from webhooks import crypto, liveness, renderpool, services, sqlite
+from webhooks import crypto, liveness, pgwire, renderpool, services, sqlite
 from webhooks.models import db
 
 MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
@@ -69,7 +69,7 @@ def _engine_options(url: str, busy_timeout: float) -> dict[str, Any]:
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": busy_timeout, "factory": sqlite.Connection}}
     # No `pool_pre_ping`: a connection is pinged only when it may be stale (`liveness`).
-    return {"pool_size": 10, "max_overflow": 20}
+    return {"pool_size": 10, "max_overflow": 20, "connect_args": pgwire.CONNECT_ARGS}
 
 
 def secrets_keys(config: dict[str, Any]) -> list[str]:

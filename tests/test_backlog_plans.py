@@ -17,6 +17,7 @@ import os
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import event, insert
@@ -167,8 +168,10 @@ def _postgres_plans(app: Any, run: Any, *words: str) -> list[str]:
         raw = db.engine.raw_connection()
         plans = []
         try:
-            cursor = raw.cursor()
             for sql, params in sent:
+                # The hot paths' statements go with PostgreSQL's own `$1` (webhooks.pgwire).
+                raw_sql = isinstance(params, list | tuple)
+                cursor = psycopg.RawCursor(raw.driver_connection) if raw_sql else raw.cursor()
                 if "set_config" in sql:
                     cursor.execute(sql, params)
                 else:

@@ -13,9 +13,9 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import bindparam, exc, insert, select
+from sqlalchemy import bindparam, exc, insert, select, text
 
-from webhooks import claim, fastsql
+from webhooks import claim, fastsql, pgwire
 from webhooks.models import EVENTS, WEBHOOK_SECRETS, WEBHOOKS, Webhook, db
 
 
@@ -97,3 +97,73 @@ def test_statements_are_watched(session: Any, webhook: Any) -> None:
     finally:
         fastsql.unwatch(watcher)
     assert len(seen) == 1 and "FROM webhooks" in seen[0]
+
+
+def _postgres(session: Any) -> None:
+    if fastsql.dialect(session) != "postgresql":
+        pytest.skip("PostgreSQL's statements through libpq (webhooks.pgwire)")
+
+
+def test_a_parameter_only_its_value_types_binds_as_that_value(session: Any) -> None:
+    """`$1` in a SELECT list says nothing of its type: a number goes as a number, a time as a
+    time, whatever the first value prepared it with."""
+    _postgres(session)
+    sum_ = text("SELECT :n + 1 AS m, :at AS at").columns()
+    first = fastsql.rows(session, sum_, {"n": 1, "at": datetime(2026, 1, 2)})
+    later = fastsql.rows(session, sum_, {"n": 2**40, "at": datetime(2026, 1, 3, 4, 5)})
+
+    assert [tuple(r) for r in first + later] == [
+        (2, datetime(2026, 1, 2)),
+        (2**40 + 1, datetime(2026, 1, 3, 4, 5)),
+    ]
+
+
+_TARGETS_PREPARED = text(
+    "SELECT prepare_time FROM pg_prepared_statements WHERE statement LIKE "
+    "'%FROM webhooks LEFT OUTER JOIN webhook_secrets%' "
+    "AND statement NOT LIKE '%pg_prepared_statements%'"
+).columns()
+
+
+def test_a_statement_is_prepared_once_per_connection_and_outlives_rollbacks(
+    session: Any, webhook: Any
+) -> None:
+    _postgres(session)
+    for _ in range(3):
+        assert claim.targets(session, {webhook["id"]}).keys() == {webhook["id"]}
+        session.rollback()  # psycopg deallocates its own statements at a ROLLBACK: none here
+    assert len(fastsql.rows(session, _TARGETS_PREPARED)) == 1
+
+
+def test_a_statement_is_planned_anew_after_a_while(
+    session: Any, webhook: Any, monkeypatch: Any
+) -> None:
+    """A generic plan made when the tables were small is not kept for the connection's life."""
+    _postgres(session)
+    claim.targets(session, {webhook["id"]})
+    [first] = fastsql.rows(session, _TARGETS_PREPARED)
+    session.commit()
+    monkeypatch.setattr(pgwire, "REPLAN_SECONDS", 0.0)
+
+    assert claim.targets(session, {webhook["id"]}).keys() == {webhook["id"]}
+    [again] = fastsql.rows(session, _TARGETS_PREPARED)
+    assert again.prepare_time > first.prepare_time
+
+
+def test_a_statement_deallocated_behind_its_back_is_prepared_again(
+    session: Any, webhook: Any
+) -> None:
+    """In a transaction of its own it is prepared anew at once; in one that had done more,
+    only that transaction fails, and the next one prepares it."""
+    _postgres(session)
+    claim.targets(session, {webhook["id"]})
+    session.execute(text("DEALLOCATE ALL"))
+    session.commit()
+    assert claim.targets(session, {webhook["id"]}).keys() == {webhook["id"]}
+    session.rollback()
+
+    session.execute(text("DEALLOCATE ALL"))
+    with pytest.raises(exc.ProgrammingError):
+        claim.targets(session, {webhook["id"]})
+    session.rollback()
+    assert claim.targets(session, {webhook["id"]}).keys() == {webhook["id"]}

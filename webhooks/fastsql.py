@@ -18,6 +18,7 @@ transaction), which the session still commits or rolls back. Rows come back as n
 
 from __future__ import annotations
 
+import copy
 import functools
 import threading
 from collections import namedtuple
@@ -27,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import exc
 
+from webhooks import pgwire
 from webhooks.models import Session
 
 
@@ -40,6 +42,7 @@ class _Plan:
     binds: tuple[tuple[str, Callable[[Any], Any]], ...]
     row: Any  # the named tuple of a row (None: the statement returns none)
     results: tuple[tuple[int, Callable[[Any], Any]], ...]  # the columns read otherwise
+    wire: pgwire.Statement | None = None  # PostgreSQL: sent through libpq (`pgwire`)
 
 
 _plans: dict[tuple[int, str], tuple[Any, _Plan]] = {}
@@ -133,10 +136,25 @@ class _Driver:
         return _send(self.connection, self.cursor, "executemany", sql, params)
 
 
-def _execute(connection: Any, plan: _Plan, params: Mapping[str, Any]) -> Any:
+def _execute(
+    connection: Any, plan: _Plan, params: Mapping[str, Any], *, commit: bool = False
+) -> Any:
+    """`plan` run with `params` (and committed with its transaction when `commit`, which only
+    PostgreSQL's statements take); a cursor, or what reads as one."""
     values = {**plan.defaults, **params}
     for name, bind in plan.binds:
         values[name] = bind(values[name])
+    if plan.wire is not None:
+        assert plan.order is not None  # PostgreSQL's statements are positional here
+        ordered = [values[n] for n in plan.order]
+        for watcher in _watchers:
+            watcher(plan.sql, ordered)
+        dbapi_connection = connection.connection.dbapi_connection
+        try:
+            return pgwire.run(dbapi_connection, plan.wire, ordered, commit=commit)
+        except connection.dialect.loaded_dbapi.Error as error:
+            raise _raised(connection, None, "execute", plan.sql, ordered, error) from error
+    assert not commit
     cursor = _cursor(connection)
     if plan.order is None:
         _send(connection, cursor, "execute", plan.sql, values)
@@ -147,18 +165,11 @@ def _execute(connection: Any, plan: _Plan, params: Mapping[str, Any]) -> Any:
 
 def execute_and_commit(session: Session, statement: Any, params: Mapping[str, Any]) -> None:
     """Run `statement` (a write) and commit the session's transaction in one round trip, on
-    PostgreSQL (psycopg's pipeline mode: the statement and the COMMIT go together, and the
-    session's own commit then finds nothing left to do). Errors are raised as `execute`
-    raises them, the transaction left for the caller to roll back."""
+    PostgreSQL (the statement and the COMMIT go together, `pgwire`, and the session's own
+    commit then finds nothing left to do). Errors are raised as `execute` raises them, the
+    transaction left for the caller to roll back."""
     connection = session.connection()
-    plan = _plan(statement, connection.dialect)
-    dbapi_connection = connection.connection.dbapi_connection
-    assert dbapi_connection is not None  # a session's connection is checked out
-    try:
-        with dbapi_connection.pipeline():
-            _execute(connection, plan, params).execute("COMMIT")
-    except connection.dialect.loaded_dbapi.Error as error:
-        raise _raised(connection, None, "execute", plan.sql, params, error) from error
+    _execute(connection, _plan(statement, connection.dialect), params, commit=True)
     session.commit()
 
 
@@ -225,7 +236,9 @@ def _plan(statement: Any, dialect: Any) -> _Plan:
 
 
 def _compile(statement: Any, dialect: Any) -> _Plan:
-    compiled = statement.compile(dialect=dialect)
+    postgres = dialect.name == "postgresql"
+    # PostgreSQL's statements go as PostgreSQL writes them, `$1`… (`pgwire`).
+    compiled = statement.compile(dialect=_numbered(dialect) if postgres else dialect)
     if "POSTCOMPILE" in compiled.string:
         raise ValueError("a statement with expanding parameters cannot be sent as it is")
     required = {name for name, bind in compiled.binds.items() if bind.required}
@@ -251,4 +264,14 @@ def _compile(statement: Any, dialect: Any) -> _Plan:
         binds=tuple(binds),
         row=row_type(names) if names else None,
         results=results,
+        wire=pgwire.Statement(compiled.string.encode()) if postgres else None,
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _numbered(dialect: Any) -> Any:
+    """`dialect`, but compiling its parameters as `$1`, `$2`… in order."""
+    numbered = copy.copy(dialect)
+    numbered.paramstyle = "numeric_dollar"
+    numbered.positional = True
+    return numbered
