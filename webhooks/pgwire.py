@@ -23,7 +23,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
@@ -61,16 +61,17 @@ _names = itertools.count(1)
 _names_lock = threading.Lock()
 
 
-@dataclass
+def _new_name() -> bytes:
+    with _names_lock:
+        return b"webhooks_%d" % next(_names)
+
+
+@dataclass(frozen=True)
 class Statement:
     """A statement in PostgreSQL's own terms: `$1`… in order, prepared under `name`."""
 
     sql: bytes
-    name: bytes = b""
-
-    def __post_init__(self) -> None:
-        with _names_lock:
-            self.name = b"webhooks_%d" % next(_names)
+    name: bytes = field(default_factory=_new_name)
 
 
 class Answer:
@@ -165,7 +166,7 @@ def _exchange(connection: Any, pgconn: Any, commands: list[Callable[[], None]]) 
             command()
         pgconn.pipeline_sync()
         connection.wait(generators.send(pgconn))
-        results = []
+        results: list[Any] = []
         while True:
             group = connection.wait(generators.fetch_many(pgconn))
             if not group or group[0].status == _SYNC:
