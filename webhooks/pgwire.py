@@ -7,10 +7,10 @@ bookkeeping, a generator per step) against 25-40 µs for libpq's call and the sa
 and it sends a transaction's BEGIN as a round trip of its own. Here a statement goes as
 libpq's Bind and Execute of a statement prepared once on the connection, behind the BEGIN that
 opens the transaction when none is open (as psycopg would have sent it, with the connection's
-isolation level), and ahead of the COMMIT when the caller commits with it: one round trip,
-one wait (psycopg's own, in C, with Python's lock released). Values are written and rows read
-by psycopg's adapters (its `Transformer`, in C): the same texts and the same Python values as
-through its cursor.
+isolation level), and ahead of the COMMIT when the caller commits with it: one pipeline, one
+round trip, read with psycopg's own waits (in C, with Python's lock released while waiting).
+Values are written and rows read by psycopg's adapters (one `Transformer`, in C): the same
+texts and the same Python values as through its cursor.
 
 The connection's prepared statements are its own here: psycopg is told never to prepare
 (`prepare_threshold=None`, `CONNECT_ARGS`), as its prepare manager answers a ROLLBACK with a
@@ -78,9 +78,9 @@ class Answer:
     """A statement's result, read as a cursor's: its rows, their columns' names, how many rows
     it changed."""
 
-    def __init__(self, connection: Any, result: Any) -> None:
+    def __init__(self, transformer: Any, result: Any) -> None:
         self._result = result
-        self._connection = connection
+        self._transformer = transformer
         self.rowcount = result.command_tuples if result.command_tuples is not None else -1
 
     @property
@@ -92,9 +92,8 @@ class Answer:
         result = self._result
         if result.ntuples == 0:
             return []
-        transformer = Transformer(self._connection)
-        transformer.set_pgresult(result)
-        return transformer.load_rows(0, result.ntuples, tuple)
+        self._transformer.set_pgresult(result)
+        return self._transformer.load_rows(0, result.ntuples, tuple)
 
     def close(self) -> None:
         self._result = None
@@ -154,7 +153,7 @@ def run(
                     )
                 return run(connection, statement, values, commit=commit)
         raise error
-    return Answer(connection, results[executed])
+    return Answer(transformer, results[executed])  # the values' transformer reads the rows
 
 
 def _exchange(connection: Any, pgconn: Any, commands: list[Callable[[], None]]) -> list[Any]:
